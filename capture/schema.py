@@ -17,6 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from dnstrail.errors import DnstrailError
+
 #: Major version of the capture format. Readers refuse a capture whose major version is newer
 #: than theirs, read older majors they know, and ignore unknown extra columns.
 SCHEMA_VERSION = 1
@@ -180,7 +182,7 @@ MANIFEST_KEYS: dict[str, str] = {
 }
 
 
-class FormatError(Exception):
+class FormatError(DnstrailError):
     """The capture directory is not one this version of dnstrail can read."""
 
 
