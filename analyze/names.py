@@ -1,0 +1,53 @@
+"""Registered domains (eTLD+1) from the Public Suffix List bundled with ``publicsuffixlist``.
+
+The list ships inside the package; nothing is fetched. Rules (docs/decode.md):
+
+- Both sections of the list are used, ICANN and private: ``x.y.github.io`` gives
+  ``y.github.io`` and ``foo.duckdns.org`` gives ``foo.duckdns.org``, because each of those
+  belongs to a different owner (a tunnel under a dynamic-DNS name is its own domain).
+- A top-level domain that is not in the list counts as a public suffix (the list's implicit
+  ``*`` rule), so ``api.default.svc.cluster.local`` gives ``cluster.local`` and
+  ``printer.corp.internal`` gives ``corp.internal``.
+- Names under ``arpa`` (reverse lookups ``in-addr.arpa`` / ``ip6.arpa``) give None: the
+  owner of a reverse name is not a registered domain.
+- Single-label names (``localhost``, ``wpad``), the root, empty names and bare public
+  suffixes (``com``, ``co.uk``) give None.
+"""
+
+from __future__ import annotations
+
+from publicsuffixlist import PublicSuffixList
+
+_PSL = PublicSuffixList(only_icann=False)
+#: Bound of the memo: names come from the wire, an attacker can send endless distinct ones.
+_MEMO_MAX = 1 << 17
+_memo: dict[str, str | None] = {}
+
+
+def _compute(name: str) -> str | None:
+    if not name or name == "." or "." not in name.strip("."):
+        return None
+    name = name.strip(".").lower()
+    if name == "arpa" or name.endswith(".arpa"):
+        return None
+    try:
+        result = _PSL.privatesuffix(name)
+    except Exception:  # noqa: BLE001 - the list code must not fail a decode on odd input
+        return None
+    return result if isinstance(result, str) else None
+
+
+def registered_domain(name: str) -> str | None:
+    """eTLD+1 of a presented name (lower-case, no trailing dot), or None (see module doc)."""
+    try:
+        return _memo[name]
+    except KeyError:
+        pass
+    result = _compute(name)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+    _memo[name] = result
+    return result
+
+
+__all__ = ["registered_domain"]
