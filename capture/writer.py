@@ -42,7 +42,6 @@ from capture.schema import (
     FileEntry,
     FormatError,
     event_file_name,
-    file_kind,
     read_manifest,
     snapshot_file_name,
 )
@@ -452,6 +451,14 @@ class CaptureWriter:
             bytes=sum(f.bytes for f in self._files) + open_bytes,
             files=len(self._files),
         )
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def files(self) -> list[FileEntry]:

@@ -1,0 +1,137 @@
+"""``dnstrail record``: options in, ``capture.recorder.record()`` out. Nothing imports bcc here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from capture.recorder import MAX_SNAPLEN, RecordOptions, parse_duration, parse_size
+from capture.recorder import record as record_capture
+from capture.writer import DEFAULT_MAX_FILE_BYTES, DEFAULT_ROTATE_SECONDS
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.command("record")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Capture directory "
+              "(created 0700; must be empty unless --append). Required unless --print-bpf.")
+@click.option("--duration", type=_Duration(), default=None,
+              help="Stop after this long (30s, 5m, 1h). Default: until Ctrl-C or SIGTERM.")
+@click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True,
+              help="DNS port to trace, local or remote end (repeatable; default 53).")
+@click.option("--pid", "pids", type=click.IntRange(min=1), multiple=True,
+              help="Only these process ids (tgid; repeatable).")
+@click.option("--comm", "comms", multiple=True,
+              help="Only tasks with this command name (exact, max 15 bytes; repeatable).")
+@click.option("--cgroup", "cgroups", multiple=True,
+              help="Only cgroups whose v2 path contains this text (repeatable; "
+              "re-resolved every few seconds for new cgroups).")
+@click.option("--pod", "pods", multiple=True,
+              help="Only this pod: uid, name or namespace/name, found under --pods-root or "
+              "in --pods-json (repeatable; new containers are picked up).")
+@click.option("--snaplen", type=click.IntRange(12, MAX_SNAPLEN), default=1232,
+              show_default=True, help="Bytes of payload kept per message (orig_len keeps the "
+              "real length).")
+@click.option("--ringbuf-mb", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Kernel ring buffer size in MB (power of two).")
+@click.option("--max-size", "max_size", type=_Size(), default=DEFAULT_MAX_FILE_BYTES,
+              help="Rotate an event file when it reaches this size (default 64MB).")
+@click.option("--rotate", type=_Duration(), default=DEFAULT_ROTATE_SECONDS,
+              help="Rotate event files at least this often (default 60s).")
+@click.option("--append", is_flag=True,
+              help="Continue the capture already in --output (numbering and manifest "
+              "continue).")
+@click.option("--pods-root", type=click.Path(path_type=Path, file_okay=False), default="/",
+              show_default=True, help="Root holding var/log/pods and var/log/containers.")
+@click.option("--pods-json", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=None, help="Output of `kubectl get pods -A -o json` for pod names and "
+              "container ids.")
+@click.option("--no-connects", is_flag=True, help="Do not record connect() events.")
+@click.option("--no-execs", is_flag=True, help="Do not record exec events.")
+@click.option("--print-bpf", is_flag=True,
+              help="Print the BPF C program for these options and exit (needs neither root "
+              "nor bcc).")
+def record(
+    output: Path | None,
+    duration: float | None,
+    ports: tuple[int, ...],
+    pids: tuple[int, ...],
+    comms: tuple[str, ...],
+    cgroups: tuple[str, ...],
+    pods: tuple[str, ...],
+    snaplen: int,
+    ringbuf_mb: int,
+    max_size: int,
+    rotate: float,
+    append: bool,
+    pods_root: Path,
+    pods_json: Path | None,
+    no_connects: bool,
+    no_execs: bool,
+    print_bpf: bool,
+) -> None:
+    """Record every DNS message on this node (needs root and BCC).
+
+    Writes Parquet files and manifest.json into --output until --duration, Ctrl-C or SIGTERM;
+    each file appears under its final name only once complete. Exit status: 0 done, 1 error,
+    3 disk full (finished files are kept).
+    """
+    options = RecordOptions(
+        output=output or Path("."),
+        duration=duration,
+        ports=ports or (53,),
+        pids=pids,
+        comms=comms,
+        cgroups=cgroups,
+        pods=pods,
+        snaplen=snaplen,
+        ringbuf_mb=ringbuf_mb,
+        max_file_bytes=max_size,
+        rotate_seconds=rotate,
+        append=append,
+        pods_root=pods_root,
+        pods_json=pods_json,
+        trace_connects=not no_connects,
+        trace_execs=not no_execs,
+        command_line=list(sys.argv),
+    )
+    if print_bpf:
+        from capture.probe import ProbeConfig, render_source
+
+        options.validate()
+        cfg = ProbeConfig(
+            ports=options.ports, pids=options.pids, comms=options.comms,
+            cgroup_ids=(0,) if (pods or cgroups) else (), snaplen=snaplen,
+            ringbuf_mb=ringbuf_mb, trace_connects=not no_connects, trace_execs=not no_execs,
+        )
+        click.echo(render_source(cfg))
+        return
+    if output is None:
+        raise click.UsageError("Missing option '-o' / '--output'.")
+    record_capture(options)

@@ -1,0 +1,457 @@
+"""``record()``: run the BPF probe and write what it sees into a capture directory.
+
+The loop is: poll the probe's ring buffers (batches of events, per kind), hand them to the
+writer, name new cgroup ids while they exist, keep the pod/cgroup filter current, and rotate
+files. It ends at ``duration``, on SIGINT or SIGTERM (both finish the capture normally), or on
+an error (the manifest then says 'failed' with the reason). Nothing here imports bcc at module
+import time: ``capture.probe`` is imported when a capture starts.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import pyarrow as pa
+
+from capture import snapshot as snap
+from capture.errors import CaptureError, DiskFull, OutputNotEmpty
+from capture.preflight import PreflightPaths, preflight
+from capture.schema import EVENT_KINDS
+from capture.writer import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_ROTATE_SECONDS,
+    CaptureWriter,
+    FileEntry,
+)
+
+MAX_SNAPLEN = 8192
+MIN_SNAPLEN = 12  # a DNS header
+#: Exec events kept as processes rows (source='exec'); the execs files keep every one.
+MAX_EXEC_ROWS = 100_000
+#: Exec events per poll whose /proc entry is read for exe and cmdline.
+MAX_EXEC_PROC_READS = 512
+#: A cgroup id that never exists: passed when a --pod/--cgroup filter matches nothing yet, so
+#: that the probe traces nothing rather than everything.
+NO_CGROUP = 0
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '5m', '1h', '1h30m', '250ms' or plain seconds -> seconds."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        value = float(t)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", t)
+        if not parts or "".join(n + u for n, u in parts) != t:
+            raise ValueError(f"bad duration {text!r}: use e.g. 30s, 5m, 1h")
+        unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+        value = sum(float(n) * unit[u] for n, u in parts)
+    if value <= 0:
+        raise ValueError(f"bad duration {text!r}: must be positive")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """'64MB', '64M', '1G', '500k', '1048576' -> bytes (powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m:
+        raise ValueError(f"bad size {text!r}: use e.g. 64MB, 1GB, 500KB")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)]
+    value = int(float(m.group(1)) * scale)
+    if value <= 0:
+        raise ValueError(f"bad size {text!r}: must be positive")
+    return value
+
+
+@dataclass
+class RecordOptions:
+    output: Path
+    duration: float | None = None
+    ports: tuple[int, ...] = (53,)
+    pids: tuple[int, ...] = ()
+    comms: tuple[str, ...] = ()
+    cgroups: tuple[str, ...] = ()
+    pods: tuple[str, ...] = ()
+    snaplen: int = 1232
+    ringbuf_mb: int = 64
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    rotate_seconds: float = DEFAULT_ROTATE_SECONDS
+    append: bool = False
+    pods_root: Path | None = Path("/")
+    pods_json: Path | None = None
+    trace_connects: bool = True
+    trace_execs: bool = True
+    command_line: Sequence[str] = field(default_factory=lambda: list(sys.argv))
+    preflight_paths: PreflightPaths | None = None
+    #: How often --pod/--cgroup filters are re-resolved (new containers), in seconds.
+    refilter_seconds: float = 5.0
+    poll_ms: int = 100
+    #: Install SIGINT/SIGTERM handlers that end the capture cleanly (main thread only).
+    handle_signals: bool = True
+    #: Set from another thread (or a handler) to end the capture.
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def validate(self) -> None:
+        if not self.ports:
+            raise CaptureError("at least one --port is needed")
+        for p in self.ports:
+            if not 1 <= p <= 65535:
+                raise CaptureError(f"bad --port {p}: must be 1-65535")
+        if not MIN_SNAPLEN <= self.snaplen <= MAX_SNAPLEN:
+            raise CaptureError(f"bad --snaplen {self.snaplen}: must be {MIN_SNAPLEN}-{MAX_SNAPLEN}")
+        if not 1 <= self.ringbuf_mb <= 4096 or self.ringbuf_mb & (self.ringbuf_mb - 1):
+            raise CaptureError(
+                f"bad --ringbuf-mb {self.ringbuf_mb}: must be a power of two, 1-4096"
+            )
+        for pid in self.pids:
+            if pid <= 0:
+                raise CaptureError(f"bad --pid {pid}")
+        for comm in self.comms:
+            if not comm or len(comm.encode()) > 15:
+                raise CaptureError(f"bad --comm {comm!r}: the kernel keeps at most 15 bytes")
+        if self.duration is not None and self.duration <= 0:
+            raise CaptureError("--duration must be positive")
+        if self.pods_json is not None and not Path(self.pods_json).is_file():
+            raise CaptureError(f"--pods-json {self.pods_json}: no such file")
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "ports": list(self.ports),
+            "pids": list(self.pids),
+            "comms": list(self.comms),
+            "cgroups": list(self.cgroups),
+            "pods": list(self.pods),
+            "snaplen": self.snaplen,
+            "trace_connects": self.trace_connects,
+            "trace_execs": self.trace_execs,
+        }
+
+
+@dataclass
+class RecordSummary:
+    output: Path
+    status: str
+    elapsed_s: float
+    counts: dict[str, int]
+    files: list[FileEntry]
+    bytes: int
+    lost: dict[str, int]
+    error: str | None = None
+    pod_uids: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The end-of-capture report, under 80 columns."""
+        kinds = ", ".join(f"{self.counts.get(k, 0):,} {k}" for k in EVENT_KINDS)
+        out = [
+            f"Recorded {kinds} in {self.elapsed_s:.1f} s ({self.status})",
+            f"Files: {len(self.files)} ({_human(self.bytes)}) in {self.output}",
+        ]
+        lost = {k: v for k, v in sorted(self.lost.items()) if v}
+        if lost:
+            out.append("LOST events: " + ", ".join(f"{k} {v:,}" for k, v in lost.items()))
+        else:
+            out.append("Lost events: none")
+        if self.error:
+            out.append(f"Error: {self.error}")
+        return out
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def check_output(directory: Path, append: bool) -> None:
+    """Refuse a non-empty output directory before anything is loaded (the writer re-checks)."""
+    if directory.exists() and not directory.is_dir():
+        raise CaptureError(f"{directory} exists and is not a directory")
+    if not append and directory.is_dir() and any(directory.iterdir()):
+        raise OutputNotEmpty(
+            f"output directory {directory} is not empty: choose a new directory or pass "
+            "--append to continue that capture"
+        )
+
+
+class _State:
+    """What the snapshots are made of, kept while the capture runs."""
+
+    def __init__(self, resolver: snap.CgroupResolver, pods: list[snap.PodRow]) -> None:
+        self.resolver = resolver
+        self.pods = pods
+        self.start_rows: list[snap.ProcessRow] = []
+        self.exec_rows: list[snap.ProcessRow] = []
+        self.end_rows: list[snap.ProcessRow] = []
+        self.exec_rows_dropped = 0
+
+    def tables(self) -> dict[str, pa.Table]:
+        rows = self.start_rows + self.exec_rows + self.end_rows
+        for r in rows:
+            if r.cgroup_path is None and r.cgroup_id is not None:
+                r.cgroup_path = self.resolver.path_of(r.cgroup_id)
+        return {
+            "processes": snap.processes_table(rows),
+            "cgroups": self.resolver.table(),
+            "pods": snap.pods_table(self.pods),
+        }
+
+
+def record(options: RecordOptions, err: TextIO | None = None) -> RecordSummary:
+    """Record until duration, SIGINT/SIGTERM or options.stop_event; return the summary.
+
+    Raises the CaptureError subclasses of capture.errors (DiskFull after finishing what it
+    can); the manifest records a failure whenever the directory was already started.
+    """
+    err = err if err is not None else sys.stderr
+    options.validate()
+    out_dir = Path(options.output)
+    check_output(out_dir, options.append)
+    preflight(options.preflight_paths)
+
+    resolver = snap.CgroupResolver()
+    pods = snap.scan_pods(options.pods_root, options.pods_json)
+    state = _State(resolver, pods)
+    filtering = bool(options.pods or options.cgroups)
+    resolution = snap.resolve_cgroup_filter(resolver, pods, options.pods, options.cgroups)
+    if filtering and resolver.mount is None:
+        raise CaptureError("--pod/--cgroup need the cgroup2 hierarchy mounted (none found)")
+
+    from capture.probe import Probe, ProbeConfig  # imports bcc
+
+    cfg = ProbeConfig(
+        ports=tuple(options.ports),
+        pids=tuple(options.pids),
+        comms=tuple(options.comms),
+        cgroup_ids=_filter_ids(resolution.cgroup_ids) if filtering else (),
+        snaplen=options.snaplen,
+        ringbuf_mb=options.ringbuf_mb,
+        trace_connects=options.trace_connects,
+        trace_execs=options.trace_execs,
+    )
+    stop = options.stop_event
+    restore = _install_signals(stop) if options.handle_signals else {}
+    try:
+        return _run(options, cfg, Probe, state, resolution, filtering, out_dir, err)
+    finally:
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)
+
+
+def _filter_ids(ids: set[int]) -> tuple[int, ...]:
+    return tuple(sorted(ids)) if ids else (NO_CGROUP,)
+
+
+def _install_signals(stop: threading.Event) -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _run(
+    options: RecordOptions,
+    cfg: Any,
+    probe_cls: Any,
+    state: _State,
+    resolution: snap.FilterResolution,
+    filtering: bool,
+    out_dir: Path,
+    err: TextIO,
+) -> RecordSummary:
+    stop = options.stop_event
+    tty = _isatty(err)
+    writer = CaptureWriter(
+        out_dir,
+        append=options.append,
+        max_file_bytes=options.max_file_bytes,
+        rotate_seconds=options.rotate_seconds,
+        snapshot_provider=state.tables,
+    )
+    started = time.monotonic()
+    current_ids = set(resolution.cgroup_ids)
+    with probe_cls(cfg) as probe:
+        filters = options.filters()
+        filters["pod_uids"] = sorted(resolution.pod_uids)
+        writer.update_info(
+            {
+                "source": "ebpf",
+                "boot_time_ns": int(probe.boot_time_ns),
+                "command_line": list(options.command_line),
+                "filters": filters,
+            }
+        )
+        state.start_rows = snap.scan_processes(resolver=state.resolver)
+        try:
+            writer.start()
+            for kind, table in state.tables().items():
+                writer.write_snapshot(kind, table)
+            err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
+            err.flush()
+            if filtering and not current_ids:
+                err.write("No cgroup matches the filter yet; waiting for one to appear.\n")
+            deadline = started + options.duration if options.duration else None
+            next_status = next_refilter = time.monotonic()
+            while not stop.is_set():
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                timeout = options.poll_ms
+                if deadline is not None:
+                    timeout = max(0, min(timeout, int((deadline - now) * 1000)))
+                _consume(probe.poll(timeout_ms=timeout), writer, state)
+                writer.set_lost(probe.lost())
+                writer.tick()
+                now = time.monotonic()
+                if filtering and now >= next_refilter:
+                    next_refilter = now + options.refilter_seconds
+                    current_ids = _refilter(options, state, probe, current_ids)
+                if tty and now >= next_status:
+                    next_status = now + 0.5
+                    err.write("\r" + _status_line(writer, probe.lost(), now - started))
+                    err.flush()
+            # Drain what is already in the ring buffers (bounded).
+            for _ in range(50):
+                if not _consume(probe.poll(timeout_ms=0), writer, state):
+                    break
+            writer.set_lost(probe.lost())
+        except DiskFull:
+            if tty:
+                err.write("\n")
+            raise
+        except BaseException as exc:
+            if tty:
+                err.write("\n")
+            if writer.started and not writer.closed:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                writer.close("failed", error=reason)
+            raise
+    if tty:
+        err.write("\n")
+    state.end_rows = snap.scan_processes(resolver=state.resolver)
+    writer.close("complete")
+    stats = writer.stats()
+    summary = RecordSummary(
+        output=out_dir,
+        status=writer.status,
+        elapsed_s=time.monotonic() - started,
+        counts=writer.counts(),
+        files=writer.files,
+        bytes=stats.bytes,
+        lost=writer.lost(),
+        pod_uids=sorted(resolution.pod_uids),
+    )
+    for line in summary.lines():
+        err.write(line + "\n")
+    err.flush()
+    return summary
+
+
+def _consume(
+    batches: Mapping[str, Sequence[pa.RecordBatch]], writer: CaptureWriter, state: _State
+) -> int:
+    """Write one poll's batches; name new cgroups; turn execs into processes rows."""
+    n = 0
+    ids: set[int] = set()
+    for kind, blist in batches.items():
+        for b in blist:
+            if b.num_rows == 0:
+                continue
+            writer.write(kind, b)
+            n += b.num_rows
+        ids.update(snap.iter_cgroup_ids(blist))
+    if ids:
+        state.resolver.resolve(ids)
+    reads = MAX_EXEC_PROC_READS
+    for b in batches.get("execs", ()):
+        room = MAX_EXEC_ROWS - len(state.exec_rows)
+        if room <= 0:
+            state.exec_rows_dropped += b.num_rows
+            continue
+        b = b.slice(0, room)
+        rows = snap.exec_rows(b, state.resolver, read_proc=reads > 0)
+        reads -= len(rows)
+        state.exec_rows.extend(rows)
+    return n
+
+
+def _refilter(
+    options: RecordOptions, state: _State, probe: Any, current: set[int]
+) -> set[int]:
+    state.resolver.walk()
+    if options.pods:
+        fresh = snap.scan_pods(options.pods_root, options.pods_json)
+        if fresh:
+            state.pods = list(dict.fromkeys(state.pods + fresh))
+    try:
+        res = snap.resolve_cgroup_filter(state.resolver, state.pods, options.pods,
+                                         options.cgroups)
+    except snap.PodNotFound:
+        return current  # the pod's log directory went away; keep tracing what we had
+    # Keep ids of cgroups that vanished: their remaining events still belong to the filter.
+    wanted = current | res.cgroup_ids
+    if wanted != current:
+        probe.set_cgroup_ids(_filter_ids(wanted))
+    return wanted
+
+
+def _start_line(options: RecordOptions, out_dir: Path, filtering: bool, ids: set[int]) -> str:
+    ports = ",".join(str(p) for p in options.ports)
+    parts = [f"Tracing DNS on port{'s' if len(options.ports) > 1 else ''} {ports}"]
+    if options.pids:
+        parts.append("pids " + ",".join(map(str, options.pids)))
+    if options.comms:
+        parts.append("comms " + ",".join(options.comms))
+    if options.pods:
+        parts.append("pods " + ",".join(options.pods))
+    if options.cgroups:
+        parts.append("cgroups ~" + ",".join(options.cgroups))
+    if filtering:
+        parts.append(f"{len(ids)} cgroup(s)")
+    until = f"for {options.duration:g} s or Ctrl-C" if options.duration else "Ctrl-C to end"
+    return f"{'; '.join(parts)} into {out_dir} ... {until}"
+
+
+def _status_line(writer: CaptureWriter, lost: Mapping[str, int], elapsed: float) -> str:
+    st = writer.stats()
+    events = sum(st.rows.values())
+    total_lost = sum(int(v) for v in lost.values())
+    h, rem = divmod(int(elapsed), 3600)
+    m, s = divmod(rem, 60)
+    return (
+        f"{events:>12,} events {_human(st.bytes):>10}  lost {total_lost:<8,} "
+        f"{h:02d}:{m:02d}:{s:02d}"
+    )
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+__all__ = [
+    "RecordOptions",
+    "RecordSummary",
+    "check_output",
+    "parse_duration",
+    "parse_size",
+    "record",
+]
