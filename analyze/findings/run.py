@@ -1,0 +1,62 @@
+"""Run every detector over a capture."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from analyze.findings._common import Finding, severity_rank
+
+#: Finding kinds and the module that raises each.
+KINDS: dict[str, str] = {
+    "tunneling": "tunneling",
+    "cache_miss": "cache_miss",
+    "ndots_amplification": "ndots",
+    "dns_to_connect": "connects",
+    "unresolved_connect": "connects",
+    "new_domain_connect": "connects",
+    "resolver_unreachable": "resolvers",
+    "resolver_errors": "resolvers",
+    "nxdomain_storm": "rates",
+    "high_rate": "rates",
+    "unknown_binary": "rates",
+    "new_domain": "new_domain",
+}
+
+
+def find(
+    capture: Any,
+    *,
+    baseline: Any | None = None,
+    allow: str | Path | None = None,
+    kinds: Iterable[str] | None = None,
+    min_severity: str = "info",
+    cluster_domain: str = "cluster.local",
+    progress: Callable[[str], None] | None = None,
+) -> list[Finding]:
+    """Every finding in the capture, highest severity first.
+
+    baseline: another Capture; with it (or ``allow``) the ``new_domain`` detector reports
+    domains a workload resolves that the baseline never saw. allow: path of an allow file
+    (docs/report.md). kinds: restrict to these finding kinds. min_severity: drop findings
+    below this severity. progress: called with the name of each detector as it starts.
+    """
+    wanted = set(kinds) if kinds is not None else set(KINDS)
+    unknown = wanted - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown finding kind(s): {', '.join(sorted(unknown))}")
+    floor = severity_rank(min_severity)
+    modules = list(dict.fromkeys(KINDS[k] for k in KINDS if k in wanted))
+    findings: list[Finding] = []
+    for name in modules:
+        if progress is not None:
+            progress(name)
+        module = importlib.import_module(f"analyze.findings.{name}")
+        found = module.detect(
+            capture, baseline=baseline, allow=allow, cluster_domain=cluster_domain
+        )
+        findings.extend(f for f in found if f.kind in wanted and f.rank >= floor)
+    findings.sort(key=lambda f: (-f.rank, f.kind, f.workload, f.domain or ""))
+    return findings
