@@ -1,0 +1,174 @@
+"""Pod attribution: cgroup path -> pod UID, QoS class and container id -> pod names.
+
+The kubelet names cgroups after the pod UID and the runtime after the container id, with two
+drivers:
+
+* cgroupfs: ``/kubepods/burstable/pod<uid>/<id>``, ``/kubepods/besteffort/pod<uid>/<id>``,
+  ``/kubepods/pod<uid>/<id>`` (guaranteed);
+* systemd: ``/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid with
+  underscores>.slice/cri-containerd-<id>.scope`` (``crio-<id>.scope``, ``docker-<id>.scope``,
+  ``cri-dockerd-<id>.scope``), ``/kubepods.slice/kubepods-pod<uid>.slice/...`` (guaranteed).
+
+The same shapes appear nested under another slice (kind nodes: ``/kubelet.slice/kubelet-
+kubepods.slice/...``). A docker or containerd scope outside ``kubepods`` is a container with no
+pod (``/system.slice/docker-<id>.scope``, ``/docker/<id>``); anything else is a host process and
+its attribution columns are null. The pods snapshot (``/var/log/pods`` or ``kubectl get pods``)
+turns the UID into namespace and pod name and the container id into the container name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+ATTR_COLUMNS = ("pod_uid", "namespace", "pod", "container", "container_id", "qos")
+
+_UID = (r"[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_]"
+        r"[0-9a-fA-F]{12}|[0-9a-fA-F]{32}")
+_POD_RE = re.compile(r"[-/]pod(?P<uid>" + _UID + r")(?:\.slice)?(?:/|$)")
+_CID_RE = re.compile(r"(?:^|/)(?:(?P<rt>cri-containerd|crio|docker|cri-dockerd|libpod)-)?"
+                     r"(?P<cid>[0-9a-f]{64})(?:\.scope)?$")
+_CONMON_RE = re.compile(r"(?:^|/)crio-conmon-[0-9a-f]{64}\.scope$")
+
+
+@dataclass(frozen=True)
+class CgroupInfo:
+    """What a cgroup path says about the process in it."""
+
+    pod_uid: str | None
+    qos: str | None
+    container_id: str | None
+
+
+@lru_cache(maxsize=65536)
+def parse_cgroup_path(path: str | None) -> CgroupInfo:
+    """Pod UID (with dashes), QoS class and container id from a cgroup path.
+
+    ``/kubepods/besteffort/pod<uid>/<64 hex>`` gives the UID, ``besteffort`` and the id; a
+    path with no ``kubepods`` component gives no pod.
+    """
+    if not path or not isinstance(path, str):
+        return CgroupInfo(None, None, None)
+    path = path.rstrip("/")
+    cid_match = _CID_RE.search(path)
+    cid = cid_match.group("cid") if cid_match else None
+    if _CONMON_RE.search(path):
+        cid = None
+    kube = path.find("kubepods")
+    pod = _POD_RE.search(path, kube) if kube >= 0 else None
+    if not pod:
+        return CgroupInfo(None, None, cid)
+    uid = pod.group("uid").replace("_", "-").lower()
+    mid = path[kube:pod.start()].lower()
+    if "besteffort" in mid:
+        qos = "besteffort"
+    elif "burstable" in mid:
+        qos = "burstable"
+    else:
+        qos = "guaranteed"
+    return CgroupInfo(uid, qos, cid)
+
+
+def _pods_lookup(pods: pd.DataFrame) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    by_cid: dict[str, tuple] = {}
+    by_uid: dict[str, tuple] = {}
+    if pods is None or pods.empty:
+        return by_cid, by_uid
+    for uid, ns, pod, container, cid in zip(
+            pods["pod_uid"], pods["namespace"], pods["pod"], pods["container"],
+            pods["container_id"]):
+        if isinstance(uid, str):
+            by_uid.setdefault(uid.lower(), (ns, pod))
+        if isinstance(cid, str) and cid:
+            by_cid[cid.lower().split("://")[-1]] = (uid, ns, pod, container)
+    return by_cid, by_uid
+
+
+def _resolve(info: CgroupInfo, by_cid: dict[str, tuple],
+             by_uid: dict[str, tuple]) -> tuple:
+    uid, qos, cid = info.pod_uid, info.qos, info.container_id
+    ns = pod = container = None
+    if cid is not None:
+        hit = by_cid.get(cid)
+        if hit is None:
+            # a snapshot may hold short ids (docker ps shows 12 characters)
+            for known, value in by_cid.items():
+                if len(known) >= 12 and cid.startswith(known):
+                    hit = value
+                    break
+        if hit is not None:
+            uid = uid or (hit[0].lower() if isinstance(hit[0], str) else None)
+            ns, pod, container = hit[1], hit[2], hit[3]
+    if uid is not None and (ns is None or pod is None):
+        got = by_uid.get(uid)
+        if got is not None:
+            ns, pod = got
+    return (uid, ns, pod, container, cid, qos)
+
+
+def cgroup_paths(frame: pd.DataFrame, cgroups: pd.DataFrame,
+                 processes: pd.DataFrame) -> pd.Series:
+    """cgroup path of each row (by node + cgroup_id, else by node + tgid from processes)."""
+    n = len(frame)
+    out = np.full(n, None, dtype=object)
+    if n == 0:
+        return pd.Series(out, index=frame.index, dtype=object)
+    node = frame["node"].to_numpy(dtype=object) if "node" in frame else np.full(n, None)
+    cg = frame["cgroup_id"] if "cgroup_id" in frame else pd.Series([None] * n)
+    path_by_id: dict[tuple, str] = {}
+    for table, col in ((processes, "cgroup_path"), (cgroups, "path")):
+        if table is None or table.empty or "cgroup_id" not in table:
+            continue
+        for nd, cid, p in zip(table["node"], table["cgroup_id"], table[col]):
+            if isinstance(p, str) and pd.notna(cid):
+                path_by_id[(nd, int(cid))] = p        # cgroups table wins (written last)
+    path_by_pid: dict[tuple, str] = {}
+    if processes is not None and not processes.empty:
+        for nd, pid, p in zip(processes["node"], processes["tgid"], processes["cgroup_path"]):
+            if isinstance(p, str) and pd.notna(pid):
+                path_by_pid.setdefault((nd, int(pid)), p)
+    # map per unique (node, cgroup_id) pair, then broadcast
+    key = pd.MultiIndex.from_arrays([pd.Series(node), pd.Series(cg.to_numpy())])
+    codes, uniques = pd.factorize(key)
+    values = np.array([path_by_id.get((nd, int(c))) if pd.notna(c) else None
+                       for nd, c in uniques], dtype=object)
+    out = values[codes] if len(values) else out
+    missing = np.flatnonzero(pd.isna(out))
+    if len(missing) and path_by_pid and "tgid" in frame:
+        tg = frame["tgid"].to_numpy(dtype=object)
+        for i in missing:
+            if pd.notna(tg[i]):
+                out[i] = path_by_pid.get((node[i], int(tg[i])))
+    return pd.Series(out, index=frame.index, dtype=object)
+
+
+def attribute(frame: pd.DataFrame, cgroups: pd.DataFrame, processes: pd.DataFrame,
+              pods: pd.DataFrame) -> pd.DataFrame:
+    """Add ``cgroup_path`` and the attribution columns to ``frame`` (a copy is returned).
+
+    Rows from pcaps (no cgroup) get nulls. Pods are looked up per node.
+    """
+    frame = frame.copy()
+    path = cgroup_paths(frame, cgroups, processes)
+    frame["cgroup_path"] = path
+    n = len(frame)
+    node = frame["node"].to_numpy(dtype=object) if "node" in frame else np.full(n, None)
+    lookups: dict[object, tuple[dict, dict]] = {}
+    key = pd.MultiIndex.from_arrays([pd.Series(node), path.reset_index(drop=True)])
+    codes, uniques = pd.factorize(key)
+    rows = []
+    for nd, p in uniques:
+        if nd not in lookups:
+            sub = pods[pods["node"] == nd] if pods is not None and not pods.empty else pods
+            lookups[nd] = _pods_lookup(sub)
+        rows.append(_resolve(parse_cgroup_path(p if isinstance(p, str) else None),
+                             *lookups[nd]))
+    table = np.array(rows, dtype=object).reshape(len(rows), len(ATTR_COLUMNS))
+    for j, name in enumerate(ATTR_COLUMNS):
+        col = table[:, j][codes] if len(rows) else np.full(n, None, dtype=object)
+        frame[name] = pd.Series(col, index=frame.index, dtype=object)
+    return frame
