@@ -70,8 +70,9 @@ _TYPE_NAMES.setdefault(10, "NULL")
 _NAME_TYPES = frozenset((2, 3, 4, 5, 7, 8, 9, 12, 39))
 _T_A, _T_NS, _T_SOA, _T_MX, _T_TXT, _T_AAAA, _T_SRV, _T_OPT = 1, 2, 6, 15, 16, 28, 33, 41
 
-# Bytes that may stand for themselves in a presented label: printable ASCII except '.', '\'.
-_UNSAFE_LABEL = re.compile(rb"[^\x21-\x2d\x2f-\x5b\x5d-\x7e]")
+# Bytes that may stand for themselves in a presented name: printable ASCII except '\' (a '.'
+# inside a label is caught by counting the dots of the joined labels).
+_UNSAFE_NAME = re.compile(rb"[^\x21-\x5b\x5d-\x7e]")
 _SAFE_CHARS: tuple[str, ...] = tuple(
     (chr(b).lower() if (0x21 <= b <= 0x7E and b not in (0x2E, 0x5C)) else f"\\{b:03d}")
     for b in range(256)
@@ -115,7 +116,7 @@ def present_labels(labels: Sequence[bytes]) -> str:
     if not labels:
         return "."
     joined = b".".join(labels)
-    if _UNSAFE_LABEL.search(joined) is None and joined.count(b".") == len(labels) - 1:
+    if _UNSAFE_NAME.search(joined) is None and joined.count(b".") == len(labels) - 1:
         return joined.lower().decode("ascii")
     chars = _SAFE_CHARS
     return ".".join("".join([chars[b] for b in label]) for label in labels)
@@ -234,18 +235,25 @@ def _rdata_text(data: bytes, rtype: int, pos: int, rdlen: int) -> str:
         nums = _SOA_TAIL.unpack_from(data, p)
         return f"{mname} {rname} " + " ".join(str(x) for x in nums)
     tname = _TYPE_NAMES.get(rtype)
-    if tname in RDMAP and rdlen <= MAX_RDATA_TEXT:
-        try:
-            buf = DNSBuffer(data)
-            buf.offset = pos
-            rd = RDMAP[tname].parse(buf, rdlen)
-            if buf.offset == end:
-                text = rd.toZone()
-                if len(text) <= 4 * MAX_RDATA_TEXT:
-                    return str(text)
-        except Exception:  # noqa: BLE001 - dnslib raises many types on bad rdata
-            pass  # the generic form below keeps the bytes
+    if tname is not None and tname in RDMAP and rdlen <= MAX_RDATA_TEXT:
+        text = _dnslib_text(data, tname, pos, rdlen)
+        if text is not None:
+            return text
     return _generic_text(data[pos:end])
+
+
+def _dnslib_text(data: bytes, tname: str, pos: int, rdlen: int) -> str | None:
+    """dnslib's zone text of one rdata, or None when dnslib cannot read it exactly."""
+    try:
+        buf = DNSBuffer(data)
+        buf.offset = pos
+        rd = RDMAP[tname].parse(buf, rdlen)
+        text = str(rd.toZone())
+    except Exception:  # noqa: BLE001 - dnslib raises many types on bad rdata
+        return None  # the caller keeps the bytes in RFC 3597 form
+    if buf.offset != pos + rdlen or len(text) > 4 * MAX_RDATA_TEXT:
+        return None
+    return text
 
 
 #: One decoded message without its id: the columns of DECODED_COLUMNS after dns_id.
