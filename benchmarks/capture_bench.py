@@ -1,0 +1,323 @@
+"""Capture overhead benchmark: dnsperf against a local unbound, with no tracer, tcpdump, dnstrail.
+
+Runs, in one invocation and alternating the configurations, dnsperf (one thread) against an
+unbound that answers a static zone from local-data inside a private network namespace (see
+``benchmarks/netns.py``: nothing leaves the machine). For each rate (``-Q 20000`` and
+saturation) and each tracer it reports:
+
+- qps and its ratio to the no-tracer median at the same rate;
+- events captured: packets in tcpdump's file / messages in the dnstrail capture, and per
+  completed dnsperf query (dnstrail sees 4 per query: dnsperf send and recv, unbound recv and
+  send; tcpdump sees 2 packets on lo);
+- events lost: tcpdump's "dropped by kernel", the manifest's lost counters;
+- tracer CPU (user+sys seconds) during the traffic window and over its whole life, and peak RSS
+  of the tracer process.
+
+Usage (root)::
+
+    .venv/bin/python benchmarks/capture_bench.py --duration 10 --reps 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from netns import UnboundNetns, write_query_file
+
+REPO = Path(__file__).resolve().parents[1]
+DNSTRAIL = REPO / ".venv" / "bin" / "dnstrail"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    rate: str
+    tracer: str
+    rep: int
+    qps: float = 0.0
+    sent: int = 0
+    completed: int = 0
+    lost_queries: int = 0
+    events: int | None = None
+    events_per_query: float | None = None
+    lost_events: int | None = None
+    lost_detail: dict[str, int] = field(default_factory=dict)
+    cpu_window_s: float | None = None
+    cpu_total_s: float | None = None
+    peak_rss_mb: float | None = None
+    startup_s: float | None = None
+    error: str | None = None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    f = stat.rsplit(")", 1)[-1].split()
+    return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+class _StderrReader:
+    """Collect a child's stderr in a thread; wait for a line matching a pattern."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._t = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._t.start()
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            with self._cond:
+                self.lines.append(raw.decode(errors="replace").rstrip())
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("<eof>")
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float) -> bool:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if any(rx.search(ln) for ln in self.lines):
+                    return True
+                if "<eof>" in self.lines:
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+
+    def text(self) -> str:
+        self._t.join(10)
+        return "\n".join(ln for ln in self.lines if ln != "<eof>")
+
+
+def _dnsperf(ns: UnboundNetns, qfile: Path, duration: float, rate: int | None) -> dict[str, Any]:
+    argv = ["dnsperf", "-s", "127.0.0.1", "-p", "53", "-d", str(qfile), "-l", str(duration),
+            "-t", "2"]
+    if rate:
+        argv += ["-Q", str(rate)]
+    out = subprocess.run(ns.exec_argv(argv), check=False, capture_output=True, text=True,
+                         timeout=duration + 30).stdout
+
+    def num(label: str) -> float:
+        m = re.search(rf"{label}:\s+([\d.]+)", out)
+        if not m:
+            raise RuntimeError(f"dnsperf output has no {label!r}:\n{out[-800:]}")
+        return float(m.group(1))
+
+    return {"qps": num("Queries per second"), "sent": int(num("Queries sent")),
+            "completed": int(num("Queries completed")), "lost": int(num("Queries lost"))}
+
+
+def _finish_tracer(proc: subprocess.Popen[bytes], sig: int,
+                   timeout: float = 60) -> tuple[int, Any]:
+    proc.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, ru
+        if time.monotonic() > deadline:
+            proc.kill()
+            pid, status, ru = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, ru
+        time.sleep(0.05)
+
+
+def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: int,
+            duration: float, work: Path, record_args: list[str]) -> Run:
+    r = Run(rate=str(rate) if rate else "max", tracer=tracer, rep=rep)
+    proc: subprocess.Popen[bytes] | None = None
+    reader: _StderrReader | None = None
+    out = work / f"{tracer}-{r.rate}-{rep}"
+    t_start = time.monotonic()
+    if tracer == "tcpdump":
+        proc = subprocess.Popen(
+            ns.exec_argv(["tcpdump", "-i", "lo", "-n", "-s", "0", "-w", str(out) + ".pcap",
+                          "udp", "port", "53"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        reader = _StderrReader(proc)
+        if not reader.wait_for(r"listening on", 20):
+            r.error = "tcpdump did not start: " + reader.text()[-300:]
+    elif tracer == "dnstrail":
+        proc = subprocess.Popen(
+            [str(DNSTRAIL), "record", "-o", str(out), "--duration", f"{int(duration + 120)}s",
+             *record_args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        reader = _StderrReader(proc)
+        if not reader.wait_for(r"Tracing DNS", 120):
+            r.error = "dnstrail record did not start: " + reader.text()[-500:]
+    r.startup_s = round(time.monotonic() - t_start, 2) if proc else None
+    if r.error:
+        if proc is not None and proc.poll() is None:
+            _finish_tracer(proc, signal.SIGKILL)
+        return r
+    cpu0 = _cpu_seconds(proc.pid) if proc else None
+    try:
+        perf = _dnsperf(ns, qfile, duration, rate)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        r.error = str(exc)[:300]
+        perf = None
+    cpu1 = _cpu_seconds(proc.pid) if proc else None
+    if perf:
+        r.qps, r.sent, r.completed, r.lost_queries = (perf["qps"], perf["sent"],
+                                                      perf["completed"], perf["lost"])
+    if proc is None:
+        return r
+    if cpu0 is not None and cpu1 is not None:
+        r.cpu_window_s = round(cpu1 - cpu0, 2)
+    time.sleep(0.5)  # let the tracer drain what is in flight
+    code, ru = _finish_tracer(proc, signal.SIGINT)
+    r.cpu_total_s = round(ru.ru_utime + ru.ru_stime, 2)
+    r.peak_rss_mb = round(ru.ru_maxrss / 1024, 1)
+    assert reader is not None
+    err = reader.text()
+    if tracer == "tcpdump":
+        m = re.search(r"(\d+) packets captured", err)
+        d = re.search(r"(\d+) packets dropped by kernel", err)
+        r.events = int(m.group(1)) if m else None
+        r.lost_events = int(d.group(1)) if d else None
+        r.lost_detail = {"dropped_by_kernel": r.lost_events or 0}
+        Path(str(out) + ".pcap").unlink(missing_ok=True)
+    else:
+        try:
+            manifest = json.loads((out / "manifest.json").read_text())
+            r.events = int(manifest["counts"]["messages"])
+            r.lost_detail = {k: int(v) for k, v in manifest["lost"].items()}
+            r.lost_events = sum(r.lost_detail.values())
+            if manifest.get("status") != "complete":
+                r.error = f"capture status {manifest.get('status')}: {manifest.get('error')}"
+        except (OSError, ValueError, KeyError) as exc:
+            r.error = f"exit {code}, no readable manifest ({exc}): {err[-300:]}"
+        shutil.rmtree(out, ignore_errors=True)
+    if r.events is not None and r.completed:
+        r.events_per_query = round(r.events / r.completed, 3)
+    return r
+
+
+def summarize(runs: list[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for rate in dict.fromkeys(r.rate for r in runs):
+        base = [r.qps for r in runs if r.rate == rate and r.tracer == "none" and not r.error]
+        base_qps = statistics.median(base) if base else None
+        for tracer in dict.fromkeys(r.tracer for r in runs):
+            rs = [r for r in runs if r.rate == rate and r.tracer == tracer and not r.error]
+            if not rs:
+                errs = [r.error for r in runs if r.rate == rate and r.tracer == tracer]
+                rows.append({"rate": rate, "tracer": tracer, "error": errs[0] if errs else None})
+                continue
+
+            def med(attr: str, rs: list[Run] = rs) -> float | None:
+                vals = [getattr(r, attr) for r in rs if getattr(r, attr) is not None]
+                return statistics.median(vals) if vals else None
+
+            qps = med("qps")
+            rows.append({
+                "rate": rate, "tracer": tracer, "runs": len(rs), "qps": qps,
+                "qps_ratio": round(qps / base_qps, 3) if qps and base_qps else None,
+                "qps_ratio_min": round(min(r.qps for r in rs) / base_qps, 3) if base_qps else None,
+                "events": med("events"), "events_per_query": med("events_per_query"),
+                "lost_events_max": max((r.lost_events for r in rs
+                                        if r.lost_events is not None), default=None),
+                "cpu_window_s": med("cpu_window_s"), "cpu_total_s": med("cpu_total_s"),
+                "peak_rss_mb": max((r.peak_rss_mb for r in rs if r.peak_rss_mb), default=None),
+                "startup_s": med("startup_s"),
+            })
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def markdown(rows: list[dict[str, Any]], duration: float) -> str:
+    cols = ["rate", "tracer", "runs", "qps", "qps_ratio", "qps_ratio_min", "events",
+            "events_per_query", "lost_events_max", "cpu_window_s", "cpu_total_s",
+            "peak_rss_mb"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        if row.get("error"):
+            out.append(f"| {row['rate']} | {row['tracer']} | error: {row['error']} |")
+            continue
+        out.append("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    out.append(f"\n(dnsperf -l {duration:g}; medians over runs; cpu_window_s is the tracer's "
+               "user+sys during the dnsperf run)")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of dnsperf per run")
+    ap.add_argument("--reps", type=int, default=2, help="runs of each configuration")
+    ap.add_argument("--rates", default="20000,max",
+                    help="comma list of dnsperf -Q rates; 'max' for saturation")
+    ap.add_argument("--tracers", default="none,tcpdump,dnstrail")
+    ap.add_argument("--record-arg", action="append", default=[],
+                    help="extra argument for dnstrail record (repeatable)")
+    ap.add_argument("--json", type=Path, help="write all runs and the summary here")
+    args = ap.parse_args(argv)
+    if not 1 <= args.duration <= 120 or not 1 <= args.reps <= 5:
+        ap.error("--duration must be 1..120 and --reps 1..5")
+    rates = [None if x == "max" else int(x) for x in args.rates.split(",")]
+    tracers = args.tracers.split(",")
+    if "dnstrail" in tracers and not DNSTRAIL.exists():
+        ap.error(f"{DNSTRAIL} not found")
+    runs: list[Run] = []
+    work = Path(tempfile.mkdtemp(prefix="dnstrail-capbench-", dir="/var/tmp"))
+    try:
+        with UnboundNetns() as ns:
+            qfile = work / "queries.txt"
+            write_query_file(qfile)
+            for rate in rates:
+                for rep in range(args.reps):
+                    order = tracers if rep % 2 == 0 else list(reversed(tracers))
+                    for tracer in order:
+                        r = run_one(ns, qfile, tracer, rate, rep, args.duration, work,
+                                    args.record_arg)
+                        runs.append(r)
+                        print(f"{r.rate:>6} {r.tracer:9} rep {rep}: qps {r.qps:,.0f} "
+                              f"events {r.events} lost {r.lost_events} "
+                              f"cpu {r.cpu_window_s} rss {r.peak_rss_mb} MB"
+                              + (f" ERROR {r.error}" if r.error else ""), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = summarize(runs)
+    print()
+    print(markdown(rows, args.duration))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpus": os.cpu_count(), "duration": args.duration,
+            "runs": [asdict(r) for r in runs], "summary": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
