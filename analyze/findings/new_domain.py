@@ -1,0 +1,148 @@
+"""new_domain: domains a workload resolves that its baseline never saw (or the allow file lacks).
+
+Workloads are compared by name, not by instance: ``namespace/pod`` with the replica suffix
+removed (``web-5d8f7c9b4-x2x7q`` -> ``web``, ``db-0`` -> ``db``), ``host/<comm>`` for host
+processes, ``addr/<client address>`` for pcaps. Domains are compared by ICANN registered domain.
+
+Allow file (``--allow FILE``): one rule per line, ``WORKLOAD-GLOB DOMAIN-GLOB``, ``#`` starts a
+comment. WORKLOAD-GLOB matches ``namespace/pod`` (the pod's own name, replica suffix kept),
+``host/<comm>`` or ``addr/<client>``; DOMAIN-GLOB matches the query name, and ``*.example.com``
+also matches ``example.com`` itself. Example::
+
+    shop/web-*        *.stripe.com
+    */*               *.amazonaws.com
+    host/chronyd      *.pool.ntp.org
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analyze.errors import AnalyzeError
+from analyze.findings._common import Finding, client_queries, identity, spread, txn_evidence
+from analyze.findings._names import is_internal, registered_domain
+
+_REPLICA = re.compile(r"-(?:[0-9a-f]{6,10}-[0-9a-z]{5}|[0-9a-z]{5}|\d+)$")
+
+
+class AllowFileError(AnalyzeError):
+    """the allow file could not be read: each line is `WORKLOAD-GLOB DOMAIN-GLOB`"""
+
+
+def workload_name(row: Any) -> str:
+    """The stable name of who asked (replica suffix removed)."""
+    pod = row.get("pod")
+    if isinstance(pod, str) and pod:
+        return f"{row.get('namespace') or '-'}/{_REPLICA.sub('', pod)}"
+    comm = row.get("comm")
+    if isinstance(comm, str) and comm:
+        return f"host/{comm}"
+    return f"addr/{row.get('client_addr')}"
+
+
+def instance_name(row: Any) -> str:
+    pod = row.get("pod")
+    if isinstance(pod, str) and pod:
+        return f"{row.get('namespace') or '-'}/{pod}"
+    comm = row.get("comm")
+    if isinstance(comm, str) and comm:
+        return f"host/{comm}"
+    return f"addr/{row.get('client_addr')}"
+
+
+def read_allow(path: str | Path) -> list[tuple[str, str]]:
+    """Parse an allow file into (workload glob, domain glob) rules."""
+    rules: list[tuple[str, str]] = []
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeError) as exc:
+        raise AllowFileError(f"{path}: cannot read allow file: {exc}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise AllowFileError(
+                f"{path}:{n}: expected `WORKLOAD-GLOB DOMAIN-GLOB`, got {line!r}"
+            )
+        rules.append((parts[0], parts[1].lower().rstrip(".")))
+    return rules
+
+
+def allowed(rules: list[tuple[str, str]], workload: str, qname: str) -> bool:
+    for wglob, dglob in rules:
+        if not fnmatch.fnmatchcase(workload, wglob):
+            continue
+        if fnmatch.fnmatchcase(qname, dglob):
+            return True
+        if dglob.startswith("*.") and qname == dglob[2:]:
+            return True
+    return False
+
+
+def detect(capture: Any, baseline: Any | None = None, allow: str | Path | None = None,
+           cluster_domain: str = "cluster.local", **_: Any) -> list[Finding]:
+    if baseline is None and allow is None:
+        return []
+    rules = read_allow(allow) if allow is not None else None
+    tx = client_queries(capture)
+    if tx.empty or "qname" not in tx.columns:
+        return []
+    tx = tx[tx["qname"].notna()]
+    tx = tx[[not is_internal(str(q), cluster_domain) for q in tx["qname"]]].copy()
+    if tx.empty:
+        return []
+    tx["_workload"] = [workload_name(r) for _, r in tx.iterrows()]
+    tx["_instance"] = [instance_name(r) for _, r in tx.iterrows()]
+    tx["_rd"] = [registered_domain(str(q)) or str(q) for q in tx["qname"]]
+    known: dict[str, set[str]] | None = None
+    anyone: set[str] = set()
+    if baseline is not None:
+        known = {}
+        bt = client_queries(baseline)
+        if not bt.empty and "qname" in bt.columns:
+            bt = bt[bt["qname"].notna()]
+            for _, r in bt.iterrows():
+                rd = registered_domain(str(r["qname"])) or str(r["qname"])
+                known.setdefault(workload_name(r), set()).add(rd)
+                anyone.add(rd)
+    out: list[Finding] = []
+    for (wl, rd), g in tx.sort_values("ts").groupby(["_workload", "_rd"], sort=False):
+        if known is not None and rd in known.get(str(wl), set()):
+            continue
+        if rules is not None:
+            g = g[[not allowed(rules, i, str(q)) for i, q in zip(g["_instance"], g["qname"])]]
+            if g.empty:
+                continue
+        reasons = []
+        if known is not None:
+            reasons.append("never asked by this workload in the baseline"
+                           + ("" if rd in anyone else " (nor by any other workload)"))
+        if rules is not None:
+            reasons.append("not allowed by the allow file")
+        severity = "medium" if (known is not None and rd not in anyone) else "low"
+        names = g["qname"].astype(str).value_counts()
+        ident = identity(g.iloc[0])
+        out.append(Finding(
+            kind="new_domain",
+            severity=severity,
+            explanation=(
+                f"{wl} resolved {rd} ({', '.join(names.index[:3])}) {len(g)} times: "
+                + " and ".join(reasons)
+                + ". A workload that starts resolving a domain it never used may be "
+                "compromised or newly deployed; confirm the change."
+            ),
+            domain=str(names.index[0]),
+            registered_domain=str(rd),
+            metrics={"queries": len(g), "names": {str(k): int(v) for k, v in names.head(10).items()},
+                     "workload": str(wl), "first_seen": g["ts"].min()},
+            evidence=txn_evidence(spread(g)),
+            **ident,
+        ))
+    return out

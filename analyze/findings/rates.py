@@ -1,0 +1,241 @@
+"""nxdomain_storm, high_rate and unknown_binary: who asks too much, too randomly, from where.
+
+* nxdomain_storm: per client, NXDOMAIN answers for names that were not search-list attempts;
+  bursts (most in any 10 s window) and DGA-like names (random-looking second-level labels
+  across many registered domains) raise the severity.
+* high_rate: per process, more than 50 queries per second over a 10 s window.
+* unknown_binary: queries from a process whose executable is deleted or unknown in the
+  processes table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from analyze.findings._common import (
+    Finding,
+    clean,
+    client_queries,
+    identity,
+    shannon,
+    spread,
+    table,
+    txn_evidence,
+    with_client_key,
+)
+from analyze.findings._names import is_internal, public_suffix, registered_domain
+
+#: Programs whose job is to send many queries (resolvers forwarding for the whole node).
+RESOLVERS = frozenset({"coredns", "dnsmasq", "unbound", "named", "systemd-resolve",
+                       "node-cache", "kube-dns", "pdns_recursor", "knotd", "dnsperf"})
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    window_s: float = 10.0
+    nx_min: int = 10            #: NXDOMAINs before a client is judged
+    nx_share: float = 0.5
+    nx_burst: int = 20          #: NXDOMAINs in one window: medium
+    dga_domains: int = 10       #: distinct random-looking registered domains: high
+    rate_qps: float = 50.0
+
+
+_VOWELS = set("aeiou")
+
+
+def random_looking(label: str) -> bool:
+    """A label that looks machine-generated: long, high entropy or digits mixed into letters."""
+    if len(label) < 8:
+        return False
+    digits = sum(ch.isdigit() for ch in label)
+    vowels = sum(ch in _VOWELS for ch in label)
+    letters = sum(ch.isalpha() for ch in label)
+    if letters and 0 < digits and digits / len(label) >= 0.2 and letters / len(label) >= 0.3:
+        return True
+    if letters >= 8 and vowels / letters < 0.2:
+        return True
+    return shannon(label) >= 3.6 and len(label) >= 12
+
+
+def _sld(qname: str) -> str:
+    rd = registered_domain(qname)
+    ps = public_suffix(qname)
+    if not rd or not ps or rd == ps:
+        return qname.split(".")[0]
+    return rd[: -len(ps) - 1]
+
+
+def _window_max(ts: pd.Series, window_s: float) -> int:
+    if ts.empty:
+        return 0
+    s = pd.Series(1, index=pd.DatetimeIndex(ts.sort_values()))
+    return int(s.rolling(f"{int(window_s * 1000)}ms").sum().max())
+
+
+def _search_txn_ids(capture: Any) -> set[int]:
+    """Transactions that were search-list attempts of a lookup that later succeeded."""
+    lk = table(capture, "lookups")
+    if lk.empty or "txn_ids" not in lk.columns:
+        return set()
+    ids: set[int] = set()
+    for _, r in lk.iterrows():
+        names = r.get("names")
+        if clean(r.get("final_name")) is None:
+            continue
+        try:
+            if len(names) < 2:
+                continue
+        except TypeError:
+            continue
+        for t in r["txn_ids"]:
+            ids.add(int(t))
+    return ids
+
+
+def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cluster.local",
+           **_: Any) -> list[Finding]:
+    th = th or Thresholds()
+    tx = client_queries(capture)
+    if tx.empty or "ts" not in tx.columns:
+        return []
+    tx = with_client_key(tx).sort_values("ts")
+    out: list[Finding] = []
+    out.extend(_nxdomain(capture, tx, th, cluster_domain))
+    out.extend(_rate(tx, th))
+    out.extend(_unknown_binary(capture, tx))
+    return out
+
+
+def _nxdomain(capture: Any, tx: pd.DataFrame, th: Thresholds,
+              cluster_domain: str) -> list[Finding]:
+    if "rcode_name" not in tx.columns:
+        return []
+    search = _search_txn_ids(capture)
+    out: list[Finding] = []
+    for _client, g in tx.groupby("_client", sort=False):
+        nx = g[g["rcode_name"].eq("NXDOMAIN")]
+        if "txn_id" in nx.columns and search:
+            nx = nx[~nx["txn_id"].isin(search)]
+        nx = nx[[not is_internal(str(q), cluster_domain) for q in nx["qname"]]]
+        if len(nx) < th.nx_min:
+            continue
+        share = len(nx) / len(g)
+        if share < th.nx_share:
+            continue
+        names = nx["qname"].astype(str)
+        rds = names.map(lambda q: registered_domain(q) or q)
+        random_rds = {r for r, q in zip(rds, names) if random_looking(_sld(q))}
+        burst = _window_max(nx["ts"], th.window_s)
+        if len(random_rds) >= th.dga_domains and len(random_rds) >= 0.5 * rds.nunique():
+            severity = "high"
+        elif burst >= th.nx_burst:
+            severity = "medium"
+        else:
+            severity = "low"
+        ident = identity(g.iloc[0])
+        who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
+        out.append(Finding(
+            kind="nxdomain_storm",
+            severity=severity,
+            explanation=(
+                f"{who} got {len(nx)} NXDOMAIN answers ({share:.0%} of its queries) for "
+                f"{names.nunique()} names in {rds.nunique()} registered domains, up to {burst} "
+                f"in {th.window_s:.0f} s"
+                + (f"; {len(random_rds)} registered domains look machine-generated, the "
+                   "pattern of malware trying domain-generation-algorithm names until one "
+                   "answers" if severity == "high" else "")
+                + ". Search-list attempts of lookups that succeeded are not counted."
+            ),
+            domain=str(names.value_counts().index[0]),
+            registered_domain=None,
+            metrics={
+                "queries": len(g), "nxdomain": len(nx), "nxdomain_share": round(share, 3),
+                "distinct_names": int(names.nunique()),
+                "distinct_registered_domains": int(rds.nunique()),
+                "random_looking_registered_domains": len(random_rds),
+                "max_nxdomain_per_window": burst, "window_s": th.window_s,
+            },
+            evidence=txn_evidence(spread(nx)),
+            **ident,
+        ))
+    return out
+
+
+def _rate(tx: pd.DataFrame, th: Thresholds) -> list[Finding]:
+    out: list[Finding] = []
+    for _client, g in tx.groupby("_client", sort=False):
+        if len(g) < th.rate_qps * th.window_s:
+            continue
+        peak = _window_max(g["ts"], th.window_s) / th.window_s
+        if peak < th.rate_qps:
+            continue
+        span = max((g["ts"].max() - g["ts"].min()).total_seconds(), 1e-9)
+        ident = identity(g.iloc[0])
+        comm = str(ident["comm"] or "")
+        is_resolver = comm in RESOLVERS
+        severity = "low" if is_resolver else "medium"
+        top = g["qname"].astype(str).value_counts().head(5)
+        who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
+        out.append(Finding(
+            kind="high_rate",
+            severity=severity,
+            explanation=(
+                f"{who} sent up to {peak:.0f} queries/s over {th.window_s:.0f} s "
+                f"({len(g)} queries in {span:.1f} s; threshold {th.rate_qps:.0f}/s)"
+                + (", expected of a resolver forwarding for others" if is_resolver else
+                   ": a retry loop, a missing cache or a scan")
+                + f". Most asked: {', '.join(top.index[:3])}."
+            ),
+            domain=str(top.index[0]) if len(top) else None,
+            metrics={"queries": len(g), "span_s": round(span, 3),
+                     "peak_qps": round(peak, 1), "mean_qps": round(len(g) / span, 1),
+                     "top_names": {str(k): int(v) for k, v in top.items()}},
+            evidence=txn_evidence(spread(g)),
+            **ident,
+        ))
+    return out
+
+
+_DELETED = re.compile(r"\s\(deleted\)$")
+
+
+def _unknown_binary(capture: Any, tx: pd.DataFrame) -> list[Finding]:
+    pr = table(capture, "processes")
+    if pr.empty or "tgid" not in tx.columns or tx["tgid"].isna().all():
+        return []
+    pr = pr.drop_duplicates("tgid", keep="last").set_index("tgid")
+    out: list[Finding] = []
+    for tgid, g in tx[tx["tgid"].notna()].groupby("tgid", sort=False):
+        tgid = int(tgid)
+        if tgid not in pr.index:
+            continue
+        exe = clean(pr.at[tgid, "exe"]) if "exe" in pr.columns else None
+        deleted = exe is not None and bool(_DELETED.search(str(exe)))
+        if exe is not None and not deleted:
+            continue
+        source = clean(pr.at[tgid, "source"]) if "source" in pr.columns else None
+        if exe is None and source == "exec":
+            continue  # started during the capture: execs.filename names the binary
+        ident = identity(g.iloc[0])
+        cmdline = clean(pr.at[tgid, "cmdline"]) if "cmdline" in pr.columns else None
+        out.append(Finding(
+            kind="unknown_binary",
+            severity="medium" if deleted else "low",
+            explanation=(
+                f"{ident['comm'] or 'process'}[{tgid}] sent {len(g)} DNS queries "
+                + (f"from a binary deleted after it started ({exe}): malware often deletes "
+                   "itself after launch" if deleted else
+                   "but its executable could not be read (it exited, or is a kernel or "
+                   "foreign-namespace task)")
+                + "."
+            ),
+            domain=str(g["qname"].astype(str).value_counts().index[0]),
+            metrics={"queries": len(g), "exe": exe, "cmdline": cmdline},
+            evidence=txn_evidence(spread(g)),
+            **ident,
+        ))
+    return out
