@@ -53,9 +53,10 @@ def proc_start_time(pid: int) -> int | None:
 
 
 def process_alive(pid: int, start_time: int | None = None) -> bool:
-    """True when PID exists (and, if given, started at start_time: pids get reused)."""
+    """True when PID runs (not a zombie) and, if given, started at start_time (pids get
+    reused)."""
     now = proc_start_time(pid)
-    if now is None:
+    if now is None or not _running(pid):
         return False
     return start_time is None or now == start_time
 
@@ -78,16 +79,11 @@ def kill_pids(pids: list[int], grace: float = 2.0) -> None:
 
 
 def _running(pid: int) -> bool:
-    """A pid that exists and is not a zombie (zombies of our children are reaped elsewhere)."""
+    """A pid that exists and is not a zombie. Zombies are not reaped here: a child's status
+    belongs to whoever holds its Popen."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     state = stat.rsplit(")", 1)[-1].split()[0]
-    if state == "Z":
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        return False
-    return True
+    return state != "Z"
