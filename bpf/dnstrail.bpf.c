@@ -1,0 +1,780 @@
+// dnstrail: record DNS messages moved by any syscall, plus connect() and exec events.
+//
+// Loaded by capture/probe.py with BCC. Constants arrive as -D cflags (see probe.py):
+//   MAX_PAYLOAD      snaplen in bytes (payload bytes copied per message)
+//   RINGBUF_PAGES    size of the ring buffer in pages (power of two)
+//   MAX_MMSG         messages read from one sendmmsg/recvmmsg vector
+//   MAX_IOV          iovecs read from one msghdr / readv / writev
+//   FILTER_PIDS, FILTER_COMMS, FILTER_PORTS   1 when that filter is in force
+//   TRACE_CONNECTS, TRACE_EXECS               1 to emit those events
+//   SOCK_SALT        64-bit salt mixed into sock_id (kernel pointers are not exported raw)
+//   OFF_*            struct member offsets of the *running* kernel, read from its BTF by
+//                    capture/_btf.py (installed headers may be for another kernel version)
+//
+// Design (docs/bpf.md has the long form):
+//  * sys_enter_* stores the syscall arguments in `pending`, keyed by pid_tgid.
+//  * sock:sock_send_length / sock:sock_recv_length fire inside the syscall for every message
+//    that goes through a socket; they hand over the struct sock, from which we take the
+//    socket identity, protocol, family and both endpoints, and store them in `pending`.
+//    They are also what tells us that an fd is a socket at all.
+//  * sys_exit_* reads the user buffers with the returned length, decides whether the message
+//    is DNS (local or remote port in the port set) and emits one ring buffer record per
+//    message (per element of a sendmmsg/recvmmsg vector).
+//  * read/write/readv/writev are the hottest syscalls on a node: their sys_enter only looks the
+//    (tgid, fd) up in `fd_state` (sockets connect()ed to a DNS port, and accept()ed sockets not
+//    yet known to be non-DNS) and stores nothing for any other fd.
+//  * Everything that could not be recorded is counted in `lost` by cause.
+
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include <linux/socket.h>
+#include <linux/uio.h>
+
+#ifndef MAX_PAYLOAD
+#define MAX_PAYLOAD 1232
+#endif
+#ifndef OFF_MASK
+#define OFF_MASK 2047  // (power of two > MAX_PAYLOAD) - 1: masks offsets/lengths for the verifier
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 16384
+#endif
+#ifndef MAX_MMSG
+#define MAX_MMSG 16
+#endif
+#ifndef MAX_IOV
+#define MAX_IOV 4
+#endif
+#ifndef FILTER_PIDS
+#define FILTER_PIDS 0
+#endif
+#ifndef FILTER_COMMS
+#define FILTER_COMMS 0
+#endif
+#ifndef FILTER_PORTS
+#define FILTER_PORTS 1
+#endif
+#ifndef TRACE_CONNECTS
+#define TRACE_CONNECTS 1
+#endif
+#ifndef TRACE_EXECS
+#define TRACE_EXECS 1
+#endif
+#ifndef SOCK_SALT
+#define SOCK_SALT 0x5bd1e995ULL
+#endif
+#ifndef OFF_TASK_NSPROXY
+#define OFF_TASK_NSPROXY offsetof(struct task_struct, nsproxy)
+#endif
+#ifndef OFF_TASK_REAL_PARENT
+#define OFF_TASK_REAL_PARENT offsetof(struct task_struct, real_parent)
+#endif
+#ifndef OFF_TASK_TGID
+#define OFF_TASK_TGID offsetof(struct task_struct, tgid)
+#endif
+#ifndef OFF_NSPROXY_NET_NS
+#define OFF_NSPROXY_NET_NS 40
+#endif
+#ifndef OFF_NET_NS_INUM
+#define OFF_NET_NS_INUM 0
+#endif
+#ifndef OFF_SKC_DADDR
+#define OFF_SKC_DADDR 0
+#endif
+#ifndef OFF_SKC_RCV_SADDR
+#define OFF_SKC_RCV_SADDR 4
+#endif
+#ifndef OFF_SKC_DPORT
+#define OFF_SKC_DPORT 12
+#endif
+#ifndef OFF_SKC_NUM
+#define OFF_SKC_NUM 14
+#endif
+#ifndef OFF_SKC_V6_DADDR
+#define OFF_SKC_V6_DADDR 56
+#endif
+#ifndef OFF_SKC_V6_RCV_SADDR
+#define OFF_SKC_V6_RCV_SADDR 72
+#endif
+
+// Hide a value from clang so that a following bound check/mask is kept in the same register
+// the verifier looks at (clang otherwise drops a mask it can prove redundant).
+#define BARRIER_VAR(x) asm volatile("" : "+r"(x))
+
+// ---- values shared with capture/probe.py (keep in sync) ----
+#define KIND_MSG 1
+#define KIND_CONNECT 2
+#define KIND_EXEC 3
+
+#define SC_SENDTO 1
+#define SC_SENDMSG 2
+#define SC_SENDMMSG 3
+#define SC_WRITE 4
+#define SC_WRITEV 5
+#define SC_RECVFROM 6
+#define SC_RECVMSG 7
+#define SC_RECVMMSG 8
+#define SC_READ 9
+#define SC_READV 10
+#define SC_IS_RECV(s) ((s) >= SC_RECVFROM)
+
+#define F_SRC_ADDR 1
+#define F_SRC_PORT 2
+#define F_DST_ADDR 4
+#define F_DST_PORT 8
+#define F_SOCK 16
+#define F_PROTO 32
+
+#define LOST_RINGBUF_FULL 0
+#define LOST_PAYLOAD_UNREADABLE 1
+#define LOST_MMSG_OVER_BOUND 2
+#define LOST_IOV_OVER_BOUND 3
+#define LOST_PENDING_FULL 4
+#define LOST_UNTRACKED_SOCKET_IO 5
+#define LOST_MSGHDR_UNREADABLE 6
+#define LOST_CONNECT_PENDING_FULL 7
+#define N_LOST 8
+
+#define FD_DNS 1        // connect()ed to a DNS port, or seen moving DNS
+#define FD_CANDIDATE 2  // accept()ed: a socket, ports unknown until its first read/write
+#define FD_NOT_DNS 3    // a socket whose ports are not in the set
+#define FD_SOCKET 4     // created by socket(): type known (for connect events), not traced
+#define T_STREAM 1  // SOCK_STREAM
+#define T_DGRAM 2   // SOCK_DGRAM
+
+// ---- records sent to user space (little endian, 8-byte aligned) ----
+struct ev_common {
+    u8 kind;
+    u8 syscall;
+    u8 direction;
+    u8 protocol;
+    u8 family;
+    u8 flags;
+    u16 msg_index;
+    u32 tgid;
+    u32 tid;
+    u32 uid;
+    u32 netns;
+    u64 mono_ns;
+    u64 cgroup_id;
+    char comm[16];
+};  // 56 bytes
+
+struct ev_msg {
+    struct ev_common c;
+    u64 sock_id;
+    u8 src_addr[16];
+    u8 dst_addr[16];
+    u16 src_port;
+    u16 dst_port;
+    s32 fd;
+    u32 orig_len;
+    u32 cap_len;
+    // room for (offset <= OFF_MASK) + (chunk <= OFF_MASK): the verifier bounds both separately
+    u8 payload[2 * (OFF_MASK + 1)];
+};
+#define EV_MSG_HDR (sizeof(struct ev_common) + 8 + 32 + 8 + 8)
+
+struct ev_connect {
+    struct ev_common c;
+    u8 dst_addr[16];
+    u16 dst_port;
+    u16 _pad;
+    s32 fd;
+    s32 result;
+    u32 _pad2;
+    s64 latency_ns;
+};
+
+struct ev_exec {
+    struct ev_common c;
+    u32 ppid;
+    u32 _pad;
+    char filename[256];
+};
+
+// ---- in-kernel state ----
+struct pending_t {
+    u64 ts;
+    u64 sk;
+    u64 buf;        // buf / msghdr* / mmsghdr* / iovec*
+    u64 addr;       // sockaddr* (sendto/recvfrom)
+    u32 len;        // buf len / vlen / iovcnt
+    s32 fd;
+    u8 syscall;
+    u8 sock_seen;
+    u8 family;
+    u8 protocol;
+    u16 lport;
+    u16 rport;
+    u8 laddr[16];
+    u8 raddr[16];
+};
+
+struct conn_t {
+    u64 ts;
+    s32 fd;
+    u16 family;
+    u16 port;
+    u8 addr[16];
+};
+
+struct fd_state_t {
+    u8 state;
+    u8 type;  // SOCK_STREAM / SOCK_DGRAM or 0
+};
+
+struct comm_key {
+    char comm[16];
+};
+
+struct sock_args_t {
+    u32 family;
+    u32 type;
+};
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_HASH(pending, u64, struct pending_t, 65536);
+BPF_HASH(conn_pending, u64, struct conn_t, 16384);
+BPF_HASH(socket_args, u64, struct sock_args_t, 16384);
+BPF_TABLE("lru_hash", u64, struct fd_state_t, fd_state, 65536);
+BPF_HASH(ports, u16, u8, 64);
+BPF_HASH(pids, u32, u8, 1024);
+BPF_HASH(comms, struct comm_key, u8, 256);
+BPF_HASH(cgroups, u64, u8, 4096);
+BPF_ARRAY(config, u64, 4);  // [0]: 1 = cgroup filter in force
+BPF_PERCPU_ARRAY(lost, u64, N_LOST);
+BPF_PERCPU_ARRAY(scratch, struct ev_msg, 1);
+
+static __always_inline void count_lost(u32 cause, u64 n) {
+    u64 *v = lost.lookup(&cause);
+    if (v)
+        *v += n;
+}
+
+static __always_inline int pass_filters(u64 pid_tgid) {
+#if FILTER_PIDS
+    u32 tgid = pid_tgid >> 32;
+    if (!pids.lookup(&tgid))
+        return 0;
+#endif
+#if FILTER_COMMS
+    struct comm_key ck = {};
+    bpf_get_current_comm(&ck.comm, sizeof(ck.comm));
+    if (!comms.lookup(&ck))
+        return 0;
+#endif
+    u32 zero = 0;
+    u64 *cg_on = config.lookup(&zero);
+    if (cg_on && *cg_on) {
+        u64 cg = bpf_get_current_cgroup_id();
+        if (!cgroups.lookup(&cg))
+            return 0;
+    }
+    return 1;
+}
+
+static __always_inline int port_match(u16 port) {
+#if FILTER_PORTS
+    return port && ports.lookup(&port) != 0;
+#else
+    return 1;
+#endif
+}
+
+static __always_inline void fill_common(struct ev_common *c, u8 kind) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    c->kind = kind;
+    c->tgid = pid_tgid >> 32;
+    c->tid = (u32)pid_tgid;
+    c->uid = (u32)bpf_get_current_uid_gid();
+    c->mono_ns = bpf_ktime_get_ns();
+    c->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&c->comm, sizeof(c->comm));
+    u64 task = (u64)bpf_get_current_task();
+    u64 nsproxy = 0, net = 0;
+    u32 inum = 0;
+    bpf_probe_read_kernel(&nsproxy, sizeof(nsproxy), (void *)(task + OFF_TASK_NSPROXY));
+    if (nsproxy)
+        bpf_probe_read_kernel(&net, sizeof(net), (void *)(nsproxy + OFF_NSPROXY_NET_NS));
+    if (net)
+        bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(net + OFF_NET_NS_INUM));
+    c->netns = inum;
+}
+
+// Read a user sockaddr (in or in6). Returns the family (0 when unusable).
+static __always_inline u16 read_sockaddr(u64 uaddr, u8 *addr, u16 *port) {
+    struct sockaddr_in6 sa = {};
+    if (!uaddr)
+        return 0;
+    if (bpf_probe_read_user(&sa, sizeof(sa), (void *)uaddr) != 0)
+        return 0;
+    if (sa.sin6_family == AF_INET) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
+        __builtin_memcpy(addr, &s4->sin_addr.s_addr, 4);
+        *port = bpf_ntohs(s4->sin_port);
+        return AF_INET;
+    }
+    if (sa.sin6_family == AF_INET6) {
+        __builtin_memcpy(addr, &sa.sin6_addr, 16);
+        *port = bpf_ntohs(sa.sin6_port);
+        return AF_INET6;
+    }
+    return 0;
+}
+
+// ---- enter: remember the arguments ----
+static __always_inline void store_pending(u8 sc, s32 fd, u64 buf, u32 len, u64 addr) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!pass_filters(pid_tgid))
+        return;
+    struct pending_t p = {};
+    p.ts = bpf_ktime_get_ns();
+    p.syscall = sc;
+    p.fd = fd;
+    p.buf = buf;
+    p.len = len;
+    p.addr = addr;
+    if (pending.update(&pid_tgid, &p) != 0)
+        count_lost(LOST_PENDING_FULL, 1);
+}
+
+static __always_inline void store_pending_if_dns_fd(u8 sc, s32 fd, u64 buf, u32 len) {
+    u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)fd;
+    struct fd_state_t *st = fd_state.lookup(&key);
+    if (!st || (st->state != FD_DNS && st->state != FD_CANDIDATE))
+        return;
+    store_pending(sc, fd, buf, len, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) {
+    store_pending(SC_SENDTO, args->fd, (u64)args->buff, args->len, (u64)args->addr);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) {
+    if (args->flags & MSG_PEEK)
+        return 0;  // the real read follows; recording the peek would duplicate the message
+    store_pending(SC_RECVFROM, args->fd, (u64)args->ubuf, args->size, (u64)args->addr);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) {
+    store_pending(SC_SENDMSG, args->fd, (u64)args->msg, 1, 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) {
+    if (args->flags & MSG_PEEK)
+        return 0;
+    store_pending(SC_RECVMSG, args->fd, (u64)args->msg, 1, 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) {
+    store_pending(SC_SENDMMSG, args->fd, (u64)args->mmsg, args->vlen, 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) {
+    if (args->flags & MSG_PEEK)
+        return 0;
+    store_pending(SC_RECVMMSG, args->fd, (u64)args->mmsg, args->vlen, 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_write) {
+    store_pending_if_dns_fd(SC_WRITE, args->fd, (u64)args->buf, args->count);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_read) {
+    store_pending_if_dns_fd(SC_READ, args->fd, (u64)args->buf, args->count);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) {
+    store_pending_if_dns_fd(SC_WRITEV, args->fd, (u64)args->vec, args->vlen);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) {
+    store_pending_if_dns_fd(SC_READV, args->fd, (u64)args->vec, args->vlen);
+    return 0;
+}
+
+// ---- inside: the socket ----
+static __always_inline void on_sock_io(void *sk, u16 family, u16 protocol) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct pending_t *p = pending.lookup(&pid_tgid);
+    u8 raw[16] = {};
+    u16 lport = 0, rport_be = 0;
+    bpf_probe_read_kernel(&rport_be, 2, (char *)sk + OFF_SKC_DPORT);
+    bpf_probe_read_kernel(&lport, 2, (char *)sk + OFF_SKC_NUM);
+    if (!p) {
+        // Socket I/O on a DNS port that no hooked syscall announced: read()/write() on a socket
+        // accepted or connected before the capture started, a syscall already in flight at
+        // attach time, or sendfile/splice/io_uring. Counted, never silent.
+        if ((family == AF_INET || family == AF_INET6) && (protocol == IPPROTO_UDP || protocol == IPPROTO_TCP)
+            && (port_match(lport) || port_match(bpf_ntohs(rport_be)))
+            && pass_filters(pid_tgid))
+            count_lost(LOST_UNTRACKED_SOCKET_IO, 1);
+        return;
+    }
+    if (p->sock_seen)
+        return;  // later messages of the same sendmmsg/recvmmsg: same socket
+    p->sock_seen = 1;
+    p->sk = (u64)sk;
+    p->family = family;
+    p->protocol = protocol;
+    p->lport = lport;
+    p->rport = bpf_ntohs(rport_be);
+    if (family == AF_INET) {
+        bpf_probe_read_kernel(p->laddr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
+        bpf_probe_read_kernel(p->raddr, 4, (char *)sk + OFF_SKC_DADDR);
+    } else if (family == AF_INET6) {
+        bpf_probe_read_kernel(p->laddr, 16, (char *)sk + OFF_SKC_V6_RCV_SADDR);
+        bpf_probe_read_kernel(p->raddr, 16, (char *)sk + OFF_SKC_V6_DADDR);
+    }
+}
+
+TRACEPOINT_PROBE(sock, sock_send_length) {
+    on_sock_io(args->sk, args->family, args->protocol);
+    return 0;
+}
+TRACEPOINT_PROBE(sock, sock_recv_length) {
+    on_sock_io(args->sk, args->family, args->protocol);
+    return 0;
+}
+
+// ---- exit: read the buffers, emit ----
+static __always_inline int is_zero(const u8 *a, int n) {
+    u64 x = 0;
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+        if (i < n)
+            x |= a[i];
+    return x == 0;
+}
+
+// Copy up to `total` bytes spread over an iovec array into e->payload. Returns bytes copied.
+static __always_inline u32 gather_iov(struct ev_msg *e, u64 iov_ptr, u32 iovcnt, u32 total) {
+    u32 off = 0;
+    for (int i = 0; i < MAX_IOV; i++) {
+        if (i >= iovcnt || off >= total)
+            break;
+        struct iovec iov = {};
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(struct iovec))) != 0)
+            break;
+        u32 chunk = iov.iov_len > (u64)(total - off) ? total - off : (u32)iov.iov_len;
+        if (chunk > MAX_PAYLOAD)
+            chunk = MAX_PAYLOAD;
+        if (off >= MAX_PAYLOAD)
+            break;
+        u32 o = off, c = chunk;
+        BARRIER_VAR(o);
+        BARRIER_VAR(c);
+        o &= OFF_MASK;
+        c &= OFF_MASK;
+        if (c && bpf_probe_read_user(&e->payload[o], c, iov.iov_base) != 0)
+            break;
+        off += chunk;
+    }
+    if (off < total && iovcnt > MAX_IOV)
+        count_lost(LOST_IOV_OVER_BOUND, 1);
+    return off;
+}
+
+// Fill addresses/ports of e from the socket (p) and the message's own address (if any).
+// Returns 1 when the message is DNS by the port set.
+static __always_inline int set_endpoints(struct ev_msg *e, struct pending_t *p, u8 is_recv,
+                                         u16 mfam, u8 *maddr, u16 mport) {
+    u8 *laddr = p->laddr, *raddr = p->raddr;
+    u16 rport = p->rport;
+    u8 rfl = 0, lfl = 0;
+    u8 alen = p->family == AF_INET6 ? 16 : 4;
+    if (mfam) {
+        raddr = maddr;
+        rport = mport;
+        rfl = F_DST_ADDR | F_DST_PORT;
+        alen = mfam == AF_INET6 ? 16 : 4;
+        e->c.family = mfam;
+    } else {
+        e->c.family = p->family;
+        if (!is_zero(raddr, alen))
+            rfl |= F_DST_ADDR;
+        if (rport)
+            rfl |= F_DST_PORT;
+    }
+    u8 lalen = p->family == AF_INET6 ? 16 : 4;
+    if (!is_zero(laddr, lalen))
+        lfl |= F_SRC_ADDR;
+    if (p->lport)
+        lfl |= F_SRC_PORT;
+    if (!port_match(p->lport) && !port_match(rport))
+        return 0;
+    // lfl/rfl are in "send" orientation: local = src, remote = dst
+    if (is_recv) {
+        __builtin_memcpy(e->src_addr, raddr, 16);
+        __builtin_memcpy(e->dst_addr, laddr, 16);
+        e->src_port = rport;
+        e->dst_port = p->lport;
+        e->c.flags |= ((rfl & F_DST_ADDR) ? F_SRC_ADDR : 0) | ((rfl & F_DST_PORT) ? F_SRC_PORT : 0)
+                    | ((lfl & F_SRC_ADDR) ? F_DST_ADDR : 0) | ((lfl & F_SRC_PORT) ? F_DST_PORT : 0);
+    } else {
+        __builtin_memcpy(e->src_addr, laddr, 16);
+        __builtin_memcpy(e->dst_addr, raddr, 16);
+        e->src_port = p->lport;
+        e->dst_port = rport;
+        e->c.flags |= lfl | rfl;
+    }
+    return 1;
+}
+
+static __always_inline void emit_msg(struct ev_msg *e, u32 cap) {
+    if (cap > MAX_PAYLOAD)
+        cap = MAX_PAYLOAD;
+    BARRIER_VAR(cap);
+    cap &= OFF_MASK;
+    e->cap_len = cap;
+    if (events.ringbuf_output(e, EV_MSG_HDR + cap, 0) != 0)
+        count_lost(LOST_RINGBUF_FULL, 1);
+}
+
+static __always_inline struct ev_msg *prepare(struct pending_t *p, u8 is_recv) {
+    u32 zero = 0;
+    struct ev_msg *e = scratch.lookup(&zero);
+    if (!e)
+        return 0;
+    fill_common(&e->c, KIND_MSG);
+    e->c.syscall = p->syscall;
+    e->c.direction = is_recv;
+    e->c.protocol = p->protocol == IPPROTO_TCP ? 6 : (p->protocol == IPPROTO_UDP ? 17 : 0);
+    e->c.flags = F_SOCK | (e->c.protocol ? F_PROTO : 0);
+    e->c.msg_index = 0;
+    e->fd = p->fd;
+    u64 x = (p->sk ^ SOCK_SALT) * 0x9E3779B97F4A7C15ULL;
+    e->sock_id = x ^ (x >> 31);
+    __builtin_memset(e->src_addr, 0, 32);
+    e->src_port = 0;
+    e->dst_port = 0;
+    return e;
+}
+
+// One message described by a user msghdr (sendmsg/recvmsg, or one element of an mmsg vector).
+static __always_inline void emit_msghdr(struct pending_t *p, u64 msghdr_ptr, u32 len, u16 index, u8 is_recv) {
+    struct user_msghdr mh = {};
+    if (bpf_probe_read_user(&mh, sizeof(mh), (void *)msghdr_ptr) != 0) {
+        count_lost(LOST_MSGHDR_UNREADABLE, 1);
+        return;
+    }
+    u8 maddr[16] = {};
+    u16 mport = 0, mfam = 0;
+    if (mh.msg_name && mh.msg_namelen >= sizeof(struct sockaddr_in))
+        mfam = read_sockaddr((u64)mh.msg_name, maddr, &mport);
+    struct ev_msg *e = prepare(p, is_recv);
+    if (!e)
+        return;
+    e->c.msg_index = index;
+    if (!set_endpoints(e, p, is_recv, mfam, maddr, mport))
+        return;
+    e->orig_len = len;
+    u32 want = len > MAX_PAYLOAD ? MAX_PAYLOAD : len;
+    u32 got = gather_iov(e, (u64)mh.msg_iov, (u32)mh.msg_iovlen, want);
+    if (got < want)
+        count_lost(LOST_PAYLOAD_UNREADABLE, 1);
+    emit_msg(e, got);
+}
+
+static __always_inline void on_exit(long ret) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct pending_t *p = pending.lookup(&pid_tgid);
+    if (!p)
+        return;
+    u8 sc = p->syscall;
+    u8 is_recv = SC_IS_RECV(sc);
+    if (sc == SC_READ || sc == SC_WRITE || sc == SC_READV || sc == SC_WRITEV) {
+        u64 key = (pid_tgid & 0xffffffff00000000ULL) | (u32)p->fd;
+        if (!p->sock_seen) {
+            // No socket I/O happened: the fd is no longer a socket (or the call moved nothing).
+            if (ret > 0)
+                fd_state.delete(&key);
+            goto out;
+        }
+        if (!port_match(p->lport) && !port_match(p->rport)) {
+            struct fd_state_t st = {FD_NOT_DNS, 0};
+            fd_state.update(&key, &st);
+            goto out;
+        }
+        struct fd_state_t *cur = fd_state.lookup(&key);
+        if (cur && cur->state == FD_CANDIDATE)
+            cur->state = FD_DNS;
+    }
+    if (ret <= 0 || !p->sock_seen)
+        goto out;
+
+    if (sc == SC_SENDTO || sc == SC_RECVFROM || sc == SC_WRITE || sc == SC_READ) {
+        u8 maddr[16] = {};
+        u16 mport = 0, mfam = 0;
+        if (p->addr)
+            mfam = read_sockaddr(p->addr, maddr, &mport);
+        struct ev_msg *e = prepare(p, is_recv);
+        if (!e)
+            goto out;
+        if (!set_endpoints(e, p, is_recv, mfam, maddr, mport))
+            goto out;
+        e->orig_len = (u32)ret;
+        u32 want = (u64)ret > MAX_PAYLOAD ? MAX_PAYLOAD : (u32)ret;
+        if (want > p->len)
+            want = p->len;  // recvfrom(MSG_TRUNC) returns the datagram size, not what was copied
+        BARRIER_VAR(want);
+        want &= OFF_MASK;
+        if (want && bpf_probe_read_user(e->payload, want, (void *)p->buf) != 0) {
+            count_lost(LOST_PAYLOAD_UNREADABLE, 1);
+            want = 0;
+        }
+        emit_msg(e, want);
+    } else if (sc == SC_READV || sc == SC_WRITEV) {
+        struct ev_msg *e = prepare(p, is_recv);
+        if (!e)
+            goto out;
+        if (!set_endpoints(e, p, is_recv, 0, 0, 0))
+            goto out;
+        e->orig_len = (u32)ret;
+        u32 want = (u64)ret > MAX_PAYLOAD ? MAX_PAYLOAD : (u32)ret;
+        u32 got = gather_iov(e, p->buf, p->len, want);
+        if (got < want)
+            count_lost(LOST_PAYLOAD_UNREADABLE, 1);
+        emit_msg(e, got);
+    } else if (sc == SC_SENDMSG || sc == SC_RECVMSG) {
+        emit_msghdr(p, p->buf, (u32)ret, 0, is_recv);
+    } else if (sc == SC_SENDMMSG || sc == SC_RECVMMSG) {
+        // struct mmsghdr { struct user_msghdr msg_hdr; unsigned int msg_len; } (64 bytes)
+        u32 n = (u32)ret;
+        for (int i = 0; i < MAX_MMSG; i++) {
+            if (i >= n)
+                break;
+            u64 mm = p->buf + (u64)i * 64;
+            u32 mlen = 0;
+            bpf_probe_read_user(&mlen, sizeof(mlen), (void *)(mm + sizeof(struct user_msghdr)));
+            emit_msghdr(p, mm, mlen, i, is_recv);
+        }
+        if (n > MAX_MMSG)
+            count_lost(LOST_MMSG_OVER_BOUND, n - MAX_MMSG);
+    }
+out:
+    pending.delete(&pid_tgid);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { on_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { on_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { on_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { on_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { on_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { on_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { on_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { on_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { on_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { on_exit(args->ret); return 0; }
+
+// ---- sockets coming into existence: learn the type, track accepted sockets ----
+TRACEPOINT_PROBE(syscalls, sys_enter_socket) {
+    u32 fam = args->family;
+    if (fam != AF_INET && fam != AF_INET6)
+        return 0;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct sock_args_t sa = {fam, (u32)args->type & 0xf};
+    socket_args.update(&pid_tgid, &sa);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_socket) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct sock_args_t *sa = socket_args.lookup(&pid_tgid);
+    if (!sa)
+        return 0;
+    if (args->ret >= 0) {
+        u64 key = (pid_tgid & 0xffffffff00000000ULL) | (u32)args->ret;
+        struct fd_state_t st = {FD_SOCKET, (u8)sa->type};
+        fd_state.update(&key, &st);
+    }
+    socket_args.delete(&pid_tgid);
+    return 0;
+}
+static __always_inline void on_accept(long ret) {
+    if (ret < 0)
+        return;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!pass_filters(pid_tgid))
+        return;
+    u64 key = (pid_tgid & 0xffffffff00000000ULL) | (u32)ret;
+    struct fd_state_t st = {FD_CANDIDATE, T_STREAM};
+    fd_state.update(&key, &st);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { on_accept(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { on_accept(args->ret); return 0; }
+
+// ---- connect() ----
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!pass_filters(pid_tgid))
+        return 0;
+    struct conn_t c = {};
+    c.family = read_sockaddr((u64)args->uservaddr, c.addr, &c.port);
+    if (!c.family)
+        return 0;
+    c.ts = bpf_ktime_get_ns();
+    c.fd = args->fd;
+    if (conn_pending.update(&pid_tgid, &c) != 0)
+        count_lost(LOST_CONNECT_PENDING_FULL, 1);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct conn_t *c = conn_pending.lookup(&pid_tgid);
+    if (!c)
+        return 0;
+    u64 key = (pid_tgid & 0xffffffff00000000ULL) | (u32)c->fd;
+    struct fd_state_t *st = fd_state.lookup(&key);
+    u8 type = st ? st->type : 0;
+    if (port_match(c->port)) {
+        struct fd_state_t nst = {FD_DNS, type};
+        fd_state.update(&key, &nst);
+    }
+#if TRACE_CONNECTS
+    struct ev_connect ev = {};
+    fill_common(&ev.c, KIND_CONNECT);
+    ev.c.family = c->family;
+    ev.c.protocol = type == T_STREAM ? 6 : (type == T_DGRAM ? 17 : 0);
+    ev.c.flags = F_DST_ADDR | F_DST_PORT | (ev.c.protocol ? F_PROTO : 0);
+    __builtin_memcpy(ev.dst_addr, c->addr, 16);
+    ev.dst_port = c->port;
+    ev.fd = c->fd;
+    ev.result = args->ret;
+    ev.latency_ns = ev.c.mono_ns - c->ts;
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        count_lost(LOST_RINGBUF_FULL, 1);
+#endif
+    conn_pending.delete(&pid_tgid);
+    return 0;
+}
+
+// ---- exec ----
+#if TRACE_EXECS
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!pass_filters(pid_tgid))
+        return 0;
+    u32 zero = 0;
+    struct ev_msg *buf = scratch.lookup(&zero);
+    if (!buf)
+        return 0;
+    struct ev_exec *ev = (struct ev_exec *)buf;
+    fill_common(&ev->c, KIND_EXEC);
+    u64 task = (u64)bpf_get_current_task();
+    u64 parent = 0;
+    u32 ppid = 0;
+    bpf_probe_read_kernel(&parent, sizeof(parent), (void *)(task + OFF_TASK_REAL_PARENT));
+    if (parent)
+        bpf_probe_read_kernel(&ppid, sizeof(ppid), (void *)(parent + OFF_TASK_TGID));
+    ev->ppid = ppid;
+    ev->_pad = 0;
+    __builtin_memset(ev->filename, 0, sizeof(ev->filename));
+    TP_DATA_LOC_READ_STR(ev->filename, filename, sizeof(ev->filename));
+    if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
+        count_lost(LOST_RINGBUF_FULL, 1);
+    return 0;
+}
+#endif
