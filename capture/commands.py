@@ -58,7 +58,7 @@ class _Size(click.ParamType):
 @click.option("--snaplen", type=click.IntRange(12, MAX_SNAPLEN), default=1232,
               show_default=True, help="Bytes of payload kept per message (orig_len keeps the "
               "real length).")
-@click.option("--ringbuf-mb", type=click.IntRange(1, 4096), default=64, show_default=True,
+@click.option("--ringbuf-mb", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Kernel ring buffer size in MB (power of two).")
 @click.option("--max-size", "max_size", type=_Size(), default=DEFAULT_MAX_FILE_BYTES,
               help="Rotate an event file when it reaches this size (default 64MB).")
@@ -127,7 +127,7 @@ def record(
         options.validate()
         cfg = ProbeConfig(
             ports=options.ports, pids=options.pids, comms=options.comms,
-            cgroup_ids=(0,) if (pods or cgroups) else (), snaplen=snaplen,
+            cgroup_ids=(), filter_cgroups=bool(pods or cgroups), snaplen=snaplen,
             ringbuf_mb=ringbuf_mb, trace_connects=not no_connects, trace_execs=not no_execs,
         )
         click.echo(render_source(cfg))

@@ -39,9 +39,6 @@ MIN_SNAPLEN = 12  # a DNS header
 MAX_EXEC_ROWS = 100_000
 #: Exec events per poll whose /proc entry is read for exe and cmdline.
 MAX_EXEC_PROC_READS = 512
-#: A cgroup id that never exists: passed when a --pod/--cgroup filter matches nothing yet, so
-#: that the probe traces nothing rather than everything.
-NO_CGROUP = 0
 
 
 def parse_duration(text: str) -> float:
@@ -108,9 +105,9 @@ class RecordOptions:
                 raise CaptureError(f"bad --port {p}: must be 1-65535")
         if not MIN_SNAPLEN <= self.snaplen <= MAX_SNAPLEN:
             raise CaptureError(f"bad --snaplen {self.snaplen}: must be {MIN_SNAPLEN}-{MAX_SNAPLEN}")
-        if not 1 <= self.ringbuf_mb <= 4096 or self.ringbuf_mb & (self.ringbuf_mb - 1):
+        if not 1 <= self.ringbuf_mb <= 1024 or self.ringbuf_mb & (self.ringbuf_mb - 1):
             raise CaptureError(
-                f"bad --ringbuf-mb {self.ringbuf_mb}: must be a power of two, 1-4096"
+                f"bad --ringbuf-mb {self.ringbuf_mb}: must be a power of two, 1-1024"
             )
         for pid in self.pids:
             if pid <= 0:
@@ -233,7 +230,10 @@ def record(options: RecordOptions, err: TextIO | None = None) -> RecordSummary:
         ports=tuple(options.ports),
         pids=tuple(options.pids),
         comms=tuple(options.comms),
-        cgroup_ids=_filter_ids(resolution.cgroup_ids) if filtering else (),
+        cgroup_ids=tuple(sorted(resolution.cgroup_ids)),
+        # With --pod/--cgroup the filter is on even while it matches nothing yet: a pod
+        # whose cgroups do not exist must record nothing, not everything.
+        filter_cgroups=filtering,
         snaplen=options.snaplen,
         ringbuf_mb=options.ringbuf_mb,
         trace_connects=options.trace_connects,
@@ -246,10 +246,6 @@ def record(options: RecordOptions, err: TextIO | None = None) -> RecordSummary:
     finally:
         for sig, handler in restore.items():
             signal.signal(sig, handler)
-
-
-def _filter_ids(ids: set[int]) -> tuple[int, ...]:
-    return tuple(sorted(ids)) if ids else (NO_CGROUP,)
 
 
 def _install_signals(stop: threading.Event) -> dict[int, Any]:
@@ -286,7 +282,9 @@ def _run(
     )
     started = time.monotonic()
     current_ids = set(resolution.cgroup_ids)
-    with probe_cls(cfg) as probe:
+    probe = probe_cls(cfg)
+    probe.__enter__()  # compiles and attaches; raises LoadFailed & co. before any file exists
+    try:
         filters = options.filters()
         filters["pod_uids"] = sorted(resolution.pod_uids)
         writer.update_info(
@@ -298,16 +296,17 @@ def _run(
             }
         )
         state.start_rows = snap.scan_processes(resolver=state.resolver)
+        writer.start()
+        for kind, table in state.tables().items():
+            writer.write_snapshot(kind, table)
+        err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
+        if filtering and not current_ids:
+            err.write("No cgroup matches the filter yet; waiting for one to appear.\n")
+        err.flush()
+        started = time.monotonic()  # the duration counts from here, not from compiling
+        deadline = started + options.duration if options.duration else None
+        next_status = next_refilter = time.monotonic()
         try:
-            writer.start()
-            for kind, table in state.tables().items():
-                writer.write_snapshot(kind, table)
-            err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
-            err.flush()
-            if filtering and not current_ids:
-                err.write("No cgroup matches the filter yet; waiting for one to appear.\n")
-            deadline = started + options.duration if options.duration else None
-            next_status = next_refilter = time.monotonic()
             while not stop.is_set():
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -326,24 +325,22 @@ def _run(
                     next_status = now + 0.5
                     err.write("\r" + _status_line(writer, probe.lost(), now - started))
                     err.flush()
-            # Drain what is already in the ring buffers (bounded).
-            for _ in range(50):
-                if not _consume(probe.poll(timeout_ms=0), writer, state):
-                    break
-            writer.set_lost(probe.lost())
-        except DiskFull:
-            if tty:
-                err.write("\n")
-            raise
-        except BaseException as exc:
-            if tty:
-                err.write("\n")
-            if writer.started and not writer.closed:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                writer.close("failed", error=reason)
-            raise
-    if tty:
-        err.write("\n")
+        except KeyboardInterrupt:
+            pass  # Ctrl-C without our handler (handle_signals=False): end normally
+        if tty:
+            err.write("\n")
+        # Drain what is already in the ring buffer (bounded).
+        for _ in range(50):
+            if not _consume(probe.poll(timeout_ms=0), writer, state):
+                break
+        writer.set_lost(probe.lost())
+    except BaseException as exc:
+        _detach(probe, err)
+        if writer.started and not writer.closed:  # DiskFull has closed it already
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            writer.close("failed", error=reason)
+        raise
+    _detach(probe, err)
     state.end_rows = snap.scan_processes(resolver=state.resolver)
     writer.close("complete")
     stats = writer.stats()
@@ -361,6 +358,14 @@ def _run(
         err.write(line + "\n")
     err.flush()
     return summary
+
+
+def _detach(probe: Any, err: TextIO) -> None:
+    """Detach the probe; a failure here does not spoil what was already recorded."""
+    try:
+        probe.__exit__(None, None, None)
+    except Exception as exc:  # noqa: BLE001  (reported, and the capture is still finished)
+        err.write(f"warning: detaching the BPF probe failed: {type(exc).__name__}: {exc}\n")
 
 
 def _consume(
@@ -407,7 +412,7 @@ def _refilter(
     # Keep ids of cgroups that vanished: their remaining events still belong to the filter.
     wanted = current | res.cgroup_ids
     if wanted != current:
-        probe.set_cgroup_ids(_filter_ids(wanted))
+        probe.set_cgroup_ids(sorted(wanted))
     return wanted
 
 
