@@ -16,6 +16,8 @@ __all__ = ["require_lab", "require_root", "require_root_bcc"]
 
 STRICT_MARKERS = ("live", "lab")
 
+pytest_plugins = ["pytester"]
+
 
 def ci_strict() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")

@@ -17,8 +17,6 @@ import pytest
 from tests.lab import Lab, LabError, NetNS, cgroup2_mount, default_zone
 from tests.lab.require import require_lab
 
-pytestmark = pytest.mark.lab
-
 WWW = "www.lab.test"
 
 
@@ -287,6 +285,7 @@ def _absent(res_netns: list[str], res: object) -> list[str]:
     return left
 
 
+@pytest.mark.lab
 def test_teardown_leaves_the_machine_clean() -> None:
     require_lab()
     stray: subprocess.Popen[bytes] | None = None
@@ -314,6 +313,7 @@ def test_teardown_leaves_the_machine_clean() -> None:
     assert _absent(names, res) == []
 
 
+@pytest.mark.lab
 def test_cleanup_stale_removes_a_crashed_lab() -> None:
     require_lab()
     from tests.lab import cleanup_stale, registry
@@ -342,6 +342,7 @@ def test_cleanup_stale_removes_a_crashed_lab() -> None:
     assert _absent(res.netns, res) == []
 
 
+@pytest.mark.lab
 def test_lab_refuses_to_work_after_close() -> None:
     require_lab()
     lab = Lab()
@@ -355,3 +356,46 @@ def test_default_zone_is_what_tests_rely_on() -> None:
     zone = default_zone()
     assert len(zone["big.lab.test"]) == 40 and len(zone["huge.lab.test"]) == 100
     assert zone["alias.lab.test"] == [("CNAME", "mid.lab.test")]
+
+
+# ------------------------------------------------------------------ the CI rule of conftest
+def test_ci_turns_skipped_live_and_lab_tests_into_failures(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    pytester.makeconftest((repo / "tests" / "conftest.py").read_text())
+    pytester.makeini("[pytest]\nmarkers =\n    live: l\n    lab: l\n")
+    pytester.makepyfile(test_rule="""
+import pytest
+
+@pytest.mark.live
+def test_live_skips():
+    pytest.skip("no bcc here")
+
+@pytest.mark.lab
+def test_lab_skips():
+    pytest.skip("no lab here")
+
+@pytest.mark.live
+@pytest.mark.skipif(True, reason="marker says no")
+def test_live_skipif():
+    pass
+
+def test_corpus_skips():
+    pytest.skip("corpus absent")
+
+@pytest.mark.live
+@pytest.mark.xfail(reason="known")
+def test_live_xfail():
+    assert False
+""")
+    monkeypatch.setenv("PYTHONPATH", str(repo))
+    monkeypatch.setenv("CI", "true")
+    strict = pytester.runpytest_subprocess("-rA", "-p", "no:cacheprovider")
+    # a skip in setup (skipif, a fixture calling require_lab) becomes an error: also a failure
+    strict.assert_outcomes(failed=2, errors=1, skipped=1, xfailed=1)
+    assert strict.ret != 0
+    out = strict.stdout.str()
+    assert "no bcc here" in out and "no lab here" in out and "marker says no" in out
+    monkeypatch.setenv("CI", "false")
+    lax = pytester.runpytest_subprocess("-rA", "-p", "no:cacheprovider")
+    lax.assert_outcomes(skipped=4, xfailed=1)
