@@ -424,12 +424,12 @@ def generate(n_messages: int, seed: int, all_unique: bool, start_ns: int) -> tup
             exp.queries += 1
             if not answered:
                 # glibc/musl retransmit after their timeout; nobody answers either copy.
-                rows.add(tq + 5 * 10**9, p, sc_send, "send", fd, sock, idx, (p.addr, port),
+                rows.add(tq + 1_500_000_000, p, sc_send, "send", fd, sock, idx, (p.addr, port),
                          server, q)
                 exp.queries += 1
                 exp.retransmitted_queries += 1
                 exp.unanswered_queries += 1
-                end = max(end, tq + 10 * 10**9)
+                end = max(end, tq + 6 * 10**9)
                 continue
             r, ips = uni.response_wire(dns_id, name, qt, rcode, category, cache, txt)
             tr = tq + _latency_ns(rng, category, rcode)
