@@ -70,27 +70,51 @@ def _is_bulk(qtype: Any) -> bool:
     return q in BULK_TYPES or q.startswith("TYPE")
 
 
-def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cluster.local",
-           **_: Any) -> list[Finding]:
-    th = th or Thresholds()
+def _prepared(capture: Any, cluster_domain: str) -> pd.DataFrame:
+    """Client queries outside internal zones with _client, _rd (registered domain), _sub."""
     tx = client_queries(capture)
     if tx.empty or "qname" not in tx.columns:
-        return []
+        return pd.DataFrame()
     tx = tx[tx["qname"].notna()]
     tx = tx[[not is_internal(str(q), cluster_domain) for q in tx["qname"]]]
     if tx.empty:
-        return []
+        return pd.DataFrame()
     tx = with_client_key(tx).sort_values("ts")
     tx["_rd"] = [registered_domain(str(q)) for q in tx["qname"]]
     tx = tx[tx["_rd"].notna()]
     tx["_sub"] = [subdomain(str(q), str(r)) for q, r in zip(tx["qname"], tx["_rd"])]
+    return tx
+
+
+def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cluster.local",
+           **_: Any) -> list[Finding]:
+    th = th or Thresholds()
+    tx = _prepared(capture, cluster_domain)
+    if tx.empty:
+        return []
     findings: list[Finding] = []
-    for (client, rd), g in tx.groupby(["_client", "_rd"], sort=False):
+    for (_client, rd), g in tx.groupby(["_client", "_rd"], sort=False):
         f = _judge_pair(g, str(rd), th)
         if f is not None:
             findings.append(f)
     findings.extend(_second_level(tx, th))
     return findings
+
+
+def pair_table(capture: Any, cluster_domain: str = "cluster.local") -> pd.DataFrame:
+    """Features of every (client, registered domain) pair, flagged or not (for plots)."""
+    tx = _prepared(capture, cluster_domain)
+    rows = []
+    if not tx.empty:
+        for (_client, rd), g in tx.groupby(["_client", "_rd"], sort=False):
+            m = pair_features(g)
+            m.pop("_labels_max")
+            ident = identity(g.iloc[0])
+            rows.append({"client": ident["client"], "pid": ident["pid"],
+                         "registered_domain": rd, **m})
+    cols = ["client", "pid", "registered_domain", "distinct_subdomains",
+            "entropy_bits_per_char"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
 
 
 def pair_features(g: pd.DataFrame) -> dict[str, Any]:

@@ -1,0 +1,88 @@
+"""``dnstrail report``: load captures, find, render. The work is in analyze.findings/report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from analyze.findings._common import SEVERITIES, severity_rank
+
+#: Exit status when --fail-on is given and a finding at or above that severity exists.
+EXIT_FINDINGS = 3
+
+
+class _Progress:
+    """Stage-by-stage progress on stderr, only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.t0 = time.monotonic()
+
+    def __call__(self, stage: str) -> None:
+        if self.enabled:
+            msg = f"\r[{time.monotonic() - self.t0:6.1f}s] {stage}"
+            sys.stderr.write(msg.ljust(60)[:79])
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 79 + "\r")
+            sys.stderr.flush()
+
+
+@click.command("report")
+@click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write the report here (format from the suffix .html/.md/.json). "
+                   "Without it the report goes to stdout.")
+@click.option("--format", "fmt", type=click.Choice(["html", "md", "json"]),
+              help="Report format (default: from -o's suffix, else md).")
+@click.option("--baseline", type=click.Path(exists=True), multiple=True,
+              help="A capture of known-good behaviour: report domains a workload resolves "
+                   "that the baseline never saw (new_domain). Repeatable.")
+@click.option("--allow", type=click.Path(exists=True, dir_okay=False),
+              help="Allow file: lines 'WORKLOAD-GLOB DOMAIN-GLOB' (docs/report.md); "
+                   "report domains it does not allow (new_domain).")
+@click.option("--fail-on", type=click.Choice(list(SEVERITIES)),
+              help="Exit with status 3 when a finding at or above this severity exists.")
+@click.option("--min-severity", type=click.Choice(list(SEVERITIES)), default="info",
+              show_default=True, help="Leave out findings below this severity.")
+@click.option("--no-plots", is_flag=True, help="HTML without plots (faster).")
+def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
+           baseline: tuple[str, ...], allow: str | None, fail_on: str | None,
+           min_severity: str, no_plots: bool) -> None:
+    """Find problems and threats in CAPTURE... (directories or pcaps) and report them.
+
+    \b
+    dnstrail report cap/ -o report.html     self-contained HTML with plots
+    dnstrail report cap/ --format json      versioned JSON on stdout
+    dnstrail report cap/ --baseline last-week/ --fail-on high
+    Exit status: 0 done, 1 error, 3 a finding at or above --fail-on.
+    """
+    from analyze import load
+    from analyze.report import format_for, render
+
+    fmt = format_for(output, fmt)
+    progress = _Progress()
+    progress(f"loading {len(captures)} capture(s)")
+    capture = load(list(captures))
+    base = None
+    if baseline:
+        progress("loading baseline")
+        base = load(list(baseline))
+    findings = capture.findings(baseline=base, allow=allow, min_severity=min_severity,
+                                progress=lambda name: progress(f"finding: {name}"))
+    progress(f"rendering {fmt}")
+    text = render(capture, findings, fmt, output, plots=not no_plots)
+    progress.done()
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        counts = {s: sum(f.severity == s for f in findings) for s in reversed(SEVERITIES)}
+        click.echo(f"{Path(output)}: {len(findings)} findings ("
+                   + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")", err=True)
+    if fail_on is not None and any(f.rank >= severity_rank(fail_on) for f in findings):
+        sys.exit(EXIT_FINDINGS)
