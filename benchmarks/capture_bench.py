@@ -189,7 +189,7 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         return r
     if cpu0 is not None and cpu1 is not None:
         r.cpu_window_s = round(cpu1 - cpu0, 2)
-    time.sleep(0.5)  # let the tracer drain what is in flight
+    time.sleep(1.5)  # let the tracer drain what is in flight (tcpdump retires blocks late)
     code, ru = _finish_tracer(proc, signal.SIGINT)
     r.cpu_total_s = round(ru.ru_utime + ru.ru_stime, 2)
     r.peak_rss_mb = round(ru.ru_maxrss / 1024, 1)

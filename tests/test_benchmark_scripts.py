@@ -1,0 +1,130 @@
+"""The benchmark scripts run, and what the generator writes is what the analyzer reads.
+
+These run the scripts at tiny sizes; they time nothing (the benchmarks are not tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analyze import load
+from capture.schema import MANIFEST_KEYS, read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+N = 2000
+
+
+def _gen(tmp: Path, *extra: str) -> tuple[Path, Path, dict]:
+    cap, pcap = tmp / "cap", tmp / "cap.pcap"
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "gen_capture.py"), "-o", str(cap), "--messages", str(N),
+         "--pcap", str(pcap), "--expected", str(tmp / "exp.json"), *extra],
+        check=True, capture_output=True, text=True, timeout=120,
+    )
+    expected = json.loads((tmp / "exp.json").read_text())
+    assert json.loads(out.stdout) == expected
+    return cap, pcap, expected
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    return _gen(tmp_path_factory.mktemp("gen"))
+
+
+def test_generated_capture_is_complete_and_loads_with_expected_counts(generated) -> None:
+    cap, _, exp = generated
+    manifest = read_manifest(cap)
+    assert set(manifest) == set(MANIFEST_KEYS)
+    assert manifest["status"] == "complete"
+    assert manifest["counts"]["messages"] == exp["messages"] >= N
+    c = load(cap)  # verifies every file's sha256
+    m = c.messages
+    assert len(m) == exp["messages"]
+    assert (m["qr"] == False).sum() == exp["queries"]
+    assert (m["rcode_name"] == "NXDOMAIN").sum() == exp["nxdomain_responses"]
+    assert m["error"].isna().all()
+    # about 10 % NXDOMAIN, a few percent tunnel-like names
+    assert 0.04 < exp["nxdomain_responses"] / exp["responses"] < 0.2
+    tunnel = m[m["qname"].str.endswith(exp["tunnel_domain"])]
+    assert (tunnel["qr"] == False).sum() == exp["tunnel_queries"] > 0
+    t = c.transactions
+    assert (t["status"] == "answered").sum() == exp["answered_transactions"]
+    assert (t["status"] == "timeout").sum() == exp["unanswered_queries"] > 0
+    assert len(c.connects) == exp["connects"]
+    # every pod process is attributed to its pod through the cgroup path (both layouts)
+    pods = m[m["cgroup_path"].str.startswith("/kubepods", na=False)]
+    assert len(pods) > 0.8 * len(m)
+    assert pods["pod"].notna().all()
+    assert m["namespace"].nunique() >= 5
+
+
+def test_generated_pcap_holds_the_same_messages(generated) -> None:
+    _, pcap, exp = generated
+    c = load(pcap)
+    m = c.messages
+    assert len(m) == exp["messages"]
+    assert (m["rcode_name"] == "NXDOMAIN").sum() == exp["nxdomain_responses"]
+    if shutil.which("tshark"):
+        out = subprocess.run(["tshark", "-n", "-r", str(pcap), "-T", "fields", "-e",
+                              "dns.flags.rcode"], check=True, capture_output=True, text=True,
+                             timeout=120).stdout.splitlines()
+        assert len(out) == exp["messages"]
+        assert out.count("3") == exp["nxdomain_responses"]
+
+
+def test_all_unique_gives_a_distinct_name_per_transaction(tmp_path: Path) -> None:
+    cap, _, exp = _gen(tmp_path, "--all-unique")
+    c = load(cap)
+    queries = c.messages[c.messages["qr"] == False]
+    assert exp["distinct_qnames"] == queries["qname"].nunique() == exp["lookups"]
+    assert (c.messages["rcode_name"] == "NXDOMAIN").sum() == exp["nxdomain_responses"]
+
+
+def test_analyze_bench_runs_and_reports(tmp_path: Path) -> None:
+    tools = "analyzer,tshark" if shutil.which("tshark") else "analyzer"
+    out = tmp_path / "r.json"
+    subprocess.run(
+        [sys.executable, str(BENCH / "analyze_bench.py"), "--messages", "1500", "--reps", "1",
+         "--cases", "normal", "--tools", tools, "--workdir", str(tmp_path / "w"), "--lookups",
+         "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    res = json.loads(out.read_text())
+    case = res["cases"]["normal"]
+    run = case["runs"]["analyzer"][0]
+    assert run["exit"] == 0
+    assert run["child"]["messages"] == case["expected"]["messages"]
+    assert run["child"]["nxdomain"] == case["expected"]["nxdomain_responses"]
+    assert run["peak_rss_mb"] > 0 and run["wall_s"] > 0
+    if "tshark" in tools:
+        assert case["runs"]["tshark"][0]["exit"] == 0
+        assert case["summary"]["speedup_vs_tshark"] > 0
+
+
+@pytest.mark.lab
+def test_capture_bench_baseline_and_tcpdump(tmp_path: Path) -> None:
+    missing = [t for t in ("dnsperf", "unbound", "tcpdump", "ip", "dig") if not shutil.which(t)]
+    if os.geteuid() != 0 or missing:
+        pytest.skip(f"needs root and {', '.join(missing) or 'network namespaces'}")
+    out = tmp_path / "c.json"
+    subprocess.run(
+        [sys.executable, str(BENCH / "capture_bench.py"), "--duration", "1", "--reps", "1",
+         "--rates", "2000", "--tracers", "none,tcpdump", "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=180,
+    )
+    res = json.loads(out.read_text())
+    runs = {r["tracer"]: r for r in res["runs"]}
+    assert runs["none"]["error"] is None and runs["none"]["completed"] > 500
+    td = runs["tcpdump"]
+    assert td["error"] is None
+    # tcpdump on lo sees each query and its response once
+    assert td["events"] >= 2 * td["completed"] - 10
+    assert td["lost_events"] == 0
