@@ -4,6 +4,7 @@ when CI=true, so that a broken install cannot pass by skipping everything that m
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # leftovers of earlier crashed runs (only labs whose owner process is gone)
     if os.geteuid() == 0:
         cleanup_stale()
+    # a SIGTERM (CI timeout, kill) must still run the lab's finalizers: make it an interrupt
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

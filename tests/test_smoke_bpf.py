@@ -35,7 +35,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getpid) {
 @pytest.mark.timeout(120)
 def test_bcc_counts_getpid_through_a_tracepoint() -> None:
     bcc = require_root_bcc()
-    bpf = bcc.BPF(text=COUNT_GETPID, cflags=[f"-DTARGET_TGID={os.getpid()}"])
+    bpf = bcc.BPF(text=COUNT_GETPID.encode(), cflags=[f"-DTARGET_TGID={os.getpid()}"])
     try:
         counts = bpf[b"counts"]
         before = counts[counts.Key(0)].value

@@ -93,6 +93,17 @@ class LabResult(subprocess.CompletedProcess[str]):
         return self.stdout.splitlines()
 
 
+class LabProcess(subprocess.Popen):  # type: ignore[type-arg]
+    """A Popen started by Lab.spawn; output_path holds its output unless redirected."""
+
+    output_path: Path | None = None
+
+    def output(self) -> str:
+        if self.output_path is None or not self.output_path.exists():
+            return ""
+        return self.output_path.read_text(errors="replace")
+
+
 @dataclass
 class Server:
     """A DNS server the lab started (dnsmasq or unbound)."""
@@ -100,7 +111,7 @@ class Server:
     kind: str
     addr: str
     ns: NetNS
-    proc: subprocess.Popen[bytes]
+    proc: LabProcess
     config: Path
     log: Path | None
 
@@ -134,7 +145,7 @@ class Lab:
         self.servers: list[Server] = []
         self.namespaces: list[NetNS] = []
         self.pods: list[FakePod] = []
-        self._procs: list[subprocess.Popen[Any]] = []
+        self._procs: list[LabProcess] = []
         self._res = registry.Resources.new(self.lab_id)
         self._user_pods_root = Path(pods_root) if pods_root is not None else None
         self._started = False
@@ -255,20 +266,33 @@ class Lab:
         for s in self.servers:
             self._wait_dns(self.server_ns, s.addr)
 
-    def _start_dnsmasq(self, addr: str, addr6: str, ident: str) -> Server:
-        assert self.server_ns is not None
+    def _start_dnsmasq(self, addr: str, addr6: str, ident: str,
+                       ns: NetNS | None = None) -> Server:
+        ns = ns or self.server_ns
+        assert ns is not None
         conf = self.tmp / f"dnsmasq-{ident}.conf"
-        log = self.tmp / f"dnsmasq-{ident}.log" if self.log_queries else None
-        text = dnsmasq_config(self.zone, listen=[addr, addr6], ttl=self.ttl,
-                              log_file=str(log) if log else None,
+        log = self.tmp / f"dnsmasq-{ident}.log"
+        # queries are logged to stderr ("-"), which goes to the log file: one copy, no pipe
+        text = dnsmasq_config(self.zone, listen=[a for a in (addr, addr6) if a], ttl=self.ttl,
+                              log_file="-" if self.log_queries else None,
                               extra_txt={"whoami.lab.test": ident})
         conf.write_text("user=root\n" + text)
-        proc = self.spawn(self.server_ns, ["dnsmasq", "--keep-in-foreground", "--no-daemon",
-                                            f"--conf-file={conf}", "--pid-file=",
-                                            "--no-resolv", "--no-hosts"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        server = Server("dnsmasq", addr, self.server_ns, proc, conf, log)
+        with open(log, "wb") as log_file:
+            proc = self.spawn(ns, ["dnsmasq", "--keep-in-foreground", "--no-daemon",
+                                   f"--conf-file={conf}", "--pid-file=", "--no-resolv",
+                                   "--no-hosts"],
+                              stdout=subprocess.DEVNULL, stderr=log_file)
+        proc.output_path = log
+        server = Server("dnsmasq", addr, ns, proc, conf, log)
         self.servers.append(server)
+        return server
+
+    def dnsmasq(self, ns: NetNS, addr: str = "127.0.0.1", ident: str | None = None) -> Server:
+        """Another dnsmasq with the lab zone, e.g. on a client namespace's loopback (a
+        node-local cache). whoami.lab.test TXT answers ident (default: dnsmasq-<addr>)."""
+        self._require_started()
+        server = self._start_dnsmasq(addr, "", ident or f"dnsmasq-{addr}", ns)
+        self._wait_dns(ns, addr)
         return server
 
     def _wait_dns(self, ns: NetNS, addr: str, seconds: float = 10.0) -> None:
@@ -280,7 +304,7 @@ class Lab:
                 return
             for s in self.servers:
                 if s.addr == addr and s.proc.poll() is not None:
-                    err = s.proc.stderr.read().decode() if s.proc.stderr else ""
+                    err = s.proc.output()
                     raise LabError(f"{s.kind} on {addr} exited ({s.proc.returncode}): {err}")
             time.sleep(0.1)
         raise LabError(f"no DNS server answered on {addr} within {seconds}s")
@@ -378,14 +402,27 @@ class Lab:
         return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(pod.procs_file), *base]
 
     def spawn(self, ns: NetNS, argv: Sequence[str], *, pod: FakePod | None = None,
-              stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE,
-              env: Mapping[str, str] | None = None, text: bool = False) -> subprocess.Popen[Any]:
-        """Start a background process in ns (and pod); the lab kills it on close()."""
+              stdout: Any = None, stderr: Any = None,
+              env: Mapping[str, str] | None = None, text: bool = False) -> LabProcess:
+        """Start a background process in ns (and pod); the lab kills it on close().
+        By default stdout and stderr go to a file (proc.output_path, under lab.tmp): a pipe
+        nobody reads would block a chatty process once 64 KiB are buffered."""
         self._require_started()
         full = self._argv(ns, argv, pod)
-        proc = subprocess.Popen(full, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                                env=dict(env) if env is not None else None, text=text,
-                                start_new_session=True)
+        out_path = self.tmp / f"spawn-{next(_counter)}-{Path(str(argv[0])).name}.out"
+        out_file = None
+        if stdout is None or stderr is None:
+            out_file = open(out_path, "wb")
+        try:
+            proc = LabProcess(full, stdout=out_file if stdout is None else stdout,
+                              stderr=out_file if stderr is None else stderr,
+                              stdin=subprocess.DEVNULL,
+                              env=dict(env) if env is not None else None, text=text,
+                              start_new_session=True)
+        finally:
+            if out_file is not None:
+                out_file.close()
+        proc.output_path = out_path if out_file is not None else None
         self._procs.append(proc)
         self._res.pids.append(proc.pid)
         self._res.save()
@@ -458,7 +495,7 @@ class Lab:
         return self.run(ns, [*argv, name, qtype], pod=pod, timeout=timeout)
 
     def tcp_listener(self, port: int = 8080, addrs: Sequence[str] | None = None,
-                     max_seconds: float = 600.0) -> subprocess.Popen[str]:
+                     max_seconds: float = 600.0) -> LabProcess:
         """A TCP listener in the server namespace (default: every service address of the
         zone) so that --connect / -connect succeed. Killed on close()."""
         assert self.server_ns is not None
@@ -466,12 +503,13 @@ class Lab:
                 "--max-seconds", str(max_seconds)]
         for a in addrs or ["0.0.0.0", "::"]:
             argv += ["--addr", a]
-        proc = self.spawn(self.server_ns, argv, text=True)
+        proc = self.spawn(self.server_ns, argv, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if line.strip() != "ready":
-            err = proc.stderr.read() if proc.stderr else ""
-            raise LabError(f"TCP listener on port {port} did not start: {line!r} {err}")
+            proc.wait(timeout=5)
+            raise LabError(f"TCP listener on port {port} did not start: {line!r} "
+                           f"{proc.output()}")
         return proc
 
     # ----------------------------------------------------------------- unbound, dnsperf
@@ -495,8 +533,7 @@ class Lab:
         text += f'    local-data: "whoami.lab.test. {self.ttl} IN TXT \\"unbound\\""\n'
         conf.write_text(text)
         run_cmd(["unbound-checkconf", str(conf)])
-        proc = self.spawn(ns, ["unbound", "-d", "-c", str(conf)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = self.spawn(ns, ["unbound", "-d", "-c", str(conf)])
         server = Server("unbound", addr, ns, proc, conf, None)
         self.servers.append(server)
         self._wait_dns(ns, addr)
