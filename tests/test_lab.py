@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def test_go_client_hammers_without_cache(lab: Lab) -> None:
     assert r.lines() == ["api.lab.test 10.213.0.81"] * 5
     time.sleep(0.2)  # dnsmasq writes its log asynchronously
     asked = re.findall(rf"query\[(A|AAAA)\] api\.lab\.test from {re.escape(ns.addr)}$",
-                       lab.server_log(), re.M)
+                       lab.server_log(), re.MULTILINE)
     assert asked.count("A") == 5 and asked.count("AAAA") == 5
 
 
@@ -143,7 +144,7 @@ def test_dead_server_times_out_quickly(lab: Lab) -> None:
     assert 0.9 < r.seconds < 5.0
     # dead first, then the real one: the answer arrives after the first timeout
     failover = lab.client_ns([lab.dead_addr, lab.server_addr], timeout=1, attempts=1)
-    r = lab.run(failover, [lab.musl_client, WWW], timeout=15)
+    r = lab.run(failover, [str(lab.musl_client), WWW], timeout=15)
     assert r.returncode == 0 and lab.web_addr in r.stdout
 
 
@@ -234,7 +235,7 @@ def test_no_lab_query_can_reach_the_host_resolver(lab: Lab) -> None:
         assert lab.run(space, ["ip", "-6", "route", "show", "default"],
                        check=True).stdout == ""
         nss = lab.run(space, ["cat", "/etc/nsswitch.conf"], check=True).stdout
-        assert re.search(r"^hosts:\s+files dns\s*$", nss, re.M)
+        assert re.search(r"^hosts:\s+files dns\s*$", nss, re.MULTILINE)
         for server in host_nameservers():
             addr = ipaddress.ip_address(server)
             if addr in lab_net or addr in lab_net6:
@@ -248,11 +249,11 @@ def test_no_lab_query_can_reach_the_host_resolver(lab: Lab) -> None:
             assert "unreachable" in r.stderr.lower()
     # nothing the lab's own servers are told to do involves an upstream
     ub = next((s for s in lab.servers if s.kind == "unbound"), None) or lab.unbound()
-    for server in lab.servers:
-        conf = server.config.read_text()
-        if server.kind == "dnsmasq":
+    for srv in lab.servers:
+        conf = srv.config.read_text()
+        if srv.kind == "dnsmasq":
             assert "no-resolv" in conf.splitlines()
-            assert not re.search(r"^\s*(server|rev-server|resolv-file)\s*=", conf, re.M)
+            assert not re.search(r"^\s*(server|rev-server|resolv-file)\s*=", conf, re.MULTILINE)
         else:
             assert not re.search(r"forward-|stub-|auth-zone|root-hints", conf)
             assert 'local-zone: "." static' in conf
@@ -265,7 +266,7 @@ def _absent(res_netns: list[str], res: object) -> list[str]:
     from tests.lab._sys import process_alive
 
     left = []
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    listed = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
     mounts = Path("/proc/self/mounts").read_text()
     for name in res_netns:
         if name in listed or Path(f"/run/netns/{name}").exists() or name in mounts:
@@ -289,25 +290,24 @@ def _absent(res_netns: list[str], res: object) -> list[str]:
 def test_teardown_leaves_the_machine_clean() -> None:
     require_lab()
     stray: subprocess.Popen[bytes] | None = None
-    with pytest.raises(RuntimeError, match="test failure inside the lab"):
-        with Lab() as lab:
-            ns = lab.client_ns()
-            pods = [lab.fake_pod(style="systemd", qos="burstable"),
-                    lab.fake_pod(style="cgroupfs", qos="guaranteed")]
-            lab.spawn(ns, ["sleep", "60"], pod=pods[0])
-            lab.tcp_listener(9000)
-            # a process the lab did not start, inside its namespace and pod
-            stray = subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0"; exec ip netns exec '
-                                      f'{ns.name} sleep 60', str(pods[1].procs_file)],
-                                     start_new_session=True)
-            deadline = time.monotonic() + 5
-            while not pods[1].pids() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert pods[0].pids() and pods[1].pids()
-            res = lab.resources()
-            names = list(res.netns)
-            assert all(Path(f"/run/netns/{n}").exists() for n in names)
-            raise RuntimeError("test failure inside the lab")
+    with pytest.raises(RuntimeError, match="test failure inside the lab"), Lab() as lab:
+        ns = lab.client_ns()
+        pods = [lab.fake_pod(style="systemd", qos="burstable"),
+                lab.fake_pod(style="cgroupfs", qos="guaranteed")]
+        lab.spawn(ns, ["sleep", "60"], pod=pods[0])
+        lab.tcp_listener(9000)
+        # a process the lab did not start, inside its namespace and pod
+        script = f'echo $$ > "$0"; exec ip netns exec {ns.name} sleep 60'
+        stray = subprocess.Popen(["/bin/sh", "-c", script, str(pods[1].procs_file)],
+                                 start_new_session=True)
+        deadline = time.monotonic() + 5
+        while not pods[1].pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pods[0].pids() and pods[1].pids()
+        res = lab.resources()
+        names = list(res.netns)
+        assert all(Path(f"/run/netns/{n}").exists() for n in names)
+        raise RuntimeError("test failure inside the lab")
     assert stray is not None
     assert stray.wait(timeout=5) != 0  # killed by the teardown
     assert _absent(names, res) == []
@@ -326,7 +326,7 @@ def test_cleanup_stale_removes_a_crashed_lab() -> None:
             "lab.spawn(ns, ['sleep', '60'], pod=pod)\n"
             "print(lab.resources().path, flush=True)\n"
             "time.sleep(60)\n")
-    owner = subprocess.Popen([os.sys.executable, "-c", code], stdout=subprocess.PIPE,
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                              text=True, cwd=Path(__file__).resolve().parents[1])
     try:
         assert owner.stdout is not None

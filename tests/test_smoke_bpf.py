@@ -64,9 +64,11 @@ def _dnstrail() -> Path:
 def test_installed_command_help_and_version() -> None:
     exe = _dnstrail()
     assert exe.exists(), f"{exe} is missing: the project is not installed in the venv"
-    version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    version = subprocess.run([str(exe), "--version"], check=False, capture_output=True,
+                             text=True, timeout=60)
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"dnstrail, version {__version__}"
-    helped = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    helped = subprocess.run([str(exe), "--help"], check=False, capture_output=True,
+                            text=True, timeout=60)
     assert helped.returncode == 0, helped.stderr
     assert helped.stdout.startswith("Usage: dnstrail")

@@ -18,7 +18,7 @@ class LabError(DnstrailError):
 def run_cmd(argv: list[str], *, check: bool = True, timeout: float = 20.0) -> str:
     """Run a command, return its stdout; raise LabError with its stderr when it fails."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as exc:
         raise LabError(f"{argv[0]} is not installed ({exc})") from exc
     except subprocess.TimeoutExpired as exc:

@@ -31,7 +31,7 @@ def _build(argv: list[str], out: Path, env: dict[str, str] | None = None,
     os.close(fd)
     try:
         argv = [a.replace("{OUT}", tmp) for a in argv]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd,
+        proc = subprocess.run(argv, check=False, capture_output=True, text=True, env=env, cwd=cwd,
                               timeout=300)
         if proc.returncode != 0:
             raise LabError(f"building {out.name} failed: {' '.join(argv)}\n{proc.stderr}")

@@ -28,7 +28,8 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from . import clients as _clients
 from . import registry
@@ -155,11 +156,12 @@ class Lab:
         self._pods_root: PodsRoot | None = None
 
     # ----------------------------------------------------------------- lifecycle
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close(raise_errors=exc_type is None)
 
     def start(self) -> Lab:
@@ -412,7 +414,7 @@ class Lab:
         out_path = self.tmp / f"spawn-{next(_counter)}-{Path(str(argv[0])).name}.out"
         out_file = None
         if stdout is None or stderr is None:
-            out_file = open(out_path, "wb")
+            out_file = open(out_path, "wb")  # noqa: SIM115 - closed once the child has it
         try:
             proc = LabProcess(full, stdout=out_file if stdout is None else stdout,
                               stderr=out_file if stderr is None else stderr,

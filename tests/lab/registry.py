@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._sys import kill_pids, process_alive, proc_start_time, run_cmd
+from ._sys import kill_pids, proc_start_time, process_alive, run_cmd
 
 REGISTRY_DIR = Path(os.environ.get("DTL_LAB_REGISTRY", "/run/dtl-lab"))
 NETNS_PREFIX = "dtl-"

@@ -35,7 +35,7 @@ def default_zone() -> Zone:
         "alias.lab.test": [("CNAME", "mid.lab.test")],  # chain: alias -> mid -> www
         "mid.lab.test": [("CNAME", "www.lab.test")],
         "txt.lab.test": [("TXT", "hello from the dnstrail lab")],
-        "bigtxt.lab.test": [("TXT", ("t%02d-" % i) + "x" * 200) for i in range(4)],  # ~900 bytes
+        "bigtxt.lab.test": [("TXT", f"t{i:02d}-" + "x" * 200) for i in range(4)],  # ~900 bytes
         "big.lab.test": [("A", f"10.213.1.{i}") for i in range(1, BIG_A_COUNT + 1)],
         "huge.lab.test": [("A", f"10.213.{2 + i // 250}.{1 + i % 250}")
                           for i in range(HUGE_A_COUNT)],
