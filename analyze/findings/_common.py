@@ -162,22 +162,31 @@ def client_queries(capture: Any) -> pd.DataFrame:
 IDENTITY = ("node", "namespace", "pod", "container", "comm", "tgid", "client_addr")
 
 
-def with_client_key(df: pd.DataFrame) -> pd.DataFrame:
-    """Add a ``_client`` column: one string per client (process, or address when unknown)."""
+def with_client_key(df: pd.DataFrame, by: str = "pod") -> pd.DataFrame:
+    """Add a ``_client`` column: one string per client.
+
+    ``by="pod"``: the pod when attribution knows it, else the process (node + tgid), else the
+    client address (pcaps). ``by="process"``: the process even inside a pod.
+    """
     df = df.copy()
     if df.empty:
         df["_client"] = pd.Series(dtype=object)
         return df
-    tgid = col(df, "tgid")
-    node = col(df, "node").astype(object).where(col(df, "node").notna(), "")
-    comm = col(df, "comm").astype(object).where(col(df, "comm").notna(), "")
-    addr = col(df, "client_addr").astype(object).where(col(df, "client_addr").notna(), "")
+    n = len(df)
+    node = [v if present(v) else "" for v in col(df, "node")]
+    ns = [v if present(v) else "" for v in col(df, "namespace")]
+    pod = [v if present(v) else None for v in col(df, "pod")]
+    tgid = [v if present(v) else None for v in col(df, "tgid")]
+    comm = [v if present(v) else "" for v in col(df, "comm")]
+    addr = [v if present(v) else "" for v in col(df, "client_addr")]
     keys = []
-    for n, t, c, a in zip(node, tgid, comm, addr):
-        if present(t):
-            keys.append(f"{n}|pid:{int(t)}|{c}")
+    for i in range(n):
+        if by == "pod" and pod[i] is not None:
+            keys.append(f"{node[i]}|pod:{ns[i]}/{pod[i]}")
+        elif tgid[i] is not None:
+            keys.append(f"{node[i]}|pid:{int(tgid[i])}|{comm[i]}")  # type: ignore[arg-type]
         else:
-            keys.append(f"{n}|addr:{a}")
+            keys.append(f"{node[i]}|addr:{addr[i]}")
     df["_client"] = keys
     return df
 
@@ -260,3 +269,18 @@ def quantile(values: Iterable[float], q: float) -> float | None:
     if s.empty:
         return None
     return float(s.quantile(q))
+
+
+def group_identity(g: pd.DataFrame) -> dict[str, Any]:
+    """Identity fields shared by every row of a group (a field differing between rows is None)."""
+    ident: dict[str, Any] = {}
+    for name in ("namespace", "pod", "container", "comm"):
+        vals = col(g, name).dropna().unique()
+        ident[name] = str(vals[0]) if len(vals) == 1 else None
+    pids = col(g, "tgid").dropna().unique()
+    ident["pid"] = int(pids[0]) if len(pids) == 1 else None
+    clients = col(g, "client_addr").dropna().unique()
+    if not len(clients):
+        clients = col(g, "src_addr").dropna().unique()
+    ident["client"] = str(clients[0]) if len(clients) == 1 else None
+    return ident

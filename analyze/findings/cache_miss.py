@@ -16,7 +16,7 @@ import pandas as pd
 from analyze.findings._common import (
     Finding,
     client_queries,
-    identity,
+    group_identity,
     spread,
     txn_evidence,
     with_client_key,
@@ -41,7 +41,7 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
     tx = tx[tx["rcode_name"].eq("NOERROR") & tx["min_ttl"].notna() & tx["qname"].notna()]
     if tx.empty:
         return []
-    tx = with_client_key(tx).sort_values("ts")
+    tx = with_client_key(tx, by="process").sort_values("ts")
     out: list[Finding] = []
     for (_client, qname, qtype), g in tx.groupby(["_client", "qname", "qtype"], sort=False):
         if len(g) < th.min_queries:
@@ -63,7 +63,7 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
             severity = "low"
         else:
             severity = "info"
-        ident = identity(g.iloc[0])
+        ident = group_identity(g)
         who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
         metrics = {
             "queries": len(g),

@@ -26,7 +26,7 @@ from analyze.findings._common import (
     clean,
     client_queries,
     col,
-    identity,
+    group_identity,
     present,
     quantile,
     spread,
@@ -64,12 +64,18 @@ def _norm(addr: str) -> str:
     return str(ip)
 
 
+#: Owner of connects with neither a process nor a source address: joined to any answer.
+ANY_OWNER = "*"
+
+
 def _owner(row: Any) -> str:
     t = clean(row.get("tgid"))
     node = clean(row.get("node")) or ""
     if t is not None:
         return f"{node}|pid:{int(t)}"
     a = clean(row.get("client_addr")) or clean(row.get("src_addr"))
+    if a is None:
+        return ANY_OWNER  # a pcap's SYN: the capture does not say which client sent it
     return f"{node}|addr:{a}"
 
 
@@ -116,6 +122,8 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
     findings: list[Finding] = []
     by_owner = {k: g.sort_values("answer_ts") for k, g in answers.groupby("_owner")} \
         if not answers.empty else {}
+    if not answers.empty:
+        by_owner[ANY_OWNER] = answers.sort_values("answer_ts")
     for owner, g in cn.groupby("_owner", sort=False):
         ans = by_owner.get(owner)
         joined = []
@@ -133,21 +141,23 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
                 unresolved.append(c)
             else:
                 joined.append((c, match))
-        ident = identity(g.iloc[0])
-        who = ident["pod"] or ident["comm"] or ident["client"] or "a process"
+        ident = group_identity(g)
+        who = ident["pod"] or ident["comm"] or ident["client"] or (
+            "some client (the pcap does not say which)" if owner == ANY_OWNER else "a process")
         if joined:
             findings.append(_dns_to_connect(joined, unresolved, ident, who))
             findings.extend(_new_domain_connect(joined, ident, who, first_asked, start, known,
                                                 th, cluster_domain))
         if unresolved:
-            findings.append(_unresolved(unresolved, len(g), ident, who, ans is not None))
+            findings.append(_unresolved(unresolved, len(g), ident, who, ans is not None,
+                                        known_owner=owner != ANY_OWNER))
     return findings
 
 
 def _dns_to_connect(joined: list, unresolved: list, ident: dict, who: str) -> Finding:
     delays = [(c["ts"] - m["answer_ts"]).total_seconds() for c, m in joined]
-    p50 = quantile(delays, 0.5)
-    p95 = quantile(delays, 0.95)
+    p50 = quantile(delays, 0.5) or 0.0
+    p95 = quantile(delays, 0.95) or 0.0
     names = pd.Series([m["qname"] for _, m in joined]).value_counts()
     evidence = []
     for c, m in joined[:: max(len(joined) // 8, 1)][:8]:
@@ -170,8 +180,8 @@ def _dns_to_connect(joined: list, unresolved: list, ident: dict, who: str) -> Fi
         metrics={
             "connects_after_answer": len(joined),
             "connects_without_answer": len(unresolved),
-            "delay_p50_ms": round(p50 * 1000, 3) if p50 is not None else None,
-            "delay_p95_ms": round(p95 * 1000, 3) if p95 is not None else None,
+            "delay_p50_ms": round(p50 * 1000, 3),
+            "delay_p95_ms": round(p95 * 1000, 3),
             "delay_max_ms": round(max(delays) * 1000, 3),
             "delays_s": [round(d, 6) for d in delays[:1000]],
             "names": {str(k): int(v) for k, v in names.head(10).items()},
@@ -189,11 +199,15 @@ def _is_public(addr: str) -> bool:
     return ip.is_global
 
 
-def _unresolved(rows: list, total: int, ident: dict, who: str, resolves: bool) -> Finding:
+def _unresolved(rows: list, total: int, ident: dict, who: str, resolves: bool,
+                known_owner: bool = True) -> Finding:
     df = pd.DataFrame(rows)
     addrs = (df["_ip"].astype(str) + ":" + col(df, "dst_port").astype(str)).value_counts()
     public = sorted({a for a in df["_ip"].astype(str) if _is_public(a)})
-    severity = ("medium" if public and resolves else "low") if public else "info"
+    severity = ("medium" if resolves else "low") if public else "info"
+    if not known_owner:
+        severity = "info"  # pcap SYNs: no telling which host or process connected
+        resolves = False
     evidence = [{
         "ts": clean(r["ts"]),
         "query": "(no DNS answer for this address before the connect)",
@@ -230,8 +244,8 @@ def _first_asked(tx: pd.DataFrame) -> dict[str, pd.Timestamp]:
     if tx.empty or "qname" not in tx.columns:
         return {}
     rd = tx["qname"].dropna().astype(str).map(lambda q: registered_domain(q) or q)
-    ts = tx.loc[rd.index, "ts"]
-    return pd.Series(ts.values, index=rd.values).groupby(level=0).min().to_dict()
+    df = pd.DataFrame({"rd": rd, "ts": tx.loc[rd.index, "ts"]})
+    return {str(k): v for k, v in df.groupby("rd")["ts"].min().items()}
 
 
 def _capture_start(capture: Any, *tables: pd.DataFrame) -> pd.Timestamp | None:

@@ -13,7 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from analyze.findings._common import Finding, clean, identity, spread, table, with_client_key
+from analyze.findings._common import (
+    Finding,
+    clean,
+    group_identity,
+    spread,
+    table,
+    with_client_key,
+)
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,7 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
         bases = g["base_name"].dropna().astype(str) if "base_name" in g.columns else pd.Series()
         top = bases.value_counts().head(5)
         example = str(top.index[0]) if len(top) else "the name"
-        ident = identity(g.iloc[0])
-        if ident["pod"]:
-            ident["pid"] = None
-            ident["comm"] = None if g["comm"].nunique() > 1 else ident["comm"]
+        ident = group_identity(g)
         who = (f"{ident['namespace']}/{ident['pod']}" if ident["pod"]
                else ident["comm"] or ident["client"] or "a client")
         metrics = {

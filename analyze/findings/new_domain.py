@@ -21,10 +21,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from analyze.errors import AnalyzeError
-from analyze.findings._common import Finding, client_queries, identity, spread, txn_evidence
+from analyze.findings._common import (
+    Finding,
+    client_queries,
+    group_identity,
+    spread,
+    txn_evidence,
+)
 from analyze.findings._names import is_internal, registered_domain
 
 _REPLICA = re.compile(r"-(?:[0-9a-f]{6,10}-[0-9a-z]{5}|[0-9a-z]{5}|\d+)$")
@@ -128,7 +132,7 @@ def detect(capture: Any, baseline: Any | None = None, allow: str | Path | None =
             reasons.append("not allowed by the allow file")
         severity = "medium" if (known is not None and rd not in anyone) else "low"
         names = g["qname"].astype(str).value_counts()
-        ident = identity(g.iloc[0])
+        ident = group_identity(g)
         out.append(Finding(
             kind="new_domain",
             severity=severity,

@@ -20,7 +20,7 @@ from analyze.findings._common import (
     Finding,
     clean,
     client_queries,
-    identity,
+    group_identity,
     shannon,
     spread,
     table,
@@ -136,7 +136,7 @@ def _nxdomain(capture: Any, tx: pd.DataFrame, th: Thresholds,
             severity = "medium"
         else:
             severity = "low"
-        ident = identity(g.iloc[0])
+        ident = group_identity(g)
         who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
         out.append(Finding(
             kind="nxdomain_storm",
@@ -174,7 +174,7 @@ def _rate(tx: pd.DataFrame, th: Thresholds) -> list[Finding]:
         if peak < th.rate_qps:
             continue
         span = max((g["ts"].max() - g["ts"].min()).total_seconds(), 1e-9)
-        ident = identity(g.iloc[0])
+        ident = group_identity(g)
         comm = str(ident["comm"] or "")
         is_resolver = comm in RESOLVERS
         severity = "low" if is_resolver else "medium"
@@ -220,7 +220,7 @@ def _unknown_binary(capture: Any, tx: pd.DataFrame) -> list[Finding]:
         source = clean(pr.at[tgid, "source"]) if "source" in pr.columns else None
         if exe is None and source == "exec":
             continue  # started during the capture: execs.filename names the binary
-        ident = identity(g.iloc[0])
+        ident = group_identity(g)
         cmdline = clean(pr.at[tgid, "cmdline"]) if "cmdline" in pr.columns else None
         out.append(Finding(
             kind="unknown_binary",

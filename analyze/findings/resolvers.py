@@ -22,6 +22,7 @@ from analyze.findings._common import (
     clean,
     client_queries,
     col,
+    group_identity,
     present,
     quantile,
     spread,
@@ -71,19 +72,6 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
     return out
 
 
-def _who(g: pd.DataFrame) -> dict[str, Any]:
-    """Identity when one workload sent every query, else only the shared fields."""
-    ident: dict[str, Any] = {}
-    for field in ("namespace", "pod", "container", "comm"):
-        vals = col(g, field).dropna().unique()
-        ident[field] = str(vals[0]) if len(vals) == 1 else None
-    pids = col(g, "tgid").dropna().unique()
-    ident["pid"] = int(pids[0]) if len(pids) == 1 else None
-    clients = col(g, "client_addr").dropna().unique()
-    ident["client"] = str(clients[0]) if len(clients) == 1 else None
-    return ident
-
-
 def _judge(server: str, ns: Any, g: pd.DataFrame, hostns: int | None,
            th: Thresholds) -> list[Finding]:
     n = len(g)
@@ -105,7 +93,7 @@ def _judge(server: str, ns: Any, g: pd.DataFrame, hostns: int | None,
         "clients": int(col(g, "tgid").nunique() or col(g, "client_addr").nunique()),
         "netns": ns,
     }
-    ident = _who(g)
+    ident = group_identity(g)
     out: list[Finding] = []
     label = server + (f" (netns {ns})" if ns is not None else "")
     if server in STUB_ADDRS and ns is not None and (
@@ -161,7 +149,7 @@ def _judge(server: str, ns: Any, g: pd.DataFrame, hostns: int | None,
         slow = "medium" if p95 >= th.slow_p95_medium_s else "low"
         severity = slow if severity is None or slow == "medium" else severity
         reasons.append(f"95% of answers took up to {p95 * 1000:.0f} ms "
-                       f"(median {quantile(lat, 0.5) * 1000:.0f} ms)")
+                       f"(median {(quantile(lat, 0.5) or 0.0) * 1000:.0f} ms)")
     if severity is None:
         return out
     bad = g[(g["status"] == "timeout") | g["rcode_name"].isin(["SERVFAIL", "REFUSED"])]

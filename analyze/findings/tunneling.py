@@ -19,16 +19,16 @@ the registered domain itself) are reported as tunneling with domain ``*.<suffix>
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
-
-import re
 
 import pandas as pd
 
 from analyze.findings._common import (
     Finding,
     client_queries,
+    group_identity,
     identity,
     shannon,
     spread,
@@ -109,7 +109,7 @@ def pair_table(capture: Any, cluster_domain: str = "cluster.local") -> pd.DataFr
         for (_client, rd), g in tx.groupby(["_client", "_rd"], sort=False):
             m = pair_features(g)
             m.pop("_labels_max")
-            ident = identity(g.iloc[0])
+            ident = group_identity(g)
             rows.append({"client": ident["client"], "pid": ident["pid"],
                          "registered_domain": rd, **m})
     cols = ["client", "pid", "registered_domain", "distinct_subdomains",
@@ -247,7 +247,7 @@ def _second_level(tx: pd.DataFrame, th: Thresholds) -> list[Finding]:
             "entropy_bits_per_char": round(ent, 3),
             "nxdomain_share": round(float(nx), 3),
         }
-        ident = identity(g.iloc[0])
+        ident = group_identity(g)
         out.append(Finding(
             kind="tunneling",
             severity=severity,

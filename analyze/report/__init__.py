@@ -9,7 +9,7 @@ when None it comes from the path's suffix (``.html``/``.htm``, ``.md``/``.markdo
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def report_dict(capture: Any, findings: list[Finding]) -> dict[str, Any]:
 
     return {
         "schema_version": SCHEMA_VERSION,
-        "generated_at": datetime.now(timezone.utc).isoformat(),
+        "generated_at": datetime.now(UTC).isoformat(),
         "dnstrail_version": __version__,
         "summary": summarize(capture, findings),
         "findings": [f.to_dict() for f in findings],

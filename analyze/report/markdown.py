@@ -31,8 +31,8 @@ def render_markdown(findings: list[Finding], summary: dict[str, Any],
     lines = ["# dnstrail report", ""]
     if s.get("lost_total"):
         lost = ", ".join(f"{k}: {v}" for k, v in s["lost"].items() if v)
-        lines += [f"> **Events were lost during the capture ({s['lost_total']}: {md(lost)}). "
-                  "The capture is incomplete.**", ""]
+        lines += [(f"> **Events were lost during the capture ({s['lost_total']}: {md(lost)}). "
+                   "The capture is incomplete.**"), ""]
     sev = s["findings_by_severity"]
     lines += ["## Summary", "",
               "Findings: " + ", ".join(f"**{x}** {int(sev.get(x, 0))}"
@@ -71,6 +71,6 @@ def render_markdown(findings: list[Finding], summary: dict[str, Any],
             for row in f.evidence:
                 keys.extend(k for k in row if k not in keys)
             lines += _table(keys, f.evidence) + [""]
-    lines += [f"_dnstrail {md(meta.get('dnstrail_version'))}, generated "
-              f"{md(meta.get('generated_at'))}_", ""]
+    lines += [(f"_dnstrail {md(meta.get('dnstrail_version'))}, generated "
+               f"{md(meta.get('generated_at'))}_"), ""]
     return "\n".join(lines)

@@ -10,14 +10,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from analyze.findings._common import Finding, client_queries, col  # noqa: E402
-from analyze.report._text import plot_label  # noqa: E402
+from analyze.findings._common import Finding, client_queries, col
+from analyze.report._text import plot_label
 
-_RC = {"text.parse_math": False, "font.size": 9, "figure.dpi": 96}
+_RC: Any = {"text.parse_math": False, "font.size": 9, "figure.dpi": 96}
 
 
 def _png(fig: Any) -> str:
@@ -39,7 +39,7 @@ def _who(df: pd.DataFrame) -> pd.Series:
         elif isinstance(c, str) and c:
             out.append(c)
         else:
-            out.append(str(a) if a is not None and a == a else "?")
+            out.append(str(a) if isinstance(a, str) else "?")
     return pd.Series(out, index=df.index)
 
 
@@ -100,7 +100,7 @@ def connect_delays(findings: list[Finding]) -> str | None:
         fig, ax = plt.subplots(figsize=(8, 3.0))
         lo = max(ms.min(), 1e-3)
         bins = np.logspace(np.log10(lo), np.log10(max(ms.max(), lo * 10)), 40)
-        ax.hist(np.clip(ms, lo, None), bins=bins)
+        ax.hist(np.clip(ms, lo, None), bins=list(bins))
         ax.set_xscale("log")
         ax.set_xlabel("delay from DNS answer to connect() (ms)")
         ax.set_ylabel("connects")
