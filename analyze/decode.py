@@ -299,6 +299,8 @@ def _decode_one(data: bytes) -> _Row:
                 raise _Stop("too many records", pos)
             name, pos = _read_name(data, pos, n)
             if pos + 4 > n:
+                if qname is None:
+                    qname = name  # the name was read whole; its type and class were not
                 raise _Stop("truncated question", pos)
             t, c = _U16.unpack_from(data, pos)[0], _U16.unpack_from(data, pos + 2)[0]
             pos += 4
