@@ -399,3 +399,14 @@ def test_live_xfail():
     monkeypatch.setenv("CI", "false")
     lax = pytester.runpytest_subprocess("-rA", "-p", "no:cacheprovider")
     lax.assert_outcomes(skipped=4, xfailed=1)
+
+
+# ------------------------------------------------------------------ a real DNS tunnel
+@pytest.mark.timeout(90)
+def test_iodine_tunnel_carries_data_over_dns(lab: Lab) -> None:
+    pod = lab.fake_pod(namespace="tunnel", name="exfil-1")
+    r = lab.iodine_tunnel("tun.lab.test", pod=pod, size=4096, timeout=40)
+    assert r.bytes_received == r.bytes_sent == 4096
+    assert "Skipping raw mode" in r.client_output  # every byte went through DNS
+    assert r.client_ip.startswith("10.214.0.") and r.server_ip == "10.214.0.1"
+    assert r.seconds < 40

@@ -48,6 +48,9 @@ SERVICE_ADDRS = (f"{SUBNET}.80", f"{SUBNET}.81", f"{SUBNET}.90")
 FIRST_CLIENT = 100
 MAX_CLIENTS = 150
 LISTENER = Path(__file__).resolve().parent / "listener.py"
+PUSH = Path(__file__).resolve().parent / "push.py"
+IODINE_ADDR = f"{SUBNET}.4"
+IODINE_NET = "10.214.0.1/27"
 
 _counter = itertools.count(1)
 _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
@@ -125,6 +128,21 @@ class DnsperfResult:
     lost: int
     output: str
     argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IodineResult:
+    domain: str
+    ns: NetNS
+    pod: FakePod | None
+    client_ip: str
+    server_ip: str
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    client_pid: int
+    client_output: str
+    server_output: str
 
 
 class Lab:
@@ -257,7 +275,7 @@ class Lab:
         ip = ["ip", "-n", name]
         run_cmd([*ip, "link", "add", "br0", "type", "bridge"])
         run_cmd([*ip, "link", "set", "br0", "up"])
-        v4 = [SERVER_ADDR, SERVER2_ADDR, UNBOUND_ADDR, *SERVICE_ADDRS, REFUSED_ADDR]
+        v4 = [SERVER_ADDR, SERVER2_ADDR, UNBOUND_ADDR, IODINE_ADDR, *SERVICE_ADDRS, REFUSED_ADDR]
         for a in v4:
             run_cmd([*ip, "addr", "add", f"{a}/24", "dev", "br0"])
         for a in ("1", "2", "3", "80"):
@@ -497,12 +515,15 @@ class Lab:
         return self.run(ns, [*argv, name, qtype], pod=pod, timeout=timeout)
 
     def tcp_listener(self, port: int = 8080, addrs: Sequence[str] | None = None,
-                     max_seconds: float = 600.0) -> LabProcess:
+                     max_seconds: float = 600.0, sink: bool = False) -> LabProcess:
         """A TCP listener in the server namespace (default: every service address of the
-        zone) so that --connect / -connect succeed. Killed on close()."""
+        zone) so that --connect / -connect succeed. sink=True: read each connection to EOF
+        and reply "got N" (see push()). Killed on close()."""
         assert self.server_ns is not None
         argv = [sys.executable, str(LISTENER), "--port", str(port),
                 "--max-seconds", str(max_seconds)]
+        if sink:
+            argv.append("--sink")
         for a in addrs or ["0.0.0.0", "::"]:
             argv += ["--addr", a]
         proc = self.spawn(self.server_ns, argv, stdout=subprocess.PIPE, text=True)
@@ -513,6 +534,78 @@ class Lab:
             raise LabError(f"TCP listener on port {port} did not start: {line!r} "
                            f"{proc.output()}")
         return proc
+
+    def push(self, ns: NetNS, host: str, port: int, size: int, *, pod: FakePod | None = None,
+             timeout: float = 30.0) -> int:
+        """Send size bytes over TCP from ns to a sink listener; returns the bytes it got."""
+        r = self.run(ns, [sys.executable, str(PUSH), host, str(port), str(size),
+                          "--timeout", str(timeout)], pod=pod, timeout=timeout + 5)
+        m = re.fullmatch(r"got (\d+)", r.stdout.strip())
+        if r.returncode != 0 or not m:
+            raise LabError(f"push to {host}:{port} failed: {r.stdout} {r.stderr}")
+        return int(m.group(1))
+
+    # ----------------------------------------------------------------- DNS tunnel
+    def iodine_tunnel(self, domain: str = "tun.lab.test", *, ns: NetNS | None = None,
+                      pod: FakePod | None = None, size: int = 4096,
+                      timeout: float = 30.0) -> IodineResult:
+        """A real DNS tunnel through the lab: iodined in the server namespace (on
+        10.213.0.4:53, tunnel 10.214.0.1), iodine in a client namespace (in pod, if given) with
+        raw UDP mode off, so every byte travels as DNS queries and answers. Pushes size bytes
+        over TCP through the tunnel, then stops both ends. Bounded by timeout seconds."""
+        self._require_started()
+        assert self.server_ns is not None
+        for tool in ("iodine", "iodined"):
+            if shutil.which(tool) is None:
+                raise LabError(f"{tool} is not installed (apt-get install iodine)")
+        if not Path("/dev/net/tun").exists():
+            raise LabError("/dev/net/tun is missing")
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        ns = ns or self.client_ns(timeout=1, attempts=1)
+        password = "dnstrail-lab"
+        server_ip = IODINE_NET.split("/")[0]
+        port = 8999
+        served = self.spawn(self.server_ns, ["iodined", "-f", "-c", "-P", password,
+                                             "-l", IODINE_ADDR, "-p", "53", "-d", "dns0",
+                                             IODINE_NET, domain])
+        self._wait_link(self.server_ns, "dns0", server_ip, deadline, served)
+        sink = self.tcp_listener(port, addrs=[server_ip], sink=True,
+                                 max_seconds=max(1.0, deadline - time.monotonic()))
+        # -m: skip the fragment-size probe (its failed sizes cost a timeout each)
+        client = self.spawn(ns, ["iodine", "-f", "-r", "-m", "1000", "-P", password,
+                                 "-d", "dns0", IODINE_ADDR, domain], pod=pod)
+        try:
+            client_ip = self._wait_link(ns, "dns0", "10.214.0.", deadline, client)
+            got = self.push(ns, server_ip, port, size, pod=pod,
+                            timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            for p in (client, served, sink):
+                if p.poll() is None:
+                    p.terminate()
+                    try:
+                        p.wait(timeout=3)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait(timeout=3)
+        return IodineResult(domain=domain, ns=ns, pod=pod, client_ip=client_ip,
+                            server_ip=server_ip, bytes_sent=size, bytes_received=got,
+                            seconds=time.monotonic() - t0, client_pid=client.pid,
+                            client_output=client.output(), server_output=served.output())
+
+    def _wait_link(self, ns: NetNS, dev: str, addr_prefix: str, deadline: float,
+                   proc: LabProcess) -> str:
+        """Wait until dev in ns has an IPv4 address starting with addr_prefix; return it."""
+        while time.monotonic() < deadline:
+            out = run_cmd(["ip", "-n", ns.name, "-4", "-o", "addr", "show", "dev", dev],
+                          check=False)
+            m = re.search(r"inet (\S+)/", out)
+            if m and m.group(1).startswith(addr_prefix):
+                return m.group(1)
+            if proc.poll() is not None:
+                raise LabError(f"{proc.args!r} exited ({proc.returncode}): {proc.output()}")
+            time.sleep(0.1)
+        raise LabError(f"{dev} in {ns.name} got no address in time: {proc.output()}")
 
     # ----------------------------------------------------------------- unbound, dnsperf
     def unbound(self, ns: NetNS | None = None, addr: str | None = None,

@@ -2,6 +2,7 @@
 
     python listener.py --port 8080 --addr 0.0.0.0 --addr :: [--max-seconds 600]
 
+With --sink it reads each connection to EOF and replies "got N\\n" (bytes received).
 Prints "ready" on stdout once every socket listens (with --verbose, then one line per
 accepted connection: "accept ADDR PORT"). Exits after --max-seconds or on SIGTERM.
 """
@@ -21,6 +22,8 @@ def main() -> int:
     ap.add_argument("--addr", action="append", default=[])
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--verbose", action="store_true", help="print one line per connection")
+    ap.add_argument("--sink", action="store_true",
+                    help="read each connection to EOF (at most 16 MiB, 10 s), reply 'got N'")
     args = ap.parse_args()
     sel = selectors.DefaultSelector()
     for addr in args.addr or ["0.0.0.0"]:
@@ -43,14 +46,28 @@ def main() -> int:
             except OSError:
                 continue
             with conn:
-                conn.settimeout(1.0)
                 try:
-                    conn.sendall(b"ok\n")
+                    if args.sink:
+                        conn.settimeout(10.0)
+                        conn.sendall(f"got {_drain(conn)}\n".encode())
+                    else:
+                        conn.settimeout(1.0)
+                        conn.sendall(b"ok\n")
                 except OSError:
                     pass
             if args.verbose:
                 print(f"accept {peer[0]} {peer[1]}", flush=True)
     return 0
+
+
+def _drain(conn: socket.socket, limit: int = 16 << 20) -> int:
+    total = 0
+    while total < limit:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        total += len(chunk)
+    return total
 
 
 if __name__ == "__main__":
