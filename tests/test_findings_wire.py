@@ -1,0 +1,220 @@
+"""Findings on captures written in the capture format from real DNS wire messages.
+
+The messages are built with dnslib (real query and response bytes, real TTLs), written as a
+capture directory with ``analyze.pcap.write_capture`` and read back with ``analyze.load``: the
+whole analyzer runs on them. The benign-busy capture is the ordinary traffic of a busy node
+(CDN and cloud host names, service discovery, reverse lookups, mail checks) and must raise
+nothing above ``low``; the same builder with a tunnel or DGA client added must raise them.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, SRV, TXT, A, DNSRecord
+
+from analyze import load
+from analyze.findings import Finding, find, severity_rank
+from analyze.pcap import write_capture
+
+T0 = 1_790_000_000_000_000_000  # ns, a fixed wall-clock start
+SERVER = "10.96.0.10"
+
+
+@dataclass
+class Proc:
+    tgid: int
+    comm: str
+    addr: str
+    netns: int = 4026531840
+    port: int = 40000
+    sock: int = 0
+
+
+@dataclass
+class Wire:
+    """Rows of a capture's messages table, one query/response exchange at a time."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = 0
+    dns_id: int = 1
+
+    def exchange(self, proc: Proc, t_ns: int, qname: str, qtype: str = "A", *,
+                 answers: list[Any] | None = None, ttl: int = 300, rcode: str = "NOERROR",
+                 latency_ns: int = 2_000_000, respond: bool = True) -> None:
+        q = DNSRecord.question(qname, qtype)
+        q.header.id = self.dns_id
+        self.dns_id = self.dns_id % 65535 + 1
+        proc.port = 30000 + (proc.port - 29999) % 30000
+        proc.sock += 1
+        self._row(proc, t_ns, q.pack(), "send", "sendto", proc.addr, proc.port, SERVER, 53)
+        if not respond:
+            return
+        r = q.reply()
+        r.header.rcode = getattr(RCODE, rcode)
+        for rdata in answers or []:
+            rtype = {A: "A", AAAA: "AAAA", TXT: "TXT", MX: "MX", PTR: "PTR", SRV: "SRV"}[
+                type(rdata)]
+            r.add_answer(RR(qname, getattr(QTYPE, rtype), rdata=rdata, ttl=ttl))
+        self._row(proc, t_ns + latency_ns, r.pack(), "recv", "recvfrom", SERVER, 53,
+                  proc.addr, proc.port)
+
+    def _row(self, proc: Proc, t_ns: int, payload: bytes, direction: str, syscall: str,
+             src: str, sport: int, dst: str, dport: int) -> None:
+        self.seq += 1
+        self.rows.append({
+            "ts": t_ns, "mono_ns": t_ns - T0 + 10**12, "seq": self.seq, "tgid": proc.tgid,
+            "tid": proc.tgid, "uid": 0, "comm": proc.comm, "cgroup_id": 1000 + proc.tgid,
+            "netns": proc.netns, "syscall": syscall, "direction": direction, "fd": 7,
+            "sock_id": proc.tgid * 100000 + proc.sock, "msg_index": 0, "protocol": "udp",
+            "family": "inet", "src_addr": src, "src_port": sport, "dst_addr": dst,
+            "dst_port": dport, "payload": payload, "orig_len": len(payload),
+            "truncated": False,
+        })
+
+    def write(self, out: Path) -> Path:
+        cols: dict[str, list[Any]] = {k: [r[k] for r in self.rows] for k in self.rows[0]}
+        table = pa.table({
+            **{k: v for k, v in cols.items() if k != "ts"},
+            "ts": pa.array(cols["ts"], pa.timestamp("ns", tz="UTC")),
+        })
+        return write_capture(out, table, manifest_extra={"source": "ebpf", "host": "node-a"})
+
+
+def _rand(rng: random.Random, n: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz0123456789"
+          ) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def _ip(rng: random.Random) -> str:
+    return f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+
+
+def busy_node(wire: Wire, rng: random.Random, start_ns: int = T0) -> None:
+    """Ordinary traffic of a busy node over about two minutes."""
+    envoy = Proc(2001, "envoy", "10.244.1.5")
+    grpc = Proc(2002, "grpc-server", "10.244.1.6")
+    kubelet = Proc(2003, "node_exporter", "10.0.0.4")
+    mta = Proc(2004, "postfix-smtpd", "10.244.1.7")
+    browser = Proc(2005, "chrome", "10.244.1.8")
+    ntp = Proc(2006, "chronyd", "10.0.0.4")
+    t = start_ns
+    step = 40_000_000  # 25 queries/s overall
+    names: list[tuple[Proc, str, str, list[Any], int]] = []
+    for _ in range(250):
+        ip = _ip(rng)
+        names.append((envoy, f"e{rng.randint(1000, 99999)}.{rng.choice('abcdefg')}.akamaiedge.net",
+                      "A", [A(ip)], 20))
+    for _ in range(250):
+        names.append((envoy, f"d{_rand(rng, 13)}.cloudfront.net", "A", [A(_ip(rng))], 60))
+    for _ in range(200):
+        a, b, c, d = (rng.randint(1, 254) for _ in range(4))
+        names.append((envoy, f"ec2-{a}-{b}-{c}-{d}.compute-1.amazonaws.com", "A",
+                      [A(f"{a}.{b}.{c}.{d}")], 60))
+    for _ in range(200):
+        names.append((browser, f"r{rng.randint(1, 20)}---sn-{_rand(rng, 8)}.googlevideo.com",
+                      "A", [A(_ip(rng))], 300))
+    for i in range(100):
+        svc = f"svc{i}.shop.svc.cluster.local"
+        names.append((grpc, f"_grpc._tcp.{svc}", "SRV", [SRV(0, 100, 8080, svc)], 30))
+        names.append((grpc, svc, "A", [A(f"10.96.{i // 250}.{i % 250 + 1}")], 30))
+    for _ in range(200):
+        names.append((kubelet, f"{rng.randint(1, 254)}.{rng.randint(0, 255)}.244.10.in-addr.arpa",
+                      "PTR", [PTR("pod.shop.svc.cluster.local")], 30))
+    for _ in range(30):
+        nib = ".".join(_rand(rng, 32, "0123456789abcdef"))
+        names.append((kubelet, f"{nib}.ip6.arpa", "PTR", [PTR("host.example.net")], 30))
+    for i in range(50):
+        dom = f"customer{i}-mail.com"
+        names.append((mta, dom, "MX", [MX(f"mx1.{dom}")], 300))
+        names.append((mta, f"_dmarc.{dom}", "TXT", [TXT("v=DMARC1; p=none")], 300))
+        names.append((mta, f"selector1._domainkey.{dom}", "TXT",
+                      [TXT("v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQ")], 300))
+    for i in range(150):
+        site = rng.choice(["news", "shop", "mail", "docs", "static", "img", "api", "cdn"])
+        names.append((browser, f"{site}.example{i % 40}.com", "A", [A(_ip(rng))], 300))
+    for i in range(4):
+        names.append((ntp, f"{i}.pool.ntp.org", "A", [A(_ip(rng))], 150))
+    rng.shuffle(names)
+    for proc, name, qtype, answers, ttl in names:
+        wire.exchange(proc, t, name, qtype, answers=answers, ttl=ttl)
+        if qtype == "A":
+            wire.exchange(proc, t + 100_000, name, "AAAA", answers=[], ttl=ttl)
+        t += step
+
+
+def tunnel_client(wire: Wire, rng: random.Random, domain: str, start_ns: int,
+                  count: int = 40, qtype: str = "TXT") -> None:
+    """A tunnel: base32 of random bytes in 1-3 labels under `domain`, one query a second."""
+    proc = Proc(3001, "updater", "10.244.1.9")
+    for i in range(count):
+        data = base32 = base64.b32encode(rng.randbytes(rng.randint(20, 70))).decode()
+        data = base32.rstrip("=").lower()
+        labels = [data[j:j + 57] for j in range(0, len(data), 57)]
+        name = f"{i:x}." + ".".join(labels) + "." + domain
+        wire.exchange(proc, start_ns + i * 1_000_000_000, name, qtype,
+                      answers=[TXT(base64.b64encode(rng.randbytes(60)).decode())])
+
+
+def dga_client(wire: Wire, rng: random.Random, start_ns: int, count: int = 40) -> None:
+    """Malware trying generated domains: NXDOMAIN for each, a few per second."""
+    proc = Proc(3002, "kworker-x", "10.244.1.10")
+    for i in range(count):
+        name = _rand(rng, rng.randint(12, 18), "abcdefghijklmnopqrstuvwxyz0123456789") + \
+            rng.choice([".com", ".net", ".org", ".info"])
+        wire.exchange(proc, start_ns + i * 200_000_000, name, "A", rcode="NXDOMAIN")
+
+
+def above(findings: list[Finding], severity: str) -> list[Finding]:
+    return [f for f in findings if f.rank > severity_rank(severity)]
+
+
+@pytest.fixture(scope="module")
+def busy_capture(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    wire = Wire()
+    busy_node(wire, random.Random(7))
+    return load(wire.write(tmp_path_factory.mktemp("busy") / "cap"))
+
+
+def test_busy_capture_is_what_it_claims(busy_capture: Any) -> None:
+    tx = busy_capture.transactions
+    assert len(tx) > 2000
+    assert (tx["status"] == "answered").all()
+    assert tx["qname"].str.endswith("cloudfront.net").sum() == 500  # A + AAAA
+    assert tx["qname"].str.endswith(".ip6.arpa").sum() == 30
+
+
+def test_busy_ordinary_traffic_raises_nothing_above_low(busy_capture: Any) -> None:
+    findings = find(busy_capture)
+    assert above(findings, "low") == [], [(f.kind, f.severity, f.domain, f.explanation)
+                                          for f in above(findings, "low")]
+
+
+def test_busy_plus_tunnel_is_flagged(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    wire = Wire()
+    busy_node(wire, rng)
+    tunnel_client(wire, rng, "t.exfil-example.com", T0 + 5 * 10**9)
+    cap = load(wire.write(tmp_path / "cap"))
+    tun = [f for f in find(cap) if f.kind == "tunneling" and f.rank >= 2]
+    assert [(f.registered_domain, f.comm, f.pid) for f in tun] == \
+        [("exfil-example.com", "updater", 3001)]
+    assert tun[0].metrics["distinct_subdomains"] == 40
+    assert tun[0].evidence and all({"ts", "query", "answer"} <= set(e) for e in tun[0].evidence)
+
+
+def test_busy_plus_dga_is_flagged(tmp_path: Path) -> None:
+    rng = random.Random(12)
+    wire = Wire()
+    busy_node(wire, rng)
+    dga_client(wire, rng, T0 + 3 * 10**9)
+    cap = load(wire.write(tmp_path / "cap"))
+    storms = [f for f in find(cap) if f.kind == "nxdomain_storm"]
+    assert [(f.severity, f.comm) for f in storms] == [("high", "kworker-x")]
+    assert storms[0].metrics["nxdomain"] == 40
