@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,65 +111,92 @@ def _resolve(info: CgroupInfo, by_cid: dict[str, tuple],
     return (uid, ns, pod, container, cid, qos)
 
 
-def cgroup_paths(frame: pd.DataFrame, cgroups: pd.DataFrame,
-                 processes: pd.DataFrame) -> pd.Series:
-    """cgroup path of each row (by node + cgroup_id, else by node + tgid from processes)."""
-    n = len(frame)
-    out = np.full(n, None, dtype=object)
-    if n == 0:
-        return pd.Series(out, index=frame.index, dtype=object)
-    node = frame["node"].to_numpy(dtype=object) if "node" in frame else np.full(n, None)
-    cg = frame["cgroup_id"] if "cgroup_id" in frame else pd.Series([None] * n)
+def _path_maps(cgroups: pd.DataFrame, processes: pd.DataFrame) -> tuple[dict, dict]:
     path_by_id: dict[tuple, str] = {}
     for table, col in ((processes, "cgroup_path"), (cgroups, "path")):
         if table is None or table.empty or "cgroup_id" not in table:
             continue
         for nd, cid, p in zip(table["node"], table["cgroup_id"], table[col]):
             if isinstance(p, str) and pd.notna(cid):
-                path_by_id[(nd, int(cid))] = p        # cgroups table wins (written last)
+                path_by_id[(nd, int(cid))] = p        # cgroups table wins (read last)
     path_by_pid: dict[tuple, str] = {}
     if processes is not None and not processes.empty:
         for nd, pid, p in zip(processes["node"], processes["tgid"], processes["cgroup_path"]):
             if isinstance(p, str) and pd.notna(pid):
                 path_by_pid.setdefault((nd, int(pid)), p)
-    # map per unique (node, cgroup_id) pair, then broadcast
-    key = pd.MultiIndex.from_arrays([pd.Series(node), pd.Series(cg.to_numpy())])
-    codes, uniques = pd.factorize(key)
-    values = np.array([path_by_id.get((nd, int(c))) if pd.notna(c) else None
-                       for nd, c in uniques], dtype=object)
-    out = values[codes] if len(values) else out
-    missing = np.flatnonzero(pd.isna(out))
-    if len(missing) and path_by_pid and "tgid" in frame:
-        tg = frame["tgid"].to_numpy(dtype=object)
-        for i in missing:
-            if pd.notna(tg[i]):
-                out[i] = path_by_pid.get((node[i], int(tg[i])))
-    return pd.Series(out, index=frame.index, dtype=object)
+    return path_by_id, path_by_pid
+
+
+def _pairs(frame: pd.DataFrame, column: pd.Series) -> tuple[np.ndarray, list[tuple]]:
+    """Codes of the distinct (node, value) pairs of the rows, and the pairs (code -1: none)."""
+    n = len(frame)
+    if "node" in frame:
+        ncodes, nuniq = frame["node"].factorize(use_na_sentinel=False)
+    else:
+        ncodes, nuniq = np.zeros(n, dtype=np.int64), np.array([None], dtype=object)
+    vcodes, vuniq = column.factorize(use_na_sentinel=True)
+    width = len(vuniq) + 1
+    combo = np.asarray(ncodes, dtype=np.int64) * width + (np.asarray(vcodes) + 1)
+    codes, uniq = pd.factorize(combo)
+    pairs = [(nuniq[c // width], vuniq[c % width - 1] if c % width else None) for c in uniq]
+    return np.asarray(codes), pairs
+
+
+def _broadcast(values: list[Any], codes: np.ndarray, index: pd.Index) -> pd.Series:
+    small = pd.array(values, dtype="str")
+    return pd.Series(small.take(codes), index=index)
+
+
+def cgroup_paths(frame: pd.DataFrame, cgroups: pd.DataFrame,
+                 processes: pd.DataFrame) -> pd.Series:
+    """cgroup path of each row (by node + cgroup_id, else by node + tgid from processes)."""
+    n = len(frame)
+    path_by_id, path_by_pid = _path_maps(cgroups, processes)
+    if n == 0 or not (path_by_id or path_by_pid) or "cgroup_id" not in frame:
+        return pd.Series([None] * n, index=frame.index, dtype="str")
+    codes, pairs = _pairs(frame, frame["cgroup_id"])
+    out = _broadcast([path_by_id.get((nd, int(c))) if c is not None else None
+                      for nd, c in pairs], codes, frame.index)
+    missing = out.isna().to_numpy()
+    if missing.any() and path_by_pid and "tgid" in frame:
+        sub = frame.loc[missing]
+        tcodes, tpairs = _pairs(sub, sub["tgid"])
+        got = _broadcast([path_by_pid.get((nd, int(t))) if t is not None else None
+                          for nd, t in tpairs], tcodes, sub.index)
+        out = out.copy()
+        out[missing] = got
+    return out
+
+
+def attribution_columns(frame: pd.DataFrame, cgroups: pd.DataFrame,
+                        processes: pd.DataFrame, pods: pd.DataFrame) -> pd.DataFrame:
+    """``cgroup_path`` and the attribution columns for the rows of ``frame``."""
+    path = cgroup_paths(frame, cgroups, processes)
+    codes, pairs = _pairs(frame, path)
+    lookups: dict[Any, tuple[dict, dict]] = {}
+    rows = []
+    for nd, p in pairs:
+        if nd not in lookups:
+            if pods is not None and not pods.empty and "node" in pods:
+                lookups[nd] = _pods_lookup(pods[pods["node"] == nd])
+            else:
+                lookups[nd] = ({}, {})
+        rows.append(_resolve(parse_cgroup_path(p), *lookups[nd]))
+    out = {"cgroup_path": path}
+    for j, name in enumerate(ATTR_COLUMNS):
+        out[name] = _broadcast([r[j] for r in rows], codes, frame.index)
+    return pd.DataFrame(out, index=frame.index)
 
 
 def attribute(frame: pd.DataFrame, cgroups: pd.DataFrame, processes: pd.DataFrame,
-              pods: pd.DataFrame) -> pd.DataFrame:
-    """Add ``cgroup_path`` and the attribution columns to ``frame`` (a copy is returned).
+              pods: pd.DataFrame, *, inplace: bool = False) -> pd.DataFrame:
+    """``frame`` with ``cgroup_path`` and the attribution columns set (a copy unless inplace).
 
     Rows from pcaps (no cgroup) get nulls. Pods are looked up per node.
     """
-    frame = frame.copy()
-    path = cgroup_paths(frame, cgroups, processes)
-    frame["cgroup_path"] = path
-    n = len(frame)
-    node = frame["node"].to_numpy(dtype=object) if "node" in frame else np.full(n, None)
-    lookups: dict[object, tuple[dict, dict]] = {}
-    key = pd.MultiIndex.from_arrays([pd.Series(node), path.reset_index(drop=True)])
-    codes, uniques = pd.factorize(key)
-    rows = []
-    for nd, p in uniques:
-        if nd not in lookups:
-            sub = pods[pods["node"] == nd] if pods is not None and not pods.empty else pods
-            lookups[nd] = _pods_lookup(sub)
-        rows.append(_resolve(parse_cgroup_path(p if isinstance(p, str) else None),
-                             *lookups[nd]))
-    table = np.array(rows, dtype=object).reshape(len(rows), len(ATTR_COLUMNS))
-    for j, name in enumerate(ATTR_COLUMNS):
-        col = table[:, j][codes] if len(rows) else np.full(n, None, dtype=object)
-        frame[name] = pd.Series(col, index=frame.index, dtype=object)
+    cols = attribution_columns(frame, cgroups, processes, pods)
+    if not inplace:
+        frame = frame.copy()
+    for name in cols.columns:
+        frame[name] = cols[name]
     return frame

@@ -73,7 +73,9 @@ def _pandas(table: pa.Table) -> pd.DataFrame:
             col = col.cast(pa.string())
         cols.append(col)
     table = pa.Table.from_arrays(cols, names=table.column_names)
-    mapper = {pa.int8(): pd.Int64Dtype(), pa.int16(): pd.Int64Dtype(),
+    mapper: dict[pa.DataType, Any] = {pa.binary(): pd.ArrowDtype(pa.binary()),
+              pa.large_binary(): pd.ArrowDtype(pa.large_binary())}
+    mapper |= {pa.int8(): pd.Int64Dtype(), pa.int16(): pd.Int64Dtype(),
               pa.int32(): pd.Int64Dtype(), pa.int64(): pd.Int64Dtype(),
               pa.uint8(): pd.Int64Dtype(), pa.uint16(): pd.Int64Dtype(),
               pa.uint32(): pd.Int64Dtype(), pa.uint64(): pd.UInt64Dtype(),
@@ -130,9 +132,9 @@ def _read_dir(directory: Path, *, verify: bool, label: str | None = None) -> _Ra
             parts[kind].append(schema.conform(table, kind))
         except (schema.FormatError, pa.ArrowException) as exc:
             raise CaptureDamaged(f"{path}: {exc}") from None
-    for name in listed:
-        if isinstance(name, str) and not (directory / name).exists():
-            warnings.append(f"{directory}: {name} is listed in the manifest but missing")
+    for listed_name in listed:
+        if isinstance(listed_name, str) and not (directory / listed_name).exists():
+            warnings.append(f"{directory}: {listed_name} is listed in the manifest but missing")
     tables = {}
     for kind, tlist in parts.items():
         tables[kind] = (pa.concat_tables(tlist) if tlist
@@ -158,34 +160,24 @@ def _as_paths(path_or_paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return [Path(p) for p in path_or_paths]
 
 
-def _messages_frame(raw: _Raw, node: str) -> pd.DataFrame:
-    table = raw.tables["messages"]
-    try:
-        from analyze.tcp import reassemble
-    except ModuleNotFoundError as exc:            # the TCP module may not be installed yet
-        if exc.name != "analyze.tcp":
-            raise
-        reassemble = None
-    if reassemble is not None:
-        df = reassemble(table)
-        if isinstance(df, pa.Table):
-            df = _pandas(df)
-    else:
-        df = _pandas(table)
-    df["node"] = node
-    df["capture"] = raw.path
-    return df
+def _messages_table(raw: _Raw, node: str) -> pa.Table:
+    """Reassembled messages of one capture (Arrow), with node and capture columns."""
+    from analyze.tcp import reassemble_table
+
+    table = reassemble_table(raw.tables["messages"])
+    n = table.num_rows
+    table = table.append_column("node", pa.repeat(pa.scalar(node, pa.string()), n))
+    return table.append_column("capture", pa.repeat(pa.scalar(raw.path, pa.string()), n))
 
 
-def _decode(df: pd.DataFrame) -> pd.DataFrame:
+def _decoded_messages(table: pa.Table) -> pd.DataFrame:
     from analyze.decode import decode_messages
 
-    payload = df["payload"]
-    decoded = decode_messages(payload.tolist() if len(payload) else [])
-    decoded.index = df.index
-    for col in decoded.columns:
-        df[col] = decoded[col]
-    return df
+    decoded = decode_messages(table.column("payload"))
+    frame = _pandas(table)
+    decoded.index = frame.index
+    return pd.concat([frame, decoded[[c for c in decoded.columns
+                                      if c not in frame.columns]]], axis=1)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -241,9 +233,9 @@ def _analyze(raws: list[_Raw], *, timeout_s: float, skew_s: float, lookup_gap_s:
              dns_ports: Sequence[int]) -> Capture:
     nodes = [str(r.manifest.get("host") or Path(r.path).name) for r in raws]
     frames: dict[str, list[pd.DataFrame]] = {k: [] for k in schema.SCHEMAS}
-    msg_frames = []
+    msg_tables = []
     for raw, node in zip(raws, nodes):
-        msg_frames.append(_messages_frame(raw, node))
+        msg_tables.append(_messages_table(raw, node))
         for kind in schema.SCHEMAS:
             if kind == "messages":
                 continue
@@ -252,16 +244,15 @@ def _analyze(raws: list[_Raw], *, timeout_s: float, skew_s: float, lookup_gap_s:
             df["capture"] = raw.path
             frames[kind].append(df)
     tables = {k: _concat(v) for k, v in frames.items() if k != "messages"}
-    messages = _concat(msg_frames)
-    messages = _decode(messages)
+    messages = _decoded_messages(pa.concat_tables(msg_tables, promote_options="permissive"))
     messages.insert(0, "msg_id", np.arange(len(messages), dtype=np.int64))
     messages["role"] = assign_roles(messages, dns_ports)
     cgroups, processes, pods = tables["cgroups"], tables["processes"], tables["pods"]
-    messages = attribute(messages, cgroups, processes, pods)
+    messages = attribute(messages, cgroups, processes, pods, inplace=True)
     connects = attribute(tables["connects"], cgroups, processes, pods)
     execs = attribute(tables["execs"], cgroups, processes, pods)
     transactions, txn_of_msg = match_transactions(messages, timeout_s=timeout_s,
-                                                  skew_s=skew_s)
+                                                  skew_s=skew_s, dns_ports=dns_ports)
     messages["txn_id"] = pd.array(np.where(txn_of_msg >= 0, txn_of_msg, 0), dtype="Int64")
     messages.loc[txn_of_msg < 0, "txn_id"] = pd.NA
     lost: dict[str, int] = {}

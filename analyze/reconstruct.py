@@ -20,10 +20,12 @@ the same socket or 5-tuple; a resolver that retries with a fresh id (Go) makes a
 transaction followed by a new one, and the lookup (below) counts both.
 
 Lookups group the client transactions of one resolver call: the same process (node + tgid;
-the client address for pcaps), started less than ``gap_s`` after the previous transaction of
-that process ended (a timed-out query ends ``timeout_s`` after its last copy), and asking for a
-name related to the previous one: equal (A and AAAA in parallel, retries), or the same base
-name with another search suffix. Search suffixes are inferred from the data: Kubernetes ones
+the client address for pcaps), started less than ``gap_s`` after the lookup's last activity (a
+timed-out query counts as active until ``timeout_s`` after its last copy), and asking for a
+name related to every name tried so far: equal (A and AAAA in parallel, retries), or the same
+base name with another search suffix; a lookup stops taking new names once one name answered
+with data (resolvers stop there). Several lookups of one process can be open at once (threads,
+goroutines), so interleaved walks are kept apart. Search suffixes are inferred from the data: Kubernetes ones
 (``<ns>.svc.<domain>``, ``svc.<domain>``, ``<domain>`` for every cluster domain seen in a
 ``*.svc.*`` name, and ``cluster.local``) plus any suffix ``s`` for which a process asked
 ``x.s`` right next to ``x``.
@@ -31,11 +33,14 @@ name with another search suffix. Search suffixes are inferred from the data: Kub
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 DNS_PORTS: tuple[int, ...] = (53,)
 DEFAULT_TIMEOUT_S = 5.0
@@ -55,14 +60,16 @@ TRANSACTION_COLUMNS = (
     "txn_id", "side", "status", "ts", "response_ts", "last_query_ts", "latency_s",
     "retransmissions", "query_msg_id", "response_msg_id", "client_addr", "client_port",
     "server_addr", "server_port", "protocol", "dns_id", "qname", "qtype", "registered_domain",
-    "rcode", "rcode_name", "tc", "answers", "answer_ips", "min_ttl", "node", "capture",
+    "rcode", "rcode_name", "tc", "ancount", "answers", "answer_ips", "min_ttl", "node",
+    "capture",
     "tgid", "tid", "comm", "uid", "netns", "cgroup_id", "cgroup_path", "pod_uid",
     "namespace", "pod", "container", "container_id", "qos",
 )
 _FROM_QUERY = ("protocol", "dns_id", "qname", "qtype", "registered_domain", "node", "capture",
                "tgid", "tid", "comm", "uid", "netns", "cgroup_id", "cgroup_path", "pod_uid",
                "namespace", "pod", "container", "container_id", "qos")
-_FROM_RESPONSE = ("rcode", "rcode_name", "tc", "answers", "answer_ips", "min_ttl")
+_FROM_RESPONSE = ("rcode", "rcode_name", "tc", "ancount", "answers", "answer_ips",
+                  "min_ttl")
 
 LOOKUP_COLUMNS = (
     "lookup_id", "ts", "end_ts", "node", "tgid", "comm", "netns", "cgroup_id", "client_addr",
@@ -83,15 +90,8 @@ def _in_ports(port: pd.Series, ports: Sequence[int]) -> np.ndarray:
     return np.isin(values, np.asarray(ports, dtype="float64"))
 
 
-def assign_roles(messages: pd.DataFrame, dns_ports: Sequence[int] = DNS_PORTS) -> pd.Series:
-    """The role of every message (see docs/api.md), or None when it cannot be told.
-
-    The QR bit says query or response; when the payload did not decode, the ports decide (the
-    message went to a DNS port: query; came from one: response). ``direction`` says whose
-    point of view: a process that sends a query is a client, one that receives it a server;
-    rows without a direction (pcaps) are ``query``/``response`` seen on the wire.
-    """
-    n = len(messages)
+def role_codes(messages: pd.DataFrame, dns_ports: Sequence[int] = DNS_PORTS) -> np.ndarray:
+    """Index into ROLES of every message's role, -1 when it cannot be told."""
     qr = _col(messages, "qr")
     known = qr.notna().to_numpy()
     qr_val = qr.fillna(False).to_numpy(dtype=bool)
@@ -99,22 +99,36 @@ def assign_roles(messages: pd.DataFrame, dns_ports: Sequence[int] = DNS_PORTS) -
     from_dns = _in_ports(_col(messages, "src_port"), dns_ports)
     is_resp = np.where(known, qr_val, from_dns & ~to_dns)
     is_query = np.where(known, ~qr_val, to_dns & ~from_dns)
-    direction = _col(messages, "direction").astype(object).to_numpy()
-    send = direction == "send"
-    recv = direction == "recv"
+    direction = _col(messages, "direction")
+    send = (direction == "send").fillna(False).to_numpy(dtype=bool)
+    recv = (direction == "recv").fillna(False).to_numpy(dtype=bool)
     wire = ~(send | recv)
-    role = np.select(
+    return np.select(
         [send & is_query, recv & is_resp, recv & is_query, send & is_resp,
          wire & is_query, wire & is_resp],
-        list(range(6)), default=-1)
-    labels = np.array(list(ROLES) + [None], dtype=object)
-    return pd.Series(labels[role] if n else np.array([], dtype=object), index=messages.index,
-                     dtype=object, name="role")
+        list(range(6)), default=-1).astype(np.int64)
+
+
+def assign_roles(messages: pd.DataFrame, dns_ports: Sequence[int] = DNS_PORTS) -> pd.Series:
+    """The role of every message (see docs/api.md), or null when it cannot be told.
+
+    The QR bit says query or response; when the payload did not decode, the ports decide (the
+    message went to a DNS port: query; came from one: response). ``direction`` says whose
+    point of view: a process that sends a query is a client, one that receives it a server;
+    rows without a direction (pcaps) are ``query``/``response`` seen on the wire.
+    """
+    codes = role_codes(messages, dns_ports)
+    values = pd.Series(pd.Categorical.from_codes(codes, categories=list(ROLES)),
+                       index=messages.index, name="role")
+    return values.astype("str")
 
 
 def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    return codes.astype(np.int64) + 1, len(uniques) + 1
+    if isinstance(values, pd.Series):
+        codes, uniques = values.factorize(use_na_sentinel=True)
+    else:
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return np.asarray(codes, dtype=np.int64) + 1, len(uniques) + 1
 
 
 def _combine_key(parts: Iterable[pd.Series | np.ndarray]) -> np.ndarray:
@@ -138,128 +152,140 @@ def _ns(ts: pd.Series) -> np.ndarray:
     return ts.to_numpy(dtype="datetime64[ns]").view("int64")
 
 
+def _num(series: pd.Series) -> np.ndarray:
+    return series.astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _take(series: pd.Series, pos: np.ndarray, present: np.ndarray | None = None) -> pd.Series:
+    """series values at positions ``pos`` (null where ``present`` is False)."""
+    out = series.iloc[pos].reset_index(drop=True)
+    if present is not None and not present.all():
+        out = out.where(pd.Series(present))
+    return out
+
+
 def match_transactions(messages: pd.DataFrame, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                       skew_s: float = DEFAULT_SKEW_S) -> tuple[pd.DataFrame, np.ndarray]:
-    """Match queries and responses of ``messages`` (with ``role`` and ``msg_id``).
+                       skew_s: float = DEFAULT_SKEW_S,
+                       dns_ports: Sequence[int] = DNS_PORTS) -> tuple[pd.DataFrame, np.ndarray]:
+    """Match queries and responses of ``messages`` (with ``msg_id``).
 
     Returns the transactions table and, for every message row (in ``messages`` order), the
     ``txn_id`` it belongs to (-1 for messages with no role or no transaction id).
     """
     n_all = len(messages)
     txn_of_msg = np.full(n_all, -1, dtype=np.int64)
-    role = messages["role"].to_numpy(dtype=object)
-    dns_id = _col(messages, "dns_id")
-    eligible = np.flatnonzero(pd.notna(role) & dns_id.notna().to_numpy())
+    if "role" in messages:
+        role_all = pd.Series(pd.Categorical(messages["role"], categories=list(ROLES))
+                             ).cat.codes.to_numpy().astype(np.int64)
+    else:
+        role_all = role_codes(messages, dns_ports)
+    dns_id_all = _col(messages, "dns_id")
+    eligible = np.flatnonzero((role_all >= 0) & dns_id_all.notna().to_numpy())
     if len(eligible) == 0:
         return _empty_transactions(), txn_of_msg
 
-    m = messages.iloc[eligible]
-    role_e = role[eligible]
-    is_resp = np.isin(role_e, ("client_response", "server_response", "response"))
+    everything = len(eligible) == n_all
+
+    def col(name: str) -> pd.Series:
+        if everything:
+            return _col(messages, name).reset_index(drop=True)
+        return _col(messages, name).iloc[eligible].reset_index(drop=True)
+
+    role = role_all[eligible]
+    is_resp = (role == 1) | (role == 3) | (role == 5)
     is_q = ~is_resp
-    side = pd.Series(role_e).map(_SIDE_OF_ROLE).to_numpy(dtype=object)
-    src_addr = _col(m, "src_addr").to_numpy(dtype=object)
-    dst_addr = _col(m, "dst_addr").to_numpy(dtype=object)
-    src_port = _col(m, "src_port").astype("Int64").to_numpy(dtype="float64", na_value=np.nan)
-    dst_port = _col(m, "dst_port").astype("Int64").to_numpy(dtype="float64", na_value=np.nan)
-    client_addr = np.where(is_q, src_addr, dst_addr)
-    server_addr = np.where(is_q, dst_addr, src_addr)
+    side_code = role // 2                       # 0 client, 1 server, 2 wire
+    is_wire = side_code == 2
+    is_server = side_code == 1
+    src_addr, dst_addr = col("src_addr"), col("dst_addr")
+    addr_codes, addr_uniques = pd.concat([src_addr, dst_addr], ignore_index=True).factorize()
+    n = len(eligible)
+    src_c, dst_c = addr_codes[:n], addr_codes[n:]
+    client_c = np.where(is_q, src_c, dst_c)
+    server_c = np.where(is_q, dst_c, src_c)
+    src_port, dst_port = _num(col("src_port")), _num(col("dst_port"))
     client_port = np.where(is_q, src_port, dst_port)
     server_port = np.where(is_q, dst_port, src_port)
 
     # Identity of the conversation. Client side: the process's socket (sock_id, else fd),
     # whatever addresses the syscall showed. Server side: its socket and the client's
     # address, since one server socket talks to everyone. Wire: the 5-tuple.
-    is_wire = side == "wire"
-    is_server = side == "server"
-    tgid = _col(m, "tgid").astype("Int64").to_numpy(dtype="float64", na_value=np.nan)
-    sock_id = _col(m, "sock_id")
-    fd = _col(m, "fd").astype("Int64").to_numpy(dtype="float64", na_value=np.nan)
-    # sock_id when known, else the fd (negated so the two never collide)
-    sock_key = np.where(sock_id.notna().to_numpy(), sock_id.astype(object).to_numpy(),
-                        -(fd + 2))
-    peer_addr = np.where(is_wire, client_addr, np.where(is_server, client_addr, None))
-    peer_port = np.where(is_wire | is_server, client_port, np.nan)
-    wire_server = np.where(is_wire, server_addr, None)
-    wire_sport = np.where(is_wire, server_port, np.nan)
+    sock_id = col("sock_id")
+    sock_codes, _ = _codes(sock_id)
+    fd_codes, _ = _codes(col("fd"))
+    sock_key = np.where(sock_id.notna().to_numpy(), sock_codes, -fd_codes - 1)
+    sock_key = np.where(is_wire, 0, sock_key)
+    peer = is_wire | is_server
     key = _combine_key([
-        _col(m, "node").to_numpy(dtype=object), side, np.where(is_wire, np.nan, tgid),
-        np.where(is_wire, None, sock_key), peer_addr, peer_port, wire_server,
-        wire_sport, _col(m, "protocol").astype(object).to_numpy(),
-        dns_id.iloc[eligible].astype("int64").to_numpy(),
-        _col(m, "qname").to_numpy(dtype=object), _col(m, "qtype").to_numpy(dtype=object),
+        col("node"), side_code, np.where(is_wire, -1, _num(col("tgid"))), sock_key,
+        np.where(peer, client_c, -2), np.where(peer, client_port, -1),
+        np.where(is_wire, server_c, -2), np.where(is_wire, server_port, -1),
+        col("protocol"), col("dns_id"), col("qname"), col("qtype"),
     ])
 
-    ts = _ns(m["ts"])
+    ts = _ns(col("ts"))
     skew = int(skew_s * _NS)
     order = np.lexsort((is_resp, np.where(is_resp, ts + skew, ts), key))
     k = key[order]
     t = ts[order]
     r = is_resp[order]
-    n = len(order)
     timeout = int(timeout_s * _NS)
     new = np.ones(n, dtype=bool)
     if n > 1:
         same = k[1:] == k[:-1]
         gap = t[1:] - t[:-1]
         prev_r = r[:-1]
-        cur_r = r[1:]
-        cut = (~same) | (~cur_r & prev_r) | (cur_r & prev_r) | (gap > timeout)
-        new[1:] = cut
+        new[1:] = (~same) | prev_r | (gap > timeout)
     seg = np.cumsum(new) - 1
     starts = np.flatnonzero(new)
     ends = np.append(starts[1:], n) - 1
     has_r = r[ends]
     nq = ends - starts + 1 - has_r.astype(np.int64)
-    txn_of_msg[eligible[order]] = seg
-
-    first_q = order[starts]                 # positions in m (eligible order)
-    last_q = order[np.where(has_r, ends - 1, ends)]
+    first_q = order[starts]                 # positions among eligible rows
+    last_q = order[np.where(has_r & (nq > 0), ends - 1, ends)]
     resp = order[ends]
+    base = first_q  # the first query, or the response itself for an unsolicited one
+    # number transactions in time order
+    by_time = np.lexsort((first_q, ts[base]))
+    rank = np.empty(len(starts), dtype=np.int64)
+    rank[by_time] = np.arange(len(starts))
+    txn_of_msg[eligible[order]] = rank[seg]
+    first_q, last_q, resp, base = first_q[by_time], last_q[by_time], resp[by_time], base[by_time]
+    has_r, nq = has_r[by_time], nq[by_time]
     n_txn = len(starts)
     answered = (nq > 0) & has_r
     status = np.where(answered, "answered", np.where(nq > 0, "timeout", "unsolicited"))
-    base = first_q  # the first query, or the response itself for an unsolicited one
 
     out: dict[str, Any] = {"txn_id": np.arange(n_txn, dtype=np.int64)}
-    out["side"] = side[base]
-    out["status"] = status.astype(object)
-    ts_ser = m["ts"]
-    q_ts = ts_ser.iloc[base].reset_index(drop=True)
-    out["ts"] = q_ts
-    resp_ts = ts_ser.iloc[resp].reset_index(drop=True)
-    resp_ts[~has_r] = pd.NaT
-    out["response_ts"] = resp_ts
-    lq_ts = ts_ser.iloc[last_q].reset_index(drop=True)
-    lq_ts[nq == 0] = pd.NaT
-    out["last_query_ts"] = lq_ts
+    out["side"] = pd.Series(pd.Categorical.from_codes(side_code[base],
+                                                      ["client", "server", "wire"])
+                            ).astype("str")
+    out["status"] = pd.Series(status).astype("str")
+    ts_ser = col("ts")
+    out["ts"] = _take(ts_ser, base)
+    out["response_ts"] = _take(ts_ser, resp, has_r)
+    out["last_query_ts"] = _take(ts_ser, last_q, nq > 0)
     lat = (ts[resp] - ts[last_q]) / _NS
     out["latency_s"] = np.where(answered, np.maximum(lat, 0.0), np.nan)
     out["retransmissions"] = np.maximum(nq - 1, 0)
-    msg_id = m["msg_id"].to_numpy()
-    out["query_msg_id"] = pd.array(np.where(nq > 0, msg_id[base], 0), dtype="Int64")
+    msg_id = col("msg_id").to_numpy()
+    out["query_msg_id"] = pd.array(msg_id[base], dtype="Int64")
     out["query_msg_id"][nq == 0] = pd.NA
-    out["response_msg_id"] = pd.array(np.where(has_r, msg_id[resp], 0), dtype="Int64")
+    out["response_msg_id"] = pd.array(msg_id[resp], dtype="Int64")
     out["response_msg_id"][~has_r] = pd.NA
-    out["client_addr"] = client_addr[base]
+    uniq = pd.Series(addr_uniques)
+    cb, sb = client_c[base], server_c[base]
+    out["client_addr"] = uniq.take(np.maximum(cb, 0)).reset_index(drop=True).where(
+        pd.Series(cb >= 0))
     out["client_port"] = pd.array(client_port[base], dtype="Int64")
-    out["server_addr"] = server_addr[base]
+    out["server_addr"] = uniq.take(np.maximum(sb, 0)).reset_index(drop=True).where(
+        pd.Series(sb >= 0))
     out["server_port"] = pd.array(server_port[base], dtype="Int64")
     for name in _FROM_QUERY:
-        out[name] = _col(m, name).iloc[base].reset_index(drop=True)
+        out[name] = _take(col(name), base)
     for name in _FROM_RESPONSE:
-        col = _col(m, name).iloc[resp].reset_index(drop=True)
-        if not has_r.all():
-            col = col.where(pd.Series(has_r), None if col.dtype == object else pd.NA)
-        out[name] = col
+        out[name] = _take(col(name), resp, has_r)
     txns = pd.DataFrame(out)
-    txns = txns.sort_values(["ts", "txn_id"], kind="stable").reset_index(drop=True)
-    # Renumber so txn_id follows time; keep the per-message map consistent.
-    remap = np.empty(n_txn, dtype=np.int64)
-    remap[txns["txn_id"].to_numpy()] = np.arange(n_txn)
-    txns["txn_id"] = np.arange(n_txn, dtype=np.int64)
-    hit = txn_of_msg >= 0
-    txn_of_msg[hit] = remap[txn_of_msg[hit]]
     return txns[list(TRANSACTION_COLUMNS)], txn_of_msg
 
 
@@ -269,18 +295,37 @@ def _empty_transactions() -> pd.DataFrame:
 
 # --- lookups -------------------------------------------------------------------------------
 
-def _infer_suffixes(names: np.ndarray, same_proc: np.ndarray) -> tuple[set[str], set[str]]:
-    """Search suffixes seen next to their base name, and cluster domains."""
+def _infer_suffixes(names: pd.Series, proc: np.ndarray, namespaces: set[str]
+                    ) -> tuple[set[str], set[str]]:
+    """Search suffixes: host ones seen right after their base name, and Kubernetes ones
+    (``<ns>.svc.<domain>`` for known namespaces, ``svc.<domain>``, ``<domain>``).
+
+    ``namespaces`` (in: the pods' namespaces) grows with every label ``L`` for which a
+    process asked ``x.L.svc.<domain>`` and also ``x.svc.<domain>``, ``x.<domain>`` or ``x``.
+    """
     suffixes: set[str] = set()
     domains: set[str] = {"cluster.local"}
-    for name in pd.unique(names):
-        if isinstance(name, str) and ".svc." in name:
-            dom = name.rsplit(".svc.", 1)[1]
-            if dom:
-                domains.add(dom)
-    if len(names) > 1:
-        a, b = names[1:], names[:-1]
-        idx = np.flatnonzero(same_proc & (a != b))
+    uniq = pd.unique(names.dropna())
+    present = set(uniq)
+    svc = [u for u in uniq if ".svc." in u]
+    for name in svc[:100_000]:
+        head, dom = name.rsplit(".svc.", 1)
+        if dom and len(domains) < 16:
+            domains.add(dom)
+        if "." in head and dom:
+            x, label = head.rsplit(".", 1)
+            if (f"{x}.svc.{dom}" in present or f"{x}.{dom}" in present or x in present):
+                namespaces.add(label)
+    for dom in domains:
+        for ns in namespaces:
+            suffixes.add(f"{ns}.svc.{dom}")
+        suffixes.add(f"svc.{dom}")
+        suffixes.add(dom)
+    arr = names.to_numpy(dtype=object, na_value=None)
+    if len(arr) > 1:
+        a, b = arr[1:], arr[:-1]
+        same = proc[1:] == proc[:-1]
+        idx = np.flatnonzero(same & (a != b))
         for i in idx[:200_000]:          # bounded: inference needs only a sample
             x, y = a[i], b[i]
             if not isinstance(x, str) or not isinstance(y, str):
@@ -289,164 +334,163 @@ def _infer_suffixes(names: np.ndarray, same_proc: np.ndarray) -> tuple[set[str],
                 suffixes.add(x[len(y) + 1:])
             elif len(y) > len(x) and y.startswith(x + "."):
                 suffixes.add(y[len(x) + 1:])
+            if len(suffixes) >= 256:
+                break
     return suffixes, domains
 
 
-def candidate_bases(name: str, suffixes: set[str], domains: set[str]) -> frozenset[str]:
-    """Names the application may have asked for when ``name`` went on the wire."""
-    out = {name}
-    for dom in domains:
-        tail = "." + dom
-        if not name.endswith(tail):
-            continue
-        head = name[: -len(tail)]
-        out.add(head)
-        if head.endswith(".svc"):
-            out.add(head[:-4])
-            ns_head = head[:-4]
-            if "." in ns_head:
-                out.add(ns_head.rsplit(".", 1)[0])
-    for suf in suffixes:
-        tail = "." + suf
-        if name.endswith(tail) and len(name) > len(tail):
-            out.add(name[: -len(tail)])
-    out.discard("")
-    return frozenset(out)
+def _suffix_regex(suffixes: set[str]) -> str:
+    alts: list[str] = []
+    alts.extend(rf"\.{re.escape(s)}$" for s in sorted(suffixes, key=len, reverse=True))
+    return "|".join(f"(?:{a})" for a in alts)
+
+
+def base_names(names: pd.Series, suffixes: set[str]) -> pd.Series:
+    """``names`` with the longest search suffix removed (``x.ns.svc.cluster.local`` -> ``x``).
+
+    A name that is nothing but a suffix stays as it is.
+    """
+    pattern = _suffix_regex(suffixes)
+    codes, uniq = names.factorize(use_na_sentinel=True)
+    if len(uniq) == 0:
+        return names.copy()
+    arr = pa.array(np.asarray(uniq, dtype=object), type=pa.string())
+    stripped = pc.replace_substring_regex(arr, pattern=pattern, replacement="", max_replacements=1)
+    stripped = pc.if_else(pc.equal(pc.utf8_length(stripped), 0), arr, stripped)
+    small = pd.array(stripped.to_pylist(), dtype="str")
+    return pd.Series(small.take(np.asarray(codes), allow_fill=True), index=names.index)
 
 
 def build_lookups(transactions: pd.DataFrame, *, gap_s: float = DEFAULT_GAP_S,
                   timeout_s: float = DEFAULT_TIMEOUT_S) -> pd.DataFrame:
-    """Group client-side (and wire) transactions into resolver calls; see the module doc."""
+    """Group client-side (and wire) transactions into resolver calls; see the module doc.
+
+    Vectorized: transactions are keyed by process and base name (search suffix removed),
+    sorted by time, and cut where the process was idle longer than ``gap_s`` (a timed-out
+    query stays active until ``timeout_s`` after its last copy), where a *different* name
+    follows a name that already answered with data (a resolver stops there), or where a
+    name and type are asked again after a final answer (NOERROR/NXDOMAIN, not truncated):
+    the application asked again.
+    """
     tx = transactions[(transactions["side"] != "server")
                       & (transactions["status"] != "unsolicited")]
     if tx.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in LOOKUP_COLUMNS})
+    tx = tx.reset_index(drop=True)
     wire = (tx["side"] == "wire").to_numpy()
+    client_codes, _ = _codes(tx["client_addr"])
     proc = _combine_key([
-        tx["node"].to_numpy(dtype=object),
-        np.where(wire, np.nan, tx["tgid"].astype("Int64").to_numpy("float64", na_value=np.nan)),
-        np.where(wire, tx["client_addr"].to_numpy(dtype=object), None),
+        tx["node"], np.where(wire, -1, _num(tx["tgid"])), np.where(wire, client_codes, -1),
     ])
     ts = _ns(tx["ts"])
-    order = np.lexsort((tx["txn_id"].to_numpy(), ts, proc))
-    tx = tx.iloc[order].reset_index(drop=True)
-    proc = proc[order]
-    ts = ts[order]
-    answered = (tx["status"] == "answered").to_numpy()
-    end = np.where(answered, _ns(tx["response_ts"]),
-                   _ns(tx["last_query_ts"]) + int(timeout_s * _NS))
+    order0 = np.lexsort((tx["txn_id"].to_numpy(), ts, proc))
+    namespaces = set(tx["namespace"].dropna().unique())
+    suffixes, _ = _infer_suffixes(tx["qname"].iloc[order0], proc[order0], namespaces)
+    base = base_names(tx["qname"], suffixes)
+    base_codes, _ = _codes(base)
+    name_codes, _ = _codes(tx["qname"])
+    qtype_codes, _ = _codes(tx["qtype"])
+    answered = (tx["status"] == "answered").to_numpy(dtype=bool)
+    resp_ts = _ns(tx["response_ts"])
+    end = np.where(answered, resp_ts, _ns(tx["last_query_ts"]) + int(timeout_s * _NS))
+    has_data = (tx["ancount"].fillna(0).to_numpy(dtype="int64") > 0) & answered
+    final = (answered & tx["rcode_name"].isin(("NOERROR", "NXDOMAIN")).to_numpy(dtype=bool)
+             & ~tx["tc"].fillna(False).to_numpy(dtype=bool))
+
+    # re-asked: the same name and type was finally answered before this query was sent
     n = len(tx)
-    names = tx["qname"].to_numpy(dtype=object)
+    o2 = np.lexsort((ts, qtype_codes, name_codes, proc))
+    reask = np.zeros(n, dtype=bool)
+    if n > 1:
+        same2 = ((proc[o2][1:] == proc[o2][:-1]) & (name_codes[o2][1:] == name_codes[o2][:-1])
+                 & (qtype_codes[o2][1:] == qtype_codes[o2][:-1]))
+        prev_final = np.where(final[o2][:-1], resp_ts[o2][:-1], np.iinfo(np.int64).max)
+        reask[o2[1:]] = same2 & (prev_final < ts[o2][1:])
+
+    key = proc * (int(base_codes.max()) + 1) + base_codes
+    order = np.lexsort((tx["txn_id"].to_numpy(), ts, key))
+    k, t = key[order], ts[order]
+    nm, qt = name_codes[order], qtype_codes[order]
     new = np.ones(n, dtype=bool)
     if n > 1:
-        same = proc[1:] == proc[:-1]
-        # running latest end of activity inside each process run
-        run_end = pd.Series(end).groupby(proc).cummax().to_numpy()
-        gap_ok = (ts[1:] - run_end[:-1]) <= int(gap_s * _NS)
-        cont = same & gap_ok
-        suffixes, domains = _infer_suffixes(names, cont)
-        eq = names[1:] == names[:-1]
-        cache: dict[str, frozenset[str]] = {}
-
-        def bases(x: Any) -> frozenset[str]:
-            if not isinstance(x, str):
-                return frozenset()
-            got = cache.get(x)
-            if got is None:
-                got = cache[x] = candidate_bases(x, suffixes, domains)
-            return got
-
-        related = eq.copy()
-        for i in np.flatnonzero(cont & ~eq):
-            related[i] = bool(bases(names[i + 1]) & bases(names[i]))
-        new[1:] = ~(cont & related)
-    else:
-        suffixes, domains = set(), {"cluster.local"}
-    lookup = np.cumsum(new) - 1
-    tx["_lookup"] = lookup
-    tx["_end"] = pd.to_datetime(end, utc=True)
+        same = k[1:] == k[:-1]
+        end_o = end[order]
+        ra = reask[order]
+        big = np.iinfo(np.int64).max
+        # a re-asked A and AAAA pair starts one lookup, not two
+        prev_open = np.where(answered[order], resp_ts[order], big)[:-1] > t[1:]
+        first_reask = ra[1:] & ~(ra[:-1] & (nm[1:] == nm[:-1]) & (qt[1:] != qt[:-1])
+                                 & prev_open)
+        new[1:] = ~same | first_reask
+        # idle gaps (per lookup so far) and "another name after a data answer": the run of
+        # the previous name got data before this query was sent
+        lk = np.cumsum(new) - 1
+        run_end = pd.Series(end_o).groupby(lk).cummax().to_numpy()
+        idle = (t[1:] - run_end[:-1]) > int(gap_s * _NS)
+        data_o = has_data[order]
+        name_change = nm[1:] != nm[:-1]
+        name_run = np.cumsum(np.concatenate(([True], ~same | name_change)))
+        run_data = pd.Series(np.where(data_o, resp_ts[order], big)).groupby(
+            name_run).cummin().to_numpy()
+        stopped = name_change & (run_data[:-1] < t[1:])
+        new[1:] |= idle | stopped
     starts = np.flatnonzero(new)
-    first = tx.iloc[starts].reset_index(drop=True)
-    g = tx.groupby("_lookup", sort=True)
+    bounds = np.append(starts, n)
+    sx = tx.iloc[order].reset_index(drop=True)
+    first = sx.iloc[starts].reset_index(drop=True)
+
     out = pd.DataFrame({"lookup_id": np.arange(len(starts), dtype=np.int64)})
     out["ts"] = first["ts"]
-    out["end_ts"] = g["_end"].max().reset_index(drop=True)
+    end_o = end[order]
+    out["end_ts"] = pd.to_datetime(np.maximum.reduceat(end_o, starts), utc=True)
     for c in ("node", "tgid", "comm", "netns", "cgroup_id", "client_addr", "pod_uid",
               "namespace", "pod", "container", "container_id", "qos", "server_addr"):
         out[c] = first[c]
     out["first_name"] = first["qname"]
-    is_nx = (tx["rcode_name"] == "NXDOMAIN").fillna(False)
-    is_to = tx["status"] == "timeout"
-    out["n_queries"] = (g["retransmissions"].sum() + g.size()).to_numpy()
-    out["n_nxdomain"] = is_nx.groupby(lookup).sum().to_numpy()
-    out["n_timeouts"] = is_to.groupby(lookup).sum().to_numpy()
-    out["n_retransmissions"] = g["retransmissions"].sum().to_numpy()
+    retr = sx["retransmissions"].to_numpy(dtype=np.int64)
+    out["n_queries"] = np.add.reduceat(retr + 1, starts)
+    out["n_nxdomain"] = np.add.reduceat(
+        (sx["rcode_name"] == "NXDOMAIN").fillna(False).to_numpy(dtype=np.int64), starts)
+    out["n_timeouts"] = np.add.reduceat(
+        (sx["status"] == "timeout").to_numpy(dtype=np.int64), starts)
+    out["n_retransmissions"] = np.add.reduceat(retr, starts)
 
-    has_data = tx["answer_ips"].map(lambda v: v is not None and len(v) > 0
-                                    if not isinstance(v, float) else False)
-    has_data |= tx["answers"].map(lambda v: v is not None and not isinstance(v, float)
-                                  and len(v) > 0)
-    final_name: list[Any] = []
-    base_name: list[Any] = []
-    names_l: list[list[str]] = []
-    qtypes_l: list[list[str]] = []
-    rcode_l: list[Any] = []
-    ips_l: list[list[str]] = []
-    txn_l: list[list[int]] = []
-    bounds = np.append(starts, n)
-    qn = tx["qname"].to_numpy(dtype=object)
-    qt = tx["qtype"].to_numpy(dtype=object)
-    rc = tx["rcode_name"].to_numpy(dtype=object)
-    st = tx["status"].to_numpy(dtype=object)
-    ips = tx["answer_ips"].to_numpy(dtype=object)
-    tid = tx["txn_id"].to_numpy()
-    data = has_data.to_numpy(dtype=bool)
+    qn = sx["qname"].to_numpy(dtype=object, na_value=None).tolist()
+    qtl = sx["qtype"].to_numpy(dtype=object, na_value=None).tolist()
+    bl = base.iloc[order].to_numpy(dtype=object, na_value=None).tolist()
+    tid = sx["txn_id"].to_numpy().tolist()
+    rc = sx["rcode_name"].to_numpy(dtype=object, na_value=None).tolist()
+    st = sx["status"].to_numpy(dtype=object).tolist()
+    ips = sx["answer_ips"].to_numpy(dtype=object)
+    data = has_data[order]
+    names_l, qtypes_l, txn_l, base_l, final_l, rcode_l, ips_l = [], [], [], [], [], [], []
     for j in range(len(starts)):
-        a, b = bounds[j], bounds[j + 1]
-        if b - a == 1:
-            nm = qn[a]
-            names_l.append([nm])
-            qtypes_l.append([qt[a]])
-            txn_l.append([int(tid[a])])
-            base_name.append(nm)
-            if data[a]:
-                final_name.append(nm)
-                rcode_l.append(rc[a])
-                ips_l.append(list(ips[a]) if ips[a] is not None else [])
-            else:
-                final_name.append(None)
-                rcode_l.append("TIMEOUT" if st[a] == "timeout" else rc[a])
-                ips_l.append([])
-            continue
-        seen_names = list(dict.fromkeys(qn[a:b]))
-        names_l.append(seen_names)
-        qtypes_l.append(list(dict.fromkeys(qt[a:b])))
-        txn_l.append([int(x) for x in tid[a:b]])
-        common: frozenset[str] | None = None
-        for nm in seen_names:
-            bs = candidate_bases(nm, suffixes, domains) if isinstance(nm, str) else frozenset()
-            common = bs if common is None else common & bs
-        base_name.append(max(common, key=len) if common and len(seen_names) > 1
-                         else seen_names[0])
-        hits = np.flatnonzero(data[a:b])
+        a, b = int(bounds[j]), int(bounds[j + 1])
+        names = list(dict.fromkeys(qn[a:b])) if b - a > 1 else [qn[a]]
+        names_l.append(names)
+        qtypes_l.append(list(dict.fromkeys(qtl[a:b])) if b - a > 1 else [qtl[a]])
+        txn_l.append(tid[a:b])
+        base_l.append(bl[a] if len(names) > 1 else names[0])
+        hits = np.flatnonzero(data[a:b]) if b - a > 1 else ([0] if data[a] else [])
         if len(hits):
-            fin = qn[a + hits[-1]]
-            final_name.append(fin)
-            rcode_l.append(rc[a + hits[-1]])
+            fin = qn[a + int(hits[0])]
+            final_l.append(fin)
+            rcode_l.append(rc[a + int(hits[0])])
             got: list[str] = []
             for i in range(a, b):
-                if qn[i] == fin and ips[i] is not None and not isinstance(ips[i], float):
-                    got.extend(x for x in ips[i] if x not in got)
+                v = ips[i]
+                if qn[i] == fin and isinstance(v, (list, tuple, np.ndarray)):
+                    got.extend(x for x in v if x not in got)
             ips_l.append(got)
         else:
-            final_name.append(None)
+            final_l.append(None)
             rcode_l.append("TIMEOUT" if st[b - 1] == "timeout" else rc[b - 1])
             ips_l.append([])
-    out["final_name"] = final_name
-    out["base_name"] = base_name
+    out["final_name"] = pd.array(final_l, dtype="str")
+    out["base_name"] = pd.array(base_l, dtype="str")
     out["names"] = names_l
     out["qtypes"] = qtypes_l
-    out["rcode_name"] = rcode_l
+    out["rcode_name"] = pd.array(rcode_l, dtype="str")
     out["answer_ips"] = ips_l
     out["txn_ids"] = txn_l
     out = out.sort_values(["ts", "lookup_id"], kind="stable").reset_index(drop=True)
