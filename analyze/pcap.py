@@ -179,11 +179,15 @@ def _pcapng_packets(f: IO[bytes], head: bytes, path: str,
         if not hdr:
             return
         if len(hdr) < 8:
+            if first:
+                raise PcapError(f"{path}: pcapng section header is cut short")
             summary.file_damaged = "file ends inside a block header"
             return
         if struct.unpack_from("<I", hdr)[0] == _PCAPNG_SHB:
             bom = f.read(4)
             if len(bom) < 4:
+                if first:
+                    raise PcapError(f"{path}: pcapng section header is cut short")
                 summary.file_damaged = "file ends inside a section header"
                 return
             if bom == b"\x4d\x3c\x2b\x1a":
@@ -203,6 +207,8 @@ def _pcapng_packets(f: IO[bytes], head: bytes, path: str,
                 return
             rest = f.read(total - 12)
             if len(rest) < total - 12:
+                if first:
+                    raise PcapError(f"{path}: pcapng section header is cut short")
                 summary.file_damaged = "file ends inside a section header"
                 return
             interfaces = []
