@@ -227,7 +227,7 @@ def test_retransmitted_tcp_segment_is_dropped_once(tmp_path: Path) -> None:
     import_pcap(src, tmp_path / "ref")
     ref = _messages(tmp_path / "ref")
     # Re-read the frames through tshark-free means: the ref rows tell which frames are TCP.
-    tcp_seq = [r["seq"] for r in ref if r["protocol"] == "tcp"][0]
+    tcp_seq = next(r["seq"] for r in ref if r["protocol"] == "tcp")
     data = src.read_bytes()
     # Duplicate the enhanced packet block of that frame (frame numbers count EPBs).
     blocks, pos = [], 0
