@@ -1,0 +1,96 @@
+"""`dnstrail replay` and `dnstrail import`: thin click commands over the analyze library."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from analyze.reconstruct import DEFAULT_TIMEOUT_S
+
+
+@click.command("replay")
+@click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
+@click.option("--pod", help="Pod name glob (e.g. 'web-*').")
+@click.option("--namespace", "-n", help="Namespace glob.")
+@click.option("--container", help="Container name glob.")
+@click.option("--comm", help="Process name glob.")
+@click.option("--pid", type=int, help="Process id (tgid).")
+@click.option("--name", help="Query name glob (e.g. '*.example.com').")
+@click.option("--rcode", help="Response code name or number; TIMEOUT for unanswered.")
+@click.option("--since", help="ISO time, or +10s / +2m from the capture start.")
+@click.option("--until", help="ISO time, or +10s / +2m from the capture start.")
+@click.option("--node", help="Node (manifest host) glob.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table",
+              show_default=True, help="table fits --width columns; jsonl has every column.")
+@click.option("--lookups", is_flag=True, help="One line per resolver call (search-list "
+              "walk, A+AAAA, retries) instead of per transaction.")
+@click.option("--messages", is_flag=True, help="One line per DNS message.")
+@click.option("--width", type=int, default=80, show_default=True, help="Table width.")
+@click.option("--timeout", "timeout_s", type=float, default=DEFAULT_TIMEOUT_S,
+              show_default=True, help="Seconds after which an unanswered query is a timeout.")
+@click.option("--no-verify", is_flag=True, help="Do not check file sha256 sums.")
+def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
+           container: str | None, comm: str | None, pid: int | None, name: str | None,
+           rcode: str | None, since: str | None, until: str | None, node: str | None,
+           fmt: str, lookups: bool, messages: bool, width: int, timeout_s: float,
+           no_verify: bool) -> None:
+    """Show the DNS timeline of one or more captures (directories or pcaps) in time order.
+
+    \b
+    One line per transaction by default: a query and its response (MS is the latency,
+    '+2r' two retransmissions), a TIMEOUT, or an unsolicited response (!RCODE).
+    WHO is namespace/pod, or comm[pid] for host processes, or the client address (pcaps).
+    Wire strings are sanitized in the table; --format jsonl keeps everything.
+    """
+    from analyze.capture import load
+    from analyze.replay import replay as run
+
+    if lookups and messages:
+        raise click.UsageError("--lookups and --messages exclude each other")
+    cap = load(list(captures), timeout_s=timeout_s, verify=not no_verify)
+    filters: dict[str, Any] = {k: v for k, v in dict(
+        pod=pod, namespace=namespace, container=container, comm=comm, pid=pid, name=name,
+        rcode=rcode, since=since, until=until, node=node).items() if v is not None}
+    if filters:
+        cap = cap.filter(**filters)
+    try:
+        for line in run(cap, format=fmt, lookups=lookups, messages=messages, width=width):
+            click.echo(line)
+    except BrokenPipeError:
+        # the reader (head, less) went away: stop quietly, as a tracer piped to head does
+        import os
+        import sys
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Capture directory to write.")
+@click.option("--port", "ports", type=int, multiple=True,
+              help="DNS server port besides 53 (repeatable).")
+@click.option("--append", is_flag=True, help="Add to a capture an earlier import wrote.")
+def import_(file: str, output: str, ports: tuple[int, ...], append: bool) -> None:
+    """Turn a pcap or pcapng FILE into a capture directory that replay and report read."""
+    import sys
+
+    from analyze.pcap import import_pcap
+
+    summary = import_pcap(file, output, ports=(53, *ports), append=append,
+                          command_line=sys.argv)
+    s = summary.as_dict() if hasattr(summary, "as_dict") else dict(vars(summary))
+    click.echo(f"{file}: {s.get('packets', 0)} packets, {s.get('messages', 0)} DNS messages "
+               f"({s.get('udp', 0)} udp, {s.get('tcp', 0)} tcp) -> {output}")
+    skipped = {k: v for k, v in s.items() if k.startswith("skipped_") and v}
+    if skipped:
+        click.echo("skipped: " + ", ".join(f"{k[8:]}={v}" for k, v in skipped.items()))
+    if s.get("truncated"):
+        click.echo(f"truncated: {s['truncated']} messages cut by the capture snaplen")
+    if s.get("file_damaged"):
+        click.echo(f"warning: {s['file_damaged']}")
+
+
+__all__ = ["import_", "replay"]
