@@ -19,9 +19,44 @@ from __future__ import annotations
 from publicsuffixlist import PublicSuffixList
 
 _PSL = PublicSuffixList(only_icann=False)
-#: Bound of the memo: names come from the wire, an attacker can send endless distinct ones.
+#: Bound of the memos: names come from the wire, an attacker can send endless distinct ones.
 _MEMO_MAX = 1 << 17
 _memo: dict[str, str | None] = {}
+_count_memo: dict[str, int] = {}
+
+
+def _suffix_closure() -> frozenset[str]:
+    """Every suffix of every name a PSL rule looks at (rules without '!' or '*.').
+
+    If the last k labels of a name are not in this set, no rule can match deeper than k
+    labels, so the public suffix of the name is the public suffix of its last k labels: the
+    memo is keyed by that short suffix, not by the (often random) full name.
+    """
+    rules = getattr(_PSL, "_publicsuffix", None)
+    if not rules:
+        return frozenset()
+    closure: set[str] = set()
+    for rule in rules:
+        bare = rule.removeprefix("!")
+        bare = bare.removeprefix("*.")
+        labels = bare.split(".")
+        for i in range(len(labels)):
+            closure.add(".".join(labels[i:]))
+    return frozenset(closure)
+
+
+_CLOSURE = _suffix_closure()
+
+
+def _public_count(key: str) -> int:
+    count = _count_memo.get(key)
+    if count is None:
+        public = _PSL.publicsuffix(key)
+        count = key.count(".") + 1 if public is None else public.count(".") + 1
+        if len(_count_memo) >= _MEMO_MAX:
+            _count_memo.clear()
+        _count_memo[key] = count
+    return count
 
 
 def _compute(name: str) -> str | None:
@@ -30,11 +65,25 @@ def _compute(name: str) -> str | None:
     name = name.strip(".").lower()
     if name == "arpa" or name.endswith(".arpa"):
         return None
-    try:
-        result = _PSL.privatesuffix(name)
-    except Exception:  # noqa: BLE001 - the list code must not fail a decode on odd input
+    labels = name.split(".")
+    if "" in labels:
         return None
-    return result if isinstance(result, str) else None
+    if not _CLOSURE:  # the list's internals changed: ask it directly
+        try:
+            result = _PSL.privatesuffix(name)
+        except Exception:  # noqa: BLE001 - the list code must not fail a decode on odd input
+            return None
+        return result if isinstance(result, str) else None
+    n = len(labels)
+    key = labels[-1]
+    depth = 1
+    while depth < n and key in _CLOSURE:
+        depth += 1
+        key = labels[-depth] + "." + key
+    count = _public_count(key)
+    if count >= n:
+        return None
+    return ".".join(labels[n - count - 1 :])
 
 
 def registered_domain(name: str) -> str | None:
