@@ -37,6 +37,15 @@
 #ifndef OFF_MASK
 #define OFF_MASK 2047  // (power of two > MAX_PAYLOAD) - 1: masks offsets/lengths for the verifier
 #endif
+#ifndef SLOT_SMALL
+// Message records have one of two payload slot sizes (SLOT_SMALL for payloads that fit,
+// SLOT_BIG otherwise) so that runs of equal-size records let user space find record
+// boundaries with vectorized reads instead of a per-record walk.
+#define SLOT_SMALL 512
+#endif
+#ifndef SLOT_BIG
+#define SLOT_BIG 1232
+#endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 16384
 #endif
@@ -240,6 +249,8 @@ BPF_HASH(conn_pending, u64, struct conn_t, 16384);
 BPF_HASH(socket_args, u64, struct sock_args_t, 16384);
 BPF_TABLE("lru_hash", u64, struct fd_state_t, fd_state, 65536);
 BPF_HASH(ports, u16, u8, 64);
+// unconnected sockets that sent to a DNS port (see set_endpoints)
+BPF_TABLE("lru_hash", u64, u8, dns_socks, 16384);
 BPF_HASH(pids, u32, u8, 1024);
 BPF_HASH(comms, struct comm_key, u8, 256);
 BPF_HASH(cgroups, u64, u8, 4096);
@@ -503,8 +514,16 @@ static __always_inline int set_endpoints(struct ev_msg *e, struct pending_t *p, 
         lfl |= F_SRC_ADDR;
     if (p->lport)
         lfl |= F_SRC_PORT;
-    if (!port_match(p->lport) && !port_match(rport))
-        return 0;
+    if (!port_match(p->lport) && !port_match(rport)) {
+        // An unconnected socket that sent to a DNS port and now receives with no source
+        // address asked for (recvfrom(..., NULL, NULL), as dnsperf does): the datagram is
+        // the answer, from an unknown peer.
+        if (!is_recv || mfam || p->rport || !dns_socks.lookup(&p->sk))
+            return 0;
+    } else if (!is_recv && mfam && !port_match(p->lport)) {
+        u8 one = 1;
+        dns_socks.update(&p->sk, &one);
+    }
     // lfl/rfl are in "send" orientation: local = src, remote = dst
     if (is_recv) {
         __builtin_memcpy(e->src_addr, raddr, 16);
@@ -526,10 +545,9 @@ static __always_inline int set_endpoints(struct ev_msg *e, struct pending_t *p, 
 static __always_inline void emit_msg(struct ev_msg *e, u32 cap) {
     if (cap > MAX_PAYLOAD)
         cap = MAX_PAYLOAD;
-    BARRIER_VAR(cap);
-    cap &= OFF_MASK;
     e->cap_len = cap;
-    if (events.ringbuf_output(e, EV_MSG_HDR + cap, 0) != 0)
+    u32 size = cap <= SLOT_SMALL ? EV_MSG_HDR + SLOT_SMALL : EV_MSG_HDR + SLOT_BIG;
+    if (events.ringbuf_output(e, size, 0) != 0)
         count_lost(LOST_RINGBUF_FULL, 1);
 }
 

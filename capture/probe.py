@@ -32,12 +32,15 @@ the record-length walk; ``poll`` sleeps between checks instead of waking up per 
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import os
 import platform
 import secrets
 import socket
 import struct
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,7 @@ from bpf import source_path
 from capture import _btf
 from capture.errors import (
     BccMissing,
+    CaptureError,
     HeadersMissing,
     LoadFailed,
     NotPermitted,
@@ -104,8 +108,9 @@ assert _EXEC_DTYPE.itemsize == 320
 _RINGBUF_BUSY = 1 << 31
 _RINGBUF_DISCARD = 1 << 30
 _RINGBUF_HDR = 8
+_RINGBUF_LEN = (1 << 30) - 1
 #: Records parsed into one set of RecordBatches before the consumer position moves on.
-_CHUNK_RECORDS = 65536
+_CHUNK_RECORDS = 16384
 
 
 @dataclass(frozen=True)
@@ -149,10 +154,16 @@ def _ringbuf_pages(cfg: ProbeConfig) -> int:
     return 1 << (want.bit_length() - 1)
 
 
+def _round8(n: int) -> int:
+    return (n + 7) & ~7
+
+
 def _defines(cfg: ProbeConfig, salt: int, offsets: dict[str, int]) -> dict[str, str]:
     defs = {
         "MAX_PAYLOAD": str(cfg.snaplen),
         "OFF_MASK": str((1 << (cfg.snaplen + 1).bit_length()) - 1),
+        "SLOT_SMALL": str(min(_round8(cfg.snaplen), 256)),
+        "SLOT_BIG": str(_round8(cfg.snaplen)),
         "RINGBUF_PAGES": str(_ringbuf_pages(cfg)),
         "MAX_MMSG": str(cfg.max_mmsg),
         "MAX_IOV": str(cfg.max_iov),
@@ -183,12 +194,15 @@ def render_source(cfg: ProbeConfig) -> str:
     return note + head + source_path(SOURCE_NAME).read_text()
 
 
-def _check_environment() -> Any:
-    """Import bcc and check what loading needs; raise the matching CaptureError."""
-    try:
-        import bcc  # lazy: the analyzer must not need bcc
-    except ImportError:
-        raise BccMissing() from None
+def _check_environment(need_bcc: bool = True) -> Any:
+    """Check what loading needs (and import bcc when need_bcc); raise the CaptureError."""
+    module: Any = None
+    if need_bcc:
+        try:
+            import bcc  # lazy: only the loader child process imports bcc
+        except ImportError:
+            raise BccMissing() from None
+        module = bcc
     if os.geteuid() != 0:
         raise NotPermitted()
     if not any(Path(p, "events", "syscalls").is_dir()
@@ -197,7 +211,7 @@ def _check_environment() -> Any:
     release = platform.release()
     if not Path(f"/lib/modules/{release}/build").exists():
         raise HeadersMissing()
-    return bcc
+    return module
 
 
 @dataclass
@@ -210,8 +224,46 @@ class _Counts:
     polls: int = 0
     chunks: int = 0
     parse_seconds: float = 0.0
-    kinds_unknown: int = 0
-    by_syscall: dict[str, int] = field(default_factory=dict)
+    malformed: int = 0
+    by_syscall: np.ndarray = field(default_factory=lambda: np.zeros(len(SYSCALLS), np.int64))
+
+
+# ---- raw bpf(2) map access (the parent process never imports bcc) ----
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}.get(platform.machine(), 321)
+_BPF_MAP_LOOKUP_ELEM, _BPF_MAP_UPDATE_ELEM, _BPF_MAP_DELETE_ELEM = 1, 2, 3
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def _map_op(cmd: int, fd: int, key: ctypes.Array[ctypes.c_char] | ctypes._SimpleCData[Any],
+            value: Any = None) -> bool:
+    attr = _ElemAttr(fd, 0, ctypes.addressof(key),
+                     ctypes.addressof(value) if value is not None else 0, 0)
+    ret = _libc.syscall(ctypes.c_long(_NR_BPF), ctypes.c_int(cmd), ctypes.byref(attr),
+                        ctypes.c_uint(ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        if err == 2 and cmd != _BPF_MAP_UPDATE_ELEM:  # ENOENT
+            return False
+        raise OSError(err, f"bpf map operation {cmd}: {os.strerror(err)}")
+    return True
+
+
+def _possible_cpus() -> int:
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    last = 0
+    for part in text.split(","):
+        last = max(last, int(part.split("-")[-1]))
+    return last + 1
+
+
+#: Maps the parent keeps (the loader fills the static filters itself).
+_PARENT_MAPS = ("events", "cgroups", "config", "lost")
 
 
 class Probe:
@@ -220,14 +272,21 @@ class Probe:
     def __init__(self, cfg: ProbeConfig) -> None:
         self.cfg = cfg
         self.boot_time_ns = 0
-        self._bpf: Any = None
+        self._maps: dict[str, int] = {}
+        self._attach_fds: list[int] = []
         self._cons_map: mmap.mmap | None = None
         self._data_map: mmap.mmap | None = None
-        self._counts = _Counts()
-        self._seq = {"messages": 0, "connects": 0, "execs": 0}
         self._data_u8 = np.zeros(0, dtype=np.uint8)
+        self._data_u32 = np.zeros(0, dtype=np.uint32)
+        self._data_u64 = np.zeros(0, dtype=np.uint64)
+        self._mv32: memoryview | None = None
         self._ring_size = 0
         self._ring_mask = 0
+        self._cgroups: set[int] = set()
+        self._ncpus = _possible_cpus()
+        self._counts = _Counts()
+        self._seq = {"messages": 0, "connects": 0, "execs": 0}
+        self._window = 64
 
     # ---- lifecycle ----
     def __enter__(self) -> Self:
@@ -238,80 +297,75 @@ class Probe:
         self.close()
 
     def open(self) -> None:
-        bcc = _check_environment()
+        """Compile and attach in a child process, take over its descriptors, map the ring."""
+        if self._maps:
+            raise RuntimeError("probe is already open")
         cfg = self.cfg
         defs = _defines(cfg, secrets.randbits(64), _kernel_offsets())
-        cflags = [f"-D{k}={v}" for k, v in defs.items()]
-        cflags.append("-Wno-unused-function")
+        request = {
+            "source": str(source_path(SOURCE_NAME)),
+            "cflags": [f"-D{k}={v}" for k, v in defs.items()] + ["-Wno-unused-function"],
+            "ports": list(cfg.ports), "pids": list(cfg.pids), "comms": list(cfg.comms),
+            "maps": list(_PARENT_MAPS),
+        }
+        self._maps, self._attach_fds = _run_loader(request)
         try:
-            self._bpf = bcc.BPF(src_file=str(source_path(SOURCE_NAME)).encode(), cflags=cflags)
-        except PermissionError as exc:
-            raise NotPermitted(f"not permitted to load BPF programs: {exc}") from None
-        except Exception as exc:  # noqa: BLE001  (bcc raises bare Exception on failure)
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise LoadFailed(f"the BPF program failed to compile or load: {msg} "
-                             "(run with --print-bpf to see the C source; check dmesg)") from None
-        try:
-            self._fill_filters()
             self._map_ring(_ringbuf_pages(cfg) * mmap.PAGESIZE)
+            if cfg.cgroup_ids or cfg.filter_cgroups:
+                self.set_cgroup_ids(cfg.cgroup_ids)
         except Exception:
             self.close()
             raise
         self.boot_time_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
     def close(self) -> None:
-        self._data_u8 = np.zeros(0, dtype=np.uint8)  # drop the view before unmapping
+        """Detach (by closing the attachment descriptors) and unmap. Idempotent."""
+        self._data_u8 = np.zeros(0, dtype=np.uint8)  # drop the views before unmapping
+        self._data_u32 = np.zeros(0, dtype=np.uint32)
+        self._data_u64 = np.zeros(0, dtype=np.uint64)
+        if self._mv32 is not None:
+            self._mv32.release()
+            self._mv32 = None
         for m in (self._cons_map, self._data_map):
             if m is not None:
                 m.close()
         self._cons_map = self._data_map = None
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
-
-    def _fill_filters(self) -> None:
-        b = self._bpf
-        one = ctypes.c_uint8(1)
-        ports = b["ports"]
-        for port in self.cfg.ports:
-            ports[ports.Key(port)] = one
-        pids = b["pids"]
-        for pid in self.cfg.pids:
-            pids[pids.Key(pid)] = one
-        comms = b["comms"]
-        for comm in self.cfg.comms:
-            key = comms.Key()
-            raw = comm.encode()
-            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
-            comms[key] = one
-        if self.cfg.cgroup_ids or self.cfg.filter_cgroups:
-            self.set_cgroup_ids(self.cfg.cgroup_ids)
+        for fd in self._attach_fds + list(self._maps.values()):
+            os.close(fd)
+        self._attach_fds = []
+        self._maps = {}
 
     def set_cgroup_ids(self, ids: Any) -> None:
         """Replace the cgroup filter set with ``ids`` (cgroup v2 ids) and turn the filter on."""
-        if self._bpf is None:
+        if not self._maps:
             raise RuntimeError("probe is not open")
-        table = self._bpf["cgroups"]
+        fd = self._maps["cgroups"]
         new = {int(i) for i in ids}
-        old = {int(k.value) for k in table}
         one = ctypes.c_uint8(1)
-        for cg in new - old:
-            table[table.Key(cg)] = one
-        for cg in old - new:
-            del table[table.Key(cg)]
-        config = self._bpf["config"]
-        config[config.Key(0)] = config.Leaf(1)
+        for cg in sorted(new - self._cgroups):
+            _map_op(_BPF_MAP_UPDATE_ELEM, fd, ctypes.c_uint64(cg), one)
+        for cg in sorted(self._cgroups - new):
+            _map_op(_BPF_MAP_DELETE_ELEM, fd, ctypes.c_uint64(cg))
+        self._cgroups = new
+        _map_op(_BPF_MAP_UPDATE_ELEM, self._maps["config"], ctypes.c_uint32(0),
+                ctypes.c_uint64(1))
 
     def _map_ring(self, size: int) -> None:
-        fd = self._bpf["events"].map_fd
+        fd = self._maps["events"]
         page = mmap.PAGESIZE
         self._ring_size = size
         self._ring_mask = size - 1
         self._cons_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                                    offset=0)
-        self._data_map = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+        # The kernel maps the data area twice in a row so that wrapped records read
+        # contiguously; the pages are mapped eagerly, so that would count twice in RSS.
+        # We map it once and wrap indices ourselves.
+        self._data_map = mmap.mmap(fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ,
                                    offset=page)
         self._data_u8 = np.frombuffer(self._data_map, dtype=np.uint8)
+        self._data_u32 = self._data_u8.view(np.uint32)
+        self._data_u64 = self._data_u8.view(np.uint64)
+        self._mv32 = memoryview(self._data_map).cast("I")
 
     # ---- reading ----
     def _positions(self) -> tuple[int, int]:
@@ -326,83 +380,131 @@ class Probe:
         return prod - cons
 
     def poll(self, timeout_ms: int = 100) -> dict[str, list[pa.RecordBatch]]:
-        """Wait up to timeout_ms (less when the ring is a quarter full), then drain it."""
+        """Wait up to timeout_ms (less when the ring is an eighth full), then drain it."""
         if self._data_map is None:
             raise RuntimeError("probe is not open")
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
-        early = self._ring_size // 4
+        early = self._ring_size // 8
         while True:
             if self.pending_bytes() >= early:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            time.sleep(min(left, 0.01))
+            time.sleep(min(left, 0.005))
         return self.drain()
 
     def drain(self) -> dict[str, list[pa.RecordBatch]]:
         """Parse every committed record now, without waiting."""
+        if self._data_map is None:
+            raise RuntimeError("probe is not open")
         out: dict[str, list[pa.RecordBatch]] = {"messages": [], "connects": [], "execs": []}
         self._counts.polls += 1
-        while True:
-            n = self._drain_chunk(out)
-            if n < _CHUNK_RECORDS:
-                break
+        while self._drain_chunk(out) >= _CHUNK_RECORDS:
+            pass
         return out
 
-    def _drain_chunk(self, out: dict[str, list[pa.RecordBatch]]) -> int:
-        assert self._cons_map is not None and self._data_map is not None
-        t0 = time.perf_counter()
-        cons, prod = self._positions()
-        start_cons = cons
-        data = self._data_map
-        page = mmap.PAGESIZE
+    def _walk(self, cons: int, prod: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Record content offsets and lengths from cons up to prod (or a busy record, or the
+        chunk limit), and the position after the last one.
+
+        Runs of equal-length records are checked with one vectorized read: if the record at
+        p has length L, the next one starts at p + stride(L), so headers at p + k*stride all
+        equal to L prove k records. Where lengths vary, a scalar walk takes over for a while.
+        """
+        u32 = self._data_u32
+        mv = self._mv32
+        assert mv is not None
+        base4 = mmap.PAGESIZE >> 2
         mask = self._ring_mask
-        unpack = struct.unpack_from
-        starts: list[int] = []
-        lens: list[int] = []
-        while cons < prod and len(starts) < _CHUNK_RECORDS:
-            off = page + (cons & mask)
-            hdr = unpack("<I", data, off)[0]
+        pos_parts: list[np.ndarray] = []
+        len_parts: list[np.ndarray] = []
+        scalar_pos: list[int] = []
+        scalar_len: list[int] = []
+        count = 0
+        scalar_left = 0
+        limit = _CHUNK_RECORDS
+        while cons < prod and count < limit:
+            hdr = mv[base4 + ((cons & mask) >> 2)]
             if hdr & _RINGBUF_BUSY:
                 break
-            length = hdr & ~(_RINGBUF_BUSY | _RINGBUF_DISCARD)
-            if not hdr & _RINGBUF_DISCARD:
-                starts.append(off + _RINGBUF_HDR)
-                lens.append(length)
-            cons += (length + _RINGBUF_HDR + 7) & ~7
-        if starts:
-            self._parse(np.array(starts, dtype=np.int64), np.array(lens, dtype=np.int64), out)
-        if cons != start_cons:
-            struct.pack_into("<Q", self._cons_map, 0, cons)
-            self._counts.ring_bytes += cons - start_cons
+            length = hdr & _RINGBUF_LEN
+            stride = (length + _RINGBUF_HDR + 7) & ~7
+            if hdr & _RINGBUF_DISCARD:
+                cons += stride
+                continue
+            if scalar_left > 0:
+                scalar_pos.append(cons)
+                scalar_len.append(length)
+                cons += stride
+                count += 1
+                scalar_left -= 1
+                continue
+            k = min((prod - cons) // stride, self._window, limit - count)
+            cand = cons + np.arange(k, dtype=np.int64) * stride
+            same = u32[base4 + ((cand & mask) >> 2)] == length
+            good = k if bool(same.all()) else int(np.argmin(same))
+            # good >= 1: the record at cons has length `length`
+            pos_parts.append(cand[:good])
+            len_parts.append(np.full(good, length, dtype=np.int64))
+            count += good
+            cons += good * stride
+            if good == k:
+                self._window = min(self._window * 4, _CHUNK_RECORDS)
+            else:
+                self._window = 64
+                if good < 8:
+                    scalar_left = 64
+        if scalar_pos:
+            pos_parts.append(np.array(scalar_pos, dtype=np.int64))
+            len_parts.append(np.array(scalar_len, dtype=np.int64))
+        if not pos_parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), cons
+        positions = np.concatenate(pos_parts)
+        lengths = np.concatenate(len_parts)
+        # ring offsets of the record contents (a record may wrap past the end); the order
+        # of records inside a chunk does not matter, seq follows this order
+        order = np.argsort(positions, kind="stable")
+        starts = (positions[order] + _RINGBUF_HDR) & mask
+        return starts, lengths[order], cons
+
+    def _drain_chunk(self, out: dict[str, list[pa.RecordBatch]]) -> int:
+        assert self._cons_map is not None
+        t0 = time.perf_counter()
+        cons, prod = self._positions()
+        starts, lens, new_cons = self._walk(cons, prod)
+        if len(starts):
+            self._parse(starts, lens, out)
+        if new_cons != cons:
+            struct.pack_into("<Q", self._cons_map, 0, new_cons)
+            self._counts.ring_bytes += new_cons - cons
         self._counts.chunks += 1
         self._counts.parse_seconds += time.perf_counter() - t0
         return len(starts)
 
     def _gather(self, starts: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        idx = starts[:, None] + np.arange(dtype.itemsize, dtype=np.int64)
-        return self._data_u8[idx].view(dtype).reshape(len(starts))
+        words = dtype.itemsize // 8
+        idx = (starts >> 3)[:, None] + np.arange(words, dtype=np.int64)
+        idx &= self._ring_mask >> 3
+        idx += mmap.PAGESIZE >> 3
+        return self._data_u64[idx].view(dtype).reshape(len(starts))
 
     def _parse(self, starts: np.ndarray, lens: np.ndarray,
                out: dict[str, list[pa.RecordBatch]]) -> None:
-        kinds = self._data_u8[starts]
+        kinds = self._data_u8[starts + mmap.PAGESIZE]
+        known = np.zeros(len(starts), dtype=bool)
         for kind, name, dtype, build in (
             (_KIND_MSG, "messages", _MSG_DTYPE, self._messages_batch),
             (_KIND_CONNECT, "connects", _CONNECT_DTYPE, self._connects_batch),
             (_KIND_EXEC, "execs", _EXEC_DTYPE, self._execs_batch),
         ):
-            sel = kinds == kind
+            sel = (kinds == kind) & (lens >= dtype.itemsize)
             if not sel.any():
                 continue
+            known |= sel
             s = starts[sel]
-            ok = lens[sel] >= dtype.itemsize
-            self._counts.kinds_unknown += int((~ok).sum())
-            s = s[ok]
-            if len(s) == 0:
-                continue
             out[name].append(build(s, self._gather(s, dtype)))
-        self._counts.kinds_unknown += int((~np.isin(kinds, (1, 2, 3))).sum())
+        self._counts.malformed += int((~known).sum())
 
     def _common(self, rec: np.ndarray, kind: str) -> list[pa.Array]:
         n = len(rec)
@@ -410,7 +512,7 @@ class Probe:
         self._seq[kind] = seq0 + n
         mono = rec["mono_ns"].astype(np.int64)
         return [
-            pa.array(mono + self.boot_time_ns, type=pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+            pa.array(mono + self.boot_time_ns, type=pa.timestamp("ns", tz="UTC")),
             pa.array(mono, type=pa.int64()),
             pa.array(np.arange(seq0, seq0 + n, dtype=np.uint64), type=pa.uint64()),
             pa.array(rec["tgid"], type=pa.int32()),
@@ -424,52 +526,47 @@ class Probe:
     def _messages_batch(self, starts: np.ndarray, rec: np.ndarray) -> pa.RecordBatch:
         n = len(rec)
         flags = rec["flags"]
-        cap = rec["cap_len"].astype(np.int64)
-        # payload: gather rec payload bytes (after the 112-byte header) into one buffer
+        cap = np.minimum(rec["cap_len"], self.cfg.snaplen).astype(np.int64)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(cap, out=offsets[1:])
         total = int(offsets[-1])
         if total:
             src = np.repeat(starts + _MSG_DTYPE.itemsize - offsets[:-1], cap)
             src += np.arange(total, dtype=np.int64)
+            src &= self._ring_mask
+            src += mmap.PAGESIZE
             payload_data = self._data_u8[src]
         else:
             payload_data = np.zeros(0, dtype=np.uint8)
-        if total < 2**31:
-            payload = pa.Array.from_buffers(
-                pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)),
-                                 pa.py_buffer(payload_data)])
-        else:  # cannot happen with a <=1 GiB ring and 8 KiB snaplen, but stay correct
-            payload = pa.Array.from_buffers(
-                pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(payload_data)]
-            ).cast(pa.binary())
+        # n <= _CHUNK_RECORDS and cap <= 8192: offsets fit in int32
+        payload = pa.Array.from_buffers(
+            pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)),
+                             pa.py_buffer(payload_data)])
         sc = rec["syscall"].astype(np.int8) - 1
         bad_sc = (sc < 0) | (sc >= len(SYSCALLS))
         family = rec["family"]
         proto = rec["protocol"]
+        orig = rec["orig_len"]
         cols = self._common(rec, "messages") + [
             _dict(np.where(bad_sc, 0, sc), SYSCALLS, bad_sc),
             _dict(rec["direction"].astype(np.int8), ("send", "recv"), rec["direction"] > 1),
             pa.array(rec["fd"], type=pa.int32()),
             pa.array(rec["sock_id"], type=pa.uint64(), mask=(flags & _F_SOCK) == 0),
             pa.array(rec["msg_index"], type=pa.uint16()),
-            _dict(np.where(proto == 6, 1, 0).astype(np.int8), ("udp", "tcp"),
-                  (proto != 6) & (proto != 17)),
-            _dict(np.where(family == _AF_INET6, 1, 0).astype(np.int8), ("inet", "inet6"),
+            _dict((proto == 6).astype(np.int8), ("udp", "tcp"), (proto != 6) & (proto != 17)),
+            _dict((family == _AF_INET6).astype(np.int8), ("inet", "inet6"),
                   (family != _AF_INET) & (family != _AF_INET6)),
             _addresses(family, rec["src_addr"], (flags & _F_SRC_ADDR) == 0),
             pa.array(rec["src_port"], type=pa.uint16(), mask=(flags & _F_SRC_PORT) == 0),
             _addresses(family, rec["dst_addr"], (flags & _F_DST_ADDR) == 0),
             pa.array(rec["dst_port"], type=pa.uint16(), mask=(flags & _F_DST_PORT) == 0),
             payload,
-            pa.array(rec["orig_len"], type=pa.uint32()),
-            pa.array(cap < rec["orig_len"], type=pa.bool_()),
+            pa.array(orig, type=pa.uint32()),
+            pa.array(cap < orig, type=pa.bool_()),
         ]
         self._counts.messages += n
         self._counts.payload_bytes += total
-        for code, count in zip(*np.unique(sc[~bad_sc], return_counts=True)):
-            name = SYSCALLS[int(code)]
-            self._counts.by_syscall[name] = self._counts.by_syscall.get(name, 0) + int(count)
+        self._counts.by_syscall += np.bincount(sc[~bad_sc], minlength=len(SYSCALLS))
         return pa.RecordBatch.from_arrays(cols, schema=MESSAGES_SCHEMA)
 
     def _connects_batch(self, starts: np.ndarray, rec: np.ndarray) -> pa.RecordBatch:
@@ -477,10 +574,9 @@ class Probe:
         proto = rec["protocol"]
         cols = self._common(rec, "connects") + [
             pa.array(rec["fd"], type=pa.int32()),
-            _dict(np.where(family == _AF_INET6, 1, 0).astype(np.int8), ("inet", "inet6"),
+            _dict((family == _AF_INET6).astype(np.int8), ("inet", "inet6"),
                   (family != _AF_INET) & (family != _AF_INET6)),
-            _dict(np.where(proto == 6, 1, 0).astype(np.int8), ("udp", "tcp"),
-                  (proto != 6) & (proto != 17)),
+            _dict((proto == 6).astype(np.int8), ("udp", "tcp"), (proto != 6) & (proto != 17)),
             _addresses(family, rec["dst_addr"], np.zeros(len(rec), dtype=bool)),
             pa.array(rec["dst_port"], type=pa.uint16()),
             pa.array(rec["result"], type=pa.int32()),
@@ -490,8 +586,8 @@ class Probe:
         return pa.RecordBatch.from_arrays(cols, schema=CONNECTS_SCHEMA)
 
     def _execs_batch(self, starts: np.ndarray, rec: np.ndarray) -> pa.RecordBatch:
-        names = [bytes(v).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                 .encode("utf-8", "backslashreplace").decode() for v in rec["filename"]]
+        names = [bytes(v).split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+                 for v in rec["filename"]]
         cols = self._common(rec, "execs") + [
             pa.array(rec["ppid"], type=pa.int32()),
             pa.array(names, type=pa.string()),
@@ -502,10 +598,15 @@ class Probe:
     # ---- counters ----
     def lost(self) -> dict[str, int]:
         """Cumulative lost-event counters by cause (summed over CPUs); every cause present."""
-        if self._bpf is None:
+        if not self._maps:
             raise RuntimeError("probe is not open")
-        table = self._bpf["lost"]
-        return {cause: int(sum(table[table.Key(i)])) for i, cause in enumerate(LOST_CAUSES)}
+        fd = self._maps["lost"]
+        values = (ctypes.c_uint64 * self._ncpus)()
+        result = {}
+        for i, cause in enumerate(LOST_CAUSES):
+            found = _map_op(_BPF_MAP_LOOKUP_ELEM, fd, ctypes.c_uint32(i), values)
+            result[cause] = int(sum(values)) if found else 0
+        return result
 
     def stats(self) -> dict[str, Any]:
         """Events and bytes received so far, and the consumer's own cost."""
@@ -515,8 +616,60 @@ class Probe:
             "payload_bytes": c.payload_bytes, "ring_bytes": c.ring_bytes,
             "ring_pending_bytes": self.pending_bytes() if self._data_map is not None else 0,
             "polls": c.polls, "chunks": c.chunks, "parse_seconds": round(c.parse_seconds, 6),
-            "malformed_records": c.kinds_unknown, "messages_by_syscall": dict(c.by_syscall),
+            "malformed_records": c.malformed,
+            "messages_by_syscall": {name: int(v) for name, v in zip(SYSCALLS, c.by_syscall)
+                                    if v},
         }
+
+
+def _run_loader(request: dict[str, Any]) -> tuple[dict[str, int], list[int]]:
+    """Run capture._loader; return the parent's map fds by name and the attachment fds."""
+    _check_environment(need_bcc=False)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "capture._loader", str(child.fileno())],
+            pass_fds=[child.fileno()], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[1]))
+        child.close()
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(json.dumps(request).encode())
+        proc.stdin.close()
+        parent.settimeout(_LOADER_TIMEOUT)
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, 512)
+        except TimeoutError:
+            proc.kill()
+            raise LoadFailed(f"the BPF loader did not answer within {_LOADER_TIMEOUT}s") from None
+        stderr = proc.stderr.read().decode(errors="replace")
+        proc.wait(timeout=_LOADER_TIMEOUT)
+    finally:
+        parent.close()
+        child.close()
+    if not msg:
+        tail = stderr.strip().splitlines()[-3:]
+        raise LoadFailed(f"the BPF loader exited with status {proc.returncode}: "
+                         f"{' | '.join(tail)}")
+    header = json.loads(msg)
+    if not header.get("ok"):
+        for fd in fds:
+            os.close(fd)
+        cls = _ERRORS.get(header.get("error", ""), LoadFailed)
+        detail = stderr.strip().splitlines()
+        message = header.get("message", "")
+        if cls is LoadFailed and detail:
+            # the verifier/compiler's last lines say why
+            message += " | " + " | ".join(detail[-4:])
+        raise cls(message)
+    names = header["maps"]
+    return dict(zip(names, fds[: len(names)])), list(fds[len(names):])
+
+
+_LOADER_TIMEOUT = 180.0
+_ERRORS: dict[str, type[CaptureError]] = {
+    cls.__name__: cls
+    for cls in (BccMissing, HeadersMissing, LoadFailed, NotPermitted, TracefsMissing)
+}
 
 
 def _dict(indices: np.ndarray, values: tuple[str, ...], null: np.ndarray) -> pa.Array:
@@ -524,11 +677,30 @@ def _dict(indices: np.ndarray, values: tuple[str, ...], null: np.ndarray) -> pa.
     return pa.DictionaryArray.from_arrays(idx, pa.array(values, type=pa.string()))
 
 
+def _unique_rows(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a (n, w) uint64 matrix: (index of one row per distinct value,
+    inverse mapping each row to its distinct value). Hashes rows to one uint64 to sort
+    cheaply, then checks every row against its representative (exact, no collisions)."""
+    h = np.zeros(len(words), dtype=np.uint64)
+    mult = np.uint64(0x9E3779B97F4A7C15)
+    for j in range(words.shape[1]):
+        h = (h ^ words[:, j]) * mult
+        h ^= h >> np.uint64(29)
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if not np.array_equal(words[first[inverse]], words):  # a hash collision: do it exactly
+        _, first, inverse = np.unique(words, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+    return first, inverse
+
+
 def _strings16(raw: np.ndarray) -> pa.Array:
     """Fixed 16-byte NUL-padded names -> string array (decoded once per distinct value)."""
-    uniq, inverse = np.unique(raw, return_inverse=True)
-    texts = [bytes(u).split(b"\0", 1)[0].decode("utf-8", "backslashreplace") for u in uniq]
-    return pa.array(texts, type=pa.string()).take(pa.array(inverse.reshape(-1), type=pa.int32()))
+    words = np.ascontiguousarray(raw).view(np.uint64).reshape(len(raw), 2)
+    first, inverse = _unique_rows(words)
+    texts = [bytes(raw[i]).split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+             for i in first]
+    return pa.array(texts, type=pa.string()).take(pa.array(inverse, type=pa.int32()))
 
 
 def _format_addr(family: int, raw: bytes) -> str | None:
@@ -544,11 +716,11 @@ def _format_addr(family: int, raw: bytes) -> str | None:
 def _addresses(family: np.ndarray, raw: np.ndarray, null: np.ndarray) -> pa.Array:
     """16-byte addresses (+ family) -> strings, formatting each distinct address once."""
     n = len(raw)
-    keyed = np.empty(n, dtype=[("f", "u1"), ("a", "V16")])
-    keyed["f"] = family
-    keyed["a"] = raw
-    uniq, inverse = np.unique(keyed, return_inverse=True)
-    texts = [_format_addr(int(u["f"]), bytes(u["a"])) for u in uniq]
-    arr = pa.array(texts + [None], type=pa.string())
-    idx = np.where(np.asarray(null, dtype=bool), len(texts), inverse.reshape(-1)).astype(np.int32)
+    words = np.empty((n, 3), dtype=np.uint64)
+    words[:, :2] = np.ascontiguousarray(raw).view(np.uint64).reshape(n, 2)
+    words[:, 2] = family
+    first, inverse = _unique_rows(words)
+    texts = [_format_addr(int(family[i]), bytes(raw[i])) for i in first]
+    arr = pa.array([*texts, None], type=pa.string())
+    idx = np.where(np.asarray(null, dtype=bool), len(texts), inverse).astype(np.int32)
     return arr.take(pa.array(idx, type=pa.int32()))
