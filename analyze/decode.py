@@ -447,8 +447,8 @@ def decode_messages(payloads: Iterable[bytes] | pa.Array | pa.ChunkedArray) -> p
     for name, values in zip(names, transposed, strict=True):
         kind = _KINDS[name]
         if kind == _OBJ:
-            uniq = np.empty(len(values), dtype=object)
-            uniq[:] = values
+            # fromiter keeps each list whole (slice assignment would let numpy broadcast them)
+            uniq = np.fromiter(values, dtype=object, count=len(values))
             columns[name] = uniq[index] if count else np.empty(0, dtype=object)
         else:
             col = pa.array(values, type=_ARROW_TYPES[kind]).take(take)
