@@ -43,12 +43,12 @@ def test_incident_notebook_runs_and_finds_the_story(tmp_path: Path,
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
 
-    m = re.search(r"^FINDINGS (\d+)$", text, re.M)
+    m = re.search(r"^FINDINGS (\d+)$", text, re.MULTILINE)
     assert m and int(m.group(1)) > 0, text[-2000:]
     # the story's tunnel is found at its registered domain
-    assert re.search(r"^TUNNEL_DOMAIN cdn-telemetry-sync\.net in batch/report-gen", text, re.M)
+    assert re.search(r"^TUNNEL_DOMAIN cdn-telemetry-sync\.net in batch/report-gen", text, re.MULTILINE)
     # the dead resolver shows up as timeouts of the ledger pod
-    t = re.search(r"^timeouts: (\d+)$", text, re.M)
+    t = re.search(r"^timeouts: (\d+)$", text, re.MULTILINE)
     assert t and int(t.group(1)) > 0
     # the Go client asks far more often than the TTL allows
     c = re.search(r"cart asked redis (\d+) times; median gap ([\d.]+) s; answer TTL (\d+) s",
@@ -58,7 +58,7 @@ def test_incident_notebook_runs_and_finds_the_story(tmp_path: Path,
     images = [o for cell in nb.cells for o in cell.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) >= 2
-    r = re.search(r"^REPORT (\S+) (\d+) bytes$", text, re.M)
+    r = re.search(r"^REPORT (\S+) (\d+) bytes$", text, re.MULTILINE)
     assert r and Path(r.group(1)).parent == tmp_path and int(r.group(2)) > 10_000
     html = Path(r.group(1)).read_text()
     assert "cdn-telemetry-sync.net" in html
