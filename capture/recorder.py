@@ -172,9 +172,14 @@ def _human(n: float) -> str:
 
 def check_output(directory: Path, append: bool) -> None:
     """Refuse a non-empty output directory before anything is loaded (the writer re-checks)."""
-    if directory.exists() and not directory.is_dir():
+    try:
+        exists, is_dir = directory.exists(), directory.is_dir()
+        non_empty = is_dir and any(directory.iterdir())
+    except PermissionError:
+        return  # the privilege check that follows says what to do
+    if exists and not is_dir:
         raise CaptureError(f"{directory} exists and is not a directory")
-    if not append and directory.is_dir() and any(directory.iterdir()):
+    if not append and non_empty:
         raise OutputNotEmpty(
             f"output directory {directory} is not empty: choose a new directory or pass "
             "--append to continue that capture"
