@@ -345,11 +345,20 @@ def _suffix_regex(suffixes: set[str]) -> str:
     return "|".join(f"(?:{a})" for a in alts)
 
 
+_NS_SVC = re.compile(r"^(?P<x>.+)\.(?P<ns>[^.]+)\.svc\.(?P<dom>.+)$")
+
+
 def base_names(names: pd.Series, suffixes: set[str]) -> pd.Series:
     """``names`` with the longest search suffix removed (``x.ns.svc.cluster.local`` -> ``x``).
 
-    A name that is nothing but a suffix stays as it is.
+    A name that is nothing but a suffix stays as it is. ``x.ns.svc.<domain>`` is ambiguous
+    when ``ns`` is a namespace: the base ``x`` with the suffix ``ns.svc.<domain>``, or the
+    base ``x.ns`` with ``svc.<domain>`` (an application in another namespace asking for
+    ``x.ns``). The second reading wins when ``x.ns`` with another search suffix was also
+    asked (the walk ``x.ns.<mine>.svc.<domain>``, ``x.ns.svc.<domain>``).
     """
+    if not suffixes:
+        return names.copy()
     pattern = _suffix_regex(suffixes)
     codes, uniq = names.factorize(use_na_sentinel=True)
     if len(uniq) == 0:
@@ -357,7 +366,20 @@ def base_names(names: pd.Series, suffixes: set[str]) -> pd.Series:
     arr = pa.array(np.asarray(uniq, dtype=object), type=pa.string())
     stripped = pc.replace_substring_regex(arr, pattern=pattern, replacement="", max_replacements=1)
     stripped = pc.if_else(pc.equal(pc.utf8_length(stripped), 0), arr, stripped)
-    small = pd.array(stripped.to_pylist(), dtype="str")
+    values = stripped.to_pylist()
+    present = set(arr.to_pylist())
+    ns_suffixes = [x for x in suffixes if ".svc." in x and not x.startswith("svc.")]
+    for i, name in enumerate(arr.to_pylist()):
+        if ".svc." not in name:
+            continue
+        m = _NS_SVC.match(name)
+        if not m or f"{m['ns']}.svc.{m['dom']}" not in suffixes:
+            continue
+        longer = f"{m['x']}.{m['ns']}"
+        if any(f"{longer}.{suf}" in present for suf in ns_suffixes
+               if f"{longer}.{suf}" != name):
+            values[i] = longer
+    small = pd.array(values, dtype="str")
     return pd.Series(small.take(np.asarray(codes), allow_fill=True), index=names.index)
 
 
