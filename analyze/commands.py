@@ -49,9 +49,10 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
     if lookups and messages:
         raise click.UsageError("--lookups and --messages exclude each other")
     cap = load(list(captures), timeout_s=timeout_s, verify=not no_verify)
-    filters: dict[str, Any] = {k: v for k, v in dict(
-        pod=pod, namespace=namespace, container=container, comm=comm, pid=pid, name=name,
-        rcode=rcode, since=since, until=until, node=node).items() if v is not None}
+    given: dict[str, Any] = {
+        "pod": pod, "namespace": namespace, "container": container, "comm": comm, "pid": pid,
+        "name": name, "rcode": rcode, "since": since, "until": until, "node": node}
+    filters = {k: v for k, v in given.items() if v is not None}
     if filters:
         cap = cap.filter(**filters)
     try:

@@ -135,7 +135,7 @@ def _txn_cells(r: Any) -> tuple[str, ...]:
 def _msg_cells(r: Any) -> tuple[str, ...]:
     role = getattr(r, "role", None)
     arrow = {"client_query": "->", "client_response": "<-", "server_query": "=>",
-             "server_response": "<=", "query": "->", "response": "<-"}.get(role, "??")
+             "server_response": "<=", "query": "->", "response": "<-"}.get(str(role), "??")
     is_resp = role in ("client_response", "server_response", "response")
     rcode = (r.rcode_name if isinstance(r.rcode_name, str) else "-") if is_resp else arrow
     if isinstance(getattr(r, "error", None), str):

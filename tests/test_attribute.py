@@ -23,19 +23,19 @@ CASES = [
     (f"/kubepods/pod{UID}/{CID}", UID, "guaranteed", CID),
     (f"/kubepods/burstable/pod{UID}", UID, "burstable", None),       # pod level
     # systemd driver, containerd / CRI-O / docker
-    (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UND}.slice/"
-     f"cri-containerd-{CID}.scope", UID, "burstable", CID),
-    (f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UND}.slice/"
-     f"crio-{CID}.scope", UID, "besteffort", CID),
+    ((f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UND}.slice/"
+      f"cri-containerd-{CID}.scope"), UID, "burstable", CID),
+    ((f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UND}.slice/"
+      f"crio-{CID}.scope"), UID, "besteffort", CID),
     (f"/kubepods.slice/kubepods-pod{UND}.slice/docker-{CID}.scope", UID, "guaranteed", CID),
     (f"/kubepods.slice/kubepods-pod{UND}.slice/cri-dockerd-{CID}.scope", UID, "guaranteed",
      CID),
     # CRI-O's conmon sits in the pod but is not the container
-    (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UND}.slice/"
-     f"crio-conmon-{CID}.scope", UID, "burstable", None),
+    ((f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UND}.slice/"
+      f"crio-conmon-{CID}.scope"), UID, "burstable", None),
     # kind: the node's kubelet runs under its own slice
-    (f"/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/"
-     f"kubelet-kubepods-besteffort-pod{UND}.slice/cri-containerd-{CID}.scope", UID,
+    ((f"/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/"
+      f"kubelet-kubepods-besteffort-pod{UND}.slice/cri-containerd-{CID}.scope"), UID,
      "besteffort", CID),
     # static pods have a 32-hex uid (a hash of the manifest)
     (f"/kubepods/burstable/pod0123456789abcdef0123456789abcdef/{CID}",
@@ -67,8 +67,8 @@ def test_attribute_joins_pods_snapshot() -> None:
         "node": ["n1", "n1", "n1", "n2"],
         "cgroup_id": pd.array([10, 11, 12, 10], dtype="UInt64"),
         "path": [f"/kubepods/burstable/pod{UID}/{CID}",
-                 f"/kubepods.slice/kubepods-pod{other.replace('-', '_')}.slice/"
-                 f"cri-containerd-{'b' * 64}.scope",
+                 (f"/kubepods.slice/kubepods-pod{other.replace('-', '_')}.slice/"
+                  f"cri-containerd-{'b' * 64}.scope"),
                  "/system.slice/sshd.service",
                  f"/kubepods/besteffort/pod{other}/{'c' * 64}"],
     })

@@ -95,7 +95,7 @@ def test_hostile_strings_are_sanitized_in_the_table(tmp_path: Path) -> None:
     t0 = 1_790_000_000_000_000_000
     table = pa.table({
         "ts": pa.array([t0, t0 + 1_000_000], pa.timestamp("ns", tz="UTC")),
-        "tgid": [50, 50], "comm": [f"ev\x1b]0;pwn\x07il\u202e", f"ev\x1b]0;pwn\x07il\u202e"],
+        "tgid": [50, 50], "comm": ["ev\x1b]0;pwn\x07il\u202e", "ev\x1b]0;pwn\x07il\u202e"],
         "direction": ["send", "recv"], "syscall": ["sendto", "recvfrom"],
         "sock_id": pa.array([9, 9], pa.uint64()), "protocol": ["udp", "udp"],
         "src_addr": ["10.0.0.2", "10.0.0.53"], "src_port": [40000, 53],
