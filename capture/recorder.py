@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from capture import snapshot as snap
-from capture.errors import CaptureError, DiskFull, OutputNotEmpty
+from capture.errors import CaptureError, OutputNotEmpty
 from capture.preflight import PreflightPaths, preflight
 from capture.schema import EVENT_KINDS
 from capture.writer import (
@@ -39,6 +39,8 @@ MIN_SNAPLEN = 12  # a DNS header
 MAX_EXEC_ROWS = 100_000
 #: Exec events per poll whose /proc entry is read for exe and cmdline.
 MAX_EXEC_PROC_READS = 512
+#: Size of the probe's cgroup filter map (BPF_HASH cgroups in bpf/dnstrail.bpf.c).
+MAX_FILTER_CGROUPS = 4096
 
 
 def parse_duration(text: str) -> float:
@@ -228,6 +230,11 @@ def record(options: RecordOptions, err: TextIO | None = None) -> RecordSummary:
     resolution = snap.resolve_cgroup_filter(resolver, pods, options.pods, options.cgroups)
     if filtering and resolver.mount is None:
         raise CaptureError("--pod/--cgroup need the cgroup2 hierarchy mounted (none found)")
+    if len(resolution.cgroup_ids) > MAX_FILTER_CGROUPS:
+        raise CaptureError(
+            f"--pod/--cgroup select {len(resolution.cgroup_ids)} cgroups; the probe holds at "
+            f"most {MAX_FILTER_CGROUPS}: use a narrower --cgroup text"
+        )
 
     from capture.probe import Probe, ProbeConfig  # imports bcc
 
@@ -260,7 +267,7 @@ def _install_signals(stop: threading.Event) -> dict[int, Any]:
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
     return previous
@@ -359,8 +366,7 @@ def _run(
         lost=writer.lost(),
         pod_uids=sorted(resolution.pod_uids),
     )
-    for line in summary.lines():
-        err.write(line + "\n")
+    err.writelines(line + "\n" for line in summary.lines())
     err.flush()
     return summary
 
@@ -416,6 +422,8 @@ def _refilter(
         return current  # the pod's log directory went away; keep tracing what we had
     # Keep ids of cgroups that vanished: their remaining events still belong to the filter.
     wanted = current | res.cgroup_ids
+    if len(wanted) > MAX_FILTER_CGROUPS:
+        return current  # the map is full: keep what is traced (start-up refused the case)
     if wanted != current:
         probe.set_cgroup_ids(sorted(wanted))
     return wanted

@@ -272,8 +272,8 @@ def scan_processes(
 def processes_table(rows: Iterable[ProcessRow]) -> pa.Table:
     cols: dict[str, list[Any]] = {f.name: [] for f in PROCESSES_SCHEMA}
     for r in rows:
-        for name in cols:
-            cols[name].append(getattr(r, name))
+        for name, values in cols.items():
+            values.append(getattr(r, name))
     return pa.Table.from_pydict(cols, schema=PROCESSES_SCHEMA)
 
 

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -214,7 +215,7 @@ class CaptureWriter:
                 raise ValueError(f"manifest key {key!r} is kept by the writer")
             self.manifest[key] = value
 
-    def start(self) -> CaptureWriter:
+    def start(self) -> Self:
         """Check and prepare the directory, then write the 'running' manifest."""
         if self._started:
             return self
@@ -592,10 +593,11 @@ class CaptureWriter:
             + (f", {dropped} unwritten event(s) lost" if dropped else "")
         ) from exc
 
-    def __enter__(self) -> CaptureWriter:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if self._closed:
             return
         if exc is None or isinstance(exc, KeyboardInterrupt):
