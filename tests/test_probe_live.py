@@ -1,0 +1,280 @@
+"""Live tests of the BPF probe: load bpf/dnstrail.bpf.c through capture.probe and watch real
+resolvers (glibc, musl, Go, dig over UDP and TCP, dnsmasq) in the lab's network namespaces."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from capture.probe import LOST_CAUSES, Probe, ProbeConfig, render_source
+from capture.schema import CONNECTS_SCHEMA, EXECS_SCHEMA, MESSAGES_SCHEMA
+from tests.lab import Lab, NetNS
+from tests.lab.require import require_root_bcc
+
+QNAME = "www.lab.test"
+QNAME_WIRE = b"\x03www\x03lab\x04test\x00"
+SCHEMAS = {"messages": MESSAGES_SCHEMA, "connects": CONNECTS_SCHEMA, "execs": EXECS_SCHEMA}
+
+
+def test_render_source_has_constants_and_program() -> None:
+    text = render_source(ProbeConfig(snaplen=2048, ports=(53, 5353)))
+    assert "#define MAX_PAYLOAD 2048\n" in text
+    assert "#define FILTER_PORTS 1\n" in text
+    assert "TRACEPOINT_PROBE(sock, sock_send_length)" in text
+
+
+class Recorder:
+    """A running Probe polled by a background thread; tests read what it collected."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self.batches: dict[str, list[pa.RecordBatch]] = {k: [] for k in SCHEMAS}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                got = self.probe.poll(timeout_ms=20)
+                with self.lock:
+                    for kind, batches in got.items():
+                        self.batches[kind].extend(batches)
+        except BaseException as exc:  # noqa: BLE001  (surfaced by table())
+            self.error = exc
+
+    def table(self, kind: str) -> pd.DataFrame:
+        if self.error is not None:
+            raise self.error
+        with self.lock:
+            batches = list(self.batches[kind])
+        for b in batches:
+            assert b.schema.equals(SCHEMAS[kind], check_metadata=True)
+        return pa.Table.from_batches(batches, schema=SCHEMAS[kind]).to_pandas()
+
+    def wait(self, kind: str, pred: Callable[[pd.DataFrame], pd.Series],
+             done: Callable[[pd.DataFrame], bool], timeout: float = 5.0) -> pd.DataFrame:
+        """Rows of `kind` selected by pred, once done(rows) holds (or at the timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            df = self.table(kind)
+            rows = df[pred(df)] if len(df) else df
+            if (len(rows) and done(rows)) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def rec() -> Iterator[Recorder]:
+    require_root_bcc()
+    with Probe(ProbeConfig()) as probe:
+        r = Recorder(probe)
+        try:
+            yield r
+        finally:
+            r.close()
+
+
+pytestmark = pytest.mark.live
+
+
+def test_probe_loads_and_counts_every_cause(rec: Recorder) -> None:
+    lost = rec.probe.lost()
+    assert set(lost) == set(LOST_CAUSES)
+    assert all(isinstance(v, int) and v >= 0 for v in lost.values())
+    assert rec.probe.boot_time_ns > 1_600_000_000 * 10**9
+    assert {"messages", "connects", "execs"} <= set(rec.probe.stats())
+
+
+def _messages_of(rec: Recorder, pid: int, want_recv: bool = True) -> pd.DataFrame:
+    def done(rows: pd.DataFrame) -> bool:
+        has_q = any(QNAME_WIRE in bytes(p) for p in rows[rows.direction == "send"].payload)
+        return has_q and (not want_recv or (rows.direction == "recv").any())
+
+    return rec.wait("messages", lambda df: df.tgid == pid, done)
+
+
+def _check_udp_exchange(msgs: pd.DataFrame, lab: Lab, ns: NetNS) -> None:
+    sends = msgs[msgs.direction == "send"]
+    recvs = msgs[msgs.direction == "recv"]
+    assert len(sends) and len(recvs), msgs
+    assert (sends.dst_addr == lab.server_addr).all()
+    assert (sends.dst_port == 53).all()
+    assert (recvs.src_addr == lab.server_addr).all()
+    assert (recvs.src_port == 53).all()
+    assert (msgs.protocol == "udp").all()
+    assert (msgs.netns == ns.inode).all()
+    assert any(QNAME_WIRE in bytes(p) for p in sends.payload)
+    assert any(QNAME_WIRE in bytes(p) for p in recvs.payload)
+    # a response carries the query's id and the QR bit
+    qids = {bytes(p)[:2] for p in sends.payload}
+    assert any(bytes(p)[:2] in qids and bytes(p)[2] & 0x80 for p in recvs.payload)
+    assert (msgs.orig_len == msgs.payload.map(len)).all()
+    assert not msgs.truncated.any()
+
+
+def test_glibc_getent(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    r = lab.getent(lab_ns, QNAME)
+    assert r.returncode == 0, r.stderr
+    msgs = _messages_of(rec, r.pid)
+    _check_udp_exchange(msgs, lab, lab_ns)
+    assert (msgs.comm == "getent").all()
+    sends = msgs[msgs.direction == "send"]
+    # glibc sends A and AAAA in one sendmmsg on a connected socket
+    assert set(sends.syscall) == {"sendmmsg"}
+    assert set(sends.msg_index) == {0, 1}
+    assert sends.sock_id.nunique() == 1
+
+
+def test_musl_static(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    r = lab.resolve_musl(lab_ns, [QNAME])
+    assert r.returncode == 0, r.stderr
+    msgs = _messages_of(rec, r.pid)
+    _check_udp_exchange(msgs, lab, lab_ns)
+    assert (msgs.comm == "resolve-musl").all()
+    assert set(msgs.syscall) == {"sendto", "recvfrom"}
+
+
+def test_go_pure_resolver(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    r = lab.resolve_go(lab_ns, [QNAME])
+    assert r.returncode == 0, r.stderr
+    msgs = _messages_of(rec, r.pid)
+    _check_udp_exchange(msgs, lab, lab_ns)
+    assert set(msgs.syscall) <= {"write", "read"}
+    # Go reads on another thread of the process than the one that wrote
+    assert (msgs.comm == "goresolve").all()
+
+
+def test_dig_udp(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    r = lab.dig(lab_ns, QNAME)
+    assert r.returncode == 0, r.stderr
+    msgs = _messages_of(rec, r.pid)
+    _check_udp_exchange(msgs, lab, lab_ns)
+    assert set(msgs.syscall) == {"sendmmsg", "recvmsg"}
+
+
+def test_dig_tcp_and_connect(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    r = lab.dig(lab_ns, QNAME, tcp=True)
+    assert r.returncode == 0, r.stderr
+    msgs = _messages_of(rec, r.pid)
+    assert (msgs.protocol == "tcp").all()
+    assert msgs.sock_id.nunique() == 1
+    sent = b"".join(bytes(p) for p in msgs[msgs.direction == "send"].payload)
+    got = b"".join(bytes(p) for p in msgs[msgs.direction == "recv"].payload)
+    # DNS over TCP: 2-byte length prefix, kept in the chunks
+    assert int.from_bytes(sent[:2], "big") == len(sent) - 2
+    assert QNAME_WIRE in sent
+    assert int.from_bytes(got[:2], "big") == len(got) - 2
+    assert sent[2:4] == got[2:4]
+    assert (msgs[msgs.direction == "send"].dst_addr == lab.server_addr).all()
+    assert (msgs[msgs.direction == "send"].src_addr == lab_ns.addr).all()
+    conns = rec.wait("connects", lambda df: (df.tgid == r.pid) & (df.dst_port == 53),
+                     lambda rows: True)
+    assert len(conns) == 1, conns
+    c = conns.iloc[0]
+    assert c.dst_addr == lab.server_addr and c.protocol == "tcp" and c.family == "inet"
+    assert c.result in (0, -115)  # EINPROGRESS: dig connects non-blocking
+    assert c.latency_ns >= 0
+    assert c.netns == lab_ns.inode
+
+
+def test_resolver_side_dnsmasq(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    r = lab.resolve_musl(lab_ns, [QNAME])
+    assert r.returncode == 0, r.stderr
+    client = lab_ns.addr
+
+    def from_client(df: pd.DataFrame) -> pd.Series:
+        return (df.comm == "dnsmasq") & ((df.src_addr == client) | (df.dst_addr == client))
+
+    msgs = rec.wait("messages", from_client,
+                    lambda rows: {"send", "recv"} <= set(rows.direction))
+    recvs = msgs[msgs.direction == "recv"]
+    sends = msgs[msgs.direction == "send"]
+    assert len(recvs) and len(sends), msgs
+    assert (recvs.dst_port == 53).all() and (recvs.dst_addr == lab.server_addr).all()
+    assert (sends.src_port == 53).all() and (sends.dst_addr == client).all()
+    assert any(QNAME_WIRE in bytes(p) for p in recvs.payload)
+    assert any(QNAME_WIRE in bytes(p) for p in sends.payload)
+    assert lab.server_ns is not None
+    assert (msgs.netns == lab.server_ns.inode).all()
+
+
+def test_exec_event(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    r = lab.resolve_go(lab_ns, [QNAME])
+    execs = rec.wait("execs", lambda df: df.tgid == r.pid,
+                     lambda rows: rows.filename.str.endswith("goresolve").any())
+    row = execs[execs.filename.str.endswith("goresolve")].iloc[0]
+    assert row.filename == str(lab.go_client)
+    assert row.ppid > 0 and row.ppid != r.pid
+    assert row.netns == lab_ns.inode
+
+
+def test_pod_cgroup_id_and_netns(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    pod = lab.fake_pod()
+    r = lab.resolve_musl(lab_ns, [QNAME], pod=pod)
+    assert r.returncode == 0, r.stderr
+    msgs = _messages_of(rec, r.pid)
+    assert (msgs.cgroup_id == pod.cgroup_id).all()
+    assert (msgs.cgroup_id == os.stat(pod.cgroup_dir).st_ino).all()
+    assert (msgs.netns == lab_ns.inode).all()
+
+
+def test_cgroup_and_pid_filters(lab: Lab) -> None:
+    """A probe filtered to one pod's cgroup records that pod's client and nobody else's."""
+    require_root_bcc()
+    pod = lab.fake_pod()
+    ns = lab.client_ns(timeout=1, attempts=2)
+    with Probe(ProbeConfig(cgroup_ids=(pod.cgroup_id,), trace_execs=False)) as probe:
+        inside = lab.resolve_musl(ns, [QNAME], pod=pod)
+        outside = lab.resolve_musl(ns, [QNAME])
+        time.sleep(0.2)
+        got = probe.poll(timeout_ms=50)["messages"]
+        df = pa.Table.from_batches(got, schema=MESSAGES_SCHEMA).to_pandas()
+        assert (df.tgid == inside.pid).any()
+        assert not (df.tgid == outside.pid).any()
+        assert (df.cgroup_id == pod.cgroup_id).all()
+        # switch the filter to another (empty) set while running: nothing more is recorded
+        probe.set_cgroup_ids([])
+        again = lab.resolve_musl(ns, [QNAME], pod=pod)
+        time.sleep(0.2)
+        got = probe.poll(timeout_ms=50)["messages"]
+        df = pa.Table.from_batches(got, schema=MESSAGES_SCHEMA).to_pandas()
+        assert not (df.tgid == again.pid).any()
+
+
+def test_burst_recorded_completely_or_counted(rec: Recorder, lab: Lab) -> None:
+    """10k dnsperf queries: every query and answer dnsperf moved is a row, unless the lost
+    counters say how many are missing."""
+    ns = lab.client_ns()
+    names = [("www.lab.test", "A")] * 10_000
+    before = sum(rec.probe.lost().values())
+    res = lab.dnsperf(ns, lab.server_addr, queries=names, duration=30, max_qps=8000,
+                      extra=["-n", "1"])
+    assert res.sent == 10_000
+
+    def mine(df: pd.DataFrame) -> pd.Series:
+        return (df.comm == "dnsperf") & (df.netns == ns.inode)
+
+    msgs = rec.wait("messages", mine, lambda rows: len(rows) >= res.sent + res.completed,
+                    timeout=10)
+    lost = sum(rec.probe.lost().values()) - before
+    sends = int((msgs.direction == "send").sum())
+    recvs = int((msgs.direction == "recv").sum())
+    if lost == 0:
+        assert sends == res.sent
+        assert recvs == res.completed
+    else:
+        assert sends + recvs + lost >= res.sent + res.completed
+    assert msgs.seq.is_monotonic_increasing or msgs.seq.is_unique
