@@ -172,6 +172,26 @@ def _read_name(data: bytes, pos: int, end: int) -> tuple[str, int]:
     return present_labels(labels), after
 
 
+def _read_owner(data: bytes, pos: int, n: int, seen: dict[int, str]) -> tuple[str, int]:
+    """_read_name for question and record owners, with the names read so far remembered.
+
+    Owners are usually one pointer to the question name (``c0 0c``): that is answered from
+    ``seen`` (the names read so far, by the offset they start at), which is what following
+    the pointer would read (the pointer rules are checked from that offset either way; only
+    the hop count differs by one).
+    """
+    first = data[pos]
+    if first >= 0xC0 and pos + 1 < n:
+        target = ((first & 0x3F) << 8) | data[pos + 1]
+        cached = seen.get(target)
+        if cached is not None and target < pos:
+            return cached, pos + 2
+        return _read_name(data, pos, n)
+    name, after = _read_name(data, pos, n)
+    seen[pos] = name
+    return name, after
+
+
 def _txt_text(data: bytes, pos: int, end: int) -> str:
     parts = []
     while pos < end:
@@ -291,13 +311,14 @@ def _decode_one(data: bytes) -> _Row:
         _, _, qd, an, ns, ar = _HEADER.unpack_from(data, 0)
         pos = HEADER_LEN
         budget = MAX_RECORDS
+        seen: dict[int, str] = {}
         for _ in range(qd):
             if pos >= n:
                 raise _Stop("count exceeds packet", pos)
             budget -= 1
             if budget < 0:
                 raise _Stop("too many records", pos)
-            name, pos = _read_name(data, pos, n)
+            name, pos = _read_owner(data, pos, n, seen)
             if pos + 4 > n:
                 if qname is None:
                     qname = name  # the name was read whole; its type and class were not
@@ -317,7 +338,7 @@ def _decode_one(data: bytes) -> _Row:
                 budget -= 1
                 if budget < 0:
                     raise _Stop("too many records", pos)
-                name, pos = _read_name(data, pos, n)
+                name, pos = _read_owner(data, pos, n, seen)
                 if pos + 10 > n:
                     raise _Stop("truncated record", pos)
                 rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
