@@ -58,8 +58,10 @@ class Finding:
         if self.pod:
             pod = f"{self.namespace}/{self.pod}" if self.namespace else self.pod
             parts.append(pod + (f" ({self.container})" if self.container else ""))
-        if self.comm or self.pid is not None:
-            parts.append(f"{self.comm or '?'}[{self.pid if self.pid is not None else '?'}]")
+        if self.comm and self.pid is not None:
+            parts.append(f"{self.comm}[{self.pid}]")
+        elif self.comm or self.pid is not None:
+            parts.append(self.comm or f"pid {self.pid}")
         if self.client and not parts:
             parts.append(self.client)
         return " ".join(parts) or "-"

@@ -124,10 +124,15 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
         if not answers.empty else {}
     if not answers.empty:
         by_owner[ANY_OWNER] = answers.sort_values("answer_ts")
+    # join per process, report per workload (pod, else program, else client)
+    groups: dict[str, dict[str, Any]] = {}
     for owner, g in cn.groupby("_owner", sort=False):
         ans = by_owner.get(owner)
-        joined = []
-        unresolved = []
+        acc = groups.setdefault(_workload(g.iloc[0], str(owner)), {
+            "rows": [], "joined": [], "unresolved": [], "resolves": False,
+            "known_owner": owner != ANY_OWNER})
+        acc["rows"].append(g)
+        acc["resolves"] = acc["resolves"] or ans is not None
         for _, c in g.iterrows():
             match = None
             if ans is not None:
@@ -138,20 +143,33 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
                     if age > th.max_answer_age_s:
                         match = None
             if match is None:
-                unresolved.append(c)
+                acc["unresolved"].append(c)
             else:
-                joined.append((c, match))
-        ident = group_identity(g)
+                acc["joined"].append((c, match))
+    for acc in groups.values():
+        rows = pd.concat(acc["rows"])
+        ident = group_identity(rows)
         who = ident["pod"] or ident["comm"] or ident["client"] or (
-            "some client (the pcap does not say which)" if owner == ANY_OWNER else "a process")
+            "a process" if acc["known_owner"] else "some client (the pcap does not say which)")
+        joined, unresolved = acc["joined"], acc["unresolved"]
         if joined:
             findings.append(_dns_to_connect(joined, unresolved, ident, who))
             findings.extend(_new_domain_connect(joined, ident, who, first_asked, start, known,
                                                 th, cluster_domain))
         if unresolved:
-            findings.append(_unresolved(unresolved, len(g), ident, who, ans is not None,
-                                        known_owner=owner != ANY_OWNER))
+            findings.append(_unresolved(unresolved, len(rows), ident, who, acc["resolves"],
+                                        known_owner=acc["known_owner"]))
     return findings
+
+
+def _workload(row: Any, owner: str) -> str:
+    pod = clean(row.get("pod"))
+    if pod is not None:
+        return f"{clean(row.get('node')) or ''}|pod:{clean(row.get('namespace'))}/{pod}"
+    comm = clean(row.get("comm"))
+    if comm is not None:
+        return f"{clean(row.get('node')) or ''}|comm:{comm}"
+    return owner
 
 
 def _dns_to_connect(joined: list, unresolved: list, ident: dict, who: str) -> Finding:
