@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from netns import UnboundNetns, write_query_file
@@ -56,11 +58,13 @@ class Run:
     lost_queries: int = 0
     events: int | None = None
     events_per_query: float | None = None
+    events_other: int | None = None  # dnstrail: messages of other processes on the node
     lost_events: int | None = None
     lost_detail: dict[str, int] = field(default_factory=dict)
     cpu_window_s: float | None = None
     cpu_total_s: float | None = None
-    peak_rss_mb: float | None = None
+    peak_rss_mb: float | None = None  # largest of the tracer and its children (wait4)
+    own_peak_rss_mb: float | None = None  # the tracer process alone (VmHWM)
     startup_s: float | None = None
     error: str | None = None
 
@@ -112,6 +116,18 @@ class _StderrReader:
         return "\n".join(ln for ln in self.lines if ln != "<eof>")
 
 
+def _bench_rows(capture: Path) -> int:
+    """Messages of dnsperf and unbound in a capture (the node has other DNS traffic too)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    n = 0
+    for f in sorted(capture.glob("messages-*.parquet")):
+        comm = pq.read_table(f, columns=["comm"]).column("comm")
+        n += int(pc.sum(pc.is_in(comm, value_set=pa.array(["dnsperf", "unbound"]))).as_py() or 0)
+    return n
+
+
 def _dnsperf(ns: UnboundNetns, qfile: Path, duration: float, rate: int | None) -> dict[str, Any]:
     argv = ["dnsperf", "-s", "127.0.0.1", "-p", "53", "-d", str(qfile), "-l", str(duration),
             "-t", "2"]
@@ -130,21 +146,36 @@ def _dnsperf(ns: UnboundNetns, qfile: Path, duration: float, rate: int | None) -
             "completed": int(num("Queries completed")), "lost": int(num("Queries lost"))}
 
 
+def _vm_hwm_kb(pid: int) -> int | None:
+    """Peak RSS of this one process so far (VmHWM), without its children."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _finish_tracer(proc: subprocess.Popen[bytes], sig: int,
-                   timeout: float = 60) -> tuple[int, Any]:
+                   timeout: float = 60) -> tuple[int, Any, int | None]:
+    """Signal the tracer, reap it; exit code, rusage (incl. children), own VmHWM in kB."""
+    hwm = _vm_hwm_kb(proc.pid)
     proc.send_signal(sig)
     deadline = time.monotonic() + timeout
     while True:
+        # VmHWM disappears when the process becomes a zombie: keep the last value read.
+        hwm = _vm_hwm_kb(proc.pid) or hwm
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, ru
+            return proc.returncode, ru, hwm
         if time.monotonic() > deadline:
             proc.kill()
             pid, status, ru = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, ru
-        time.sleep(0.05)
+            return proc.returncode, ru, hwm
+        time.sleep(0.02)
 
 
 def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: int,
@@ -173,7 +204,7 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
     r.startup_s = round(time.monotonic() - t_start, 2) if proc else None
     if r.error:
         if proc is not None and proc.poll() is None:
-            _finish_tracer(proc, signal.SIGKILL)
+            _finish_tracer(proc, signal.SIGKILL, timeout=10)
         return r
     cpu0 = _cpu_seconds(proc.pid) if proc else None
     try:
@@ -190,9 +221,10 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
     if cpu0 is not None and cpu1 is not None:
         r.cpu_window_s = round(cpu1 - cpu0, 2)
     time.sleep(1.5)  # let the tracer drain what is in flight (tcpdump retires blocks late)
-    code, ru = _finish_tracer(proc, signal.SIGINT)
+    code, ru, hwm = _finish_tracer(proc, signal.SIGINT)
     r.cpu_total_s = round(ru.ru_utime + ru.ru_stime, 2)
     r.peak_rss_mb = round(ru.ru_maxrss / 1024, 1)
+    r.own_peak_rss_mb = round(hwm / 1024, 1) if hwm else None
     assert reader is not None
     err = reader.text()
     if tracer == "tcpdump":
@@ -206,6 +238,7 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         try:
             manifest = json.loads((out / "manifest.json").read_text())
             r.events = int(manifest["counts"]["messages"])
+            r.events_other = r.events - _bench_rows(out)
             r.lost_detail = {k: int(v) for k, v in manifest["lost"].items()}
             r.lost_events = sum(r.lost_detail.values())
             if manifest.get("status") != "complete":
@@ -214,7 +247,7 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
             r.error = f"exit {code}, no readable manifest ({exc}): {err[-300:]}"
         shutil.rmtree(out, ignore_errors=True)
     if r.events is not None and r.completed:
-        r.events_per_query = round(r.events / r.completed, 3)
+        r.events_per_query = round((r.events - (r.events_other or 0)) / r.completed, 3)
     return r
 
 
@@ -244,6 +277,8 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                                         if r.lost_events is not None), default=None),
                 "cpu_window_s": med("cpu_window_s"), "cpu_total_s": med("cpu_total_s"),
                 "peak_rss_mb": max((r.peak_rss_mb for r in rs if r.peak_rss_mb), default=None),
+                "own_peak_rss_mb": max((r.own_peak_rss_mb for r in rs if r.own_peak_rss_mb),
+                                       default=None),
                 "startup_s": med("startup_s"),
             })
     return rows
@@ -260,7 +295,7 @@ def _fmt(v: Any) -> str:
 def markdown(rows: list[dict[str, Any]], duration: float) -> str:
     cols = ["rate", "tracer", "runs", "qps", "qps_ratio", "qps_ratio_min", "events",
             "events_per_query", "lost_events_max", "cpu_window_s", "cpu_total_s",
-            "peak_rss_mb"]
+            "peak_rss_mb", "own_peak_rss_mb"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         if row.get("error"):
