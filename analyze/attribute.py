@@ -143,8 +143,11 @@ def _pairs(frame: pd.DataFrame, column: pd.Series) -> tuple[np.ndarray, list[tup
 
 
 def _broadcast(values: list[Any], codes: np.ndarray, index: pd.Index) -> pd.Series:
-    small = pd.array(values, dtype="str")
-    return pd.Series(small.take(codes), index=index)
+    """values[codes] as a categorical (a few distinct strings over millions of rows)."""
+    vcodes, cats = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)
+    full = np.asarray(vcodes, dtype=np.int64)[codes] if len(values) else codes
+    return pd.Series(pd.Categorical.from_codes(full, categories=pd.Index(cats, dtype=object)),
+                     index=index)
 
 
 def cgroup_paths(frame: pd.DataFrame, cgroups: pd.DataFrame,
@@ -153,7 +156,8 @@ def cgroup_paths(frame: pd.DataFrame, cgroups: pd.DataFrame,
     n = len(frame)
     path_by_id, path_by_pid = _path_maps(cgroups, processes)
     if n == 0 or not (path_by_id or path_by_pid) or "cgroup_id" not in frame:
-        return pd.Series([None] * n, index=frame.index, dtype="str")
+        return pd.Series(pd.Categorical([None] * n, categories=pd.Index([], dtype=object)),
+                         index=frame.index)
     codes, pairs = _pairs(frame, frame["cgroup_id"])
     out = _broadcast([path_by_id.get((nd, int(c))) if c is not None else None
                       for nd, c in pairs], codes, frame.index)
@@ -163,8 +167,9 @@ def cgroup_paths(frame: pd.DataFrame, cgroups: pd.DataFrame,
         tcodes, tpairs = _pairs(sub, sub["tgid"])
         got = _broadcast([path_by_pid.get((nd, int(t))) if t is not None else None
                           for nd, t in tpairs], tcodes, sub.index)
-        out = out.copy()
-        out[missing] = got
+        out = out.astype(object)
+        out[missing] = got.astype(object)
+        out = out.astype("category")
     return out
 
 

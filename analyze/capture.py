@@ -246,6 +246,8 @@ def _analyze(raws: list[_Raw], *, timeout_s: float, skew_s: float, lookup_gap_s:
     tables = {k: _concat(v) for k, v in frames.items() if k != "messages"}
     messages = _decoded_messages(pa.concat_tables(msg_tables, promote_options="permissive"))
     messages.insert(0, "msg_id", np.arange(len(messages), dtype=np.int64))
+    for col in ("node", "capture"):       # a handful of values over every row
+        messages[col] = messages[col].astype("category")
     messages["role"] = assign_roles(messages, dns_ports)
     cgroups, processes, pods = tables["cgroups"], tables["processes"], tables["pods"]
     messages = attribute(messages, cgroups, processes, pods, inplace=True)
@@ -444,8 +446,11 @@ class Capture:
             return pd.DataFrame(columns=["node", "namespace", "pod", "comm", "transactions",
                                          "nxdomain", "timeouts", "distinct_names",
                                          "median_latency_s"])
-        t = tx.assign(namespace=tx["namespace"].fillna(""), pod=tx["pod"].fillna(""),
-                      comm=tx["comm"].fillna(""), node=tx["node"].fillna(""),
+        def text(col: str) -> pd.Series:
+            return tx[col].astype(object).where(tx[col].notna(), "")
+
+        t = tx.assign(namespace=text("namespace"), pod=text("pod"), comm=text("comm"),
+                      node=text("node"),
                       _nx=(tx["rcode_name"] == "NXDOMAIN").fillna(False),
                       _to=tx["status"] == "timeout")
         keys = ["node", "namespace", "pod"]

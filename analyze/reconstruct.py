@@ -118,9 +118,8 @@ def assign_roles(messages: pd.DataFrame, dns_ports: Sequence[int] = DNS_PORTS) -
     rows without a direction (pcaps) are ``query``/``response`` seen on the wire.
     """
     codes = role_codes(messages, dns_ports)
-    values = pd.Series(pd.Categorical.from_codes(codes, categories=list(ROLES)),
-                       index=messages.index, name="role")
-    return values.astype("str")
+    return pd.Series(pd.Categorical.from_codes(codes, categories=list(ROLES)),
+                     index=messages.index, name="role")
 
 
 def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
@@ -175,8 +174,11 @@ def match_transactions(messages: pd.DataFrame, *, timeout_s: float = DEFAULT_TIM
     n_all = len(messages)
     txn_of_msg = np.full(n_all, -1, dtype=np.int64)
     if "role" in messages:
-        role_all = pd.Series(pd.Categorical(messages["role"], categories=list(ROLES))
-                             ).cat.codes.to_numpy().astype(np.int64)
+        role = messages["role"]
+        if not (isinstance(role.dtype, pd.CategoricalDtype)
+                and list(role.cat.categories) == list(ROLES)):
+            role = pd.Series(pd.Categorical(role, categories=list(ROLES)))
+        role_all = role.cat.codes.to_numpy().astype(np.int64)
     else:
         role_all = role_codes(messages, dns_ports)
     dns_id_all = _col(messages, "dns_id")
