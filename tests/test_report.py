@@ -56,7 +56,7 @@ def _hostile_exchange(label: bytes, filler: str) -> tuple[bytes, bytes]:
 def hostile_capture(tmp_path_factory: pytest.TempPathFactory) -> Any:
     rng = random.Random(5)
     wire = Wire()
-    proc = Proc(4001, "exfil", "10.244.2.2")
+    proc = Proc(4001, "x$\\bad{<b>$_", "10.244.2.2")  # comm is the process's to choose
     for i in range(8):  # at most 8 evidence rows: every hostile label is in the finding
         label = HOSTILE[i % len(HOSTILE)]
         filler = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(50))

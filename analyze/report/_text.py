@@ -69,6 +69,7 @@ def _escape_marker(m: re.Match[str]) -> str:
 
 
 def plot_label(value: Any, limit: int = 48) -> str:
-    """A short, visible label for a plot (mathtext is disabled where labels are drawn)."""
+    """A short, visible label for a plot; ``$`` is escaped so no mathtext is ever parsed."""
     text = visible(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("$", "\\$")

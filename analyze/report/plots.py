@@ -17,7 +17,7 @@ import pandas as pd
 from analyze.findings._common import Finding, client_queries, col
 from analyze.report._text import plot_label
 
-_RC: Any = {"text.parse_math": False, "font.size": 9, "figure.dpi": 96}
+_RC: Any = {"font.size": 9, "figure.dpi": 96}
 
 
 def _png(fig: Any) -> str:
