@@ -202,11 +202,14 @@ MALFORMED = {
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_malformed_payload_is_a_row_with_error(name: str) -> None:
     payload, error, offset, keeps_qname = MALFORMED[name]
-    start = time.perf_counter()
-    df = decode_messages([payload])
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.05, f"{name}: {elapsed * 1000:.1f} ms"
-    row = df.iloc[0]
+    times = []
+    for _ in range(3):  # best of three: a loaded CI machine may preempt one run
+        start = time.perf_counter()
+        one = decode_message(payload)
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.01, f"{name}: {min(times) * 1000:.1f} ms"
+    assert (one["error"], one["error_offset"]) == (error, offset)
+    row = decode_messages([payload]).iloc[0]
     assert row["error"] == error
     assert row["error_offset"] == offset
     assert 0 <= row["error_offset"] <= len(payload)
