@@ -267,9 +267,12 @@ def test_pointer_chain_is_bounded() -> None:
     wire += b"\xc0\x0c" + struct.pack("!HHIH", 10, 1, 0, len(chain)) + chain
     bad_at = len(wire)
     wire += struct.pack("!H", 0xC000 | prev) + struct.pack("!HHIH", 1, 1, 0, 4) + b"\1\2\3\4"
-    start = time.perf_counter()
-    row = decode_message(bytes(wire))
-    assert time.perf_counter() - start < 0.01
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        row = decode_message(bytes(wire))
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.01
     assert row["error"] == "too many compression pointers"
     assert rdata_at <= row["error_offset"] <= bad_at
     assert row["qname"] == "a.example" and len(row["answers"]) == 1
@@ -304,15 +307,23 @@ def test_fuzz_never_raises(real_payloads: list[bytes]) -> None:
     count = 20_000
     payloads = [_mutate(rng, rng.choice(real_payloads)) for _ in range(count)]
     start = time.perf_counter()
-    worst = 0.0
+    worst, worst_payload = 0.0, b""
     for p in payloads:
         t = time.perf_counter()
         row = decode_message(p)
-        worst = max(worst, time.perf_counter() - t)
+        took = time.perf_counter() - t
+        if took > worst:
+            worst, worst_payload = took, p
         if row["error_offset"] is not None:
             assert 0 <= row["error_offset"] <= len(p)
     elapsed = time.perf_counter() - start
-    assert worst < 0.05, f"slowest payload took {worst * 1000:.1f} ms"
+    # The slowest one again, best of three (a preempted run is not the decoder's fault).
+    retimed = []
+    for _ in range(3):
+        t = time.perf_counter()
+        decode_message(worst_payload)
+        retimed.append(time.perf_counter() - t)
+    assert min(retimed) < 0.01, f"slowest payload takes {min(retimed) * 1000:.1f} ms"
     assert elapsed < 30
     df = decode_messages(payloads)  # the batch path agrees with the one-by-one path
     assert len(df) == count
