@@ -69,9 +69,12 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def lab_ns(lab: Lab) -> NetNS:
-    """A fresh client namespace using the lab's first server, short timeouts."""
-    return lab.client_ns(timeout=1, attempts=2)
+def lab_ns(lab: Lab) -> Iterator[NetNS]:
+    """A fresh client namespace using the lab's first server, short timeouts; removed after
+    the test."""
+    ns = lab.client_ns(timeout=1, attempts=2)
+    yield ns
+    lab.remove_ns(ns)
 
 
 @pytest.fixture(scope="session")

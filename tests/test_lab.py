@@ -276,7 +276,7 @@ def _absent(res_netns: list[str], res: object) -> list[str]:
     assert isinstance(res, registry.Resources)
     left += [f"cgroup {c}" for c in res.cgroups if Path(c).exists()]
     left += [f"tmpdir {d}" for d in res.tmpdirs if Path(d).exists()]
-    left += [f"pid {p}" for p in res.pids if process_alive(p)]
+    left += [f"pid {p}" for p, start in res.pids if process_alive(p, start)]
     for parent in res.cgroup_parents:  # shared parents go once empty
         p = Path(parent)
         if p.exists() and not any(c.is_dir() for c in p.iterdir()):
@@ -410,3 +410,15 @@ def test_iodine_tunnel_carries_data_over_dns(lab: Lab) -> None:
     assert "Skipping raw mode" in r.client_output  # every byte went through DNS
     assert r.client_ip.startswith("10.214.0.") and r.server_ip == "10.214.0.1"
     assert r.seconds < 40
+
+
+def test_remove_ns_frees_the_namespace_and_its_address(lab: Lab) -> None:
+    ns = lab.client_ns(timeout=1, attempts=1)
+    proc = lab.spawn(ns, ["sleep", "30"])
+    lab.remove_ns(ns)
+    assert proc.wait(timeout=5) != 0
+    assert not ns.path.exists() and not Path(f"/etc/netns/{ns.name}").exists()
+    again = lab.client_ns(timeout=1, attempts=1)
+    assert again.name != ns.name and again.addr == ns.addr  # the address slot is reused
+    assert lab.dig(again, WWW, args=["+short"]).stdout.split() == [lab.web_addr]
+    lab.remove_ns(again)

@@ -6,7 +6,7 @@ Topology (addresses are private and exist only inside the lab's own namespaces):
                        .80 .81 .90 (service addresses of the zone, for --connect)
                        .253 (assigned, nothing on :53: ICMP port unreachable)
                        fd00:213::1 ::2 ::3 ::80
-    dtl-<id>-cN    eth0 10.213.0.(100+N) fd00:213::(100+N)  <- veth -> vcN on br0
+    dtl-<id>-cN    eth0 10.213.0.(100+slot) fd00:213::(100+slot)  <- veth -> vcN on br0
     10.213.0.254   on the link but nobody answers: the "dead server" (queries time out)
 
 No namespace has a route anywhere else, so nothing a lab client sends can leave the lab.
@@ -33,7 +33,7 @@ from typing import Any, Self
 
 from . import clients as _clients
 from . import registry
-from ._sys import LabError, cgroup2_mount, run_cmd
+from ._sys import LabError, cgroup2_mount, proc_start_time, run_cmd
 from .pods import FakePod, PodsRoot, kubelet_cgroup_dirs, new_container_id, new_uid
 from .zone import Zone, default_zone, dnsmasq_config, merge_zone, unbound_config
 
@@ -101,6 +101,7 @@ class LabProcess(subprocess.Popen):  # type: ignore[type-arg]
     """A Popen started by Lab.spawn; output_path holds its output unless redirected."""
 
     output_path: Path | None = None
+    ns_name: str = ""
 
     def output(self) -> str:
         if self.output_path is None or not self.output_path.exists():
@@ -165,6 +166,8 @@ class Lab:
         self.namespaces: list[NetNS] = []
         self.pods: list[FakePod] = []
         self._procs: list[LabProcess] = []
+        self._slots: dict[str, int] = {}  # client namespace -> address slot
+        self._serial = itertools.count()
         self._res = registry.Resources.new(self.lab_id)
         self._user_pods_root = Path(pods_root) if pods_root is not None else None
         self._started = False
@@ -209,13 +212,25 @@ class Lab:
             self._closed = True
             return
         self._closed = True
-        for p in self._procs:
+        self._stop(self._procs)
+        errors = registry.teardown(self._res)
+        _open_labs.discard(self)
+        if errors:
+            msg = "lab teardown left things behind: " + "; ".join(errors)
+            if raise_errors:
+                raise LabError(msg)
+            print(msg, file=sys.stderr)
+
+    @staticmethod
+    def _stop(procs: Sequence[LabProcess]) -> None:
+        """SIGTERM each process group, SIGKILL what is left after 3 s, reap them all."""
+        for p in procs:
             if p.poll() is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)
                 except (ProcessLookupError, PermissionError):
                     p.terminate()
-        for p in self._procs:
+        for p in procs:
             try:
                 p.wait(timeout=3)
             except subprocess.TimeoutExpired:
@@ -224,13 +239,6 @@ class Lab:
                 except ProcessLookupError:
                     pass
                 p.wait(timeout=3)
-        errors = registry.teardown(self._res)
-        _open_labs.discard(self)
-        if errors:
-            msg = "lab teardown left things behind: " + "; ".join(errors)
-            if raise_errors:
-                raise LabError(msg)
-            print(msg, file=sys.stderr)
 
     # ----------------------------------------------------------------- namespaces
     def _new_ns(self, suffix: str) -> str:
@@ -337,24 +345,52 @@ class Lab:
         the lab's first dnsmasq). timeout/attempts/ndots become `options` entries."""
         self._require_started()
         assert self.server_ns is not None
-        k = sum(1 for n in self.namespaces if n is not self.server_ns)
-        if k >= MAX_CLIENTS:
-            raise LabError(f"a lab has at most {MAX_CLIENTS} client namespaces")
-        name = self._new_ns(f"c{k}")
+        used = set(self._slots.values())
+        k = next((i for i in range(MAX_CLIENTS) if i not in used), None)
+        if k is None:
+            raise LabError(f"a lab has at most {MAX_CLIENTS} client namespaces at a time "
+                           "(lab.remove_ns() frees one)")
+        serial = next(self._serial)
+        name = self._new_ns(f"c{serial}")
+        self._slots[name] = k
         servers = list(nameservers) if nameservers is not None else [SERVER_ADDR]
         text = self._write_etc(name, servers, search, ndots, timeout, attempts, options)
         addr, addr6 = f"{SUBNET}.{FIRST_CLIENT + k}", f"{SUBNET6}:{FIRST_CLIENT + k:x}"
         ip_srv = ["ip", "-n", self.server_ns.name]
-        run_cmd([*ip_srv, "link", "add", f"vc{k}", "type", "veth", "peer", "name", "eth0",
+        run_cmd([*ip_srv, "link", "add", f"vc{serial}", "type", "veth", "peer", "name", "eth0",
                  "netns", name])
-        run_cmd([*ip_srv, "link", "set", f"vc{k}", "master", "br0", "up"])
+        run_cmd([*ip_srv, "link", "set", f"vc{serial}", "master", "br0", "up"])
         ip = ["ip", "-n", name]
         run_cmd([*ip, "addr", "add", f"{addr}/24", "dev", "eth0"])
         run_cmd([*ip, "addr", "add", f"{addr6}/64", "dev", "eth0", "nodad"])
         run_cmd([*ip, "link", "set", "eth0", "up"])
+        # a reused address slot: forget the old namespace's MAC on the server side
+        for a in (addr, addr6):
+            run_cmd([*ip_srv, "neigh", "flush", "to", a], check=False)
         ns = NetNS(name, addr, addr6, servers, list(search), ndots, text)
         self.namespaces.append(ns)
         return ns
+
+    def remove_ns(self, ns: NetNS) -> None:
+        """Delete a client namespace now (its processes are killed), freeing its address."""
+        self._require_started()
+        if ns is self.server_ns or ns.name not in self._slots:
+            raise LabError(f"{ns.name} is not a client namespace of this lab")
+        self._stop([p for p in self._procs if p.ns_name == ns.name])
+        errors = registry.delete_netns(ns.name)
+        assert self.server_ns is not None
+        for a in (ns.addr, ns.addr6):
+            if a:
+                run_cmd(["ip", "-n", self.server_ns.name, "neigh", "flush", "to", a], check=False)
+        etc = Path("/etc/netns") / ns.name
+        shutil.rmtree(etc, ignore_errors=True)
+        if errors or etc.exists():
+            raise LabError(f"could not remove {ns.name}: {'; '.join(errors)}")
+        del self._slots[ns.name]
+        self.namespaces.remove(ns)
+        self._res.netns.remove(ns.name)
+        self._res.etc_netns.remove(str(etc))
+        self._res.save()
 
     # ----------------------------------------------------------------- pods
     @property
@@ -443,8 +479,9 @@ class Lab:
             if out_file is not None:
                 out_file.close()
         proc.output_path = out_path if out_file is not None else None
+        proc.ns_name = ns.name
         self._procs.append(proc)
-        self._res.pids.append(proc.pid)
+        self._res.pids.append([proc.pid, proc_start_time(proc.pid) or 0])
         self._res.save()
         return proc
 

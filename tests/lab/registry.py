@@ -31,7 +31,7 @@ class Resources:
     cgroups: list[str] = field(default_factory=list)  # absolute paths, leaves first on removal
     cgroup_parents: list[str] = field(default_factory=list)  # shared: removed only when empty
     tmpdirs: list[str] = field(default_factory=list)
-    pids: list[int] = field(default_factory=list)
+    pids: list[list[int]] = field(default_factory=list)  # [pid, start time]: pids get reused
 
     @property
     def path(self) -> Path:
@@ -122,7 +122,7 @@ def delete_netns(name: str) -> list[str]:
 def teardown(res: Resources) -> list[str]:
     """Remove everything res lists, in a safe order. Returns the errors (empty: all gone)."""
     errors: list[str] = []
-    kill_pids([p for p in res.pids if process_alive(p)], grace=2.0)
+    kill_pids([p for p, start in res.pids if process_alive(p, start)], grace=2.0)
     for cg in reversed(res.cgroups):
         errors += remove_cgroup(Path(cg))
     for parent in sorted(res.cgroup_parents, key=lambda p: -len(p)):
