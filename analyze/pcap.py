@@ -39,7 +39,7 @@ from capture import schema
 #: Ports always imported as DNS.
 DNS_PORT = 53
 #: Rows per messages file before the importer starts the next one.
-ROWS_PER_FILE = 1_000_000
+ROWS_PER_FILE = 250_000
 #: Largest packet record accepted (pcap's largest snaplen); anything bigger is damage.
 MAX_PACKET = 262_144
 #: Largest pcapng block accepted.
@@ -645,6 +645,11 @@ def import_pcap(path: str | Path, out_dir: str | Path, ports: Sequence[int] = (D
         first = next(packets)
     except StopIteration:
         first = None
+    if summary.link_types and not set(summary.link_types) & SUPPORTED_LINK_TYPES:
+        types = ", ".join(str(t) for t in summary.link_types)
+        raise UnsupportedLinkType(
+            f"{src}: unsupported link type {types}: dnstrail import reads Ethernet (1), "
+            "Linux cooked SLL (113) and SLL2 (276), loopback/NULL (0) and raw IP (101/228/229)")
     old = _prepare_dir(out, append)
     seq_base = 0
     if old:

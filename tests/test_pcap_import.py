@@ -264,10 +264,12 @@ def test_not_a_pcap_is_a_one_line_error(content: bytes, tmp_path: Path) -> None:
     assert not (tmp_path / "cap").exists()  # nothing written for a bad file
 
 
-def test_unsupported_link_type(tmp_path: Path) -> None:
-    path = write_pcap(tmp_path / "wifi.pcap", 105, [(0, b"\0" * 40, 40)])
+@pytest.mark.parametrize("writer", [write_pcap, write_pcapng])
+def test_unsupported_link_type(writer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = writer(tmp_path / "wifi.cap", 105, [(0, b"\0" * 40, 40)])
     with pytest.raises(UnsupportedLinkType, match="unsupported link type 105"):
         import_pcap(path, tmp_path / "cap")
+    assert not (tmp_path / "cap").exists()
 
 
 @needs_corpus
