@@ -300,3 +300,20 @@ def test_write_capture_round_trip(tmp_path: Path) -> None:
     assert manifest["host"] == "node-a" and manifest["status"] == "complete"
     rows = _messages(out)
     assert rows[0]["payload"] == q and rows[0]["orig_len"] == len(q) and rows[0]["seq"] == 1
+
+
+@needs_corpus
+def test_messages_split_across_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import analyze.pcap as pcap_mod
+
+    monkeypatch.setattr(pcap_mod, "ROWS_PER_FILE", 100)
+    summary = import_pcap(CORPUS / "tunnels" / "sods.pcap", tmp_path / "cap")
+    manifest = schema.read_manifest(tmp_path / "cap")
+    files = sorted(f["name"] for f in manifest["files"] if f["kind"] == "messages")
+    assert len(files) >= 10
+    assert all(f["rows"] <= 100 for f in manifest["files"] if f["kind"] == "messages")
+    seqs = [s for name in files
+            for s in pq.read_table(tmp_path / "cap" / name).column("seq").to_pylist()]
+    assert len(seqs) == summary.messages == 986
+    assert seqs == sorted(seqs)
+    assert manifest["counts"]["messages"] == 986
