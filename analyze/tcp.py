@@ -205,7 +205,8 @@ def reassemble_table(table: pa.Table) -> pa.Table:
     tcp = table.filter(pa.array(is_tcp))
     wanted = [c for c in STREAM_KEY_COLUMNS + _NEEDED if c in names]
     lay = _layout(n, is_tcp, {c: tcp.column(c).to_pylist() for c in wanted})
-    out = table.take(pa.array(lay.source))
+    identity = len(lay.source) == n and bool((lay.source == np.arange(n)).all())
+    out = table if identity else table.take(pa.array(lay.source))
     mask = np.zeros(out.num_rows, dtype=bool)
     mask[lay.emitted_rows] = True
     amask = pa.array(mask)
