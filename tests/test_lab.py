@@ -422,3 +422,14 @@ def test_remove_ns_frees_the_namespace_and_its_address(lab: Lab) -> None:
     assert again.name != ns.name and again.addr == ns.addr  # the address slot is reused
     assert lab.dig(again, WWW, args=["+short"]).stdout.split() == [lab.web_addr]
     lab.remove_ns(again)
+
+
+def test_pcap_of_the_lab_wire(lab: Lab, lab_ns: NetNS, tmp_path: Path) -> None:
+    with lab.pcap(tmp_path / "wire.pcap") as pcap:
+        lab.dig(lab_ns, "txt.lab.test", "TXT")
+        lab.dig(lab_ns, "www.lab.test", tcp=True)
+    text = subprocess.run(["tcpdump", "-n", "-r", str(pcap)], check=True, capture_output=True,
+                          text=True).stdout
+    assert f"{lab_ns.addr}." in text
+    assert "TXT? txt.lab.test." in text and "A? www.lab.test." in text
+    assert "Flags [S]" in text  # the TCP query's handshake is on the wire too

@@ -15,6 +15,7 @@ No namespace has a route anywhere else, so nothing a lab client sends can leave 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import re
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -581,6 +582,32 @@ class Lab:
         if r.returncode != 0 or not m:
             raise LabError(f"push to {host}:{port} failed: {r.stdout} {r.stderr}")
         return int(m.group(1))
+
+    @contextlib.contextmanager
+    def pcap(self, path: Path | str | None = None, *, ns: NetNS | None = None,
+             iface: str = "br0", bpf_filter: str = "port 53",
+             max_seconds: float = 300.0) -> Iterator[Path]:
+        """Record the lab's wire with tcpdump while the block runs (default: the server
+        namespace's bridge, which sees every client's DNS traffic). Yields the pcap path."""
+        self._require_started()
+        if shutil.which("tcpdump") is None:
+            raise LabError("tcpdump is not installed")
+        ns = ns or self.server_ns
+        assert ns is not None
+        out = Path(path) if path is not None else self.tmp / f"lab-{next(_counter)}.pcap"
+        proc = self.spawn(ns, ["timeout", str(max_seconds), "tcpdump", "-Z", "root",
+                               "--immediate-mode", "-U", "-i", iface, "-n", "-s", "0",
+                               "-w", str(out), bpf_filter])
+        deadline = time.monotonic() + 10
+        while "listening on" not in proc.output():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"tcpdump did not start: {proc.output()}")
+            time.sleep(0.05)
+        try:
+            yield out
+        finally:
+            time.sleep(0.1)  # let the last packets reach the file
+            self._stop([proc])
 
     # ----------------------------------------------------------------- DNS tunnel
     def iodine_tunnel(self, domain: str = "tun.lab.test", *, ns: NetNS | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -185,6 +186,7 @@ def cleanup_stale() -> list[str]:
 
 
 def _pid_of_name_alive(name: str) -> bool:
-    """dtl-<pid>x<n>-... : is <pid> a running process?"""
-    head = name[len(NETNS_PREFIX):].split("-", 1)[0].split("x", 1)[0]
-    return head.isdigit() and process_alive(int(head))
+    """dtl-<pid>x<n>-... : is <pid> a running process? Names in any other shape are not a
+    lab's, so they count as alive (never touched)."""
+    m = re.match(rf"^{re.escape(NETNS_PREFIX)}(\d+)x\d+-", name)
+    return m is None or process_alive(int(m.group(1)))
