@@ -82,6 +82,7 @@ class ImportSummary:
     skipped_link_type: int = 0
     tcp_duplicates: int = 0
     tcp_holes: int = 0
+    syn_retransmissions: int = 0
     file_damaged: str | None = None
     link_types: list[int] = field(default_factory=list)
     first_ts: str | None = None
@@ -659,6 +660,7 @@ def import_pcap(path: str | Path, out_dir: str | Path, ports: Sequence[int] = (D
     msgs = _Rows("messages", out, _next_file_index(old, "messages"))
     conns = _Rows("connects", out, _next_file_index(old, "connects"))
     flows: dict[tuple[str, int, str, int], _Flow] = {}
+    syns_seen: set[tuple[str, int, str, int, int]] = set()
     first_ts = last_ts = None
     frame = 0
 
@@ -688,10 +690,18 @@ def import_pcap(path: str | Path, out_dir: str | Path, ports: Sequence[int] = (D
             setattr(summary, skip.counter, getattr(summary, skip.counter) + 1)
             continue
         ts = pkt.ts_ns
-        if seg.proto == "tcp" and seg.tcp_flags & 0x02 and not seg.tcp_flags & 0x10:
-            conns.add({"ts": ts, "mono_ns": None, "seq": seq, "fd": None,
-                       "family": seg.family, "protocol": "tcp", "dst_addr": seg.dst,
-                       "dst_port": seg.dport, "result": None, "latency_ns": None})
+        syn = seg.proto == "tcp" and bool(seg.tcp_flags & 0x02)
+        if syn and not seg.tcp_flags & 0x10:
+            attempt = (seg.src, seg.sport, seg.dst, seg.dport, seg.tcp_seq)
+            if attempt in syns_seen:
+                summary.syn_retransmissions += 1
+            else:
+                if len(syns_seen) > 1 << 20:
+                    syns_seen.clear()
+                syns_seen.add(attempt)
+                conns.add({"ts": ts, "mono_ns": None, "seq": seq, "fd": None,
+                          "family": seg.family, "protocol": "tcp", "dst_addr": seg.dst,
+                          "dst_port": seg.dport, "result": None, "latency_ns": None})
         if seg.sport not in dns_ports and seg.dport not in dns_ports:
             summary.skipped_non_dns += 1
             continue
@@ -703,16 +713,18 @@ def import_pcap(path: str | Path, out_dir: str | Path, ports: Sequence[int] = (D
         if seg.proto == "tcp":
             key = (seg.src, seg.sport, seg.dst, seg.dport)
             flow = flows.get(key)
-            if flow is None or seg.tcp_flags & 0x02:
+            # Data starts after the SYN's own sequence number (TCP Fast Open puts data there).
+            data_seq = (seg.tcp_seq + 1) & 0xFFFFFFFF if syn else seg.tcp_seq
+            if flow is None or (syn and flow.next_seq != data_seq):
                 flow = flows[key] = _Flow()
-                if seg.tcp_flags & 0x02:
-                    flow.next_seq = (seg.tcp_seq + 1) & 0xFFFFFFFF
+                if syn:
+                    flow.next_seq = data_seq
             if not seg.payload and not row["truncated"]:
                 summary.skipped_non_dns += 1  # a bare ACK/SYN/FIN carries no DNS bytes
                 continue
             if flow.next_seq is None:
-                flow.next_seq = seg.tcp_seq
-            ahead = _seq_diff(seg.tcp_seq, flow.next_seq)
+                flow.next_seq = data_seq
+            ahead = _seq_diff(data_seq, flow.next_seq)
             if ahead < 0:
                 overlap = -ahead
                 if overlap >= seg.orig_len:
@@ -726,7 +738,7 @@ def import_pcap(path: str | Path, out_dir: str | Path, ports: Sequence[int] = (D
                 if flow.last_row is not None:
                     flow.last_row["orig_len"] += ahead
                     flow.last_row["truncated"] = True
-            flow.next_seq = (seg.tcp_seq + seg.orig_len) & 0xFFFFFFFF
+            flow.next_seq = (data_seq + seg.orig_len) & 0xFFFFFFFF
             flow.last_row = row
             summary.tcp += 1
         else:

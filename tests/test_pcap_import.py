@@ -221,6 +221,35 @@ def test_cut_packets_are_kept_and_flagged(tmp_path: Path) -> None:
     assert decoded["error"].notna().all()
 
 
+def _duplicate_frame(src: Path, frame: int, dst: Path) -> Path:
+    """Copy a little-endian pcapng file with one enhanced packet block (frame) sent twice."""
+    data = src.read_bytes()
+    out, pos, n = bytearray(), 0, 0
+    while pos < len(data):
+        btype, length = struct.unpack_from("<II", data, pos)
+        raw = data[pos : pos + length]
+        out += raw
+        if btype == 6:
+            n += 1
+            if n == frame:
+                out += raw
+        pos += length
+    dst.write_bytes(bytes(out))
+    return dst
+
+
+@needs_corpus
+def test_retransmitted_syn_is_one_connect(tmp_path: Path) -> None:
+    src = CORPUS / "benign" / "http_espn.pcapng"
+    import_pcap(src, tmp_path / "ref")
+    ref = pq.read_table(tmp_path / "ref" / "connects-000001.parquet").to_pylist()
+    summary = import_pcap(_duplicate_frame(src, ref[0]["seq"], tmp_path / "dup.pcapng"),
+                          tmp_path / "cap")
+    got = pq.read_table(tmp_path / "cap" / "connects-000001.parquet").to_pylist()
+    assert summary.syn_retransmissions == 1
+    assert len(got) == len(ref)
+
+
 @needs_corpus
 def test_retransmitted_tcp_segment_is_dropped_once(tmp_path: Path) -> None:
     src = CORPUS / "benign" / "dns_tcp.pcapng"
@@ -228,23 +257,8 @@ def test_retransmitted_tcp_segment_is_dropped_once(tmp_path: Path) -> None:
     ref = _messages(tmp_path / "ref")
     # Re-read the frames through tshark-free means: the ref rows tell which frames are TCP.
     tcp_seq = next(r["seq"] for r in ref if r["protocol"] == "tcp")
-    data = src.read_bytes()
-    # Duplicate the enhanced packet block of that frame (frame numbers count EPBs).
-    blocks, pos = [], 0
-    while pos < len(data):
-        btype, length = struct.unpack_from("<II", data, pos)
-        blocks.append((btype, data[pos : pos + length]))
-        pos += length
-    out, n = bytearray(), 0
-    for btype, raw in blocks:
-        out += raw
-        if btype == 6:
-            n += 1
-            if n == tcp_seq:
-                out += raw
-    dup = tmp_path / "dup.pcapng"
-    dup.write_bytes(bytes(out))
-    summary = import_pcap(dup, tmp_path / "cap")
+    summary = import_pcap(_duplicate_frame(src, tcp_seq, tmp_path / "dup.pcapng"),
+                          tmp_path / "cap")
     assert summary.tcp_duplicates == 1
     a = reassemble(pq.read_table(tmp_path / "ref" / "messages-000001.parquet"))
     b = reassemble(pq.read_table(tmp_path / "cap" / "messages-000001.parquet"))
