@@ -433,3 +433,25 @@ def test_pcap_of_the_lab_wire(lab: Lab, lab_ns: NetNS, tmp_path: Path) -> None:
     assert f"{lab_ns.addr}." in text
     assert "TXT? txt.lab.test." in text and "A? www.lab.test." in text
     assert "Flags [S]" in text  # the TCP query's handshake is on the wire too
+
+
+@pytest.mark.lab
+def test_custom_zone_is_served_by_dnsmasq_and_unbound() -> None:
+    require_lab()
+    extra = {"db.payments.svc.cluster.local": [("A", "10.213.0.81")],
+             "www.lab.test": [("A", "10.213.0.99")],  # replaces the default records
+             "note.lab.test": [("TXT", "x" * 300)]}   # split into 255 + 45 byte strings
+    with Lab(extra, second_server=False, ttl=5) as lab:
+        assert lab.zone["www.lab.test"] == [("A", "10.213.0.99")]
+        ns = lab.client_ns(timeout=1, attempts=1)
+        ub = lab.unbound()
+        for server in (lab.server_addr, ub.addr):
+            r = lab.dig(ns, "db.payments.svc.cluster.local", server=server)
+            assert re.search(r"\s5\s+IN\s+A\s+10\.213\.0\.81", r.stdout), r.stdout
+            short = lab.dig(ns, WWW, server=server, args=["+short"]).stdout.split()
+            assert short == ["10.213.0.99"]
+            txt = lab.dig(ns, "note.lab.test", "TXT", server=server, args=["+short"]).stdout
+            assert txt.strip() == f'"{"x" * 255}" "{"x" * 45}"'
+        assert len([s for s in lab.servers if s.kind == "dnsmasq"]) == 1
+    with pytest.raises(LabError):
+        Lab({"bad name.lab.test": [("A", "10.213.0.1")]}).start()

@@ -689,7 +689,7 @@ class Lab:
         conf = workdir / "unbound.conf"
         text = unbound_config(self.zone, interface=addr, ttl=self.ttl, workdir=str(workdir),
                               threads=threads)
-        text += f'    local-data: "whoami.lab.test. {self.ttl} IN TXT \\"unbound\\""\n'
+        text += f"    local-data: 'whoami.lab.test. {self.ttl} IN TXT \"unbound\"'\n"
         conf.write_text(text)
         run_cmd(["unbound-checkconf", str(conf)])
         proc = self.spawn(ns, ["unbound", "-d", "-c", str(conf)])

@@ -63,7 +63,7 @@ def _check_name(name: str) -> str:
 
 def _txt_chunks(text: str) -> list[str]:
     data = text.encode()
-    if b'"' in data or b"\\" in data or b"\n" in data:
+    if any(c in data for c in b'"\'\\\n'):
         raise LabError(f"TXT value {text!r} must not contain quotes, backslashes or newlines")
     chunks = [data[i:i + 255].decode() for i in range(0, len(data), 255)]
     return chunks or [""]
@@ -142,7 +142,7 @@ def unbound_config(zone: Zone, *, interface: str, ttl: int, workdir: str,
         for rtype, value in records:
             rtype = rtype.upper()
             if rtype == "TXT":
-                rdata = " ".join(f'\\"{c}\\"' for c in _txt_chunks(value))
+                rdata = " ".join(f'"{c}"' for c in _txt_chunks(value))
             elif rtype in ("CNAME", "MX", "SRV"):
                 parts = value.split()
                 parts[-1] = parts[-1].rstrip(".") + "."
@@ -151,5 +151,6 @@ def unbound_config(zone: Zone, *, interface: str, ttl: int, workdir: str,
                 rdata = value
             else:
                 raise LabError(f"unbound lab zones do not support {rtype} records ({name})")
-            lines.append(f'    local-data: "{name}. {ttl} IN {rtype} {rdata}"')
+            # single quotes outside: TXT strings keep their own double quotes
+            lines.append(f"    local-data: '{name}. {ttl} IN {rtype} {rdata}'")
     return "\n".join(lines) + "\n"
