@@ -44,8 +44,8 @@ ROWS_PER_FILE = 250_000
 MAX_PACKET = 262_144
 #: Largest pcapng block accepted.
 MAX_BLOCK = 16 << 20
-#: Most out-of-order TCP segments remembered per flow before a hole is declared.
-MAX_TCP_PENDING = 64
+#: Timestamps outside this range (ns since 1970; year 1970..2262) are pinned to it.
+_TS_MIN, _TS_MAX = 0, (1 << 63) - 1
 
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
 LINKTYPE_SLL, LINKTYPE_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6 = 113, 276, 228, 229
@@ -83,6 +83,7 @@ class ImportSummary:
     tcp_duplicates: int = 0
     tcp_holes: int = 0
     syn_retransmissions: int = 0
+    bad_timestamps: int = 0
     file_damaged: str | None = None
     link_types: list[int] = field(default_factory=list)
     first_ts: str | None = None
@@ -672,6 +673,10 @@ def import_pcap(path: str | Path, out_dir: str | Path, ports: Sequence[int] = (D
     for pkt in all_packets():
         frame += 1
         seq = seq_base + frame
+        if not _TS_MIN <= pkt.ts_ns <= _TS_MAX:
+            # A damaged or hostile timestamp: keep the packet, pin its time, count it.
+            summary.bad_timestamps += 1
+            pkt.ts_ns = _TS_MIN if pkt.ts_ns < _TS_MIN else _TS_MAX
         if first_ts is None:
             first_ts = pkt.ts_ns
         last_ts = pkt.ts_ns

@@ -331,3 +331,38 @@ def test_messages_split_across_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert len(seqs) == summary.messages == 986
     assert seqs == sorted(seqs)
     assert manifest["counts"]["messages"] == 986
+
+
+@needs_corpus
+def test_fuzzed_files_import_or_fail_cleanly(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(20261126)
+    sources = [p.read_bytes() for p in FILES if p.stat().st_size < 200_000]
+    imported = refused = 0
+    for i in range(300):
+        data = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 6)):
+            op = rng.randrange(3)
+            if op == 0:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif op == 1:
+                del data[rng.randrange(8, len(data)):]
+            else:
+                pos = rng.randrange(len(data))
+                data[pos:pos + 4] = rng.randbytes(4)
+        path = tmp_path / f"f{i}.pcap"
+        path.write_bytes(bytes(data))
+        try:
+            import_pcap(path, tmp_path / f"o{i}")
+        except AnalyzeError as exc:
+            assert "\n" not in str(exc)
+            refused += 1
+            continue
+        imported += 1
+        manifest = schema.read_manifest(tmp_path / f"o{i}")
+        assert manifest["status"] == "complete"
+        for entry in manifest["files"]:
+            pq.read_table(tmp_path / f"o{i}" / entry["name"])
+        shutil.rmtree(tmp_path / f"o{i}")
+    assert imported and refused  # both paths were exercised
