@@ -130,11 +130,23 @@ def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
     return np.asarray(codes, dtype=np.int64) + 1, len(uniques) + 1
 
 
-def _combine_key(parts: Iterable[pd.Series | np.ndarray]) -> np.ndarray:
+class _Small:
+    """Integers known to lie in [-2, limit) (NaN allowed): combined without a hash table."""
+
+    def __init__(self, values: np.ndarray, limit: int) -> None:
+        self.values = values
+        self.limit = limit
+
+    def codes(self) -> tuple[np.ndarray, int]:
+        v = np.nan_to_num(np.asarray(self.values, dtype="float64"), nan=-3.0)
+        return v.astype(np.int64) + 3, self.limit + 3
+
+
+def _combine_key(parts: Iterable[pd.Series | np.ndarray | _Small]) -> np.ndarray:
     key: np.ndarray | None = None
     size = 1
     for part in parts:
-        codes, n = _codes(part)
+        codes, n = part.codes() if isinstance(part, _Small) else _codes(part)
         if key is None:
             key, size = codes, n
             continue
@@ -218,11 +230,15 @@ def match_transactions(messages: pd.DataFrame, *, timeout_s: float = DEFAULT_TIM
     sock_key = np.where(sock_id.notna().to_numpy(), sock_codes, -fd_codes - 1)
     sock_key = np.where(is_wire, 0, sock_key)
     peer = is_wire | is_server
+    tgid = _num(col("tgid"))
+    tgid_ok = bool(np.nanmax(tgid, initial=0) < 2**31) and bool(np.nanmin(tgid, initial=0) >= 0)
     key = _combine_key([
-        col("node"), side_code, np.where(is_wire, -1, _num(col("tgid"))), sock_key,
-        np.where(peer, client_c, -2), np.where(peer, client_port, -1),
-        np.where(is_wire, server_c, -2), np.where(is_wire, server_port, -1),
-        col("protocol"), col("dns_id"), col("qname"), col("qtype"),
+        col("node"), _Small(side_code, 3),
+        _Small(np.where(is_wire, -1, tgid), 2**31) if tgid_ok else np.where(is_wire, -1, tgid),
+        sock_key,
+        np.where(peer, client_c, -2), _Small(np.where(peer, client_port, -1), 65536),
+        np.where(is_wire, server_c, -2), _Small(np.where(is_wire, server_port, -1), 65536),
+        col("protocol"), _Small(_num(col("dns_id")), 65536), col("qname"), col("qtype"),
     ])
 
     ts = _ns(col("ts"))
@@ -256,13 +272,11 @@ def match_transactions(messages: pd.DataFrame, *, timeout_s: float = DEFAULT_TIM
     has_r, nq = has_r[by_time], nq[by_time]
     n_txn = len(starts)
     answered = (nq > 0) & has_r
-    status = np.where(answered, "answered", np.where(nq > 0, "timeout", "unsolicited"))
 
     out: dict[str, Any] = {"txn_id": np.arange(n_txn, dtype=np.int64)}
-    out["side"] = pd.Series(pd.Categorical.from_codes(side_code[base],
-                                                      ["client", "server", "wire"])
-                            ).astype("str")
-    out["status"] = pd.Series(status).astype("str")
+    out["side"] = pd.Categorical.from_codes(side_code[base], ["client", "server", "wire"])
+    out["status"] = pd.Categorical.from_codes(
+        np.where(answered, 0, np.where(nq > 0, 1, 2)), ["answered", "timeout", "unsolicited"])
     ts_ser = col("ts")
     out["ts"] = _take(ts_ser, base)
     out["response_ts"] = _take(ts_ser, resp, has_r)
