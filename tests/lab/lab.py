@@ -619,9 +619,10 @@ class Lab:
         over TCP through the tunnel, then stops both ends. Bounded by timeout seconds."""
         self._require_started()
         assert self.server_ns is not None
-        for tool in ("iodine", "iodined"):
-            if shutil.which(tool) is None:
-                raise LabError(f"{tool} is not installed (apt-get install iodine)")
+        for tool, package in (("iodine", "iodine"), ("iodined", "iodine"),
+                              ("ifconfig", "net-tools")):  # iodine configures dns0 with it
+            if shutil.which(tool, path="/sbin:/bin:/usr/sbin:/usr/bin") is None:
+                raise LabError(f"{tool} is not installed (apt-get install {package})")
         if not Path("/dev/net/tun").exists():
             raise LabError("/dev/net/tun is missing")
         t0 = time.monotonic()

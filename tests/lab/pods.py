@@ -32,6 +32,10 @@ class FakePod:
     cgroup_id: int  # inode of cgroup_dir: what bpf_get_current_cgroup_id() returns
 
     @property
+    def pod_name(self) -> str:
+        return self.name
+
+    @property
     def container_id_uri(self) -> str:
         return f"containerd://{self.container_id}"
 
