@@ -29,7 +29,7 @@ apt_pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools)
 if [ "$lab" = 1 ]; then
   apt_pkgs+=(linux-headers-amd64 iproute2 procps psmisc dnsmasq-base unbound bind9-dnsutils
              knot-dnsutils golang-go musl-tools gcc libc6-dev iodine dns2tcp dnsperf tshark
-             tcpdump)
+             tcpdump net-tools)
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do
