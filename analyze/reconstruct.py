@@ -497,33 +497,44 @@ def build_lookups(transactions: pd.DataFrame, *, gap_s: float = DEFAULT_GAP_S,
     qtl = sx["qtype"].to_numpy(dtype=object, na_value=None).tolist()
     bl = base.iloc[order].to_numpy(dtype=object, na_value=None).tolist()
     tid = sx["txn_id"].to_numpy().tolist()
-    rc = sx["rcode_name"].to_numpy(dtype=object, na_value=None).tolist()
-    st = sx["status"].to_numpy(dtype=object).tolist()
     ips = sx["answer_ips"].to_numpy(dtype=object)
     data = has_data[order]
-    names_l, qtypes_l, txn_l, base_l, final_l, rcode_l, ips_l = [], [], [], [], [], [], []
-    for j in range(len(starts)):
-        a, b = int(bounds[j]), int(bounds[j + 1])
-        names = list(dict.fromkeys(qn[a:b])) if b - a > 1 else [qn[a]]
+    n_lk = len(starts)
+    sizes = np.diff(bounds)
+    lk_of_row = np.repeat(np.arange(n_lk), sizes)
+    # the first transaction that answered with data ends the walk: its name is final
+    first_data = np.minimum.reduceat(np.where(data, np.arange(n), n), starts)
+    has_final = first_data < bounds[1:]
+    pick = np.where(has_final, first_data, bounds[1:] - 1)
+    rc_o = sx["rcode_name"].astype(object)
+    st_o = (sx["status"] == "timeout").to_numpy(dtype=bool)
+    rcode_l = np.where(st_o[pick] & ~has_final, "TIMEOUT",
+                       rc_o.to_numpy(dtype=object)[pick]).tolist()
+    final_code = np.where(has_final, nm[np.minimum(pick, n - 1)], -1)
+    final_l = [qn[p] if h else None for p, h in zip(pick.tolist(), has_final.tolist())]
+    # addresses of the final name (A and AAAA answers), in order, without repeats
+    ips_l: list[list[str]] = [[] for _ in range(n_lk)]
+    rows = np.flatnonzero(data & (nm == final_code[lk_of_row]))
+    for i, j in zip(rows.tolist(), lk_of_row[rows].tolist()):
+        v = ips[i]
+        if isinstance(v, (list, tuple, np.ndarray)) and len(v):
+            ips_l[j] = list(dict.fromkeys([*ips_l[j], *v])) if ips_l[j] else list(v)
+    names_l: list[list[Any]] = []
+    qtypes_l: list[list[Any]] = []
+    txn_l: list[list[int]] = []
+    base_l: list[Any] = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        if b - a == 1:
+            names_l.append([qn[a]])
+            qtypes_l.append([qtl[a]])
+            txn_l.append([tid[a]])
+            base_l.append(qn[a])
+            continue
+        names = list(dict.fromkeys(qn[a:b]))
         names_l.append(names)
-        qtypes_l.append(list(dict.fromkeys(qtl[a:b])) if b - a > 1 else [qtl[a]])
+        qtypes_l.append(list(dict.fromkeys(qtl[a:b])))
         txn_l.append(tid[a:b])
         base_l.append(bl[a] if len(names) > 1 else names[0])
-        hits = np.flatnonzero(data[a:b]) if b - a > 1 else ([0] if data[a] else [])
-        if len(hits):
-            fin = qn[a + int(hits[0])]
-            final_l.append(fin)
-            rcode_l.append(rc[a + int(hits[0])])
-            got: list[str] = []
-            for i in range(a, b):
-                v = ips[i]
-                if qn[i] == fin and isinstance(v, (list, tuple, np.ndarray)):
-                    got.extend(x for x in v if x not in got)
-            ips_l.append(got)
-        else:
-            final_l.append(None)
-            rcode_l.append("TIMEOUT" if st[b - 1] == "timeout" else rc[b - 1])
-            ips_l.append([])
     out["final_name"] = pd.array(final_l, dtype="str")
     out["base_name"] = pd.array(base_l, dtype="str")
     out["names"] = names_l
