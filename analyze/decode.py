@@ -462,6 +462,7 @@ def decode_messages(payloads: Iterable[bytes] | pa.Array | pa.ChunkedArray) -> p
         index[short] = np.arange(base, base + len(short))
 
     columns: dict[str, Any] = {"dns_id": dns_id}
+    objects: dict[str, np.ndarray] = {}
     names = DECODED_COLUMNS[1:]
     transposed = list(zip(*rows, strict=True)) if rows else [()] * len(names)
     take = pa.array(index, type=pa.int64())
@@ -470,15 +471,40 @@ def decode_messages(payloads: Iterable[bytes] | pa.Array | pa.ChunkedArray) -> p
         if kind == _OBJ:
             # fromiter keeps each list whole (slice assignment would let numpy broadcast them)
             uniq = np.fromiter(values, dtype=object, count=len(values))
-            columns[name] = uniq[index] if count else np.empty(0, dtype=object)
-        else:
-            col = pa.array(values, type=_ARROW_TYPES[kind]).take(take)
-            if kind == _STR:
-                columns[name] = col.to_pandas()
+            objects[name] = uniq[index] if count else np.empty(0, dtype=object)
+        elif kind == _STR:
+            if all(v is None for v in values):
+                columns[name] = pa.nulls(count, pa.string()).to_pandas()
             else:
-                columns[name] = pd.array(col.to_pandas(types_mapper=_PANDAS_TYPES.get),
-                                         dtype=_PANDAS_TYPES[kind])
-    return pd.DataFrame(columns, columns=list(DECODED_COLUMNS))
+                columns[name] = pa.array(values, type=pa.string()).take(take).to_pandas()
+        else:
+            columns[name] = _expand_scalar(values, kind, index, count)
+    frame = pd.DataFrame(columns, copy=False)
+    # Object columns are added one by one: passing them to the constructor would stack them
+    # into one 2-D block (a full copy).
+    for name, arr in objects.items():
+        frame.insert(DECODED_COLUMNS.index(name), name, pd.Series(arr, copy=False))
+    return frame
+
+
+def _expand_scalar(values: Sequence[Any], kind: str, index: np.ndarray,
+                   count: int) -> pd.api.extensions.ExtensionArray:
+    """Nullable Int64/boolean column of ``count`` rows: values[index], constants without take."""
+    is_int = kind == _INT
+    dtype = np.int64 if is_int else np.bool_
+    distinct = set(values)
+    if len(distinct) == 1:
+        (only,) = distinct
+        data: np.ndarray = np.full(count, 0 if only is None else only, dtype=dtype)
+        mask = np.full(count, only is None, dtype=np.bool_)
+    else:
+        uniq: np.ndarray = np.fromiter((0 if v is None else v for v in values), dtype=dtype,
+                           count=len(values))
+        umask = np.fromiter((v is None for v in values), dtype=np.bool_, count=len(values))
+        data, mask = uniq[index], umask[index]
+    if is_int:
+        return pd.arrays.IntegerArray(data, mask)
+    return pd.arrays.BooleanArray(data, mask)
 
 
 __all__ = [
