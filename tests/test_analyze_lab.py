@@ -134,3 +134,18 @@ def test_replay_filters_by_pod_on_the_recording(recorded: Recorded) -> None:
     assert len(body) == 1 and "TIMEOUT" in body[0]
     by_pod = recorded.cap.by_pod()
     assert {"web-1", "tools-1"} <= set(by_pod["pod"])
+
+
+def test_dnsmasq_answering_is_matched_on_the_server_side(recorded: Recorded) -> None:
+    tx = recorded.cap.transactions
+    server = tx[tx["side"] == "server"]
+    client = tx[(tx["side"] == "client") & (tx["status"] == "answered")]
+    assert len(server) >= 1 and set(server["comm"]) == {"dnsmasq"}
+    assert set(server["status"]) == {"answered"}
+    # every answered client query was seen arriving at dnsmasq with the same id and name
+    pairs = set(zip(server["dns_id"], server["qname"], server["client_port"]))
+    for row in client.itertuples():
+        assert (row.dns_id, row.qname, row.client_port) in pairs
+    # the server answered before the client received it
+    assert server["latency_s"].median() <= client["latency_s"].median()
+    assert set(server["server_port"]) == {53}
