@@ -234,9 +234,10 @@ def test_print_bpf_without_root_or_bcc(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     src = r.stdout
     assert "TRACEPOINT_PROBE" in src  # real BPF C, with the options applied
-    default = subprocess.run(cmd[: cmd.index("--port")], env=_python_without_bcc_env(),
-                             capture_output=True, text=True, timeout=60, cwd="/").stdout
-    assert default and default != src and "512" in src and "512" not in default
+    from capture.probe import ProbeConfig, render_source
+
+    assert src.strip() == render_source(ProbeConfig(ports=(53, 5353), snaplen=512)).strip()
+    assert src.strip() != render_source(ProbeConfig()).strip()
 
 
 # -- disk full, live -------------------------------------------------------------------------

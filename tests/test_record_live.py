@@ -324,7 +324,10 @@ def test_pod_filter_records_only_that_pod_and_its_new_containers(lab, lab_client
     pids = set(msgs.column("tgid").to_pylist())
     assert in_a.pid in pids and in_sidecar.pid in pids
     assert in_b.pid not in pids
-    assert set(msgs.column("cgroup_id").to_pylist()) <= {pod_a.cgroup_id, sidecar.cgroup_id}
+    allowed = {pod_a.cgroup_id, sidecar.cgroup_id}
+    for kind in ("messages", "connects", "execs"):
+        seen = set(event_table(out, kind).column("cgroup_id").to_pylist())
+        assert seen <= allowed, f"{kind} from cgroups outside the pod: {seen - allowed}"
     m = json.loads((out / "manifest.json").read_text())
     assert m["filters"]["pods"] == [f"shop/{pod_a.name}"]
     assert m["filters"]["pod_uids"] == [pod_a.uid]
