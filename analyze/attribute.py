@@ -142,8 +142,17 @@ def _pairs(frame: pd.DataFrame, column: pd.Series) -> tuple[np.ndarray, list[tup
     return np.asarray(codes), pairs
 
 
-def _broadcast(values: list[Any], codes: np.ndarray, index: pd.Index) -> pd.Series:
-    """values[codes] as a categorical (a few distinct strings over millions of rows)."""
+#: Attribution columns people fill and concatenate in notebooks stay plain strings; the
+#: others are categoricals (a few distinct values over millions of rows).
+TEXT_COLUMNS = frozenset({"namespace", "pod", "container"})
+
+
+def _broadcast(values: list[Any], codes: np.ndarray, index: pd.Index,
+               text: bool = False) -> pd.Series:
+    """values[codes], as a categorical or (``text``) as a str column."""
+    if text:
+        small = pd.array(values, dtype="str")
+        return pd.Series(small.take(codes), index=index)
     vcodes, cats = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)
     full = np.asarray(vcodes, dtype=np.int64)[codes] if len(values) else codes
     return pd.Series(pd.Categorical.from_codes(full, categories=pd.Index(cats, dtype=object)),
@@ -189,7 +198,8 @@ def attribution_columns(frame: pd.DataFrame, cgroups: pd.DataFrame,
         rows.append(_resolve(parse_cgroup_path(p), *lookups[nd]))
     out = {"cgroup_path": path}
     for j, name in enumerate(ATTR_COLUMNS):
-        out[name] = _broadcast([r[j] for r in rows], codes, frame.index)
+        out[name] = _broadcast([r[j] for r in rows], codes, frame.index,
+                               text=name in TEXT_COLUMNS)
     return pd.DataFrame(out, index=frame.index)
 
 

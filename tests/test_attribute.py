@@ -89,9 +89,9 @@ def test_attribute_joins_pods_snapshot() -> None:
         "tgid": pd.array([1, 2, 3, 4, 77, 5], dtype="Int64"),
     })
     out = attribute(events, cg, procs, pods)
-    assert list(out["namespace"].astype(object).fillna("-")) == ["shop", "kube-system", "-", "batch", "shop",
+    assert list(out["namespace"].fillna("-")) == ["shop", "kube-system", "-", "batch", "shop",
                                                   "-"]
-    assert list(out["pod"].astype(object).fillna("-")) == ["web-1", "coredns-x", "-", "job-7", "web-1", "-"]
+    assert list(out["pod"].fillna("-")) == ["web-1", "coredns-x", "-", "job-7", "web-1", "-"]
     assert out["container"].iloc[0] == "app"
     assert pd.isna(out["container"].iloc[1])           # pod known, container not in snapshot
     assert list(out["qos"].astype(object).fillna("-")) == ["burstable", "guaranteed", "-", "besteffort",
