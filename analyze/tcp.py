@@ -69,6 +69,7 @@ def _feed(st: _Stream, pos: int, data: bytes, orig_len: int, out: list[_Emit]) -
     if st.out_of_sync:
         out.append(_Emit(pos, data, orig_len, len(data) < orig_len, E_OUT_OF_SYNC))
         return
+    missing = orig_len - len(data) if orig_len > len(data) else 0  # bytes after this chunk
     if st.skip:
         dropped = min(st.skip, len(data))
         st.skip -= dropped
@@ -89,7 +90,6 @@ def _feed(st: _Stream, pos: int, data: bytes, orig_len: int, out: list[_Emit]) -
         start += st.need
         st.need = -1
     del buf[:start]
-    missing = orig_len - len(data) if orig_len > len(data) else 0
     if missing and not st.skip:
         if st.need >= 0:
             # The cut fell inside this message: emit what we have, skip the rest of it.

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -160,3 +161,17 @@ def test_corpus_tcp_end_to_end(name: str, expected: int, tmp_path: Path) -> None
     chunks = [p for p in table.column("protocol").to_pylist() if p == "tcp"]
     assert len(chunks) > expected
     assert decoded["error"].isna().iloc[1]
+
+
+def test_skip_then_another_cut_chunk_keeps_counting() -> None:
+    # M1 cut in chunk 1 (rest skipped); chunk 2 starts with the rest of M1, then M2 whose
+    # chunk is cut too: M2 comes out truncated, then M3 whole.
+    s1, s2 = _framed(M1), _framed(M2)
+    chunk1 = (s1[:6], len(s1) - 4)  # 4 bytes of M1 are in chunk 2
+    rest = s1[len(s1) - 4 :] + s2
+    chunk2 = (rest[:10], len(rest))  # cut after 6 bytes of M2's frame
+    out = reassemble(_table(_rows([chunk1, chunk2, _framed(M3)])))
+    assert out["stream_error"].tolist()[:2] == [E_TRUNCATED_CHUNK, E_TRUNCATED_CHUNK]
+    assert out["payload"].tolist()[1] == M2[:4]
+    assert out["payload"].tolist()[2] == M3
+    assert pd.isna(out["stream_error"].tolist()[2])
