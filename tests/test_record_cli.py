@@ -279,3 +279,18 @@ def test_disk_full_cli_exit_code(tmp_path: Path) -> None:
         assert m["counts"]["messages"] > 0
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_summary_prints_lost_events_when_non_zero(tmp_path: Path) -> None:
+    from capture.recorder import RecordSummary
+
+    s = RecordSummary(output=tmp_path, status="complete", elapsed_s=12.34,
+                      counts={"messages": 1234, "connects": 5, "execs": 0}, files=[],
+                      bytes=3 * 1024 * 1024, lost={"ringbuf_full": 1204, "disk_full": 0})
+    text = "\n".join(s.lines())
+    assert "Recorded 1,234 messages, 5 connects, 0 execs in 12.3 s (complete)" in text
+    assert "3.0 MB" in text
+    assert "LOST events: ringbuf_full 1,204" in text and "disk_full" not in text
+    s.lost = {"ringbuf_full": 0}
+    assert s.lines()[-1] == "Lost events: none"
+    assert all(len(line) < 80 for line in s.lines())

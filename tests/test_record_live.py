@@ -182,8 +182,8 @@ def _qnames(table: pa.Table, tgid: int, direction: str = "send") -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_finishes_the_capture(tmp_path: Path, sig: signal.Signals) -> None:
+def test_sigterm_finishes_the_capture(tmp_path: Path) -> None:
+    sig = signal.SIGTERM
     out = tmp_path / "cap"
     proc, lines = _start_cli(out, "--rotate", "1s")
     try:
@@ -331,3 +331,111 @@ def test_pod_filter_records_only_that_pod_and_its_new_containers(lab, lab_client
     m = json.loads((out / "manifest.json").read_text())
     assert m["filters"]["pods"] == [f"shop/{pod_a.name}"]
     assert m["filters"]["pod_uids"] == [pod_a.uid]
+
+
+def test_lost_events_are_counted_and_printed(tmp_path: Path) -> None:
+    """Stop the recorder (SIGSTOP) while traffic flows: the 1 MB ring fills and the kernel
+    side counts what it drops; the summary and the manifest must say so."""
+    out = tmp_path / "cap"
+    proc, lines = _start_cli(out, "--ringbuf-mb", "1", "--snaplen", "512")
+    try:
+        proc.send_signal(signal.SIGSTOP)
+        with dns_traffic(count=20_000, seconds=20, label=60, tag="lost"):
+            pass
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+    time.sleep(0.1)
+    text = "".join(lines)
+    assert rc == 0, text
+    m = check_capture(out)
+    lost = {k: v for k, v in m["lost"].items() if v}
+    assert lost.get("ringbuf_full", 0) > 0, (m["lost"], text)
+    assert "LOST events: " in text
+    assert f"ringbuf_full {m['lost']['ringbuf_full']:,}" in text
+    # what did arrive is whole: every payload kept parses
+    msgs = event_table(out, "messages")
+    assert msgs.num_rows > 0
+    assert m["counts"]["messages"] == msgs.num_rows
+
+
+def test_ctrl_c_on_a_terminal_shows_status_and_finishes(tmp_path: Path) -> None:
+    """On a terminal: a live status line (\\r, under 80 columns); SIGINT ends it cleanly."""
+    import pty
+
+    master, slave = pty.openpty()
+    out = tmp_path / "cap"
+    proc = subprocess.Popen([str(DNSTRAIL), "record", "-o", str(out)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    buf = bytearray()
+
+    def reader() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the recorder closed its end
+                return
+            if not chunk:
+                return
+            buf.extend(chunk)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while b"Tracing DNS" not in buf:
+            assert proc.poll() is None and time.monotonic() < deadline, bytes(buf)
+            time.sleep(0.05)
+        with dns_traffic(count=100, seconds=20, tag="sigint") as sender:
+            pass
+        time.sleep(1.2)  # at least two status updates
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, bytes(buf)
+        t.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = buf.decode(errors="replace")
+    assert "Tracing DNS on port 53" in text
+    status = [s for s in text.split("\r") if " events " in s and "lost" in s]
+    assert len(status) >= 2, text
+    assert all(len(s.split("\n")[0].rstrip()) < 80 for s in status)
+    assert "Recorded" in text and ("Lost events: none" in text or "LOST events:" in text)
+    m = check_capture(out)
+    assert m["status"] == "complete"
+    msgs = event_table(out, "messages")
+    names = {n for n in _qnames(msgs, sender.pid) if n.endswith(".sigint.lab.test")}
+    assert len(names) == 100 or sum(m["lost"].values()) > 0
+
+
+def test_append_continues_a_recording(tmp_path: Path) -> None:
+    out = tmp_path / "cap"
+    for round_ in range(2):
+        args = ["--append"] if round_ else []
+        proc, lines = _start_cli(out, *args)
+        with dns_traffic(count=50, seconds=20, tag=f"r{round_}"):
+            pass
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+        if round_ == 0:
+            first = check_capture(out)
+    second = check_capture(out)
+    assert {f["name"] for f in first["files"] if f["kind"] == "messages"} < {
+        f["name"] for f in second["files"] if f["kind"] == "messages"}
+    assert second["counts"]["messages"] > first["counts"]["messages"]
+    msgs = event_table(out, "messages")
+    assert msgs.num_rows == second["counts"]["messages"]
+    assert sorted(msgs.column("seq").to_pylist()) == list(range(msgs.num_rows))
+    names = {n.split(".")[2] for n in (str(DNSRecord.parse(p).q.qname)
+                                       for p in msgs.column("payload").to_pylist())
+             if n.endswith(".lab.test.")}
+    assert {"r0", "r1"} <= names
+    assert second["started_at"] == first["started_at"]
