@@ -34,7 +34,7 @@ pytestmark = [
 
 def _tshark(path: Path) -> dict[int, list[dict[str, object]]]:
     fields = ["frame.number", "dns.id", "dns.flags.response", "dns.qry.name", "dns.qry.type",
-              "dns.flags.rcode", "dns.a", "dns.aaaa", "dns.count.queries"]
+              "dns.flags.rcode", "dns.a", "dns.aaaa", "frame.time_epoch"]
     cmd = ["tshark", "-n", "-r", str(path), "-Y", "dns && (udp.port == 53 || tcp.port == 53)",
            "-T", "fields", "-E", "separator=/t", "-E", f"aggregator={AGG}", "-E", "quote=n"]
     for f in fields:
@@ -57,9 +57,11 @@ def _tshark(path: Path) -> dict[int, list[dict[str, object]]]:
             })
         # Names, types and addresses are not per message when a frame has several: compare
         # them as multisets over the frame.
+        sec, _, frac = cols[8].partition(".")
         frames[int(cols[0])] = [{"msgs": msgs, "qnames": [_norm(n) for n in split[3]],
                                  "qtypes": [type_name(int(t)) for t in split[4]],
-                                 "ips": sorted(split[6] + split[7])}]
+                                 "ips": sorted(split[6] + split[7]),
+                                 "ts": int(sec) * 1_000_000_000 + int((frac + "0" * 9)[:9])}]
     return frames
 
 
@@ -81,6 +83,7 @@ def _ours(path: Path, tmp_path: Path) -> dict[int, list[dict[str, object]]]:
     import_pcap(path, out)
     messages = reassemble(pq.read_table(out / "messages-000001.parquet"))
     decoded = decode_messages(messages["payload"].tolist())
+    stamps = [t.value for t in messages["ts"]]
     by_frame: dict[int, list[int]] = defaultdict(list)
     for i, seq in enumerate(messages["seq"].tolist()):
         by_frame[int(seq)].append(i)
@@ -97,7 +100,8 @@ def _ours(path: Path, tmp_path: Path) -> dict[int, list[dict[str, object]]]:
             qtypes += [q[1] for q in r["questions"]]
             for section in ("answers", "authority", "additional"):
                 ips += [rec[3] for rec in r[section] if rec[1] in ("A", "AAAA")]
-        frames[seq] = [{"msgs": msgs, "qnames": qnames, "qtypes": qtypes, "ips": sorted(ips)}]
+        frames[seq] = [{"msgs": msgs, "qnames": qnames, "qtypes": qtypes, "ips": sorted(ips),
+                        "ts": stamps[rows[0]]}]
     return frames
 
 
@@ -117,6 +121,7 @@ def test_decoder_matches_tshark(path: Path, tmp_path: Path) -> None:
         assert sorted(o["qnames"]) == sorted(t["qnames"]), f"{path.name} frame {frame}: qname"
         assert sorted(o["qtypes"]) == sorted(t["qtypes"]), f"{path.name} frame {frame}: qtype"
         assert o["ips"] == t["ips"], f"{path.name} frame {frame}: A/AAAA"
+        assert o["ts"] == t["ts"], f"{path.name} frame {frame}: timestamp"
         compared += 1
     # Every DNS row we produced is a frame tshark also decodes as DNS.
     extra = sorted(set(ours) - set(theirs))
