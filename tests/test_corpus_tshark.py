@@ -1,8 +1,8 @@
 """The decoder against tshark on every DNS packet of the shared corpus (real, third-party pcaps).
 
 Each corpus file is imported with ``import_pcap``, TCP is reassembled, payloads are decoded,
-and for every frame tshark dissects as DNS on port 53 the transaction id, QR, first question
-name and type, header rcode and the A/AAAA addresses of all sections must equal tshark's.
+and for every frame tshark dissects as DNS on port 53 the timestamp, transaction id, QR, question
+names and types, header rcode and the A/AAAA addresses of all sections must equal tshark's.
 """
 
 from __future__ import annotations
