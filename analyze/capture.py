@@ -160,14 +160,17 @@ def _as_paths(path_or_paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return [Path(p) for p in path_or_paths]
 
 
-def _messages_table(raw: _Raw, node: str) -> pa.Table:
-    """Reassembled messages of one capture (Arrow), with node and capture columns."""
+def _messages_table(raw: _Raw) -> pa.Table:
+    """Reassembled messages of one capture (Arrow)."""
     from analyze.tcp import reassemble_table
 
-    table = reassemble_table(raw.tables["messages"])
-    n = table.num_rows
-    table = table.append_column("node", pa.repeat(pa.scalar(node, pa.string()), n))
-    return table.append_column("capture", pa.repeat(pa.scalar(raw.path, pa.string()), n))
+    return reassemble_table(raw.tables["messages"])
+
+
+def _repeat_categorical(labels: list[str], counts: list[int]) -> pd.Categorical:
+    codes, uniques = pd.factorize(pd.Series(labels, dtype=object))
+    return pd.Categorical.from_codes(np.repeat(codes, counts),
+                                     categories=pd.Index(uniques, dtype=object))
 
 
 def _decoded_messages(table: pa.Table) -> pd.DataFrame:
@@ -235,7 +238,7 @@ def _analyze(raws: list[_Raw], *, timeout_s: float, skew_s: float, lookup_gap_s:
     frames: dict[str, list[pd.DataFrame]] = {k: [] for k in schema.SCHEMAS}
     msg_tables = []
     for raw, node in zip(raws, nodes):
-        msg_tables.append(_messages_table(raw, node))
+        msg_tables.append(_messages_table(raw))
         for kind in schema.SCHEMAS:
             if kind == "messages":
                 continue
@@ -243,11 +246,18 @@ def _analyze(raws: list[_Raw], *, timeout_s: float, skew_s: float, lookup_gap_s:
             df["node"] = node
             df["capture"] = raw.path
             frames[kind].append(df)
+        raw.tables = {}                   # the Arrow copies are not needed any more
     tables = {k: _concat(v) for k, v in frames.items() if k != "messages"}
-    messages = _decoded_messages(pa.concat_tables(msg_tables, promote_options="permissive"))
+    counts = [t.num_rows for t in msg_tables]
+    combined = pa.concat_tables(msg_tables, promote_options="permissive")
+    del msg_tables
+    messages = _decoded_messages(combined)
+    del combined
+    pa.default_memory_pool().release_unused()
     messages.insert(0, "msg_id", np.arange(len(messages), dtype=np.int64))
-    for col in ("node", "capture"):       # a handful of values over every row
-        messages[col] = messages[col].astype("category")
+    # a handful of values over every row: categoricals
+    messages["node"] = _repeat_categorical(nodes, counts)
+    messages["capture"] = _repeat_categorical([r.path for r in raws], counts)
     messages["role"] = assign_roles(messages, dns_ports)
     cgroups, processes, pods = tables["cgroups"], tables["processes"], tables["pods"]
     messages = attribute(messages, cgroups, processes, pods, inplace=True)
