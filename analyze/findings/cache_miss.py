@@ -41,76 +41,85 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
     tx = tx[tx["rcode_name"].eq("NOERROR") & tx["min_ttl"].notna() & tx["qname"].notna()]
     if tx.empty:
         return []
-    tx = with_client_key(tx, by="process").sort_values("ts")
+    tx = with_client_key(tx, by="process")
+    keys = ["_client", "qname", "qtype"]
+    tx = tx.sort_values([*keys, "ts"])
+    sizes = tx.groupby(keys, sort=False)["ts"].transform("size")
+    tx = tx[sizes >= th.min_queries].copy()
+    if tx.empty:
+        return []
+    tx["_gap"] = tx.groupby(keys, sort=False)["ts"].diff().dt.total_seconds()
+    tx["_ttl"] = tx["min_ttl"].astype("int64")
+    stats = tx.groupby(keys, sort=False).agg(
+        queries=("ts", "size"), first=("ts", "min"), last=("ts", "max"),
+        ttl=("_ttl", "min"), median=("_gap", "median"), min_gap=("_gap", "min"),
+    ).reset_index()
+    stats = stats[(stats["ttl"] >= th.min_ttl_s)
+                  & (stats["median"] < th.interval_ratio * stats["ttl"])]
+    if stats.empty:
+        return []
+    stats["span"] = (stats["last"] - stats["first"]).dt.total_seconds()
+    stats["needed"] = (stats["span"] // stats["ttl"]).astype("int64") + 1
+    stats["saved"] = (stats["queries"] - stats["needed"]).clip(lower=0)
+    stats["per_min"] = stats["saved"] / stats["span"].clip(lower=1.0) * 60.0
+    rows_of = dict(tuple(tx.groupby("_client", sort=False)))
     out: list[Finding] = []
-    for (_client, qname), g in tx.groupby(["_client", "qname"], sort=False):
-        f = _judge(str(qname), g, th)
-        if f is not None:
-            out.append(f)
+    for client, st in stats.groupby("_client", sort=False):
+        per_min = float(st["per_min"].sum())
+        if per_min >= th.medium_saved_per_min:
+            severity = "medium"
+        elif per_min >= th.low_saved_per_min:
+            severity = "low"
+        else:
+            continue  # a few extra queries: not worth a finding
+        out.append(_finding(st, rows_of[client], per_min, severity))
     return out
 
 
-def _judge(qname: str, g: pd.DataFrame, th: Thresholds) -> Finding | None:
-    """One finding per process and name; each query type (A, AAAA) is measured on its own."""
-    per_type = []
-    for qtype, q in g.groupby("qtype", sort=False):
-        if len(q) < th.min_queries:
-            continue
-        ttl = int(q["min_ttl"].astype("int64").min())
-        if ttl < th.min_ttl_s:
-            continue
-        intervals = q["ts"].diff().dropna().dt.total_seconds()
-        median = float(intervals.median())
-        if median >= th.interval_ratio * ttl:
-            continue
-        span = float((q["ts"].iloc[-1] - q["ts"].iloc[0]).total_seconds())
-        needed = int(span // ttl) + 1
-        per_type.append((str(qtype), len(q), ttl, median, float(intervals.min()), span,
-                         needed, max(len(q) - needed, 0)))
-    if not per_type:
-        return None
-    queries = sum(p[1] for p in per_type)
-    ttl = min(p[2] for p in per_type)
-    median = min(p[3] for p in per_type)
-    span = max(p[5] for p in per_type)
-    needed = sum(p[6] for p in per_type)
-    saved = sum(p[7] for p in per_type)
-    per_min = saved / max(span, 1.0) * 60.0
-    if per_min >= th.medium_saved_per_min:
-        severity = "medium"
-    elif per_min >= th.low_saved_per_min:
-        severity = "low"
-    else:
-        severity = "info"
-    rows = g[g["qtype"].isin([p[0] for p in per_type])]
+def _finding(st: pd.DataFrame, rows: pd.DataFrame, per_min: float, severity: str) -> Finding:
+    """One finding per process: every name it re-asked inside the TTL, worst first."""
+    by_name = st.groupby("qname", sort=False).agg(
+        queries=("queries", "sum"), ttl=("ttl", "min"), median=("median", "min"),
+        span=("span", "max"), saved=("saved", "sum"), per_min=("per_min", "sum"),
+    ).sort_values("per_min", ascending=False)
+    top = by_name.index[0]
+    t = by_name.iloc[0]
+    qtypes = [str(q) for q in st.loc[st["qname"] == top, "qtype"]]
     ident = group_identity(rows)
     who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
-    types = "+".join(p[0] for p in per_type)
+    more = len(by_name) - 1
     metrics = {
-        "queries": queries,
-        "record_types": {p[0]: p[1] for p in per_type},
-        "span_s": round(span, 3),
-        "ttl_s": ttl,
-        "median_interval_s": round(median, 3),
-        "min_interval_s": round(min(p[4] for p in per_type), 3),
-        "queries_with_cache": needed,
-        "saved_queries": saved,
+        "names": len(by_name),
+        "queries": int(by_name["queries"].sum()),
+        "saved_queries": int(by_name["saved"].sum()),
         "saved_queries_per_min": round(per_min, 1),
+        "ttl_s": int(t["ttl"]),
+        "median_interval_s": round(float(t["median"]), 3),
+        "span_s": round(float(t["span"]), 3),
+        "per_name": {
+            str(n): {"queries": int(r["queries"]), "ttl_s": int(r["ttl"]),
+                     "median_interval_s": round(float(r["median"]), 3),
+                     "saved_queries_per_min": round(float(r["per_min"]), 1)}
+            for n, r in by_name.head(20).iterrows()
+        },
     }
+    ev_rows = rows[rows["qname"].isin(by_name.index[:3])].sort_values("ts")
     return Finding(
         kind="cache_miss",
         severity=severity,
         explanation=(
-            f"{who} asked {qname} ({types}) {queries} times in {span:.1f} s, every "
-            f"{median:.3g} s (median), although the answer may be cached for {ttl} s. "
-            f"Nothing caches its lookups (every getaddrinfo() goes to the resolver); a "
-            f"cache (nscd, a node-local DNS cache, or caching in the application) would "
-            f"save about {per_min:.0f} queries per minute."
+            f"{who} asked {top} ({'+'.join(qtypes)}) {int(t['queries'])} times in "
+            f"{float(t['span']):.1f} s, every {float(t['median']):.3g} s (median), although "
+            f"the answer may be cached for {int(t['ttl'])} s"
+            + (f"; {more} other names likewise" if more else "")
+            + ". Nothing caches its lookups (every getaddrinfo() goes to the resolver); a "
+            "cache (nscd, a node-local DNS cache, or caching in the application) would save "
+            f"about {per_min:.0f} queries per minute."
         ),
-        domain=qname,
-        registered_domain=_rd(rows),
+        domain=str(top),
+        registered_domain=_rd(rows[rows["qname"] == top]),
         metrics=metrics,
-        evidence=txn_evidence(spread(rows)),
+        evidence=txn_evidence(spread(ev_rows)),
         **ident,
     )
 

@@ -68,33 +68,63 @@ def _norm(addr: str) -> str:
 ANY_OWNER = "*"
 
 
-def _owner(row: Any) -> str:
-    t = clean(row.get("tgid"))
-    node = clean(row.get("node")) or ""
-    if t is not None:
-        return f"{node}|pid:{int(t)}"
-    a = clean(row.get("client_addr")) or clean(row.get("src_addr"))
-    if a is None:
-        return ANY_OWNER  # a pcap's SYN: the capture does not say which client sent it
-    return f"{node}|addr:{a}"
+def _owners(df: pd.DataFrame, addr_cols: tuple[str, ...]) -> pd.Series:
+    """Owner key per row: node|pid:N, else node|addr:A, else ANY_OWNER (vectorized)."""
+    node = col(df, "node").astype(object).where(col(df, "node").notna(), "").astype(str)
+    tgid = pd.to_numeric(col(df, "tgid"), errors="coerce")
+    addr = pd.Series([None] * len(df), index=df.index, dtype=object)
+    for c in addr_cols:
+        addr = addr.where(addr.notna(), col(df, c).astype(object))
+    by_pid = node + "|pid:" + tgid.fillna(-1).astype("int64").astype(str)
+    by_addr = node + "|addr:" + addr.astype(str)
+    out = by_pid.where(tgid.notna(), by_addr.where(addr.notna(), ANY_OWNER))
+    return out.astype(str)
 
 
-def _answers(capture: Any) -> pd.DataFrame:
+def _answers(tx: pd.DataFrame) -> pd.DataFrame:
     """One row per (owner, address) an answer gave, with the answer's time and name."""
-    tx = client_queries(capture)
+    cols = ["_owner", "ip", "answer_ts", "qname", "qtype"]
     if tx.empty or "answer_ips" not in tx.columns:
-        return pd.DataFrame(columns=["_owner", "ip", "answer_ts", "qname", "qtype", "first_ts"])
-    tx = tx[tx["answer_ips"].map(lambda v: present(v) and len(v) > 0)]
-    rows = []
-    for _, r in tx.iterrows():
-        when = r["response_ts"] if present(r.get("response_ts")) else r["ts"]
-        for ip in r["answer_ips"]:
-            rows.append({
-                "_owner": _owner(r), "ip": _norm(str(ip)), "answer_ts": when,
-                "qname": clean(r.get("qname")), "qtype": clean(r.get("qtype")),
-                "query_ts": r["ts"],
-            })
-    return pd.DataFrame(rows)
+        return pd.DataFrame(columns=cols)
+    has = tx["answer_ips"].map(lambda v: isinstance(v, (list, tuple)) or hasattr(v, "__len__")
+                               and not isinstance(v, str))
+    tx = tx[has]
+    tx = tx[tx["answer_ips"].map(len) > 0]
+    if tx.empty:
+        return pd.DataFrame(columns=cols)
+    when = tx["response_ts"].where(tx["response_ts"].notna(), tx["ts"]) \
+        if "response_ts" in tx.columns else tx["ts"]
+    df = pd.DataFrame({
+        "_owner": _owners(tx, ("client_addr",)),
+        "ip": tx["answer_ips"].map(list),
+        "answer_ts": when,
+        "qname": tx["qname"],
+        "qtype": col(tx, "qtype"),
+    }).explode("ip")
+    df = df[df["ip"].notna()]
+    df["ip"] = df["ip"].astype(str).map(_norm)
+    return df.sort_values("answer_ts").reset_index(drop=True)
+
+
+def _join(cn: pd.DataFrame, answers: pd.DataFrame, max_age_s: float) -> pd.DataFrame:
+    """Each connect with the latest earlier answer of its owner holding its address."""
+    cn = cn.sort_values("ts").reset_index(drop=True)
+    tol = pd.Timedelta(seconds=max_age_s)
+    right = answers[["_owner", "ip", "answer_ts", "qname", "qtype"]].rename(
+        columns={"_owner": "_aowner"})
+    parts = []
+    known = cn[cn["_owner"] != ANY_OWNER]
+    if len(known):
+        parts.append(pd.merge_asof(known, right.rename(columns={"_aowner": "_owner"}),
+                                   left_on="ts", right_on="answer_ts",
+                                   left_by=["_owner", "_ip"], right_by=["_owner", "ip"],
+                                   direction="backward", tolerance=tol))
+    anyone = cn[cn["_owner"] == ANY_OWNER]
+    if len(anyone):
+        parts.append(pd.merge_asof(anyone, right.drop(columns="_aowner"), left_on="ts",
+                                   right_on="answer_ts", left_by="_ip", right_by="ip",
+                                   direction="backward", tolerance=tol))
+    return pd.concat(parts, ignore_index=True) if parts else cn
 
 
 def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = None,
@@ -113,95 +143,76 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
         cn = cn[cn["dst_port"].fillna(0).astype(int) != 53]
     if cn.empty:
         return []
-    cn["_owner"] = [_owner(r) for _, r in cn.iterrows()]
-    cn = cn.sort_values("ts")
-    answers = _answers(capture)
+    cn["_owner"] = _owners(cn, ("src_addr",))
+    answers = _answers(tx)
+    if answers.empty:
+        joined = cn.assign(answer_ts=pd.NaT, qname=None, qtype=None, ip=None)
+    else:
+        joined = _join(cn, answers, th.max_answer_age_s)
+    owners_with_answers = set(answers["_owner"]) if not answers.empty else set()
     first_asked = _first_asked(tx)
     start = _capture_start(capture, tx, cn)
     known = _baseline_domains(baseline)
+    # joined per process, reported per workload (pod, else program, else client)
+    joined["_group"] = _groups(joined)
     findings: list[Finding] = []
-    by_owner = {k: g.sort_values("answer_ts") for k, g in answers.groupby("_owner")} \
-        if not answers.empty else {}
-    if not answers.empty:
-        by_owner[ANY_OWNER] = answers.sort_values("answer_ts")
-    # join per process, report per workload (pod, else program, else client)
-    groups: dict[str, dict[str, Any]] = {}
-    for owner, g in cn.groupby("_owner", sort=False):
-        ans = by_owner.get(owner)
-        acc = groups.setdefault(_workload(g.iloc[0], str(owner)), {
-            "rows": [], "joined": [], "unresolved": [], "resolves": False,
-            "known_owner": owner != ANY_OWNER})
-        acc["rows"].append(g)
-        acc["resolves"] = acc["resolves"] or ans is not None
-        for _, c in g.iterrows():
-            match = None
-            if ans is not None:
-                cand = ans[(ans["ip"] == c["_ip"]) & (ans["answer_ts"] <= c["ts"])]
-                if not cand.empty:
-                    match = cand.iloc[-1]
-                    age = (c["ts"] - match["answer_ts"]).total_seconds()
-                    if age > th.max_answer_age_s:
-                        match = None
-            if match is None:
-                acc["unresolved"].append(c)
-            else:
-                acc["joined"].append((c, match))
-    for acc in groups.values():
-        rows = pd.concat(acc["rows"])
-        ident = group_identity(rows)
+    for _key, g in joined.groupby("_group", sort=False):
+        ident = group_identity(g)
+        any_owner = bool((g["_owner"] == ANY_OWNER).all())
         who = ident["pod"] or ident["comm"] or ident["client"] or (
-            "a process" if acc["known_owner"] else "some client (the pcap does not say which)")
-        joined, unresolved = acc["joined"], acc["unresolved"]
-        if joined:
-            findings.append(_dns_to_connect(joined, unresolved, ident, who))
-            findings.extend(_new_domain_connect(joined, ident, who, first_asked, start, known,
+            "some client (the pcap does not say which)" if any_owner else "a process")
+        hit = g[g["answer_ts"].notna()]
+        miss = g[g["answer_ts"].isna()]
+        if len(hit):
+            findings.append(_dns_to_connect(hit, len(miss), ident, who))
+            findings.extend(_new_domain_connect(hit, ident, who, first_asked, start, known,
                                                 th, cluster_domain))
-        if unresolved:
-            findings.append(_unresolved(unresolved, len(rows), ident, who, acc["resolves"],
-                                        known_owner=acc["known_owner"]))
+        if len(miss):
+            resolves = bool(g["_owner"].isin(owners_with_answers).any())
+            findings.append(_unresolved(miss, len(g), ident, who, resolves,
+                                        known_owner=not any_owner))
     return findings
 
 
-def _workload(row: Any, owner: str) -> str:
-    pod = clean(row.get("pod"))
-    if pod is not None:
-        return f"{clean(row.get('node')) or ''}|pod:{clean(row.get('namespace'))}/{pod}"
-    comm = clean(row.get("comm"))
-    if comm is not None:
-        return f"{clean(row.get('node')) or ''}|comm:{comm}"
-    return owner
+def _groups(df: pd.DataFrame) -> pd.Series:
+    node = col(df, "node").astype(object).where(col(df, "node").notna(), "").astype(str)
+    pod = col(df, "pod")
+    comm = col(df, "comm")
+    by_pod = node + "|pod:" + col(df, "namespace").astype(str) + "/" + pod.astype(str)
+    by_comm = node + "|comm:" + comm.astype(str)
+    return by_pod.where(pod.notna(), by_comm.where(comm.notna(), df["_owner"])).astype(str)
 
 
-def _dns_to_connect(joined: list, unresolved: list, ident: dict, who: str) -> Finding:
-    delays = [(c["ts"] - m["answer_ts"]).total_seconds() for c, m in joined]
+def _dns_to_connect(hit: pd.DataFrame, misses: int, ident: dict, who: str) -> Finding:
+    delays = (hit["ts"] - hit["answer_ts"]).dt.total_seconds()
     p50 = quantile(delays, 0.5) or 0.0
     p95 = quantile(delays, 0.95) or 0.0
-    names = pd.Series([m["qname"] for _, m in joined]).value_counts()
+    names = hit["qname"].astype(str).value_counts()
     evidence = []
-    for c, m in joined[:: max(len(joined) // 8, 1)][:8]:
+    for _, r in spread(hit).iterrows():
         evidence.append({
-            "ts": clean(c["ts"]),
-            "query": f"{m['qname']} {m['qtype'] or ''}".strip(),
-            "answer": str(m["ip"]),
-            "connect": f"{c['_ip']}:{clean(c.get('dst_port'))}",
-            "delay_ms": round((c["ts"] - m["answer_ts"]).total_seconds() * 1000, 3),
+            "ts": clean(r["ts"]),
+            "query": f"{r['qname']} {clean(r.get('qtype')) or ''}".strip(),
+            "answer": str(r["ip"]),
+            "connect": f"{r['_ip']}:{clean(r.get('dst_port'))}",
+            "delay_ms": round((r["ts"] - r["answer_ts"]).total_seconds() * 1000, 3),
         })
     return Finding(
         kind="dns_to_connect",
         severity="info",
         explanation=(
-            f"{who} connected {len(joined)} times to addresses it had just resolved "
+            f"{who} connected {len(hit)} times to addresses it had just resolved "
             f"({names.size} names), {p50 * 1000:.1f} ms after the answer at the median "
-            f"(p95 {p95 * 1000:.1f} ms); {len(unresolved)} connects had no answer before them."
+            f"(p95 {p95 * 1000:.1f} ms); {misses} connects had no answer before them."
         ),
         domain=str(names.index[0]) if names.size else None,
         metrics={
-            "connects_after_answer": len(joined),
-            "connects_without_answer": len(unresolved),
+            "connects_after_answer": len(hit),
+            "connects_without_answer": misses,
             "delay_p50_ms": round(p50 * 1000, 3),
             "delay_p95_ms": round(p95 * 1000, 3),
-            "delay_max_ms": round(max(delays) * 1000, 3),
-            "delays_s": [round(d, 6) for d in delays[:1000]],
+            "delay_max_ms": round(float(delays.max()) * 1000, 3),
+            "delays_s": [round(float(d), 6) for d in delays.head(1000)],
             "names": {str(k): int(v) for k, v in names.head(10).items()},
         },
         evidence=evidence,
@@ -217,9 +228,8 @@ def _is_public(addr: str) -> bool:
     return ip.is_global
 
 
-def _unresolved(rows: list, total: int, ident: dict, who: str, resolves: bool,
+def _unresolved(df: pd.DataFrame, total: int, ident: dict, who: str, resolves: bool,
                 known_owner: bool = True) -> Finding:
-    df = pd.DataFrame(rows)
     addrs = (df["_ip"].astype(str) + ":" + col(df, "dst_port").astype(str)).value_counts()
     public = sorted({a for a in df["_ip"].astype(str) if _is_public(a)})
     severity = ("medium" if resolves else "low") if public else "info"
@@ -281,23 +291,21 @@ def _baseline_domains(baseline: Any | None) -> set[str] | None:
     return {registered_domain(q) or q for q in tx["qname"].dropna().astype(str)}
 
 
-def _new_domain_connect(joined: list, ident: dict, who: str, first_asked: dict,
+def _new_domain_connect(hit: pd.DataFrame, ident: dict, who: str, first_asked: dict,
                         start: pd.Timestamp | None, known: set[str] | None, th: Thresholds,
                         cluster_domain: str) -> list[Finding]:
+    delay = (hit["ts"] - hit["answer_ts"]).dt.total_seconds()
+    cand = hit[delay <= th.new_domain_window_s]
+    cand = cand[[not is_internal(str(q), cluster_domain) for q in cand["qname"]]]
     out: list[Finding] = []
     seen: set[str] = set()
-    for c, m in joined:
-        qname = str(m["qname"])
-        if is_internal(qname, cluster_domain):
-            continue
+    for _, r in cand.iterrows():
+        qname = str(r["qname"])
         rd = registered_domain(qname) or qname
         if rd in seen:
             continue
         first = first_asked.get(rd)
         if first is None:
-            continue
-        delay = (c["ts"] - m["answer_ts"]).total_seconds()
-        if delay > th.new_domain_window_s:
             continue
         if known is not None:
             if rd in known:
@@ -311,26 +319,27 @@ def _new_domain_connect(joined: list, ident: dict, who: str, first_asked: dict,
                    "(no baseline given)")
             severity = "low"
         seen.add(rd)
+        d = (r["ts"] - r["answer_ts"]).total_seconds()
         out.append(Finding(
             kind="new_domain_connect",
             severity=severity,
             explanation=(
-                f"{who} resolved {qname} ({rd}: {why}) and connected to {c['_ip']}:"
-                f"{clean(c.get('dst_port'))} {delay * 1000:.0f} ms later. A workload's first "
+                f"{who} resolved {qname} ({rd}: {why}) and connected to {r['_ip']}:"
+                f"{clean(r.get('dst_port'))} {d * 1000:.0f} ms later. A workload's first "
                 "contact with a new domain is how command-and-control traffic starts; check "
                 "the domain and the process."
             ),
             domain=qname,
             registered_domain=rd,
-            metrics={"delay_ms": round(delay * 1000, 3),
+            metrics={"delay_ms": round(d * 1000, 3),
                      "first_asked": clean(first),
                      "in_baseline": False if known is not None else None},
             evidence=[{
-                "ts": clean(c["ts"]),
-                "query": f"{qname} {m['qtype'] or ''}".strip(),
-                "answer": str(m["ip"]),
-                "connect": f"{c['_ip']}:{clean(c.get('dst_port'))}",
-                "delay_ms": round(delay * 1000, 3),
+                "ts": clean(r["ts"]),
+                "query": f"{qname} {clean(r.get('qtype')) or ''}".strip(),
+                "answer": str(r["ip"]),
+                "connect": f"{r['_ip']}:{clean(r.get('dst_port'))}",
+                "delay_ms": round(d * 1000, 3),
             }],
             **ident,
         ))

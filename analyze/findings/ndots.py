@@ -16,6 +16,7 @@ import pandas as pd
 from analyze.findings._common import (
     Finding,
     clean,
+    col,
     group_identity,
     spread,
     table,
@@ -31,25 +32,16 @@ class Thresholds:
     medium_wasted_per_min: float = 30.0
 
 
-def _expanded(row: Any) -> bool:
-    """The lookup tried search-list names before the name as written (or failed outright)."""
-    names = row.get("names")
-    try:
-        if isinstance(names, str) or len(names) < 2:
-            return False
-    except TypeError:
-        return False
-    final = clean(row.get("final_name"))
-    base = clean(row.get("base_name"))
-    return final is None or base is None or final == base
-
-
 def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding]:
     th = th or Thresholds()
     lk = table(capture, "lookups")
     if lk.empty or "names" not in lk.columns or "n_queries" not in lk.columns:
         return []
-    lk = lk[[_expanded(r) for _, r in lk.iterrows()]]
+    n_names = lk["names"].map(lambda v: 0 if isinstance(v, str) or not hasattr(v, "__len__")
+                              else len(v))
+    final = col(lk, "final_name")
+    base = col(lk, "base_name")
+    lk = lk[(n_names >= 2) & (final.isna() | base.isna() | (final == base)).fillna(True)]
     if lk.empty:
         return []
     lk = with_client_key(lk).sort_values("ts")

@@ -81,19 +81,10 @@ def _search_txn_ids(capture: Any) -> set[int]:
     lk = table(capture, "lookups")
     if lk.empty or "txn_ids" not in lk.columns:
         return set()
-    ids: set[int] = set()
-    for _, r in lk.iterrows():
-        names = r.get("names")
-        if clean(r.get("final_name")) is None:
-            continue
-        try:
-            if len(names) < 2:
-                continue
-        except TypeError:
-            continue
-        for t in r["txn_ids"]:
-            ids.add(int(t))
-    return ids
+    n_names = lk["names"].map(lambda v: len(v) if hasattr(v, "__len__") else 0)
+    done = lk[(n_names >= 2) & lk["final_name"].notna()]
+    ids = done["txn_ids"].explode().dropna()
+    return {int(t) for t in ids}
 
 
 def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cluster.local",
