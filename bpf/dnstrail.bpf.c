@@ -5,7 +5,7 @@
 //   RINGBUF_PAGES    size of the ring buffer in pages (power of two)
 //   MAX_MMSG         messages read from one sendmmsg/recvmmsg vector
 //   MAX_IOV          iovecs read from one msghdr / readv / writev
-//   FILTER_PIDS, FILTER_COMMS, FILTER_PORTS   1 when that filter is in force
+//   FILTER_PIDS, FILTER_COMMS, FILTER_CGROUPS, FILTER_PORTS   1 when that filter is in force
 //   TRACE_CONNECTS, TRACE_EXECS               1 to emit those events
 //   SOCK_SALT        64-bit salt mixed into sock_id (kernel pointers are not exported raw)
 //   OFF_*            struct member offsets of the *running* kernel, read from its BTF by
@@ -30,6 +30,13 @@
 #include <uapi/linux/in6.h>
 #include <linux/socket.h>
 #include <linux/uio.h>
+#include <linux/sched.h>
+#include <linux/nsproxy.h>
+#include <linux/fdtable.h>
+#include <linux/fs.h>
+#include <linux/net.h>
+#include <net/sock.h>
+#include <net/net_namespace.h>
 
 #ifndef MAX_PAYLOAD
 #define MAX_PAYLOAD 1232
@@ -61,6 +68,9 @@
 #ifndef FILTER_COMMS
 #define FILTER_COMMS 0
 #endif
+#ifndef FILTER_CGROUPS
+#define FILTER_CGROUPS 0  // 1: in force from attach (set_cgroup_ids can also turn it on later)
+#endif
 #ifndef FILTER_PORTS
 #define FILTER_PORTS 1
 #endif
@@ -73,6 +83,7 @@
 #ifndef SOCK_SALT
 #define SOCK_SALT 0x5bd1e995ULL
 #endif
+// Offsets: from the running kernel's BTF (-D), else from the installed headers.
 #ifndef OFF_TASK_NSPROXY
 #define OFF_TASK_NSPROXY offsetof(struct task_struct, nsproxy)
 #endif
@@ -82,29 +93,63 @@
 #ifndef OFF_TASK_TGID
 #define OFF_TASK_TGID offsetof(struct task_struct, tgid)
 #endif
+#ifndef OFF_TASK_FILES
+#define OFF_TASK_FILES offsetof(struct task_struct, files)
+#endif
 #ifndef OFF_NSPROXY_NET_NS
-#define OFF_NSPROXY_NET_NS 40
+#define OFF_NSPROXY_NET_NS offsetof(struct nsproxy, net_ns)
 #endif
 #ifndef OFF_NET_NS_INUM
-#define OFF_NET_NS_INUM 0
+#define OFF_NET_NS_INUM offsetof(struct net, ns.inum)
+#endif
+#ifndef OFF_FILES_FDT
+#define OFF_FILES_FDT offsetof(struct files_struct, fdt)
+#endif
+#ifndef OFF_FDT_MAX_FDS
+#define OFF_FDT_MAX_FDS offsetof(struct fdtable, max_fds)
+#endif
+#ifndef OFF_FDT_FD
+#define OFF_FDT_FD offsetof(struct fdtable, fd)
+#endif
+#ifndef OFF_FILE_F_INODE
+#define OFF_FILE_F_INODE offsetof(struct file, f_inode)
+#endif
+#ifndef OFF_FILE_PRIVATE_DATA
+#define OFF_FILE_PRIVATE_DATA offsetof(struct file, private_data)
+#endif
+#ifndef OFF_INODE_I_MODE
+#define OFF_INODE_I_MODE offsetof(struct inode, i_mode)
+#endif
+#ifndef OFF_SOCKET_SK
+#define OFF_SOCKET_SK offsetof(struct socket, sk)
+#endif
+#ifndef OFF_SK_PROTOCOL
+#define OFF_SK_PROTOCOL offsetof(struct sock, sk_protocol)
 #endif
 #ifndef OFF_SKC_DADDR
-#define OFF_SKC_DADDR 0
+#define OFF_SKC_DADDR offsetof(struct sock_common, skc_daddr)
 #endif
 #ifndef OFF_SKC_RCV_SADDR
-#define OFF_SKC_RCV_SADDR 4
+#define OFF_SKC_RCV_SADDR offsetof(struct sock_common, skc_rcv_saddr)
 #endif
 #ifndef OFF_SKC_DPORT
-#define OFF_SKC_DPORT 12
+#define OFF_SKC_DPORT offsetof(struct sock_common, skc_dport)
 #endif
 #ifndef OFF_SKC_NUM
-#define OFF_SKC_NUM 14
+#define OFF_SKC_NUM offsetof(struct sock_common, skc_num)
+#endif
+#ifndef OFF_SKC_FAMILY
+#define OFF_SKC_FAMILY offsetof(struct sock_common, skc_family)
 #endif
 #ifndef OFF_SKC_V6_DADDR
-#define OFF_SKC_V6_DADDR 56
+#define OFF_SKC_V6_DADDR offsetof(struct sock_common, skc_v6_daddr)
 #endif
 #ifndef OFF_SKC_V6_RCV_SADDR
-#define OFF_SKC_V6_RCV_SADDR 72
+#define OFF_SKC_V6_RCV_SADDR offsetof(struct sock_common, skc_v6_rcv_saddr)
+#endif
+#ifndef SOCK_TP
+// 1: learn the socket from sock:sock_{send,recv}_length (Linux >= 6.3); 0: walk the fd table
+#define SOCK_TP 1
 #endif
 
 // Hide a value from clang so that a following bound check/mask is kept in the same register
@@ -278,7 +323,7 @@ static __always_inline int pass_filters(u64 pid_tgid) {
 #endif
     u32 zero = 0;
     u64 *cg_on = config.lookup(&zero);
-    if (cg_on && *cg_on) {
+    if (FILTER_CGROUPS || (cg_on && *cg_on)) {
         u64 cg = bpf_get_current_cgroup_id();
         if (!cgroups.lookup(&cg))
             return 0;
@@ -406,18 +451,39 @@ TRACEPOINT_PROBE(syscalls, sys_enter_readv) {
     return 0;
 }
 
-// ---- inside: the socket ----
+// ---- the socket: endpoints and identity ----
+static __always_inline void fill_sock(struct pending_t *p, u64 sk, u16 family, u16 protocol) {
+    u16 rport_be = 0, lport = 0;
+    bpf_probe_read_kernel(&rport_be, 2, (void *)(sk + OFF_SKC_DPORT));
+    bpf_probe_read_kernel(&lport, 2, (void *)(sk + OFF_SKC_NUM));
+    p->sock_seen = 1;
+    p->sk = sk;
+    p->family = family;
+    p->protocol = protocol;
+    p->lport = lport;
+    p->rport = bpf_ntohs(rport_be);
+    if (family == AF_INET) {
+        bpf_probe_read_kernel(p->laddr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
+        bpf_probe_read_kernel(p->raddr, 4, (void *)(sk + OFF_SKC_DADDR));
+    } else if (family == AF_INET6) {
+        bpf_probe_read_kernel(p->laddr, 16, (void *)(sk + OFF_SKC_V6_RCV_SADDR));
+        bpf_probe_read_kernel(p->raddr, 16, (void *)(sk + OFF_SKC_V6_DADDR));
+    }
+}
+
+#if SOCK_TP
+// sock:sock_send_length / sock:sock_recv_length fire inside every socket send/recv
+// (each message of an mmsg vector; read/write on sockets too).
 static __always_inline void on_sock_io(void *sk, u16 family, u16 protocol) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     struct pending_t *p = pending.lookup(&pid_tgid);
-    u8 raw[16] = {};
-    u16 lport = 0, rport_be = 0;
-    bpf_probe_read_kernel(&rport_be, 2, (char *)sk + OFF_SKC_DPORT);
-    bpf_probe_read_kernel(&lport, 2, (char *)sk + OFF_SKC_NUM);
     if (!p) {
         // Socket I/O on a DNS port that no hooked syscall announced: read()/write() on a socket
         // accepted or connected before the capture started, a syscall already in flight at
         // attach time, or sendfile/splice/io_uring. Counted, never silent.
+        u16 lport = 0, rport_be = 0;
+        bpf_probe_read_kernel(&rport_be, 2, (char *)sk + OFF_SKC_DPORT);
+        bpf_probe_read_kernel(&lport, 2, (char *)sk + OFF_SKC_NUM);
         if ((family == AF_INET || family == AF_INET6) && (protocol == IPPROTO_UDP || protocol == IPPROTO_TCP)
             && (port_match(lport) || port_match(bpf_ntohs(rport_be)))
             && pass_filters(pid_tgid))
@@ -426,19 +492,7 @@ static __always_inline void on_sock_io(void *sk, u16 family, u16 protocol) {
     }
     if (p->sock_seen)
         return;  // later messages of the same sendmmsg/recvmmsg: same socket
-    p->sock_seen = 1;
-    p->sk = (u64)sk;
-    p->family = family;
-    p->protocol = protocol;
-    p->lport = lport;
-    p->rport = bpf_ntohs(rport_be);
-    if (family == AF_INET) {
-        bpf_probe_read_kernel(p->laddr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
-        bpf_probe_read_kernel(p->raddr, 4, (char *)sk + OFF_SKC_DADDR);
-    } else if (family == AF_INET6) {
-        bpf_probe_read_kernel(p->laddr, 16, (char *)sk + OFF_SKC_V6_RCV_SADDR);
-        bpf_probe_read_kernel(p->raddr, 16, (char *)sk + OFF_SKC_V6_DADDR);
-    }
+    fill_sock(p, (u64)sk, family, protocol);
 }
 
 TRACEPOINT_PROBE(sock, sock_send_length) {
@@ -449,6 +503,49 @@ TRACEPOINT_PROBE(sock, sock_recv_length) {
     on_sock_io(args->sk, args->family, args->protocol);
     return 0;
 }
+#else
+// Kernels before 6.3 lack the sock tracepoints: at syscall exit, follow
+// current->files->fdt->fd[fd] to the struct file, check that it is a socket inode, and take
+// file->private_data (struct socket)->sk. Offsets come from BTF, so this is exact.
+static __always_inline void sock_from_fd(struct pending_t *p) {
+    u64 task = (u64)bpf_get_current_task();
+    u64 files = 0, fdt = 0, fdarr = 0, file = 0, inode = 0, sock = 0, sk = 0;
+    u32 max_fds = 0;
+    u16 mode = 0, family = 0, protocol = 0;
+    if (p->fd < 0)
+        return;
+    bpf_probe_read_kernel(&files, 8, (void *)(task + OFF_TASK_FILES));
+    if (!files)
+        return;
+    bpf_probe_read_kernel(&fdt, 8, (void *)(files + OFF_FILES_FDT));
+    if (!fdt)
+        return;
+    bpf_probe_read_kernel(&max_fds, 4, (void *)(fdt + OFF_FDT_MAX_FDS));
+    if ((u32)p->fd >= max_fds)
+        return;
+    bpf_probe_read_kernel(&fdarr, 8, (void *)(fdt + OFF_FDT_FD));
+    if (!fdarr)
+        return;
+    bpf_probe_read_kernel(&file, 8, (void *)(fdarr + (u64)p->fd * 8));
+    if (!file)
+        return;
+    bpf_probe_read_kernel(&inode, 8, (void *)(file + OFF_FILE_F_INODE));
+    if (!inode)
+        return;
+    bpf_probe_read_kernel(&mode, 2, (void *)(inode + OFF_INODE_I_MODE));
+    if ((mode & 00170000) != 0140000)  // S_IFMT, S_IFSOCK
+        return;
+    bpf_probe_read_kernel(&sock, 8, (void *)(file + OFF_FILE_PRIVATE_DATA));
+    if (!sock)
+        return;
+    bpf_probe_read_kernel(&sk, 8, (void *)(sock + OFF_SOCKET_SK));
+    if (!sk)
+        return;
+    bpf_probe_read_kernel(&family, 2, (void *)(sk + OFF_SKC_FAMILY));
+    bpf_probe_read_kernel(&protocol, 2, (void *)(sk + OFF_SK_PROTOCOL));
+    fill_sock(p, sk, family, protocol);
+}
+#endif
 
 // ---- exit: read the buffers, emit ----
 static __always_inline int is_zero(const u8 *a, int n) {
@@ -547,7 +644,7 @@ static __always_inline void emit_msg(struct ev_msg *e, u32 cap) {
         cap = MAX_PAYLOAD;
     e->cap_len = cap;
     u32 size = cap <= SLOT_SMALL ? EV_MSG_HDR + SLOT_SMALL : EV_MSG_HDR + SLOT_BIG;
-    if (events.ringbuf_output(e, size, 0) != 0)
+    if (events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP) != 0)
         count_lost(LOST_RINGBUF_FULL, 1);
 }
 
@@ -603,6 +700,10 @@ static __always_inline void on_exit(long ret) {
         return;
     u8 sc = p->syscall;
     u8 is_recv = SC_IS_RECV(sc);
+#if !SOCK_TP
+    if (ret > 0)
+        sock_from_fd(p);
+#endif
     if (sc == SC_READ || sc == SC_WRITE || sc == SC_READV || sc == SC_WRITEV) {
         u64 key = (pid_tgid & 0xffffffff00000000ULL) | (u32)p->fd;
         if (!p->sock_seen) {
@@ -762,7 +863,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     ev.fd = c->fd;
     ev.result = args->ret;
     ev.latency_ns = ev.c.mono_ns - c->ts;
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+    if (events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP) != 0)
         count_lost(LOST_RINGBUF_FULL, 1);
 #endif
     conn_pending.delete(&pid_tgid);
@@ -791,7 +892,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     ev->_pad = 0;
     __builtin_memset(ev->filename, 0, sizeof(ev->filename));
     TP_DATA_LOC_READ_STR(ev->filename, filename, sizeof(ev->filename));
-    if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
+    if (events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP) != 0)
         count_lost(LOST_RINGBUF_FULL, 1);
     return 0;
 }

@@ -131,6 +131,15 @@ PROBE_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_TASK_NSPROXY": ("task_struct", "nsproxy"),
     "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
     "OFF_TASK_TGID": ("task_struct", "tgid"),
+    "OFF_TASK_FILES": ("task_struct", "files"),
+    "OFF_FILES_FDT": ("files_struct", "fdt"),
+    "OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
+    "OFF_FDT_FD": ("fdtable", "fd"),
+    "OFF_FILE_F_INODE": ("file", "f_inode"),
+    "OFF_FILE_PRIVATE_DATA": ("file", "private_data"),
+    "OFF_INODE_I_MODE": ("inode", "i_mode"),
+    "OFF_SOCKET_SK": ("socket", "sk"),
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
     "OFF_NSPROXY_NET_NS": ("nsproxy", "net_ns"),
     "OFF_NET_NS_INUM": ("net", "ns.inum"),
     "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
@@ -144,10 +153,18 @@ PROBE_OFFSETS: dict[str, tuple[str, str]] = {
 
 
 def probe_offsets(path: Path = VMLINUX_BTF) -> dict[str, int]:
-    """The PROBE_OFFSETS of the running kernel; raises BtfError when BTF is unusable."""
+    """The PROBE_OFFSETS of the running kernel that its BTF describes (a member BTF lacks
+    or holds as a bitfield is left out: the C code then uses the headers' offsetof).
+    Raises BtfError when the BTF itself is unusable."""
     try:
         blob = path.read_bytes()
     except OSError as exc:
         raise BtfError(f"{path}: {exc.strerror}") from None
     btf = Btf(blob)
-    return {macro: btf.offset(s, p) for macro, (s, p) in PROBE_OFFSETS.items()}
+    found: dict[str, int] = {}
+    for macro, (struct_name, member) in PROBE_OFFSETS.items():
+        try:
+            found[macro] = btf.offset(struct_name, member)
+        except BtfError:
+            continue
+    return found

@@ -12,7 +12,8 @@ Protocol on the socket: one message, a JSON header plus the descriptors. Header
 ``{"ok": true, "maps": [names...], "attachments": n}`` (fds: maps in that order, then the
 attachments), or ``{"ok": false, "error": "<CaptureError subclass name>", "message": "..."}``.
 The request arrives on stdin as JSON: ``{"source", "cflags", "ports", "pids", "comms",
-"maps"}``.
+"cgroup_ids", "maps"}``. Filters are compiled in as "in force" (-DFILTER_*), so nothing
+passes them between the attach (which BCC does while loading) and the filling of the sets.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def _load(req: dict[str, Any]) -> tuple[list[str], list[int], list[int]]:
         raw = comm.encode()
         ctypes.memmove(ctypes.addressof(key), raw, len(raw))
         comms[key] = one
+    cgroups = b["cgroups"]
+    for cg in req["cgroup_ids"]:
+        cgroups[cgroups.Key(cg)] = one
     names = list(req["maps"])
     map_fds = [b[name].map_fd for name in names]
     attach_fds = list(b.tracepoint_fds.values()) + list(b.raw_tracepoint_fds.values())

@@ -131,6 +131,10 @@ class ProbeConfig:
     max_mmsg: int = 16
     #: iovecs read per msghdr/readv/writev; a payload spread over more is cut (counted).
     max_iov: int = 4
+    #: How the probe finds the struct sock of a message: "tracepoint" (sock:sock_send_length
+    #: and sock_recv_length, Linux >= 6.3), "fdtable" (walk the task's fd table at syscall
+    #: exit, any kernel with BTF), or "auto" (tracepoint when the kernel has it).
+    socket_source: str = "auto"
 
     def __post_init__(self) -> None:
         if not 1 <= self.snaplen <= 8192:
@@ -142,6 +146,9 @@ class ProbeConfig:
         for port in self.ports:
             if not 0 < port < 65536:
                 raise ValueError(f"bad port {port}")
+        if self.socket_source not in ("auto", "tracepoint", "fdtable"):
+            raise ValueError(f"socket_source must be auto, tracepoint or fdtable, "
+                             f"not {self.socket_source!r}")
         for comm in self.comms:
             if not comm or len(comm.encode()) > 15:
                 raise ValueError(f"comm {comm!r}: the kernel keeps at most 15 bytes")
@@ -169,13 +176,24 @@ def _defines(cfg: ProbeConfig, salt: int, offsets: dict[str, int]) -> dict[str, 
         "MAX_IOV": str(cfg.max_iov),
         "FILTER_PIDS": "1" if cfg.pids else "0",
         "FILTER_COMMS": "1" if cfg.comms else "0",
+        "FILTER_CGROUPS": "1" if cfg.cgroup_ids or cfg.filter_cgroups else "0",
         "FILTER_PORTS": "1" if cfg.ports else "0",
         "TRACE_CONNECTS": "1" if cfg.trace_connects else "0",
         "TRACE_EXECS": "1" if cfg.trace_execs else "0",
         "SOCK_SALT": f"0x{salt:016x}ULL",
+        "SOCK_TP": "1" if _use_sock_tracepoints(cfg) else "0",
     }
     defs.update({k: str(v) for k, v in offsets.items()})
     return defs
+
+
+_TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def _use_sock_tracepoints(cfg: ProbeConfig) -> bool:
+    if cfg.socket_source != "auto":
+        return cfg.socket_source == "tracepoint"
+    return any(Path(t, "events", "sock", "sock_recv_length").is_dir() for t in _TRACEFS)
 
 
 def _kernel_offsets() -> dict[str, int]:
@@ -205,8 +223,7 @@ def _check_environment(need_bcc: bool = True) -> Any:
         module = bcc
     if os.geteuid() != 0:
         raise NotPermitted()
-    if not any(Path(p, "events", "syscalls").is_dir()
-               for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")):
+    if not any(Path(p, "events", "syscalls").is_dir() for p in _TRACEFS):
         raise TracefsMissing()
     release = platform.release()
     if not Path(f"/lib/modules/{release}/build").exists():
@@ -306,13 +323,14 @@ class Probe:
             "source": str(source_path(SOURCE_NAME)),
             "cflags": [f"-D{k}={v}" for k, v in defs.items()] + ["-Wno-unused-function"],
             "ports": list(cfg.ports), "pids": list(cfg.pids), "comms": list(cfg.comms),
+            "cgroup_ids": list(cfg.cgroup_ids),
             "maps": list(_PARENT_MAPS),
         }
         self._maps, self._attach_fds = _run_loader(request)
         try:
             self._map_ring(_ringbuf_pages(cfg) * mmap.PAGESIZE)
-            if cfg.cgroup_ids or cfg.filter_cgroups:
-                self.set_cgroup_ids(cfg.cgroup_ids)
+            # the loader filled the cgroup set before anything could pass (FILTER_CGROUPS)
+            self._cgroups = {int(i) for i in cfg.cgroup_ids}
         except Exception:
             self.close()
             raise

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -76,10 +77,18 @@ class Recorder:
         self.thread.join(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def rec() -> Iterator[Recorder]:
+def _has_sock_tracepoints() -> bool:
+    return Path("/sys/kernel/tracing/events/sock/sock_recv_length").is_dir()
+
+
+# Both ways of finding the socket: the sock tracepoints (Linux >= 6.3) and the fd-table walk
+# that older kernels use. This kernel has both, so both are tested here.
+@pytest.fixture(scope="module", params=["tracepoint", "fdtable"])
+def rec(request: pytest.FixtureRequest) -> Iterator[Recorder]:
     require_root_bcc()
-    with Probe(ProbeConfig()) as probe:
+    if request.param == "tracepoint" and not _has_sock_tracepoints():
+        pytest.skip("this kernel has no sock:sock_recv_length tracepoint (Linux < 6.3)")
+    with Probe(ProbeConfig(socket_source=request.param)) as probe:
         r = Recorder(probe)
         try:
             yield r
