@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -112,26 +113,35 @@ def _read_dir(directory: Path, *, verify: bool, label: str | None = None) -> _Ra
     listed = {f.get("name"): f for f in manifest.get("files") or [] if isinstance(f, dict)}
     warnings: list[str] = []
     parts: dict[str, list[pa.Table]] = {k: [] for k in schema.SCHEMAS}
-    names = sorted(p.name for p in directory.iterdir())
+    names = [n for n in sorted(p.name for p in directory.iterdir())
+             if schema.file_kind(n) is not None]
     for name in names:
-        kind = schema.file_kind(name)
-        if kind is None:
-            continue
-        path = directory / name
-        entry = listed.get(name)
-        if entry is None:
+        if name not in listed:
             warnings.append(f"{directory}: {name} is not listed in the manifest (read anyway)")
-        elif verify and entry.get("sha256") and _sha256(path) != entry["sha256"]:
-            raise CaptureDamaged(f"{path}: sha256 differs from the manifest: the file was "
-                                 "modified or damaged (load(..., verify=False) reads it anyway)")
-        try:
-            table = pq.read_table(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise CaptureDamaged(f"{path}: unreadable Parquet file: {exc}") from None
-        try:
-            parts[kind].append(schema.conform(table, kind))
-        except (schema.FormatError, pa.ArrowException) as exc:
-            raise CaptureDamaged(f"{path}: {exc}") from None
+    # hash in worker threads while Parquet decodes (both release the GIL)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = {name: pool.submit(_sha256, directory / name) for name in names
+                   if verify and listed.get(name, {}).get("sha256")}
+        for name in names:
+            kind = schema.file_kind(name)
+            assert kind is not None
+            path = directory / name
+            try:
+                table = pq.read_table(path)
+            except (OSError, pa.ArrowException) as exc:
+                if name in digests and digests[name].result() != listed[name]["sha256"]:
+                    raise CaptureDamaged(f"{path}: sha256 differs from the manifest: the file "
+                                         "was modified or damaged") from None
+                raise CaptureDamaged(f"{path}: unreadable Parquet file: {exc}") from None
+            try:
+                parts[kind].append(schema.conform(table, kind))
+            except (schema.FormatError, pa.ArrowException) as exc:
+                raise CaptureDamaged(f"{path}: {exc}") from None
+        for name, digest in digests.items():
+            if digest.result() != listed[name]["sha256"]:
+                raise CaptureDamaged(f"{directory / name}: sha256 differs from the manifest: "
+                                     "the file was modified or damaged (load(..., "
+                                     "verify=False) reads it anyway)")
     for listed_name in listed:
         if isinstance(listed_name, str) and not (directory / listed_name).exists():
             warnings.append(f"{directory}: {listed_name} is listed in the manifest but missing")
