@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -311,7 +312,7 @@ class CaptureWriter:
                 continue
             batch = conform_batch(batch, kind)
             start = self._seq[kind]
-            seq = pa.array(range(start, start + batch.num_rows), type=pa.uint64())
+            seq = pa.array(np.arange(start, start + batch.num_rows, dtype=np.uint64))
             self._seq[kind] = start + batch.num_rows
             seq_idx = batch.schema.get_field_index("seq")
             cols = list(batch.columns)
