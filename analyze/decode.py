@@ -492,15 +492,15 @@ def _expand_scalar(values: Sequence[Any], kind: str, index: np.ndarray,
     """Nullable Int64/boolean column of ``count`` rows: values[index], constants without take."""
     is_int = kind == _INT
     dtype = np.int64 if is_int else np.bool_
-    distinct = set(values)
-    if len(distinct) == 1:
-        (only,) = distinct
+    if values and list(values).count(values[0]) == len(values):
+        only = values[0]
         data: np.ndarray = np.full(count, 0 if only is None else only, dtype=dtype)
-        mask = np.full(count, only is None, dtype=np.bool_)
+        mask: np.ndarray = np.full(count, only is None, dtype=np.bool_)
     else:
-        uniq: np.ndarray = np.fromiter((0 if v is None else v for v in values), dtype=dtype,
-                           count=len(values))
-        umask = np.fromiter((v is None for v in values), dtype=np.bool_, count=len(values))
+        arr = pa.array(values, type=_ARROW_TYPES[kind])
+        filled = pc.fill_null(arr, pa.scalar(0 if is_int else False, arr.type))
+        uniq: np.ndarray = np.asarray(filled.to_numpy(zero_copy_only=False), dtype=dtype)
+        umask = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=np.bool_)
         data, mask = uniq[index], umask[index]
     if is_int:
         return pd.arrays.IntegerArray(data, mask)
