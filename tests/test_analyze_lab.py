@@ -28,6 +28,7 @@ class Recorded:
     walk: Any          # getent ahosts www.lab.test, ndots:5, k8s search list, pod shop/web-1
     musl: Any          # resolve-musl api.lab.test, pod kube-system/tools-1 (systemd driver)
     dead: Any          # dig at the dead server, 2 tries of 1 s
+    retry: Any         # musl at the dead server: re-sends its queries on the same socket
     pod_a: Any
     pod_b: Any
 
@@ -45,6 +46,7 @@ def recorded(lab: Any, lab_clients: Any, tmp_path_factory: pytest.TempPathFactor
         pytest.skip(f"the recorder is not available: {exc}")
     k8s = lab.client_ns(search=SEARCH, ndots=5, timeout=1, attempts=2)
     plain = lab.client_ns(timeout=1, attempts=2)
+    dead_ns = lab.client_ns(nameservers=[lab.dead_addr], timeout=2, attempts=2)
     pod_a = lab.fake_pod("shop", "web-1", container="app", style="cgroupfs")
     pod_b = lab.fake_pod("kube-system", "tools-1", container="debug", style="systemd",
                          qos="besteffort")
@@ -55,10 +57,12 @@ def recorded(lab: Any, lab_clients: Any, tmp_path_factory: pytest.TempPathFactor
         musl = lab.resolve_musl(plain, ["api.lab.test"], pod=pod_b)
         dead = lab.dig(plain, "www.lab.test", server=lab.dead_addr,
                        args=["+tries=2", "+timeout=1"], pod=pod_b, timeout=20)
+        retry = lab.resolve_musl(dead_ns, ["api.lab.test"], pod=pod_b, timeout=20)
         rec.stop()
+    assert retry.returncode != 0
     assert walk.returncode == 0 and musl.returncode == 0, (walk.stderr, musl.stderr)
     assert dead.returncode != 0          # nobody answers at the dead address
-    yield Recorded(load(out), out, lab, walk, musl, dead, pod_a, pod_b)
+    yield Recorded(load(out), out, lab, walk, musl, dead, retry, pod_a, pod_b)
 
 
 def test_ndots_walk_is_one_lookup_attributed_to_the_cgroupfs_pod(recorded: Recorded) -> None:
@@ -131,7 +135,7 @@ def test_replay_filters_by_pod_on_the_recording(recorded: Recorded) -> None:
                                   "kube-system", "--rcode", "TIMEOUT"])
     assert r.exit_code == 0
     body = r.output.splitlines()[1:]
-    assert len(body) == 1 and "TIMEOUT" in body[0]
+    assert len(body) == 2 and all("TIMEOUT" in ln for ln in body)   # dig and musl
     by_pod = recorded.cap.by_pod()
     assert {"web-1", "tools-1"} <= set(by_pod["pod"])
 
@@ -149,3 +153,18 @@ def test_dnsmasq_answering_is_matched_on_the_server_side(recorded: Recorded) -> 
     # the server answered before the client received it
     assert server["latency_s"].median() <= client["latency_s"].median()
     assert set(server["server_port"]) == {53}
+
+
+def test_musl_retransmissions_are_counted(recorded: Recorded) -> None:
+    m = recorded.cap.messages
+    sent = m[(m["tgid"] == recorded.retry.pid) & (m["role"] == "client_query")]
+    tx = recorded.cap.transactions
+    mine = tx[tx["tgid"] == recorded.retry.pid]
+    assert set(mine["status"]) == {"timeout"}
+    # musl re-sends the same A and AAAA queries (same ids, same socket) until its timeout
+    assert len(sent) > len(mine) >= 1
+    assert mine["retransmissions"].sum() == len(sent) - len(mine)
+    assert (mine["last_query_ts"] > mine["ts"]).any()
+    lk = recorded.cap.lookups
+    mlk = lk[lk["tgid"] == recorded.retry.pid]
+    assert len(mlk) == 1 and mlk["n_retransmissions"].iloc[0] == len(sent) - len(mine)
