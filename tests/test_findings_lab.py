@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +84,10 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
         dead = lab.client_ns([lab.dead_addr], timeout=1, attempts=1)
         pod = {n: lab.fake_pod("shop", n) for n in (
             "hammer-1", "cached-1", "ndots-1", "fqdn-1", "hardcoded-1", "resolving-1",
-            "stale-1", "dga-1", "tunnel-1", "iodine-1")}
+            "stale-1", "dga-1", "tunnel-1", "iodine-1", "stub-1", "deleted-1", "rate-1")}
+        stub = lab.client_ns(["127.0.0.53"], timeout=1, attempts=1)
+        gone = lab.tmp / "updater"  # a copy of the Go client, deleted once it runs
+        shutil.copy2(lab.go_client, gone)
         opts = RecordOptions(output=out, pods_root=lab.pods_root, pods_json=lab.pods_json)
         iodine = None
         iodine_error = None
@@ -92,6 +97,10 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
                                        "api.lab.test"], pod=pod["cached-1"])
             tunnel = lab.spawn(plain, [sys.executable, "-c", _TUNNEL_CLIENT, lab.server_addr,
                                        "t.tunnel-example.com"], pod=pod["tunnel-1"])
+            deleted = lab.spawn(plain, [str(gone), "-n", "600", "-interval", "100ms",
+                                        "txt.lab.test"], pod=pod["deleted-1"])
+            time.sleep(0.5)
+            gone.unlink()
             r = lab.resolve_go(plain, ["www.lab.test"], rounds=40, interval_ms=50,
                                pod=pod["hammer-1"])
             pids["hammer-1"] = r.pid
@@ -106,13 +115,21 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
             lab.resolve_musl(dead, ["www.lab.test", "api.lab.test", "txt.lab.test"],
                              pod=pod["stale-1"], timeout=30)
             lab.resolve_go(plain, _dga_names(30), pod=pod["dga-1"], timeout=60)
+            lab.resolve_musl(stub, ["www.lab.test", "api.lab.test", "txt.lab.test"],
+                             pod=pod["stub-1"], timeout=30)
+            r = lab.resolve_go(plain, ["api.lab.test"], rounds=700, interval_ms=0,
+                               pod=pod["rate-1"], timeout=60)
+            assert r.returncode == 0, r.stderr
             try:
                 iodine = lab.iodine_tunnel(pod=pod["iodine-1"], size=4096, timeout=40)
             except LabError as exc:
                 iodine_error = str(exc)
             for p in (cached, tunnel):
                 p.wait(timeout=30)
+            assert deleted.poll() is None  # still running: the end-of-capture scan sees it
+            pids["deleted-1"] = deleted.pid
             rec.stop()
+            deleted.kill()
     cap = load(out)
     return Scenario(cap, find(cap), pids, iodine, iodine_error)
 
@@ -191,6 +208,31 @@ def test_iodine_tunnel_is_flagged(scenario: Scenario) -> None:
     hits = [f for f in scenario.of("iodine-1", "tunneling") if f.rank >= severity_rank("medium")]
     assert hits, [(f.kind, f.severity, f.domain) for f in scenario.of("iodine-1")]
     assert hits[0].registered_domain == "lab.test"
+
+
+def test_stub_resolver_from_a_pod_namespace(scenario: Scenario) -> None:
+    hits = scenario.of("stub-1", "resolver_unreachable")
+    assert len(hits) == 1
+    assert "127.0.0.53" in hits[0].explanation and hits[0].severity == "high"
+    assert hits[0].metrics["queries"] >= 3 and hits[0].metrics["answered"] == 0
+
+
+def test_high_rate_client(scenario: Scenario) -> None:
+    hits = scenario.of("rate-1", "high_rate")
+    assert len(hits) == 1
+    assert hits[0].severity == "medium" and hits[0].metrics["peak_qps"] >= 50
+    for pod in ("hammer-1", "cached-1", "ndots-1"):
+        assert scenario.of(pod, "high_rate") == []
+
+
+def test_deleted_binary(scenario: Scenario) -> None:
+    hits = scenario.of("deleted-1", "unknown_binary")
+    assert len(hits) == 1
+    assert hits[0].severity == "medium"
+    assert hits[0].metrics["exe"].endswith("updater (deleted)")
+    assert hits[0].pid == scenario.pids["deleted-1"]
+    for pod in ("hammer-1", "resolving-1"):
+        assert scenario.of(pod, "unknown_binary") == []
 
 
 def test_benign_pods_raise_nothing_above_low(scenario: Scenario) -> None:

@@ -18,8 +18,8 @@ import pandas as pd
 
 from analyze.findings._common import (
     Finding,
-    clean,
     client_queries,
+    col,
     group_identity,
     shannon,
     spread,
@@ -194,25 +194,37 @@ def _rate(tx: pd.DataFrame, th: Thresholds) -> list[Finding]:
 _DELETED = re.compile(r"\s\(deleted\)$")
 
 
+def _binary_state(rows: pd.DataFrame) -> tuple[str, str | None]:
+    """('deleted', exe), ('known', exe) or ('unknown', None) from a tgid's processes rows."""
+    exes = [str(e) for e in col(rows, "exe").dropna()]
+    deleted = [e for e in exes if _DELETED.search(e)]
+    if deleted:
+        return "deleted", deleted[0]
+    if exes:
+        return "known", exes[0]
+    # started during the capture and known only from its exec event: execs.filename names it
+    if set(col(rows, "source").dropna().astype(str)) <= {"exec"}:
+        return "known", None
+    return "unknown", None
+
+
 def _unknown_binary(capture: Any, tx: pd.DataFrame) -> list[Finding]:
     pr = table(capture, "processes")
     if pr.empty or "tgid" not in tx.columns or tx["tgid"].isna().all():
         return []
-    pr = pr.drop_duplicates("tgid", keep="last").set_index("tgid")
+    procs = dict(tuple(pr.groupby("tgid", sort=False)))
     out: list[Finding] = []
     for tgid, g in tx[tx["tgid"].notna()].groupby("tgid", sort=False):
         tgid = int(tgid)
-        if tgid not in pr.index:
+        if tgid not in procs:
             continue
-        exe = clean(pr.at[tgid, "exe"]) if "exe" in pr.columns else None
-        deleted = exe is not None and bool(_DELETED.search(str(exe)))
-        if exe is not None and not deleted:
+        state, exe = _binary_state(procs[tgid])
+        if state == "known":
             continue
-        source = clean(pr.at[tgid, "source"]) if "source" in pr.columns else None
-        if exe is None and source == "exec":
-            continue  # started during the capture: execs.filename names the binary
+        deleted = state == "deleted"
         ident = group_identity(g)
-        cmdline = clean(pr.at[tgid, "cmdline"]) if "cmdline" in pr.columns else None
+        cmdlines = col(procs[tgid], "cmdline").dropna()
+        cmdline = str(cmdlines.iloc[-1]) if len(cmdlines) else None
         out.append(Finding(
             kind="unknown_binary",
             severity="medium" if deleted else "low",
