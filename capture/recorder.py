@@ -354,6 +354,11 @@ def _run(
         raise
     _detach(probe, err)
     state.end_rows = snap.scan_processes(resolver=state.resolver)
+    try:  # pods that started during the capture
+        state.pods = list(dict.fromkeys(state.pods + snap.scan_pods(options.pods_root,
+                                                                    options.pods_json)))
+    except CaptureError as exc:
+        err.write(f"warning: pods snapshot at the end failed: {exc}\n")
     writer.close("complete")
     stats = writer.stats()
     summary = RecordSummary(

@@ -337,15 +337,20 @@ class CaptureWriter:
         """Rotate files older than rotate_seconds. Call this regularly, also when idle."""
         self._check_running()
         now = self._clock()
-        for of in list(self._open.values()):
-            if now - of.opened_at >= self.rotate_seconds:
-                self._guarded(self._finish, of)
+        due = [of for of in self._open.values() if now - of.opened_at >= self.rotate_seconds]
+        for of in due:
+            self._guarded(self._finish_quiet, of)
+        if due:
+            self._guarded(self._after_rotation)
 
     def rotate(self) -> None:
         """Finish every open file now."""
         self._check_running()
-        for of in list(self._open.values()):
-            self._guarded(self._finish, of)
+        opened = list(self._open.values())
+        for of in opened:
+            self._guarded(self._finish_quiet, of)
+        if opened:
+            self._guarded(self._after_rotation)
 
     def _open_file(self, kind: str) -> _OpenFile:
         index = self._next_index[kind]

@@ -266,8 +266,11 @@ def test_lab_clients_in_fake_pods(lab, lab_clients, tmp_path: Path) -> None:  # 
         r_musl = lab.resolve_musl(ns, ["api.lab.test"], pod=pod_a)
         r_go = lab.resolve_go(ns, ["web.shop.svc.cluster.local"], pod=pod_b)
         r_dig = lab.dig(ns, "mail.lab.test", "MX", pod=pod_b)
+        # a pod that appears during the capture: its cgroup id is resolved on first sight
+        pod_c = lab.fake_pod("shop", "late-1", container="app", style="systemd")
+        r_late = lab.resolve_musl(ns, ["www.lab.test"], pod=pod_c)
         summary = rec.stop()
-    for r in (r_glibc, r_musl, r_go, r_dig):
+    for r in (r_glibc, r_musl, r_go, r_dig, r_late):
         assert r.returncode == 0, (r.args, r.stderr)
     assert summary.status == "complete"
     m = check_capture(out)
@@ -278,7 +281,8 @@ def test_lab_clients_in_fake_pods(lab, lab_clients, tmp_path: Path) -> None:  # 
     cases = [(r_glibc, pod_a, "getent", "www.lab.test"),
              (r_musl, pod_a, "resolve-musl", "api.lab.test"),
              (r_go, pod_b, "goresolve", "web.shop.svc.cluster.local"),
-             (r_dig, pod_b, None, "mail.lab.test")]
+             (r_dig, pod_b, None, "mail.lab.test"),
+             (r_late, pod_c, "resolve-musl", "www.lab.test")]
     for res, pod, comm, name in cases:
         mine = msgs.filter(pa.compute.equal(msgs["tgid"], res.pid))
         assert mine.num_rows >= 2, f"no messages of {res.args[0]} (pid {res.pid})"
@@ -290,7 +294,7 @@ def test_lab_clients_in_fake_pods(lab, lab_clients, tmp_path: Path) -> None:  # 
         assert name in _qnames(msgs, res.pid, "send"), res.args
         assert "recv" in set(mine.column("direction").to_pylist())
     pods = pq.read_table(out / "pods.parquet").to_pylist()
-    for pod in (pod_a, pod_b):
+    for pod in (pod_a, pod_b, pod_c):
         rows = [p for p in pods if p["pod_uid"] == pod.uid]
         assert {p["source"] for p in rows} == {"var-log-pods", "kubectl"}
         assert pod.container_id in {p["container_id"] for p in rows}
