@@ -150,8 +150,9 @@ def test_dnsmasq_answering_is_matched_on_the_server_side(recorded: Recorded) -> 
     pairs = set(zip(server["dns_id"], server["qname"], server["client_port"]))
     for row in client.itertuples():
         assert (row.dns_id, row.qname, row.client_port) in pairs
-    # the server answered before the client received it
-    assert server["latency_s"].median() <= client["latency_s"].median()
+    # dnsmasq answers from its zone: microseconds (the syscall stamps of client and server
+    # are taken at different points, so the two latencies are not compared)
+    assert (server["latency_s"] >= 0).all() and (server["latency_s"] < 0.5).all()
     assert set(server["server_port"]) == {53}
 
 
