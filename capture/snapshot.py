@@ -32,6 +32,10 @@ _PATH_CAP = 4096
 MAX_CGROUPS = 200_000
 #: Upper bound on pods and containers read from a pods root or a kubectl file.
 MAX_PODS = 100_000
+#: Walks that may fail to find an id before it stops triggering walks; and how many such ids
+#: are remembered.
+_MAX_MISSES = 3
+_MAX_UNRESOLVED = 100_000
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _HEX_ID = re.compile(r"^[0-9a-f]{12,128}$")
 _UID = re.compile(
@@ -88,6 +92,7 @@ class CgroupResolver:
         self.mount = Path(mount) if mount is not None else find_cgroup2_mount()
         self.min_interval = min_interval
         self._paths: dict[int, tuple[str, int]] = {}
+        self._misses: dict[int, int] = {}
         self._last_walk = -1e18
         self.walks = 0
         self.unresolved: set[int] = set()
@@ -126,13 +131,23 @@ class CgroupResolver:
         return hit[0] if hit else None
 
     def resolve(self, ids: Iterable[int]) -> None:
-        """Make sure these ids are known, re-walking (rate-limited) when some are not."""
+        """Make sure these ids are known, re-walking (rate-limited) when some are not.
+
+        An id that several walks could not find (its cgroup was gone before we looked, or it
+        is outside the cgroup2 mount we see) stops triggering walks; a later walk for another
+        reason still names it.
+        """
         unknown = {int(i) for i in ids if i is not None and int(i) not in self._paths}
-        if not unknown:
+        fresh = {i for i in unknown if self._misses.get(i, 0) < _MAX_MISSES}
+        if not fresh:
             return
         if time.monotonic() - self._last_walk >= self.min_interval:
             self.walk()
-        self.unresolved |= {i for i in unknown if i not in self._paths}
+            for i in fresh:
+                if i not in self._paths and len(self._misses) < _MAX_UNRESOLVED:
+                    self._misses[i] = self._misses.get(i, 0) + 1
+        if len(self.unresolved) < _MAX_UNRESOLVED:
+            self.unresolved |= {i for i in unknown if i not in self._paths}
 
     def id_of(self, path: str) -> int | None:
         if self.mount is None:
@@ -283,7 +298,8 @@ def exec_rows(
     proc: Path = Path("/proc"),
     read_proc: bool = True,
 ) -> list[ProcessRow]:
-    """processes rows (source='exec') from exec events; exe/cmdline read from /proc if alive."""
+    """processes rows (source='exec') from exec events; exe/cmdline read from /proc if alive
+    (null otherwise: the execs files keep the filename that was executed)."""
     rows = []
     for ev in execs.to_pylist():
         tgid = ev.get("tgid")
@@ -302,7 +318,7 @@ def exec_rows(
         rows.append(
             ProcessRow(
                 tgid=int(tgid), ppid=ev.get("ppid"), uid=ev.get("uid"), comm=ev.get("comm"),
-                exe=exe, cmdline=cmdline if cmdline else ev.get("filename"),
+                exe=exe, cmdline=cmdline,
                 cgroup_id=cgid,
                 cgroup_path=resolver.path_of(cgid) if (resolver and cgid is not None) else None,
                 netns=ev.get("netns"), start_time=start_ns, source="exec",
