@@ -2,9 +2,11 @@
 
 The list ships inside the package; nothing is fetched. Rules (docs/decode.md):
 
-- Both sections of the list are used, ICANN and private: ``x.y.github.io`` gives
-  ``y.github.io`` and ``foo.duckdns.org`` gives ``foo.duckdns.org``, because each of those
-  belongs to a different owner (a tunnel under a dynamic-DNS name is its own domain).
+- Only the ICANN section of the list is used, as the findings do
+  (``analyze/findings/_names.py``), so one name has one registered domain everywhere:
+  ``x.y.github.io`` gives ``github.io`` and ``abc.cloudfront.net`` gives ``cloudfront.net``
+  (the random host labels of CDNs and clouds are subdomains of the provider, not thousands of
+  distinct domains).
 - A top-level domain that is not in the list counts as a public suffix (the list's implicit
   ``*`` rule), so ``api.default.svc.cluster.local`` gives ``cluster.local`` and
   ``printer.corp.internal`` gives ``corp.internal``.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from publicsuffixlist import PublicSuffixList
 
-_PSL = PublicSuffixList(only_icann=False)
+_PSL = PublicSuffixList(only_icann=True)
 #: Bound of the memos: names come from the wire, an attacker can send endless distinct ones.
 _MEMO_MAX = 1 << 17
 _memo: dict[str, str | None] = {}

@@ -166,7 +166,8 @@ def test_registered_domain_rules() -> None:
     assert registered_domain("localhost") is None
     assert registered_domain(".") is None
     assert registered_domain("co.uk") is None
-    assert registered_domain("x.user.github.io") == "user.github.io"  # private section on
+    assert registered_domain("x.user.github.io") == "github.io"  # ICANN section only
+    assert registered_domain("k3j2.d111.cloudfront.net") == "cloudfront.net"
 
 
 # --- malformed (edited real bytes) ---------------------------------------------------------
