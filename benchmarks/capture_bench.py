@@ -11,7 +11,7 @@ saturation) and each tracer it reports:
   send; tcpdump sees 2 packets on lo);
 - events lost: tcpdump's "dropped by kernel", the manifest's lost counters;
 - tracer CPU (user+sys seconds) during the traffic window and over its whole life, and peak RSS
-  of the tracer process.
+  of the tracer process (VmHWM; the wait4 figure with children is kept in the JSON).
 
 Usage (root)::
 
@@ -63,8 +63,10 @@ class Run:
     lost_detail: dict[str, int] = field(default_factory=dict)
     cpu_window_s: float | None = None
     cpu_total_s: float | None = None
-    peak_rss_mb: float | None = None  # largest of the tracer and its children (wait4)
-    own_peak_rss_mb: float | None = None  # the tracer process alone (VmHWM)
+    peak_rss_mb: float | None = None  # the tracer process itself (VmHWM, reset at exec)
+    # wait4's ru_maxrss: the largest of the tracer and its children, but it also keeps the
+    # high-water mark of the forked benchmark process before exec, so it is an upper bound.
+    rss_incl_children_mb: float | None = None
     startup_s: float | None = None
     error: str | None = None
 
@@ -223,8 +225,8 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
     time.sleep(1.5)  # let the tracer drain what is in flight (tcpdump retires blocks late)
     code, ru, hwm = _finish_tracer(proc, signal.SIGINT)
     r.cpu_total_s = round(ru.ru_utime + ru.ru_stime, 2)
-    r.peak_rss_mb = round(ru.ru_maxrss / 1024, 1)
-    r.own_peak_rss_mb = round(hwm / 1024, 1) if hwm else None
+    r.rss_incl_children_mb = round(ru.ru_maxrss / 1024, 1)
+    r.peak_rss_mb = round(hwm / 1024, 1) if hwm else None
     assert reader is not None
     err = reader.text()
     if tracer == "tcpdump":
@@ -277,8 +279,8 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                                         if r.lost_events is not None), default=None),
                 "cpu_window_s": med("cpu_window_s"), "cpu_total_s": med("cpu_total_s"),
                 "peak_rss_mb": max((r.peak_rss_mb for r in rs if r.peak_rss_mb), default=None),
-                "own_peak_rss_mb": max((r.own_peak_rss_mb for r in rs if r.own_peak_rss_mb),
-                                       default=None),
+                "rss_incl_children_mb": max((r.rss_incl_children_mb for r in rs
+                                             if r.rss_incl_children_mb), default=None),
                 "startup_s": med("startup_s"),
             })
     return rows
@@ -295,15 +297,16 @@ def _fmt(v: Any) -> str:
 def markdown(rows: list[dict[str, Any]], duration: float) -> str:
     cols = ["rate", "tracer", "runs", "qps", "qps_ratio", "qps_ratio_min", "events",
             "events_per_query", "lost_events_max", "cpu_window_s", "cpu_total_s",
-            "peak_rss_mb", "own_peak_rss_mb"]
+            "peak_rss_mb"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         if row.get("error"):
             out.append(f"| {row['rate']} | {row['tracer']} | error: {row['error']} |")
             continue
         out.append("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
-    out.append(f"\n(dnsperf -l {duration:g}; medians over runs; cpu_window_s is the tracer's "
-               "user+sys during the dnsperf run)")
+    out.append(f"\n(dnsperf -l {duration:g}; medians over runs, lost_events and peak_rss_mb "
+               "the worst run; cpu_window_s is the tracer's user+sys during the dnsperf run, "
+               "cpu_total_s over its life; peak_rss_mb is the tracer process's VmHWM)")
     return "\n".join(out)
 
 
