@@ -323,12 +323,14 @@ def parse_time(value: Any, start: pd.Timestamp | None) -> pd.Timestamp:
 
 
 def _glob_mask(series: pd.Series, pattern: str | Sequence[str]) -> pd.Series:
+    """Rows whose value matches one of the shell globs (tested once per distinct value)."""
     pats = [pattern] if isinstance(pattern, str) else list(pattern)
-    regex = "|".join(f"(?:{fnmatch.translate(p.lower() if series.name == 'qname' else p)})"
-                     for p in pats)
-    s = series.astype(object).where(series.notna(), None)
-    return s.map(lambda v: isinstance(v, str) and re.match(regex, v) is not None
-                 ).astype(bool)
+    lower = series.name == "qname"
+    regex = re.compile("|".join(f"(?:{fnmatch.translate(p.lower() if lower else p)})"
+                                for p in pats))
+    codes, uniques = series.factorize(use_na_sentinel=True)
+    hits = np.array([regex.match(str(u)) is not None for u in uniques] + [False], dtype=bool)
+    return pd.Series(hits[np.asarray(codes)], index=series.index)
 
 
 def _values_mask(series: pd.Series, value: Any) -> pd.Series:
