@@ -4,6 +4,7 @@ resolvers (glibc, musl, Go, dig over UDP and TCP, dnsmasq) in the lab's network 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -290,3 +291,43 @@ def test_burst_recorded_completely_or_counted(rec: Recorder, lab: Lab) -> None:
     else:
         assert sends + recvs + lost >= res.sent + res.completed
     assert msgs.seq.is_monotonic_increasing or msgs.seq.is_unique
+
+
+def test_ipv6_server(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    server6 = "fd00:213::1"
+    r = lab.dig(lab_ns, QNAME, server=server6)
+    assert r.returncode == 0, r.stdout + r.stderr
+    msgs = _messages_of(rec, r.pid)
+    assert (msgs.family == "inet6").all()
+    sends = msgs[msgs.direction == "send"]
+    recvs = msgs[msgs.direction == "recv"]
+    assert (sends.dst_addr == server6).all() and (sends.dst_port == 53).all()
+    assert (recvs.src_addr == server6).all() and (recvs.src_port == 53).all()
+    assert lab_ns.addr6 is not None
+    assert (sends.src_addr == lab_ns.addr6).all()
+
+
+V4MAPPED_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(2)
+q = bytes.fromhex("beef01000001000000000000") + bytes.fromhex(sys.argv[2]) + b"\\x00\\x01\\x00\\x01"
+s.sendto(q, ("::ffff:" + sys.argv[1], 53))
+print(len(s.recvfrom(4096)[0]))
+"""
+
+
+def test_v4_mapped_addresses(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
+    """An AF_INET6 socket talking to an IPv4 server through a v4-mapped address: the
+    addresses read as plain IPv4, the family stays the socket's."""
+    r = lab.run(lab_ns, [sys.executable, "-c", V4MAPPED_CLIENT, lab.server_addr,
+                         QNAME_WIRE.hex()])
+    assert r.returncode == 0 and int(r.stdout) > 0, r.stderr
+    msgs = _messages_of(rec, r.pid)
+    assert (msgs.family == "inet6").all()
+    sends = msgs[msgs.direction == "send"]
+    recvs = msgs[msgs.direction == "recv"]
+    assert (sends.dst_addr == lab.server_addr).all()
+    assert (recvs.src_addr == lab.server_addr).all()
+    assert set(msgs.syscall) == {"sendto", "recvfrom"}
+    assert bytes(sends.payload.iloc[0])[:2] == b"\xbe\xef"
