@@ -42,6 +42,7 @@ class Wire:
     """Rows of a capture's messages table, one query/response exchange at a time."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    connects: list[dict[str, Any]] = field(default_factory=list)
     seq: int = 0
     dns_id: int = 1
 
@@ -78,13 +79,27 @@ class Wire:
             "truncated": False,
         })
 
-    def write(self, out: Path) -> Path:
-        cols: dict[str, list[Any]] = {k: [r[k] for r in self.rows] for k in self.rows[0]}
-        table = pa.table({
+    def connect(self, proc: Proc, t_ns: int, addr: str, port: int) -> None:
+        self.connects.append({
+            "ts": t_ns, "mono_ns": t_ns - T0 + 10**12, "seq": len(self.connects) + 1,
+            "tgid": proc.tgid, "tid": proc.tgid, "uid": 0, "comm": proc.comm,
+            "cgroup_id": 1000 + proc.tgid, "netns": proc.netns, "fd": 9, "family": "inet",
+            "protocol": "tcp", "dst_addr": addr, "dst_port": port, "result": -115,
+            "latency_ns": 20_000,
+        })
+
+    @staticmethod
+    def _table(rows: list[dict[str, Any]]) -> pa.Table:
+        cols: dict[str, list[Any]] = {k: [r[k] for r in rows] for k in rows[0]}
+        return pa.table({
             **{k: v for k, v in cols.items() if k != "ts"},
             "ts": pa.array(cols["ts"], pa.timestamp("ns", tz="UTC")),
         })
-        return write_capture(out, table, manifest_extra={"source": "ebpf", "host": "node-a"})
+
+    def write(self, out: Path) -> Path:
+        connects = self._table(self.connects) if self.connects else None
+        return write_capture(out, self._table(self.rows), connects,
+                             manifest_extra={"source": "ebpf", "host": "node-a"})
 
 
 def _rand(rng: random.Random, n: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -218,3 +233,54 @@ def test_busy_plus_dga_is_flagged(tmp_path: Path) -> None:
     storms = [f for f in find(cap) if f.kind == "nxdomain_storm"]
     assert [(f.severity, f.comm) for f in storms] == [("high", "kworker-x")]
     assert storms[0].metrics["nxdomain"] == 40
+
+
+BROWSER = Proc(2005, "chrome", "10.244.1.8")  # the same program as in busy_node
+
+
+def _with_new_domain(out: Path, seed: int = 7) -> Path:
+    wire = Wire()
+    busy_node(wire, random.Random(seed))
+    t = T0 + 60 * 10**9
+    wire.exchange(BROWSER, t, "c2.evil-new.com", "A", answers=[A("203.0.113.77")], ttl=60)
+    wire.connect(BROWSER, t + 50_000_000, "203.0.113.77", 443)
+    return wire.write(out)
+
+
+def test_new_domain_against_a_baseline(busy_capture: Any, tmp_path: Path) -> None:
+    cap = load(_with_new_domain(tmp_path / "cap"))
+    findings = find(cap, baseline=busy_capture)
+    new = [(f.kind, f.severity, f.registered_domain, f.comm) for f in findings
+           if f.kind in ("new_domain", "new_domain_connect")]
+    assert sorted(new) == [("new_domain", "medium", "evil-new.com", "chrome"),
+                           ("new_domain_connect", "medium", "evil-new.com", "chrome")]
+    # without the baseline: only the first-seen-late connect, at low
+    plain = [(f.kind, f.severity) for f in find(cap)
+             if f.kind in ("new_domain", "new_domain_connect")]
+    assert plain == [("new_domain_connect", "low")]
+    joined = [f for f in find(cap) if f.kind == "dns_to_connect" and f.comm == "chrome"]
+    assert joined and joined[0].metrics["delay_p50_ms"] == 48.0  # answer at +2 ms
+
+
+def test_new_domain_with_an_allow_file(tmp_path: Path) -> None:
+    cap = load(_with_new_domain(tmp_path / "cap"))
+    allow = tmp_path / "allow.txt"
+    allow.write_text(
+        "# workload          domain\n"
+        "host/*              *.net\n"
+        "host/*              *.com\n"
+        "host/node_exporter  *.arpa\n"
+        "*/*                 *.org\n"
+    )
+    assert [f for f in find(cap, allow=allow) if f.kind == "new_domain"] == []
+    allow.write_text("host/*  *.net\nhost/*  *.org\nhost/chrome  *example*.com\n"
+                     "host/chrome  *.googlevideo.com\nhost/envoy  *.com\n"
+                     "host/postfix-smtpd  *.com\n")
+    new = [(f.registered_domain, f.comm) for f in find(cap, allow=allow)
+           if f.kind == "new_domain"]
+    assert new == [("evil-new.com", "chrome")]
+    allow.write_text("host/chrome *.com but-more\n")
+    from analyze.findings.new_domain import AllowFileError
+
+    with pytest.raises(AllowFileError, match="allow.txt:1"):
+        find(cap, allow=allow)

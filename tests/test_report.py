@@ -214,3 +214,21 @@ def test_cli_fail_on_corpus() -> None:
     assert r.exit_code == 3, r.output
     r = runner.invoke(main, ["report", str(benign), "--fail-on", "high", "--format", "json"])
     assert r.exit_code == 0, r.output
+
+
+def test_cli_baseline_and_allow(benign_dir: Path, tmp_path: Path) -> None:
+    from tests.test_findings_wire import _with_new_domain
+
+    current = _with_new_domain(tmp_path / "cap", seed=9)  # benign_dir is seed 9
+    runner = CliRunner()
+    r = runner.invoke(main, ["report", str(current), "--baseline", str(benign_dir),
+                             "--format", "json", "--fail-on", "medium"])
+    assert r.exit_code == 3, r.output
+    kinds = {(f["kind"], f["registered_domain"]) for f in json.loads(r.stdout)["findings"]
+             if f["severity"] == "medium"}
+    assert kinds == {("new_domain", "evil-new.com"), ("new_domain_connect", "evil-new.com")}
+    bad = tmp_path / "allow.txt"
+    bad.write_text("just-one-field\n")
+    r = runner.invoke(main, ["report", str(current), "--allow", str(bad)])
+    assert r.exit_code == 1
+    assert r.stderr.startswith("Error: ") and "allow.txt:1" in r.stderr
