@@ -19,16 +19,16 @@ Retransmissions are counted only when the copy has the same transaction id (and 
 the same socket or 5-tuple; a resolver that retries with a fresh id (Go) makes a ``timeout``
 transaction followed by a new one, and the lookup (below) counts both.
 
-Lookups group the client transactions of one resolver call: the same process (node + tgid;
-the client address for pcaps), started less than ``gap_s`` after the lookup's last activity (a
-timed-out query counts as active until ``timeout_s`` after its last copy), and asking for a
-name related to every name tried so far: equal (A and AAAA in parallel, retries), or the same
-base name with another search suffix; a lookup stops taking new names once one name answered
-with data (resolvers stop there). Several lookups of one process can be open at once (threads,
-goroutines), so interleaved walks are kept apart. Search suffixes are inferred from the data: Kubernetes ones
-(``<ns>.svc.<domain>``, ``svc.<domain>``, ``<domain>`` for every cluster domain seen in a
-``*.svc.*`` name, and ``cluster.local``) plus any suffix ``s`` for which a process asked
-``x.s`` right next to ``x``.
+Lookups group the client transactions of one resolver call. Transactions of one process
+(node + tgid; the client address for pcaps) are keyed by *base name*, the query name without
+its longest search suffix, so a walk interleaved with other lookups of the same process (threads,
+goroutines) stays together. Search suffixes come from the data: Kubernetes ones
+(``<ns>.svc.<domain>`` for the pods' namespaces, ``svc.<domain>``, ``<domain>`` for every
+cluster domain seen in a ``*.svc.*`` name, always ``cluster.local``) plus any ``s`` for which a
+process asked ``x.s`` right next to ``x``. Inside a key a new lookup starts after ``gap_s`` of
+idleness (a timed-out query stays active until ``timeout_s`` after its last copy), when another
+name follows a name that answered with data (resolvers stop there), or when a name and type
+that already had a final answer are asked again (the application asked again).
 """
 
 from __future__ import annotations
