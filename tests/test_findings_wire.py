@@ -284,3 +284,31 @@ def test_new_domain_with_an_allow_file(tmp_path: Path) -> None:
 
     with pytest.raises(AllowFileError, match="allow.txt:1"):
         find(cap, allow=allow)
+
+
+def test_slow_and_failing_resolvers(tmp_path: Path) -> None:
+    """A nameserver answering in 1.2 s, another answering SERVFAIL to a third of queries."""
+    wire = Wire()
+    app = Proc(5001, "api-server", "10.244.3.3")
+    for i in range(12):
+        wire.exchange(app, T0 + i * 2 * 10**9, f"svc{i}.example.org", "A",
+                      answers=[A("192.0.2.1")], latency_ns=1_200_000_000)
+    cap = load(wire.write(tmp_path / "slow"))
+    slow = [f for f in find(cap) if f.kind == "resolver_errors"]
+    assert [(f.severity, f.metrics["queries"]) for f in slow] == [("medium", 12)]
+    assert 1100 < slow[0].metrics["latency_p95_ms"] < 1300
+
+    wire = Wire()
+    for i in range(30):
+        wire.exchange(app, T0 + i * 10**9, f"svc{i}.example.org", "A",
+                      rcode="SERVFAIL" if i % 3 == 0 else "NOERROR",
+                      answers=[] if i % 3 == 0 else [A("192.0.2.1")])
+    cap = load(wire.write(tmp_path / "servfail"))
+    failing = [f for f in find(cap) if f.kind == "resolver_errors"]
+    assert [(f.severity, f.metrics["servfail"]) for f in failing] == [("medium", 10)]
+
+    wire = Wire()
+    for i in range(30):  # a healthy resolver: fast, no errors
+        wire.exchange(app, T0 + i * 10**9, f"svc{i}.example.org", "A", answers=[A("192.0.2.1")])
+    cap = load(wire.write(tmp_path / "healthy"))
+    assert [f for f in find(cap) if f.kind.startswith("resolver_")] == []
