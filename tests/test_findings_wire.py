@@ -312,3 +312,22 @@ def test_slow_and_failing_resolvers(tmp_path: Path) -> None:
         wire.exchange(app, T0 + i * 10**9, f"svc{i}.example.org", "A", answers=[A("192.0.2.1")])
     cap = load(wire.write(tmp_path / "healthy"))
     assert [f for f in find(cap) if f.kind.startswith("resolver_")] == []
+
+
+def test_new_domain_connect_is_raised_by_corroborating_findings(tmp_path: Path) -> None:
+    """The same program tunnels under a domain and connects to a new one: medium, not low."""
+    rng = random.Random(21)
+    wire = Wire()
+    busy_node(wire, rng)
+    tunnel_client(wire, rng, "t.exfil-example.com", T0 + 5 * 10**9)
+    updater = Proc(3001, "updater", "10.244.1.9")  # the tunnel client's process
+    t = T0 + 70 * 10**9
+    wire.exchange(updater, t, "drop.stage2-example.net", "A", answers=[A("198.51.100.9")])
+    wire.connect(updater, t + 30_000_000, "198.51.100.9", 8443)
+    cap = load(wire.write(tmp_path / "cap"))
+    hits = [f for f in find(cap) if f.kind == "new_domain_connect"]
+    assert [(f.severity, f.registered_domain) for f in hits] == \
+        [("medium", "stage2-example.net")]
+    assert hits[0].metrics["corroborated_by"] == ["tunneling"]
+    only = find(cap, kinds=["new_domain_connect"])  # nothing to corroborate: stays low
+    assert [f.severity for f in only] == ["low"]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from analyze.findings._common import Finding, severity_rank
+from analyze.findings._common import SEVERITIES, Finding, severity_rank
 
 #: Finding kinds and the module that raises each.
 KINDS: dict[str, str] = {
@@ -57,6 +57,39 @@ def find(
         found = module.detect(
             capture, baseline=baseline, allow=allow, cluster_domain=cluster_domain
         )
-        findings.extend(f for f in found if f.kind in wanted and f.rank >= floor)
+        findings.extend(f for f in found if f.kind in wanted)
+    _combine(findings)
+    findings = [f for f in findings if f.rank >= floor]
     findings.sort(key=lambda f: (-f.rank, f.kind, f.workload, f.domain or ""))
     return findings
+
+
+#: Kinds that make a new-domain connect from the same workload more suspicious.
+_CORROBORATING = ("tunneling", "nxdomain_storm", "unknown_binary")
+
+
+def _who(f: Finding) -> tuple[Any, ...]:
+    if f.pod:
+        return ("pod", f.namespace, f.pod)
+    if f.pid is not None:
+        return ("pid", f.pid)
+    return ("comm", f.comm) if f.comm else ("client", f.client)
+
+
+def _combine(findings: list[Finding]) -> None:
+    """Raise a new_domain_connect one step when the same workload has corroborating findings
+    of at least medium severity (or one about the same registered domain)."""
+    others = [f for f in findings if f.kind in _CORROBORATING]
+    for f in findings:
+        if f.kind != "new_domain_connect":
+            continue
+        backing = [o for o in others if _who(o) == _who(f) and (
+            o.rank >= severity_rank("medium") or
+            (o.registered_domain is not None and o.registered_domain == f.registered_domain))]
+        if not backing or f.severity == "high":
+            continue
+        f.severity = SEVERITIES[f.rank + 1]
+        f.explanation += (" Raised to " + f.severity + ": the same workload also has "
+                          + ", ".join(sorted({f"{o.kind} ({o.severity})" for o in backing}))
+                          + ".")
+        f.metrics["corroborated_by"] = sorted({o.kind for o in backing})
