@@ -28,8 +28,8 @@ import pandas as pd
 from analyze.findings._common import (
     Finding,
     client_queries,
+    col,
     group_identity,
-    identity,
     shannon,
     spread,
     txn_evidence,
@@ -70,66 +70,98 @@ def _is_bulk(qtype: Any) -> bool:
     return q in BULK_TYPES or q.startswith("TYPE")
 
 
-def _prepared(capture: Any, cluster_domain: str) -> pd.DataFrame:
-    """Client queries outside internal zones with _client, _rd (registered domain), _sub."""
+def _prepared(capture: Any, cluster_domain: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(agg, tx): client queries outside internal zones, and one row per (client,
+    registered domain, name, type) with the query count `_n`, first/last time and NXDOMAINs."""
     tx = client_queries(capture)
     if tx.empty or "qname" not in tx.columns:
-        return pd.DataFrame()
+        return pd.DataFrame(), pd.DataFrame()
     tx = tx[tx["qname"].notna()]
-    tx = tx[[not is_internal(str(q), cluster_domain) for q in tx["qname"]]]
+    names = tx["qname"].astype(str)
+    uniq = pd.unique(names)
+    internal = {u: is_internal(u, cluster_domain) for u in uniq}
+    rds = {u: (None if internal[u] else registered_domain(u)) for u in uniq}
+    rd = names.map(rds)
+    keep = rd.notna()
+    tx = tx[keep].copy()
     if tx.empty:
-        return pd.DataFrame()
-    tx = with_client_key(tx).sort_values("ts")
-    tx["_rd"] = [registered_domain(str(q)) for q in tx["qname"]]
-    tx = tx[tx["_rd"].notna()]
-    tx["_sub"] = [subdomain(str(q), str(r)) for q, r in zip(tx["qname"], tx["_rd"])]
-    return tx
+        return pd.DataFrame(), pd.DataFrame()
+    tx["_rd"] = rd[keep]
+    tx = with_client_key(tx)
+    tx["_isnx"] = col(tx, "rcode_name").eq("NXDOMAIN").fillna(False).astype(bool)
+    if "qtype" not in tx.columns:
+        tx["qtype"] = None
+    agg = tx.groupby(["_client", "_rd", "qname", "qtype"], sort=False, dropna=False).agg(
+        _n=("ts", "size"), _first=("ts", "min"), _last=("ts", "max"), _nx=("_isnx", "sum"),
+    ).reset_index()
+    agg["_sub"] = [subdomain(str(q), str(r)) for q, r in zip(agg["qname"], agg["_rd"])]
+    return agg, tx
 
 
 def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cluster.local",
            **_: Any) -> list[Finding]:
     th = th or Thresholds()
-    tx = _prepared(capture, cluster_domain)
-    if tx.empty:
+    agg, tx = _prepared(capture, cluster_domain)
+    if agg.empty:
         return []
     findings: list[Finding] = []
-    for (_client, rd), g in tx.groupby(["_client", "_rd"], sort=False):
-        f = _judge_pair(g, str(rd), th)
+    for (client, rd), g in _candidates(agg, th).groupby(["_client", "_rd"], sort=False):
+        f = _judge_pair(g, str(rd), th, tx, str(client))
         if f is not None:
             findings.append(f)
-    findings.extend(_second_level(tx, th))
+    findings.extend(_second_level(agg, tx, th))
     return findings
 
 
-def pair_table(capture: Any, cluster_domain: str = "cluster.local") -> pd.DataFrame:
-    """Features of every (client, registered domain) pair, flagged or not (for plots)."""
-    tx = _prepared(capture, cluster_domain)
+def _candidates(agg: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
+    """Rows of the pairs with enough distinct subdomains to be judged at all."""
+    named = agg[agg["_sub"] != ""]
+    distinct = named.groupby(["_client", "_rd"], sort=False)["_sub"].transform("nunique")
+    keys = named.loc[distinct >= th.min_distinct, ["_client", "_rd"]].drop_duplicates()
+    return agg.merge(keys, on=["_client", "_rd"])
+
+
+def pair_table(capture: Any, cluster_domain: str = "cluster.local",
+               limit: int = 2000) -> pd.DataFrame:
+    """Features of the (client, registered domain) pairs with the most distinct subdomains
+    (at most `limit`), with `flagged` set when the pair raises a tunneling finding."""
+    agg, _tx = _prepared(capture, cluster_domain)
+    cols = ["registered_domain", "distinct_subdomains", "entropy_bits_per_char", "flagged"]
+    if agg.empty:
+        return pd.DataFrame(columns=cols)
+    th = Thresholds()
+    named = agg[agg["_sub"] != ""]
+    counts = named.groupby(["_client", "_rd"], sort=False)["_sub"].nunique()
+    top = counts.sort_values(ascending=False).head(limit)
+    keys = pd.DataFrame(list(top.index), columns=["_client", "_rd"])
     rows = []
-    if not tx.empty:
-        for (_client, rd), g in tx.groupby(["_client", "_rd"], sort=False):
-            m = pair_features(g)
-            m.pop("_labels_max")
-            ident = group_identity(g)
-            rows.append({"client": ident["client"], "pid": ident["pid"],
-                         "registered_domain": rd, **m})
-    cols = ["client", "pid", "registered_domain", "distinct_subdomains",
-            "entropy_bits_per_char"]
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
+    for (_client, rd), g in agg.merge(keys, on=["_client", "_rd"]).groupby(
+            ["_client", "_rd"], sort=False):
+        m = pair_features(g)
+        severity, _reasons = _assess(m, th)
+        rows.append({"registered_domain": rd,
+                     "distinct_subdomains": m["distinct_subdomains"],
+                     "entropy_bits_per_char": m["entropy_bits_per_char"],
+                     "flagged": severity is not None and severity != "low"})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def pair_features(g: pd.DataFrame) -> dict[str, Any]:
-    """The tunneling features of one client's queries under one registered domain."""
+    """The tunneling features of one client's queries under one registered domain
+    (``g``: rows of the aggregated table, one per name and type with its count ``_n``)."""
     subs = g["_sub"].astype(str)
     distinct = subs[subs != ""].drop_duplicates()
-    n_q = len(g)
+    n_q = int(g["_n"].sum())
     n_d = len(distinct)
-    span = (g["ts"].max() - g["ts"].min()).total_seconds() if n_q > 1 else 0.0
+    span = (g["_last"].max() - g["_first"].min()).total_seconds() if n_q > 1 else 0.0
     minutes = max(span, 60.0) / 60.0
     labels_max = [_max_label(s) for s in distinct]
     pooled = "".join(s.replace(".", "") for s in distinct)
     templates = {_DIGITS.sub("0", x) for x in distinct}
-    qtypes = g["qtype"].astype(str).value_counts()
+    qtypes = g.groupby(g["qtype"].astype(str), sort=False)["_n"].sum() \
+        .sort_values(ascending=False)
     bulk = int(sum(c for t, c in qtypes.items() if _is_bulk(t)))
+    name_len = float((g["qname"].astype(str).str.len() * g["_n"]).sum() / n_q) if n_q else 0.0
     return {
         "queries": n_q,
         "distinct_subdomains": n_d,
@@ -137,10 +169,10 @@ def pair_features(g: pd.DataFrame) -> dict[str, Any]:
         "distinct_templates": len(templates),
         "template_share": round(len(templates) / n_d, 3) if n_d else 0.0,
         "entropy_bits_per_char": round(shannon(pooled), 3),
-        "mean_name_length": round(float(g["qname"].astype(str).str.len().mean()), 1),
+        "mean_name_length": round(name_len, 1),
         "mean_subdomain_length": round(float(distinct.str.len().mean()), 1) if n_d else 0.0,
         "max_label_length": max(labels_max, default=0),
-        "_labels_max": labels_max,
+        "long_label_names": sum(1 for x in labels_max if x >= Thresholds.long_label),
         "record_types": {str(t): int(c) for t, c in qtypes.items()},
         "bulk_type_share": round(bulk / n_q, 3) if n_q else 0.0,
         "span_s": round(span, 3),
@@ -148,14 +180,12 @@ def pair_features(g: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds) -> Finding | None:
-    m = pair_features(g)
-    labels_max = m.pop("_labels_max")
+def _assess(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
+    """Severity (None: no finding) and the plain-words reasons, from the features."""
     n_d = m["distinct_subdomains"]
     if n_d < th.min_distinct:
-        return None
-    long_names = sum(1 for x in labels_max if x >= th.long_label)
-    m["long_label_names"] = long_names
+        return None, []
+    long_names = m["long_label_names"]
     m["long_label_share"] = round(long_names / n_d, 3)
     random_looking = m["entropy_bits_per_char"] >= th.entropy
     fresh = (
@@ -194,25 +224,31 @@ def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds) -> Finding | None:
             "digits are set aside)"
         )
     if (data_names and (bulk or volume)) or (bulk and volume):
-        severity = "high"
-    elif data_names or bulk:
-        severity = "medium"
-    elif random_looking and fresh and n_d >= th.high_distinct and \
+        return "high", reasons
+    if data_names or bulk:
+        return "medium", reasons
+    if random_looking and fresh and n_d >= th.high_distinct and \
             m["mean_subdomain_length"] >= 20:
-        severity = "low"
-    else:
+        return "low", reasons
+    return None, reasons
+
+
+def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, tx: pd.DataFrame,
+                client: str) -> Finding | None:
+    m = pair_features(g)
+    severity, reasons = _assess(m, th)
+    if severity is None:
         return None
-    first = g.iloc[0]
-    ident = identity(first)
+    rows = tx[(tx["_client"] == client) & (tx["_rd"] == rd)].sort_values("ts")
+    ident = group_identity(rows)
     who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
     explanation = (
-        f"{who} sent {m['queries']} queries for {n_d} distinct subdomains of {rd} "
-        f"({m['name_bytes_per_min']:.0f} bytes of name text per minute): "
+        f"{who} sent {m['queries']} queries for {m['distinct_subdomains']} distinct "
+        f"subdomains of {rd} ({m['name_bytes_per_min']:.0f} bytes of name text per minute): "
         + "; ".join(reasons)
         + ". DNS tunnels and exfiltration tools encode data in query names this way; "
         "ordinary clients repeat a few short host names."
     )
-    ev_rows = g.drop_duplicates("_sub")
     return Finding(
         kind="tunneling",
         severity=severity,
@@ -220,34 +256,38 @@ def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds) -> Finding | None:
         domain=rd,
         registered_domain=rd,
         metrics=m,
-        evidence=txn_evidence(spread(ev_rows)),
+        evidence=txn_evidence(spread(rows.drop_duplicates("qname"))),
         **ident,
     )
 
 
-def _second_level(tx: pd.DataFrame, th: Thresholds) -> list[Finding]:
+def _second_level(agg: pd.DataFrame, tx: pd.DataFrame, th: Thresholds) -> list[Finding]:
     """Payload in the registered domain itself: many distinct long random second-level labels."""
     out: list[Finding] = []
-    rows = tx.assign(_ps=[public_suffix(str(q)) for q in tx["qname"]])
+    rds = pd.unique(agg["_rd"].astype(str))
+    suffix = {r: public_suffix(r) for r in rds}
+    rows = agg.assign(_ps=agg["_rd"].astype(str).map(suffix))
     rows = rows[rows["_ps"].notna()]
     for (client, ps), g in rows.groupby(["_client", "_ps"], sort=False):
-        labels = pd.Series([str(r)[: -len(str(ps)) - 1] for r in g["_rd"]]).drop_duplicates()
+        labels = pd.Series(pd.unique(g["_rd"].astype(str))).str.slice(0, -len(str(ps)) - 1)
         long = labels[labels.str.len() >= th.sld_min_len]
         if len(long) < th.sld_min_distinct:
             continue
         ent = shannon("".join(long))
         if ent < th.entropy:
             continue
-        nx = g["rcode_name"].eq("NXDOMAIN").mean() if "rcode_name" in g.columns else 0.0
+        n_q = int(g["_n"].sum())
+        nx = float(g["_nx"].sum()) / n_q if n_q else 0.0
         severity = "medium" if len(long) >= 2 * th.sld_min_distinct else "low"
         metrics = {
-            "queries": len(g),
+            "queries": n_q,
             "distinct_registered_domains": int(g["_rd"].nunique()),
             "long_random_second_level_labels": len(long),
             "entropy_bits_per_char": round(ent, 3),
-            "nxdomain_share": round(float(nx), 3),
+            "nxdomain_share": round(nx, 3),
         }
-        ident = group_identity(g)
+        mine = tx[(tx["_client"] == client) & tx["_rd"].isin(g["_rd"])].sort_values("ts")
+        ident = group_identity(mine)
         out.append(Finding(
             kind="tunneling",
             severity=severity,
@@ -261,7 +301,7 @@ def _second_level(tx: pd.DataFrame, th: Thresholds) -> list[Finding]:
             domain=f"*.{ps}",
             registered_domain=None,
             metrics=metrics,
-            evidence=txn_evidence(spread(g.drop_duplicates("_rd"))),
+            evidence=txn_evidence(spread(mine.drop_duplicates("_rd"))),
             **ident,
         ))
     return out

@@ -114,13 +114,9 @@ def tunneling_scatter(capture: Any, findings: list[Finding]) -> str | None:
     pairs = pair_table(capture)
     if pairs.empty:
         return None
-    flagged = {(f.client or "", f.pid, f.registered_domain) for f in findings
-               if f.kind == "tunneling"}
     with plt.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(8, 3.6))
-        hit = [(c, p, r) in flagged for c, p, r in
-               zip(pairs["client"].fillna(""), pairs["pid"], pairs["registered_domain"])]
-        hit_s = pd.Series(hit, index=pairs.index)
+        hit_s = pairs["flagged"].astype(bool)
         ok = pairs[~hit_s]
         bad = pairs[hit_s]
         ax.scatter(ok["distinct_subdomains"], ok["entropy_bits_per_char"], s=12, alpha=0.6,
