@@ -35,6 +35,7 @@ from analyze.reconstruct import (
     assign_roles,
     build_lookups,
     match_transactions,
+    no_gc,
 )
 from capture import schema
 
@@ -215,6 +216,14 @@ def load(path_or_paths: str | Path | Iterable[str | Path], *,
     ``verify``: check every file's sha256 against the manifest (raises CaptureDamaged).
     ``dns_ports``: ports of DNS servers (for imports, and to tell roles when QR is unknown).
     """
+    with no_gc():
+        return _load(path_or_paths, timeout_s=timeout_s, skew_s=skew_s,
+                     lookup_gap_s=lookup_gap_s, verify=verify, dns_ports=dns_ports)
+
+
+def _load(path_or_paths: str | Path | Iterable[str | Path], *, timeout_s: float,
+          skew_s: float, lookup_gap_s: float, verify: bool,
+          dns_ports: Sequence[int]) -> Capture:
     paths = _as_paths(path_or_paths)
     if not paths:
         raise CaptureNotFound("no capture given")

@@ -33,8 +33,10 @@ that already had a final answer are asked again (the application asked again).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -321,7 +323,7 @@ def _infer_suffixes(names: pd.Series, proc: np.ndarray, namespaces: set[str]
     """
     suffixes: set[str] = set()
     domains: set[str] = {"cluster.local"}
-    uniq = pd.unique(names.dropna())
+    uniq = pd.unique(names.dropna().to_numpy(dtype=object)).tolist()
     present = set(uniq)
     svc = [u for u in uniq if ".svc." in u]
     for name in svc[:100_000]:
@@ -383,24 +385,46 @@ def base_names(names: pd.Series, suffixes: set[str]) -> pd.Series:
     stripped = pc.replace_substring_regex(arr, pattern=pattern, replacement="", max_replacements=1)
     stripped = pc.if_else(pc.equal(pc.utf8_length(stripped), 0), arr, stripped)
     values = stripped.to_pylist()
-    present = set(arr.to_pylist())
-    ns_suffixes = [x for x in suffixes if ".svc." in x and not x.startswith("svc.")]
+    # x -> how many names x.<ns>.svc.<domain> (ns a known namespace) were asked
+    walked: dict[str, int] = {}
+    matches: list[tuple[int, re.Match[str]]] = []
     for i, name in enumerate(arr.to_pylist()):
         if ".svc." not in name:
             continue
         m = _NS_SVC.match(name)
-        if not m or f"{m['ns']}.svc.{m['dom']}" not in suffixes:
-            continue
+        if m and f"{m['ns']}.svc.{m['dom']}" in suffixes:
+            matches.append((i, m))
+            walked[m["x"]] = walked.get(m["x"], 0) + 1
+    for i, m in matches:
         longer = f"{m['x']}.{m['ns']}"
-        if any(f"{longer}.{suf}" in present for suf in ns_suffixes
-               if f"{longer}.{suf}" != name):
+        if walked.get(longer):
             values[i] = longer
     small = pd.array(values, dtype="str")
     return pd.Series(small.take(np.asarray(codes), allow_fill=True), index=names.index)
 
 
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: building millions of small lists and tuples (which
+    hold no cycles) otherwise triggers full collections over every decoded answer."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def build_lookups(transactions: pd.DataFrame, *, gap_s: float = DEFAULT_GAP_S,
                   timeout_s: float = DEFAULT_TIMEOUT_S) -> pd.DataFrame:
+    """Group client-side (and wire) transactions into resolver calls; see the module doc."""
+    with no_gc():
+        return _build_lookups(transactions, gap_s=gap_s, timeout_s=timeout_s)
+
+
+def _build_lookups(transactions: pd.DataFrame, *, gap_s: float,
+                   timeout_s: float) -> pd.DataFrame:
     """Group client-side (and wire) transactions into resolver calls; see the module doc.
 
     Vectorized: transactions are keyed by process and base name (search suffix removed),
