@@ -331,3 +331,60 @@ def test_v4_mapped_addresses(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
     assert (recvs.src_addr == lab.server_addr).all()
     assert set(msgs.syscall) == {"sendto", "recvfrom"}
     assert bytes(sends.payload.iloc[0])[:2] == b"\xbe\xef"
+
+
+MMSG_CLIENT = r"""
+import ctypes, socket, sys, struct
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure): _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure): _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure): _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+server, n, qname_hex = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((server, 53)); s.settimeout(3)
+qs = [struct.pack(">H", 0x7000 + i) + bytes.fromhex("01000001000000000000") + bytes.fromhex(qname_hex) + b"\x00\x01\x00\x01" for i in range(n)]
+bufs = [ctypes.create_string_buffer(q, len(q)) for q in qs]
+iovs = [iovec(ctypes.cast(b, ctypes.c_void_p), len(q)) for b, q in zip(bufs, qs)]
+vec = (mmsghdr * n)()
+for i in range(n):
+    vec[i].hdr.iov = ctypes.pointer(iovs[i]); vec[i].hdr.iovlen = 1
+sent = libc.sendmmsg(s.fileno(), vec, n, 0)
+rbufs = [ctypes.create_string_buffer(4096) for _ in range(n)]
+riovs = [iovec(ctypes.cast(b, ctypes.c_void_p), 4096) for b in rbufs]
+rvec = (mmsghdr * n)()
+for i in range(n):
+    rvec[i].hdr.iov = ctypes.pointer(riovs[i]); rvec[i].hdr.iovlen = 1
+got = 0
+import select, time
+deadline = time.monotonic() + 3
+while got < sent and time.monotonic() < deadline:
+    select.select([s], [], [], 0.5)
+    r = libc.recvmmsg(s.fileno(), ctypes.byref(rvec, 0), min(n, 10), 0x40, None)  # MSG_DONTWAIT
+    if r > 0:
+        got += r
+        print("recvmmsg", r)
+print("sent", sent, "got", got)
+"""
+
+
+def test_sendmmsg_recvmmsg_every_message_and_bound(rec: Recorder, lab: Lab,
+                                                   lab_ns: NetNS) -> None:
+    """20 queries in one sendmmsg: the first max_mmsg (16) are rows with their msg_index, the
+    other 4 are counted as mmsg_over_bound; every recvmmsg message (at most 10 per call) is a
+    row."""
+    before = rec.probe.lost()["mmsg_over_bound"]
+    r = lab.run(lab_ns, [sys.executable, "-c", MMSG_CLIENT, lab.server_addr, "20",
+                         QNAME_WIRE.hex()])
+    assert r.returncode == 0 and "sent 20 got 20" in r.stdout, r.stdout + r.stderr
+    msgs = rec.wait("messages", lambda df: df.tgid == r.pid,
+                    lambda rows: (rows.syscall == "recvmmsg").sum() >= 20)
+    sends = msgs[msgs.syscall == "sendmmsg"].sort_values("msg_index")
+    assert list(sends.msg_index) == list(range(16))
+    # each message's own payload: query ids 0x7000 + index
+    assert [int.from_bytes(bytes(p)[:2], "big") for p in sends.payload] == \
+        [0x7000 + i for i in range(16)]
+    assert rec.probe.lost()["mmsg_over_bound"] - before == 4
+    recvs = msgs[msgs.syscall == "recvmmsg"]
+    assert len(recvs) == 20
+    ids = sorted(int.from_bytes(bytes(p)[:2], "big") for p in recvs.payload)
+    assert ids == [0x7000 + i for i in range(20)]
+    assert (recvs.src_addr == lab.server_addr).all() and (recvs.src_port == 53).all()
