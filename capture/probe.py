@@ -41,6 +41,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -644,26 +645,31 @@ def _run_loader(request: dict[str, Any]) -> tuple[dict[str, int], list[int]]:
     """Run capture._loader; return the parent's map fds by name and the attachment fds."""
     _check_environment(need_bcc=False)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "capture._loader", str(child.fileno())],
-            pass_fds=[child.fileno()], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[1]))
-        child.close()
-        assert proc.stdin is not None and proc.stderr is not None
-        proc.stdin.write(json.dumps(request).encode())
-        proc.stdin.close()
-        parent.settimeout(_LOADER_TIMEOUT)
+    # stderr to a file: a failed load prints the whole verifier log, far more than a pipe holds
+    with tempfile.TemporaryFile() as errfile:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, 512)
-        except TimeoutError:
-            proc.kill()
-            raise LoadFailed(f"the BPF loader did not answer within {_LOADER_TIMEOUT}s") from None
-        stderr = proc.stderr.read().decode(errors="replace")
-        proc.wait(timeout=_LOADER_TIMEOUT)
-    finally:
-        parent.close()
-        child.close()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "capture._loader", str(child.fileno())],
+                pass_fds=[child.fileno()], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=errfile, cwd=str(Path(__file__).resolve().parents[1]))
+            child.close()
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(request).encode())
+            proc.stdin.close()
+            parent.settimeout(_LOADER_TIMEOUT)
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, 512)
+            except TimeoutError:
+                proc.kill()
+                proc.wait()
+                raise LoadFailed(
+                    f"the BPF loader did not answer within {_LOADER_TIMEOUT:.0f}s") from None
+            proc.wait(timeout=_LOADER_TIMEOUT)
+        finally:
+            parent.close()
+            child.close()
+        errfile.seek(0)
+        stderr = errfile.read().decode(errors="replace")
     if not msg:
         tail = stderr.strip().splitlines()[-3:]
         raise LoadFailed(f"the BPF loader exited with status {proc.returncode}: "

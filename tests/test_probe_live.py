@@ -388,3 +388,20 @@ def test_sendmmsg_recvmmsg_every_message_and_bound(rec: Recorder, lab: Lab,
     ids = sorted(int.from_bytes(bytes(p)[:2], "big") for p in recvs.payload)
     assert ids == [0x7000 + i for i in range(20)]
     assert (recvs.src_addr == lab.server_addr).all() and (recvs.src_port == 53).all()
+
+
+def test_compile_error_is_load_failed_with_reason(tmp_path: Path) -> None:
+    """A program the compiler rejects becomes LoadFailed carrying the compiler's words (the
+    loader child's stderr), not a hang or a traceback."""
+    from capture.errors import LoadFailed
+    from capture.probe import _run_loader
+
+    require_root_bcc()
+    bad = tmp_path / "bad.bpf.c"
+    bad.write_text("int broken( { return 0; }\n")
+    req = {"source": str(bad), "cflags": [], "ports": [], "pids": [], "comms": [],
+           "cgroup_ids": [], "maps": ["events"]}
+    with pytest.raises(LoadFailed) as info:
+        _run_loader(req)
+    assert "failed to compile" in str(info.value)
+    assert "error" in str(info.value)
