@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import pandas as pd
@@ -54,6 +55,7 @@ def _skip_addr(addr: str, dns_servers: set[str]) -> bool:
     return ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast
 
 
+@lru_cache(maxsize=65536)
 def _norm(addr: str) -> str:
     try:
         ip = ipaddress.ip_address(addr.split("%")[0])
@@ -138,7 +140,8 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
     dns_servers = set(col(tx, "server_addr").dropna().astype(str)) if not tx.empty else set()
     cn = cn[cn["dst_addr"].notna()].copy()
     cn["_ip"] = cn["dst_addr"].astype(str).map(_norm)
-    cn = cn[[not _skip_addr(a, dns_servers) for a in cn["_ip"]]]
+    skip = {a: _skip_addr(a, dns_servers) for a in pd.unique(cn["_ip"])}
+    cn = cn[~cn["_ip"].map(skip).astype(bool)]
     if "dst_port" in cn.columns:
         cn = cn[cn["dst_port"].fillna(0).astype(int) != 53]
     if cn.empty:
@@ -296,14 +299,17 @@ def _new_domain_connect(hit: pd.DataFrame, ident: dict, who: str, first_asked: d
                         cluster_domain: str) -> list[Finding]:
     delay = (hit["ts"] - hit["answer_ts"]).dt.total_seconds()
     cand = hit[delay <= th.new_domain_window_s]
-    cand = cand[[not is_internal(str(q), cluster_domain) for q in cand["qname"]]]
+    names = cand["qname"].astype(str)
+    uniq = pd.unique(names)
+    rd_of = {q: (None if is_internal(q, cluster_domain) else registered_domain(q) or q)
+             for q in uniq}
+    cand = cand.assign(_rd=names.map(rd_of))
+    cand = cand[cand["_rd"].notna()].drop_duplicates("_rd")  # first connect per domain
     out: list[Finding] = []
     seen: set[str] = set()
     for _, r in cand.iterrows():
         qname = str(r["qname"])
-        rd = registered_domain(qname) or qname
-        if rd in seen:
-            continue
+        rd = str(r["_rd"])
         first = first_asked.get(rd)
         if first is None:
             continue
