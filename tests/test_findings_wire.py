@@ -331,3 +331,18 @@ def test_new_domain_connect_is_raised_by_corroborating_findings(tmp_path: Path) 
     assert hits[0].metrics["corroborated_by"] == ["tunneling"]
     only = find(cap, kinds=["new_domain_connect"])  # nothing to corroborate: stays low
     assert [f.severity for f in only] == ["low"]
+
+
+def test_payload_in_the_second_level_label(tmp_path: Path) -> None:
+    """Data moved into the registered domain itself: every query a new long random .com."""
+    rng = random.Random(31)
+    wire = Wire()
+    busy_node(wire, rng)
+    proc = Proc(3003, "sync-agent", "10.244.1.11")
+    for i in range(45):
+        sld = base64.b32encode(rng.randbytes(20)).decode().rstrip("=").lower()  # 32 chars
+        wire.exchange(proc, T0 + i * 10**9, f"{sld}.com", "A", answers=[A("192.0.2.7")])
+    cap = load(wire.write(tmp_path / "cap"))
+    hits = [f for f in find(cap) if f.kind == "tunneling"]
+    assert [(f.domain, f.severity, f.comm) for f in hits] == [("*.com", "medium", "sync-agent")]
+    assert hits[0].metrics["long_random_second_level_labels"] == 45
