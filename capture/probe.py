@@ -194,7 +194,18 @@ _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 def _use_sock_tracepoints(cfg: ProbeConfig) -> bool:
     if cfg.socket_source != "auto":
         return cfg.socket_source == "tracepoint"
-    return any(Path(t, "events", "sock", "sock_recv_length").is_dir() for t in _TRACEFS)
+    try:
+        return any(Path(t, "events", "sock", "sock_recv_length").is_dir() for t in _TRACEFS)
+    except OSError:  # tracefs not readable (not root: --print-bpf): judge by the version
+        return _kernel_version() >= (6, 3)
+
+
+def _kernel_version() -> tuple[int, int]:
+    parts = platform.release().split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
 
 
 def _kernel_offsets() -> dict[str, int]:
@@ -224,7 +235,7 @@ def _check_environment(need_bcc: bool = True) -> Any:
         module = bcc
     if os.geteuid() != 0:
         raise NotPermitted()
-    if not any(Path(p, "events", "syscalls").is_dir() for p in _TRACEFS):
+    if not any(os.path.isdir(os.path.join(p, "events", "syscalls")) for p in _TRACEFS):
         raise TracefsMissing()
     release = platform.release()
     if not Path(f"/lib/modules/{release}/build").exists():
