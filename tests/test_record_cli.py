@@ -24,6 +24,7 @@ from capture.errors import (
 )
 from capture.recorder import RecordOptions, parse_duration, parse_size, record
 from dnstrail.cli import main
+from dnstrail.errors import DnstrailError
 
 REPO = Path(__file__).resolve().parents[1]
 DNSTRAIL = Path(sys.executable).parent / "dnstrail"
@@ -42,7 +43,7 @@ def is_root_with_bcc() -> bool:
         return False
     try:
         pf.preflight()
-    except Exception:
+    except DnstrailError:
         return False
     return True
 
@@ -146,7 +147,7 @@ def test_not_root_cli_as_nobody(tmp_path: Path) -> None:
     if reason:
         pytest.skip(reason)
     out = tmp_path / "cap"
-    r = subprocess.run(
+    r = subprocess.run(  # noqa: PLW1510  (the exit status is the assertion)
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(DNSTRAIL),
          "record", "-o", str(out), "--duration", "1s"],
         capture_output=True, text=True, timeout=60, cwd="/",
@@ -194,10 +195,10 @@ def test_bcc_missing_cli() -> None:
     env = _python_without_bcc_env()
     # -S: no site processing, so the venv's bcc .pth is not read; PYTHONPATH supplies the rest
     probe = subprocess.run([sys.executable, "-S", "-c", "import bcc"], env=env,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     if probe.returncode == 0:
         pytest.skip("bcc is importable even without site packages here")
-    r = subprocess.run(
+    r = subprocess.run(  # noqa: PLW1510  (the exit status is the assertion)
         [sys.executable, "-S", "-c", "from dnstrail.cli import main; main()", "record",
          "-o", "/nonexistent-dnstrail-test/cap", "--duration", "1s"],
         env=env, capture_output=True, text=True, timeout=60,
@@ -229,7 +230,7 @@ def test_print_bpf_without_root_or_bcc(tmp_path: Path) -> None:
     cmd = [sys.executable, "-S", *argv]
     if os.geteuid() == 0 and shutil.which("setpriv"):
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    r = subprocess.run(cmd, env=_python_without_bcc_env(), capture_output=True, text=True,
+    r = subprocess.run(cmd, env=_python_without_bcc_env(), capture_output=True, text=True,  # noqa: PLW1510
                        timeout=60, cwd="/")
     assert r.returncode == 0, r.stderr
     src = r.stdout

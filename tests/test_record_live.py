@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,7 +39,7 @@ SENDER_COMM = "dtl-sender"
 _SENDER = r"""
 import ctypes, os, socket, sys, time
 from dnslib import DNSRecord, RR, QTYPE, A
-ctypes.CDLL(None).prctl(15, b"%s", 0, 0, 0)  # PR_SET_NAME: a comm the test can find
+ctypes.CDLL(None).prctl(15, b"@COMM@", 0, 0, 0)  # PR_SET_NAME: a comm the test can find
 count, seconds, label, tag = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 srv.bind(("127.0.0.1", 53))
@@ -60,7 +61,7 @@ for i in range(count):
     cli.recvfrom(4096)
     sent += 1
 print(sent, flush=True)
-""" % SENDER_COMM.encode().decode()
+""".replace("@COMM@", SENDER_COMM)
 
 
 def have_probe() -> bool:
@@ -130,7 +131,7 @@ class Recording:
             self.error = exc
             self.err.started.set()
 
-    def __enter__(self) -> Recording:
+    def __enter__(self) -> Self:
         self.thread.start()
         if not self.err.started.wait(120):
             raise AssertionError("recorder did not start in 120 s: " + self.err.getvalue())
@@ -160,8 +161,9 @@ def _start_cli(out: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str]
 
     def reader() -> None:
         assert proc.stderr is not None
+        # one line at a time: `lines` must grow while the test watches it
         for line in proc.stderr:
-            lines.append(line)
+            lines.append(line)  # noqa: PERF402
 
     threading.Thread(target=reader, daemon=True).start()
     deadline = time.monotonic() + 120

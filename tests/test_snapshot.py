@@ -117,6 +117,7 @@ def test_read_process_of_a_child_with_a_hostile_name(tmp_path: Path) -> None:
         assert row.cmdline == f"{evil} 30 1s"
         assert row.netns == os.stat("/proc/self/ns/net").st_ino
         now = time.time_ns()
+        assert row.start_time is not None
         assert now - 5 * 10**9 < row.start_time <= now + 10**9  # started just now
         cg = Path(f"/proc/{child.pid}/cgroup").read_text()
         v2 = [line[3:] for line in cg.splitlines() if line.startswith("0::")]
@@ -234,15 +235,16 @@ def test_exec_events_become_process_rows(tmp_path: Path) -> None:
     cg = os.stat(dirs["a"]).st_ino
     ts = time.time_ns()
     batch = pa.RecordBatch.from_pylist(
-        [dict(ts=ts, mono_ns=1, seq=0, tgid=os.getpid(), tid=os.getpid(), uid=0,
-              comm=Path(f"/proc/{os.getpid()}/comm").read_text().strip(), cgroup_id=cg,
-              netns=5, ppid=1, filename="/usr/bin/python3"),
-         dict(ts=ts + 1, mono_ns=2, seq=1, tgid=2**22 + 7, tid=2**22 + 7, uid=0,
-              comm="gone", cgroup_id=cg, netns=5, ppid=1, filename="/bin/gone")],
+        [{"ts": ts, "mono_ns": 1, "seq": 0, "tgid": os.getpid(), "tid": os.getpid(), "uid": 0,
+              "comm": Path(f"/proc/{os.getpid()}/comm").read_text().strip(), "cgroup_id": cg,
+              "netns": 5, "ppid": 1, "filename": "/usr/bin/python3"},
+         {"ts": ts + 1, "mono_ns": 2, "seq": 1, "tgid": 2**22 + 7, "tid": 2**22 + 7, "uid": 0,
+              "comm": "gone", "cgroup_id": cg, "netns": 5, "ppid": 1, "filename": "/bin/gone"}],
         schema=EXECS_SCHEMA)
     rows = snap.exec_rows(batch, r)
     assert [x.source for x in rows] == ["exec", "exec"]
     assert rows[0].exe == os.path.realpath(sys.executable)  # alive: read from /proc
     assert rows[1].exe is None and rows[1].cmdline is None  # gone: unknown, not guessed
-    assert rows[0].start_time == ts and rows[1].cgroup_path.endswith(CID_A)
+    assert rows[0].start_time == ts
+    assert rows[1].cgroup_path is not None and rows[1].cgroup_path.endswith(CID_A)
     assert snap.processes_table(rows).num_rows == 2

@@ -53,16 +53,16 @@ def message_batch(n: int, start: int = 0, rng: random.Random | None = None) -> p
         send = i % 2 == 0
         payload = q if send else r
         rows.append(
-            dict(
-                ts=now + i * 1000, mono_ns=10_000 + i * 1000, seq=0, tgid=4242, tid=4243,
-                uid=0, comm="getent", cgroup_id=1, netns=4026531833,
-                syscall="sendmmsg" if send else "recvfrom",
-                direction="send" if send else "recv", fd=3, sock_id=0xFFFF8880DEAD,
-                msg_index=0, protocol="udp", family="inet",
-                src_addr="10.0.0.2" if send else "10.0.0.1", src_port=40000 if send else 53,
-                dst_addr="10.0.0.1" if send else "10.0.0.2", dst_port=53 if send else 40000,
-                payload=payload, orig_len=len(payload), truncated=False,
-            )
+            {
+                "ts": now + i * 1000, "mono_ns": 10_000 + i * 1000, "seq": 0, "tgid": 4242, "tid": 4243,
+                "uid": 0, "comm": "getent", "cgroup_id": 1, "netns": 4026531833,
+                "syscall": "sendmmsg" if send else "recvfrom",
+                "direction": "send" if send else "recv", "fd": 3, "sock_id": 0xFFFF8880DEAD,
+                "msg_index": 0, "protocol": "udp", "family": "inet",
+                "src_addr": "10.0.0.2" if send else "10.0.0.1", "src_port": 40000 if send else 53,
+                "dst_addr": "10.0.0.1" if send else "10.0.0.2", "dst_port": 53 if send else 40000,
+                "payload": payload, "orig_len": len(payload), "truncated": False,
+            }
         )
     return pa.RecordBatch.from_pylist(rows, schema=MESSAGES_SCHEMA)
 
@@ -70,9 +70,9 @@ def message_batch(n: int, start: int = 0, rng: random.Random | None = None) -> p
 def connect_batch(n: int) -> pa.RecordBatch:
     now = time.time_ns()
     return pa.RecordBatch.from_pylist(
-        [dict(ts=now + i, mono_ns=i, seq=0, tgid=7, tid=7, uid=0, comm="curl", cgroup_id=1,
-              netns=1, fd=4, family="inet", protocol="tcp", dst_addr="10.1.2.3",
-              dst_port=443, result=-115, latency_ns=2000) for i in range(n)],
+        [{"ts": now + i, "mono_ns": i, "seq": 0, "tgid": 7, "tid": 7, "uid": 0, "comm": "curl", "cgroup_id": 1,
+              "netns": 1, "fd": 4, "family": "inet", "protocol": "tcp", "dst_addr": "10.1.2.3",
+              "dst_port": 443, "result": -115, "latency_ns": 2000} for i in range(n)],
         schema=CONNECTS_SCHEMA,
     )
 
@@ -80,8 +80,8 @@ def connect_batch(n: int) -> pa.RecordBatch:
 def exec_batch(n: int) -> pa.RecordBatch:
     now = time.time_ns()
     return pa.RecordBatch.from_pylist(
-        [dict(ts=now + i, mono_ns=i, seq=0, tgid=100 + i, tid=100 + i, uid=0, comm="sh",
-              cgroup_id=1, netns=1, ppid=1, filename="/bin/sh") for i in range(n)],
+        [{"ts": now + i, "mono_ns": i, "seq": 0, "tgid": 100 + i, "tid": 100 + i, "uid": 0, "comm": "sh",
+              "cgroup_id": 1, "netns": 1, "ppid": 1, "filename": "/bin/sh"} for i in range(n)],
         schema=EXECS_SCHEMA,
     )
 
