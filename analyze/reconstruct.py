@@ -15,6 +15,9 @@ slow), clipped at zero. Responses may carry a timestamp up to ``skew_s`` earlier
 query (events from different CPUs, or a local server answering before the sender's syscall
 returned): they are sorted as if ``skew_s`` later, so they still close the query's segment.
 A query re-sent more than ``timeout_s`` after the previous copy starts a new transaction.
+In packet captures, a byte-identical copy of the previous message of the same conversation
+within 5 ms is the same packet seen on a second interface and is ignored (it keeps the
+transaction's ``txn_id``).
 Retransmissions are counted only when the copy has the same transaction id (and question) on
 the same socket or 5-tuple; a resolver that retries with a fresh id (Go) makes a ``timeout``
 transaction followed by a new one, and the lookup (below) counts both.
@@ -48,6 +51,8 @@ DNS_PORTS: tuple[int, ...] = (53,)
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_SKEW_S = 0.001
 DEFAULT_GAP_S = 1.0
+#: Identical wire copies closer than this are one packet seen on two interfaces.
+DEFAULT_DUP_S = 0.005
 
 ROLES = ("client_query", "client_response", "server_query", "server_response", "query",
          "response")
@@ -177,8 +182,25 @@ def _take(series: pd.Series, pos: np.ndarray, present: np.ndarray | None = None)
     return out
 
 
+def _wire_duplicates(order: np.ndarray, key: np.ndarray, ts: np.ndarray, is_resp: np.ndarray,
+                     is_wire: np.ndarray, payload: pd.Series, window_ns: int) -> np.ndarray:
+    """Mask (in ``order``) of wire messages that repeat the previous one byte for byte."""
+    n = len(order)
+    dup = np.zeros(n, dtype=bool)
+    if n < 2 or not is_wire.any():
+        return dup
+    k, t, r, w = key[order], ts[order], is_resp[order], is_wire[order]
+    cand = np.flatnonzero(w[1:] & (k[1:] == k[:-1]) & (r[1:] == r[:-1])
+                          & ((t[1:] - t[:-1]) <= window_ns)) + 1
+    if len(cand):
+        here = payload.iloc[order[cand]].to_numpy(dtype=object)
+        before = payload.iloc[order[cand - 1]].to_numpy(dtype=object)
+        dup[cand[here == before]] = True
+    return dup
+
+
 def match_transactions(messages: pd.DataFrame, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                       skew_s: float = DEFAULT_SKEW_S,
+                       skew_s: float = DEFAULT_SKEW_S, dup_s: float = DEFAULT_DUP_S,
                        dns_ports: Sequence[int] = DNS_PORTS) -> tuple[pd.DataFrame, np.ndarray]:
     """Match queries and responses of ``messages`` (with ``msg_id``).
 
@@ -245,7 +267,14 @@ def match_transactions(messages: pd.DataFrame, *, timeout_s: float = DEFAULT_TIM
 
     ts = _ns(col("ts"))
     skew = int(skew_s * _NS)
-    order = np.lexsort((is_resp, np.where(is_resp, ts + skew, ts), key))
+    order_all = np.lexsort((is_resp, np.where(is_resp, ts + skew, ts), key))
+    # A packet capture taken on several interfaces (tcpdump -i any: the pod's veth and the
+    # bridge) holds each packet twice: an identical copy of the previous message of the same
+    # conversation within dup_s is a duplicate, not a retransmission or a second response.
+    dup = _wire_duplicates(order_all, key, ts, is_resp, is_wire, col("payload"),
+                           int(dup_s * _NS))
+    order = order_all[~dup] if dup.any() else order_all
+    n = len(order)
     k = key[order]
     t = ts[order]
     r = is_resp[order]
@@ -269,7 +298,13 @@ def match_transactions(messages: pd.DataFrame, *, timeout_s: float = DEFAULT_TIM
     by_time = np.lexsort((first_q, ts[base]))
     rank = np.empty(len(starts), dtype=np.int64)
     rank[by_time] = np.arange(len(starts))
-    txn_of_msg[eligible[order]] = rank[seg]
+    if dup.any():
+        seg_all = np.zeros(len(order_all), dtype=np.int64)
+        seg_all[~dup] = seg
+        last_kept = np.maximum.accumulate(np.where(~dup, np.arange(len(order_all)), 0))
+        txn_of_msg[eligible[order_all]] = rank[seg_all[last_kept]]
+    else:
+        txn_of_msg[eligible[order]] = rank[seg]
     first_q, last_q, resp, base = first_q[by_time], last_q[by_time], resp[by_time], base[by_time]
     has_r, nq = has_r[by_time], nq[by_time]
     n_txn = len(starts)

@@ -244,3 +244,29 @@ def test_generated_node_capture_counts_match_the_generator(tmp_path: Path) -> No
     assert abs(len(cap.lookups) - exp["lookups"]) <= 0.05 * exp["lookups"]
     assert cap.lookups["n_queries"].sum() == exp["queries"]
     assert seconds < 30
+
+
+def test_wire_copies_from_two_interfaces_are_not_retransmissions(tmp_path: Path) -> None:
+    """tcpdump -i any sees a packet on the pod's veth and again on the bridge."""
+    q = query("twice.example.com", ident=31)
+    resp = answer(q)
+    t0 = T0
+    rows = []
+    for t_us, payload, src, sport, dst, dport in (
+            (0, q.pack(), CLIENT, 40000, SERVER, 53), (40, q.pack(), CLIENT, 40000, SERVER, 53),
+            (9000, resp, SERVER, 53, CLIENT, 40000), (9030, resp, SERVER, 53, CLIENT, 40000),
+            # a real retransmission a second later, answered once
+            (1_000_000, q.pack(), CLIENT, 40000, SERVER, 53),
+            (1_004_000, resp, SERVER, 53, CLIENT, 40000)):
+        rows.append({"ts": t0 + t_us * 1000, "payload": payload, "protocol": "udp",
+                     "src_addr": src, "src_port": sport, "dst_addr": dst, "dst_port": dport,
+                     "syscall": "pcap"})
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    cols["ts"] = pa.array(cols["ts"], pa.timestamp("ns", tz="UTC"))
+    cap = load(write_capture(tmp_path / "cap", pa.table(cols)))
+    tx = cap.transactions.sort_values("ts")
+    assert list(tx["status"]) == ["answered", "answered"]
+    assert list(tx["retransmissions"]) == [0, 0]
+    assert tx["latency_s"].iloc[0] == pytest.approx(0.009, abs=1e-6)
+    assert cap.messages["txn_id"].notna().all()
+    assert sorted(cap.messages.groupby("txn_id").size()) == [2, 4]
