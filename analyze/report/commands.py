@@ -62,7 +62,7 @@ def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
     dnstrail report cap/ --baseline last-week/ --fail-on high
     Exit status: 0 done, 1 error, 3 a finding at or above --fail-on.
     """
-    from analyze import load
+    from analyze.capture import load  # direct: works even if `analyze` resolves as a namespace
     from analyze.report import format_for, render
 
     fmt = format_for(output, fmt)
