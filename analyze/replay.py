@@ -22,6 +22,8 @@ from analyze.capture import Capture
 
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 ELLIPSIS = "…"
+#: Tables at least this wide get a PROC column (comm[pid]) beside WHO.
+PROC_WIDTH = 110
 
 
 def sanitize(value: Any) -> str:
@@ -173,14 +175,20 @@ def format_table(table: pd.DataFrame, *, kind: str = "transactions", width: int 
     head, cells_of = {"transactions": (_HEAD_TXN, _txn_cells),
                       "messages": (_HEAD_MSG, _msg_cells),
                       "lookups": (_HEAD_LOOKUP, _lookup_cells)}[kind]
-    # fixed columns: time, who, type, rcode, ms; query and answer share the rest
+    # fixed columns: time, who, type, rcode, ms; query and answer share the rest. From
+    # PROC_WIDTH columns on, a PROC column (comm[pid]) follows WHO.
     lk = kind == "lookups"
-    fixed = [12, 18 if width >= 100 else 14, 6 if lk else 5, 8, 13 if lk else 7]
-    spaces = len(head) - 1
-    flexible = width - sum(fixed) - spaces
+    proc = width >= PROC_WIDTH
+    who_w = 14 if width < 100 else 18 if width < 140 else 30
+    fixed = [12, who_w, 6 if lk else 5, 8, 13 if lk else 7]
+    proc_w = 18 if proc else 0
+    spaces = len(head) - 1 + (1 if proc else 0)
+    flexible = width - sum(fixed) - spaces - proc_w
     q_w = max(8, int(flexible * 0.62))
     a_w = max(0, flexible - q_w)
     widths = [fixed[0], fixed[1], q_w, fixed[2], fixed[3], fixed[4], a_w]
+    if proc:
+        widths.insert(2, proc_w)
 
     def line(cells: tuple[str, ...]) -> str:
         parts = []
@@ -189,10 +197,21 @@ def format_table(table: pd.DataFrame, *, kind: str = "transactions", width: int 
             parts.append(text if i == len(widths) - 1 else text.ljust(w))
         return " ".join(parts).rstrip()[:width]
 
+    def with_proc(cells: tuple[str, ...], r: Any) -> tuple[str, ...]:
+        return (*cells[:2], _proc(r), *cells[2:]) if proc else cells
+
     if header:
-        yield line(head)
+        yield line((*head[:2], "PROC", *head[2:]) if proc else head)
     for r in table.itertuples(index=False):
-        yield line(cells_of(r))
+        yield line(with_proc(cells_of(r), r))
+
+
+def _proc(row: Any) -> str:
+    comm = getattr(row, "comm", None)
+    tgid = getattr(row, "tgid", None)
+    if not isinstance(comm, str) and not _present(tgid):
+        return ""
+    return f"{comm if isinstance(comm, str) else '?'}[{_int(tgid)}]"
 
 
 def _json_value(v: Any) -> Any:

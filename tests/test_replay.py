@@ -46,6 +46,7 @@ def test_replay_table_fits_80_columns(lab_dir: Path) -> None:
     assert times == sorted(times)
     wide = CliRunner().invoke(main, ["replay", str(lab_dir), "--width", "160"])
     assert any("25.206.119.75.in-addr.arpa" in ln for ln in wide.output.splitlines())
+    assert "PROC" in wide.output.splitlines()[0] and "PROC" not in lines[0]
     assert max(len(ln) for ln in wide.output.splitlines()) <= 160
 
 
