@@ -40,7 +40,8 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
     \b
     One line per transaction by default: a query and its response (MS is the latency,
     '+2r' two retransmissions), a TIMEOUT, or an unsolicited response (!RCODE).
-    WHO is namespace/pod, or comm[pid] for host processes, or the client address (pcaps).
+    WHO is namespace/pod, or comm[pid] for host processes, or the client address (pcaps);
+    from --width 110 a PROC column shows comm[pid] for every line.
     Wire strings are sanitized in the table; --format jsonl keeps everything.
     """
     from analyze.capture import load
