@@ -324,7 +324,11 @@ def test_new_domain_connect_is_raised_by_corroborating_findings(tmp_path: Path) 
     t = T0 + 70 * 10**9
     wire.exchange(updater, t, "drop.stage2-example.net", "A", answers=[A("198.51.100.9")])
     wire.connect(updater, t + 30_000_000, "198.51.100.9", 8443)
+    wire.connect(updater, t + 40 * 10**9, "93.184.216.34", 443)  # hard-coded, public (data only)
+    wire.connect(BROWSER, t + 41 * 10**9, "93.184.216.35", 443)  # same, nothing else odd
     cap = load(wire.write(tmp_path / "cap"))
+    unresolved = {f.comm: f.severity for f in find(cap) if f.kind == "unresolved_connect"}
+    assert unresolved == {"updater": "medium", "chrome": "low"}
     hits = [f for f in find(cap) if f.kind == "new_domain_connect"]
     assert [(f.severity, f.registered_domain) for f in hits] == \
         [("medium", "stage2-example.net")]

@@ -235,7 +235,9 @@ def _unresolved(df: pd.DataFrame, total: int, ident: dict, who: str, resolves: b
                 known_owner: bool = True) -> Finding:
     addrs = (df["_ip"].astype(str) + ":" + col(df, "dst_port").astype(str)).value_counts()
     public = sorted({a for a in df["_ip"].astype(str) if _is_public(a)})
-    severity = ("medium" if resolves else "low") if public else "info"
+    # public addresses are low on their own (pools opened before the capture look the same);
+    # run.find raises them with corroborating findings of the same workload
+    severity = "low" if public else "info"
     if not known_owner:
         severity = "info"  # pcap SYNs: no telling which host or process connected
         resolves = False

@@ -77,11 +77,12 @@ def _who(f: Finding) -> tuple[Any, ...]:
 
 
 def _combine(findings: list[Finding]) -> None:
-    """Raise a new_domain_connect one step when the same workload has corroborating findings
-    of at least medium severity (or one about the same registered domain)."""
+    """Raise a new_domain_connect or a (public) unresolved_connect one step when the same
+    workload has corroborating findings of at least medium severity (or, for a new domain,
+    one about the same registered domain)."""
     others = [f for f in findings if f.kind in _CORROBORATING]
     for f in findings:
-        if f.kind != "new_domain_connect":
+        if f.kind not in ("new_domain_connect", "unresolved_connect") or f.severity == "info":
             continue
         backing = [o for o in others if _who(o) == _who(f) and (
             o.rank >= severity_rank("medium") or
