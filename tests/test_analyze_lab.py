@@ -25,8 +25,8 @@ class Recorded:
     cap: Capture
     path: Path
     lab: Any
-    walk: Any          # getent ahosts www.lab.test, ndots:5, k8s search list, pod shop/web-1
-    musl: Any          # resolve-musl api.lab.test, pod kube-system/tools-1 (systemd driver)
+    walk: Any          # getent ahosts www.lab.test, ndots:5, k8s search list, pod shop/web-an1
+    musl: Any          # resolve-musl api.lab.test, pod kube-system/tools-an1 (systemd driver)
     dead: Any          # dig at the dead server, 2 tries of 1 s
     retry: Any         # musl at the dead server: re-sends its queries on the same socket
     pod_a: Any
@@ -47,8 +47,8 @@ def recorded(lab: Any, lab_clients: Any, tmp_path_factory: pytest.TempPathFactor
     k8s = lab.client_ns(search=SEARCH, ndots=5, timeout=1, attempts=2)
     plain = lab.client_ns(timeout=1, attempts=2)
     dead_ns = lab.client_ns(nameservers=[lab.dead_addr], timeout=2, attempts=2)
-    pod_a = lab.fake_pod("shop", "web-1", container="app", style="cgroupfs")
-    pod_b = lab.fake_pod("kube-system", "tools-1", container="debug", style="systemd",
+    pod_a = lab.fake_pod("shop", "web-an1", container="app", style="cgroupfs")
+    pod_b = lab.fake_pod("kube-system", "tools-an1", container="debug", style="systemd",
                          qos="besteffort")
     out = tmp_path_factory.mktemp("analyze-lab") / "cap"
     opts = RecordOptions(output=out, pods_root=lab.pods_root, pods_json=lab.pods_json)
@@ -76,7 +76,7 @@ def test_ndots_walk_is_one_lookup_attributed_to_the_cgroupfs_pod(recorded: Recor
     assert walk["n_nxdomain"] == 6 and walk["n_queries"] == 8
     assert walk["rcode_name"] == "NOERROR"
     assert "10.213.0.80" in list(walk["answer_ips"])
-    assert (walk["namespace"], walk["pod"], walk["qos"]) == ("shop", "web-1", "burstable")
+    assert (walk["namespace"], walk["pod"], walk["qos"]) == ("shop", "web-an1", "burstable")
     assert walk["container"] == "app"
     assert walk["container_id"] == recorded.pod_a.container_id
 
@@ -87,7 +87,7 @@ def test_musl_client_in_the_systemd_pod(recorded: Recorded) -> None:
     assert len(mine) >= 1
     assert set(mine["status"]) == {"answered"}
     assert set(mine["side"]) == {"client"}
-    assert set(mine["pod"]) == {"tools-1"} and set(mine["namespace"]) == {"kube-system"}
+    assert set(mine["pod"]) == {"tools-an1"} and set(mine["namespace"]) == {"kube-system"}
     assert set(mine["qos"]) == {"besteffort"} and set(mine["container"]) == {"debug"}
     assert set(mine["pod_uid"]) == {recorded.pod_b.uid}
     assert (mine["latency_s"] > 0).all() and (mine["latency_s"] < 1).all()
@@ -119,17 +119,18 @@ def test_every_lab_query_is_in_a_transaction(recorded: Recorded) -> None:
     ours = m[m["tgid"].isin(pids)]
     assert ours["txn_id"].notna().all()
     assert set(ours["role"]) <= {"client_query", "client_response"}
-    assert (recorded.cap.transactions["status"] != "unsolicited").all()
+    tx = recorded.cap.transactions
+    assert (tx[tx["tgid"].isin(pids)]["status"] != "unsolicited").all()
 
 
 def test_replay_filters_by_pod_on_the_recording(recorded: Recorded) -> None:
     from dnstrail.cli import main
 
-    r = CliRunner().invoke(main, ["replay", str(recorded.path), "--pod", "web-*"])
+    r = CliRunner().invoke(main, ["replay", str(recorded.path), "--pod", "web-an*"])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert len(lines) == 1 + 8
-    assert all(ln.split()[1].startswith("shop/web-1") for ln in lines[1:])
+    assert all(ln.split()[1].startswith("shop/web-an1") for ln in lines[1:])
     assert max(len(ln) for ln in lines) <= 80
     r = CliRunner().invoke(main, ["replay", str(recorded.path), "--lookups", "--namespace",
                                   "kube-system", "--rcode", "TIMEOUT"])
@@ -137,13 +138,16 @@ def test_replay_filters_by_pod_on_the_recording(recorded: Recorded) -> None:
     body = r.output.splitlines()[1:]
     assert len(body) == 2 and all("TIMEOUT" in ln for ln in body)   # dig and musl
     by_pod = recorded.cap.by_pod()
-    assert {"web-1", "tools-1"} <= set(by_pod["pod"])
+    assert {"web-an1", "tools-an1"} <= set(by_pod["pod"])
 
 
 def test_dnsmasq_answering_is_matched_on_the_server_side(recorded: Recorded) -> None:
+    # the recorder sees the whole machine: keep the lab's server namespace and our clients
     tx = recorded.cap.transactions
-    server = tx[tx["side"] == "server"]
-    client = tx[(tx["side"] == "client") & (tx["status"] == "answered")]
+    server = tx[(tx["side"] == "server") & (tx["netns"] == recorded.lab.server_ns.inode)]
+    ours = {recorded.walk.pid, recorded.musl.pid}
+    client = tx[(tx["side"] == "client") & (tx["status"] == "answered")
+                & tx["tgid"].isin(ours)]
     assert len(server) >= 1 and set(server["comm"]) == {"dnsmasq"}
     assert set(server["status"]) == {"answered"}
     # every answered client query was seen arriving at dnsmasq with the same id and name
