@@ -247,7 +247,7 @@ def test_kill_9_mid_capture_keeps_finished_files(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    m = check_capture(out)
+    m = check_capture(out, crashed=True)
     assert m["status"] == "running" and m["stopped_at"] is None
     for p in out.glob("*.parquet"):
         if not p.name.startswith(".tmp-"):
