@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from capture.recorder import MAX_SNAPLEN, RecordOptions, parse_duration, parse_size
+from capture.errors import CaptureError
+from capture.recorder import (
+    MAX_SNAPLEN,
+    RecordOptions,
+    parse_duration,
+    parse_size,
+    probe_config,
+)
 from capture.recorder import record as record_capture
 from capture.writer import DEFAULT_MAX_FILE_BYTES, DEFAULT_ROTATE_SECONDS
 
@@ -125,11 +132,10 @@ def record(
         from capture.probe import ProbeConfig, render_source
 
         options.validate()
-        cfg = ProbeConfig(
-            ports=options.ports, pids=options.pids, comms=options.comms,
-            cgroup_ids=(), filter_cgroups=bool(pods or cgroups), snaplen=snaplen,
-            ringbuf_mb=ringbuf_mb, trace_connects=not no_connects, trace_execs=not no_execs,
-        )
+        try:
+            cfg = probe_config(ProbeConfig, options, set(), bool(pods or cgroups))
+        except ValueError as exc:
+            raise CaptureError(f"bad probe option: {exc}") from None
         click.echo(render_source(cfg))
         return
     if output is None:

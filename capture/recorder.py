@@ -236,13 +236,29 @@ def record(options: RecordOptions, err: TextIO | None = None) -> RecordSummary:
             f"most {MAX_FILTER_CGROUPS}: use a narrower --cgroup text"
         )
 
-    from capture.probe import Probe, ProbeConfig  # imports bcc
+    from capture.probe import Probe, ProbeConfig  # bcc itself loads with the probe
 
-    cfg = ProbeConfig(
+    try:
+        cfg = probe_config(ProbeConfig, options, resolution.cgroup_ids, filtering)
+    except ValueError as exc:
+        raise CaptureError(f"bad probe option: {exc}") from None
+    stop = options.stop_event
+    restore = _install_signals(stop) if options.handle_signals else {}
+    try:
+        return _run(options, cfg, Probe, state, resolution, filtering, out_dir, err)
+    finally:
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)
+
+
+def probe_config(config_cls: Any, options: RecordOptions, cgroup_ids: set[int],
+                 filtering: bool) -> Any:
+    """The capture.probe.ProbeConfig for these options (config_cls passed: no import here)."""
+    return config_cls(
         ports=tuple(options.ports),
         pids=tuple(options.pids),
         comms=tuple(options.comms),
-        cgroup_ids=tuple(sorted(resolution.cgroup_ids)),
+        cgroup_ids=tuple(sorted(cgroup_ids)),
         # With --pod/--cgroup the filter is on even while it matches nothing yet: a pod
         # whose cgroups do not exist must record nothing, not everything.
         filter_cgroups=filtering,
@@ -251,13 +267,6 @@ def record(options: RecordOptions, err: TextIO | None = None) -> RecordSummary:
         trace_connects=options.trace_connects,
         trace_execs=options.trace_execs,
     )
-    stop = options.stop_event
-    restore = _install_signals(stop) if options.handle_signals else {}
-    try:
-        return _run(options, cfg, Probe, state, resolution, filtering, out_dir, err)
-    finally:
-        for sig, handler in restore.items():
-            signal.signal(sig, handler)
 
 
 def _install_signals(stop: threading.Event) -> dict[int, Any]:
