@@ -458,6 +458,14 @@ def build_lookups(transactions: pd.DataFrame, *, gap_s: float = DEFAULT_GAP_S,
         return _build_lookups(transactions, gap_s=gap_s, timeout_s=timeout_s)
 
 
+_LOOKUP_FIRST = ("ts", "node", "tgid", "comm", "netns", "cgroup_id", "client_addr", "pod_uid",
+                 "namespace", "pod", "container", "container_id", "qos", "server_addr")
+_LOOKUP_SORTED = ("qname", "qtype", "txn_id", "rcode_name", "status", "answer_ips",
+                  "retransmissions")
+_LOOKUP_INPUT = tuple(dict.fromkeys(
+    _LOOKUP_FIRST + _LOOKUP_SORTED + ("side", "response_ts", "last_query_ts", "ancount", "tc")))
+
+
 def _build_lookups(transactions: pd.DataFrame, *, gap_s: float,
                    timeout_s: float) -> pd.DataFrame:
     """Group client-side (and wire) transactions into resolver calls; see the module doc.
@@ -469,8 +477,9 @@ def _build_lookups(transactions: pd.DataFrame, *, gap_s: float,
     name and type are asked again after a final answer (NOERROR/NXDOMAIN, not truncated):
     the application asked again.
     """
-    tx = transactions[(transactions["side"] != "server")
-                      & (transactions["status"] != "unsolicited")]
+    keep = ((transactions["side"] != "server")
+            & (transactions["status"] != "unsolicited")).to_numpy(dtype=bool)
+    tx = transactions.loc[keep, [c for c in _LOOKUP_INPUT if c in transactions.columns]]
     if tx.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in LOOKUP_COLUMNS})
     tx = tx.reset_index(drop=True)
@@ -533,8 +542,8 @@ def _build_lookups(transactions: pd.DataFrame, *, gap_s: float,
         new[1:] |= idle | stopped
     starts = np.flatnonzero(new)
     bounds = np.append(starts, n)
-    sx = tx.iloc[order].reset_index(drop=True)
-    first = sx.iloc[starts].reset_index(drop=True)
+    sx = tx[list(_LOOKUP_SORTED)].iloc[order].reset_index(drop=True)
+    first = tx.iloc[order[starts]].reset_index(drop=True)
 
     out = pd.DataFrame({"lookup_id": np.arange(len(starts), dtype=np.int64)})
     out["ts"] = first["ts"]
