@@ -560,14 +560,7 @@ class Probe:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(cap, out=offsets[1:])
         total = int(offsets[-1])
-        if total:
-            src = np.repeat(starts + _MSG_DTYPE.itemsize - offsets[:-1], cap)
-            src += np.arange(total, dtype=np.int64)
-            src &= self._ring_mask
-            src += mmap.PAGESIZE
-            payload_data = self._data_u8[src]
-        else:
-            payload_data = np.zeros(0, dtype=np.uint8)
+        payload_data = self._payloads(starts + _MSG_DTYPE.itemsize, cap, total)
         # n <= _CHUNK_RECORDS and cap <= 8192: offsets fit in int32
         payload = pa.Array.from_buffers(
             pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)),
@@ -598,6 +591,29 @@ class Probe:
         self._counts.payload_bytes += total
         self._counts.by_syscall += np.bincount(sc[~bad_sc], minlength=len(SYSCALLS))
         return pa.RecordBatch.from_arrays(cols, schema=MESSAGES_SCHEMA)
+
+    def _payloads(self, pos: np.ndarray, cap: np.ndarray, total: int) -> np.ndarray:
+        """Concatenate cap[i] bytes at ring offsets pos[i] (8-aligned) into one array."""
+        if not total:
+            return np.zeros(0, dtype=np.uint8)
+        maxcap = int(cap.max())
+        size = self._ring_size
+        ring = self._data_u8[mmap.PAGESIZE:]
+        if int(pos.max()) + maxcap <= size:
+            # every 8-aligned ring offset as the start of a maxcap-byte row (a strided view,
+            # no copy): fancy-indexing rows copies n short runs, the mask drops the slack
+            rows = np.lib.stride_tricks.as_strided(
+                ring, shape=((size - maxcap) // 8 + 1, maxcap), strides=(8, 1),
+                writeable=False)
+            block = rows[pos >> 3]
+            return block[np.arange(maxcap) < cap[:, None]]
+        # a record wraps past the end of the ring: index byte by byte
+        offsets = np.zeros(len(cap) + 1, dtype=np.int64)
+        np.cumsum(cap, out=offsets[1:])
+        src = np.repeat(pos - offsets[:-1], cap)
+        src += np.arange(total, dtype=np.int64)
+        src &= self._ring_mask
+        return ring[src]
 
     def _connects_batch(self, starts: np.ndarray, rec: np.ndarray) -> pa.RecordBatch:
         family = rec["family"]
@@ -714,16 +730,22 @@ def _dict(indices: np.ndarray, values: tuple[str, ...], null: np.ndarray) -> pa.
 
 def _unique_rows(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct rows of a (n, w) uint64 matrix: (index of one row per distinct value,
-    inverse mapping each row to its distinct value). Hashes rows to one uint64 to sort
-    cheaply, then checks every row against its representative (exact, no collisions)."""
-    h = np.zeros(len(words), dtype=np.uint64)
+    inverse mapping each row to its distinct value). Hashes rows to one uint64, groups the
+    hashes with Arrow's hash table (no sort), then checks every row against its group's
+    representative, so a hash collision falls back to an exact (sorting) unique."""
+    n = len(words)
+    h = np.zeros(n, dtype=np.uint64)
     mult = np.uint64(0x9E3779B97F4A7C15)
     for j in range(words.shape[1]):
         h = (h ^ words[:, j]) * mult
         h ^= h >> np.uint64(29)
-    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    if not np.array_equal(words[first[inverse]], words):  # a hash collision: do it exactly
+    encoded = pa.array(h, type=pa.uint64()).dictionary_encode()  # hash table, no sort
+    inverse = np.asarray(encoded.indices).astype(np.int64)
+    first = np.empty(len(encoded.dictionary), dtype=np.int64)
+    first[inverse] = np.arange(n, dtype=np.int64)  # any row of each value will do
+    rep = first[inverse]
+    if not all(np.array_equal(words[:, j][rep], words[:, j]) for j in range(words.shape[1])):
+        # a hash collision: do it exactly
         _, first, inverse = np.unique(words, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
     return first, inverse

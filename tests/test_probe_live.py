@@ -206,21 +206,25 @@ def test_resolver_side_dnsmasq(rec: Recorder, lab: Lab, lab_ns: NetNS) -> None:
     client = lab_ns.addr
     assert lab.server_ns is not None
     server_netns = lab.server_ns.inode
+    # the client's source ports tell its exchanges apart from earlier tests' (client
+    # namespaces reuse addresses) and from other labs on this machine (same addresses)
+    ports = set(_messages_of(rec, r.pid).query("direction == 'send'").src_port)
 
     def from_client(df: pd.DataFrame) -> pd.Series:
-        # other labs on this machine use the same private addresses: match our netns too
         return ((df.comm == "dnsmasq") & (df.netns == server_netns)
-                & ((df.src_addr == client) | (df.dst_addr == client)))
+                & (((df.src_addr == client) & df.src_port.isin(ports))
+                   | ((df.dst_addr == client) & df.dst_port.isin(ports))))
 
     msgs = rec.wait("messages", from_client,
-                    lambda rows: {"send", "recv"} <= set(rows.direction))
+                    lambda rows: (rows.direction == "send").sum() >= 2)
     recvs = msgs[msgs.direction == "recv"]
     sends = msgs[msgs.direction == "send"]
-    assert len(recvs) and len(sends), msgs
+    assert len(recvs) == 2 and len(sends) == 2, msgs  # A and AAAA
+    assert set(msgs.syscall) == {"recvmsg", "sendmsg"}
     assert (recvs.dst_port == 53).all() and (recvs.dst_addr == lab.server_addr).all()
     assert (sends.src_port == 53).all() and (sends.dst_addr == client).all()
-    assert any(QNAME_WIRE in bytes(p) for p in recvs.payload)
-    assert any(QNAME_WIRE in bytes(p) for p in sends.payload)
+    assert all(QNAME_WIRE in bytes(p) for p in recvs.payload)
+    assert all(QNAME_WIRE in bytes(p) for p in sends.payload)
     assert msgs.sock_id.nunique() == 1  # answered on the socket the query came in on
 
 
@@ -405,3 +409,35 @@ def test_compile_error_is_load_failed_with_reason(tmp_path: Path) -> None:
         _run_loader(req)
     assert "failed to compile" in str(info.value)
     assert "error" in str(info.value)
+
+
+def test_distinct_value_helpers_are_exact() -> None:
+    """The consumer decodes comm/addresses once per distinct value: check it against a plain
+    per-row decoding on values with many repeats and some near-duplicates."""
+    import numpy as np
+
+    from capture.probe import _addresses, _strings16, _unique_rows
+
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 2**63, size=(40, 3), dtype=np.uint64)
+    base[1] = base[0]
+    base[1, 2] ^= np.uint64(1)  # differs from row 0 in one bit
+    words = base[rng.integers(0, 40, size=5000)]
+    first, inverse = _unique_rows(words)
+    assert (words[first[inverse]] == words).all()
+    assert len(first) == len(np.unique(words, axis=0))
+
+    names = [b"dnsmasq", b"unbound", b"x" * 15, b"caf\xc3\xa9", b"\xff\xfe"]
+    raw = np.array([n.ljust(16, b"\0") for n in names * 30], dtype="V16")
+    got = _strings16(raw).to_pylist()
+    assert got == [n.decode("utf-8", "backslashreplace") for n in names * 30]
+
+    fam = np.array([2, 10, 10, 2] * 10, dtype=np.uint8)
+    addrs = np.zeros((40, 16), dtype=np.uint8)
+    addrs[0::4, :4] = [10, 213, 0, 1]
+    addrs[1::4, :] = list(bytes.fromhex("fd000213000000000000000000000001"))
+    addrs[2::4, 10:16] = [0xFF, 0xFF, 127, 0, 0, 1]
+    null = np.zeros(40, dtype=bool)
+    null[3::4] = True
+    got = _addresses(fam, addrs.view("V16").reshape(40), null).to_pylist()
+    assert got == ["10.213.0.1", "fd00:213::1", "127.0.0.1", None] * 10
