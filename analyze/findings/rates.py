@@ -93,10 +93,12 @@ def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cl
     tx = client_queries(capture)
     if tx.empty or "ts" not in tx.columns:
         return []
-    tx = with_client_key(tx).sort_values("ts")
+    tx = tx.sort_values("ts")
+    by_process = with_client_key(tx, by="process")
+    tx = with_client_key(tx)
     out: list[Finding] = []
     out.extend(_nxdomain(capture, tx, th, cluster_domain))
-    out.extend(_rate(tx, th))
+    out.extend(_rate(by_process, th))  # a rate is a process's, even inside a pod
     out.extend(_unknown_binary(capture, tx))
     return out
 
