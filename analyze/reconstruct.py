@@ -138,15 +138,20 @@ def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
 
 
 class _Small:
-    """Integers known to lie in [-2, limit) (NaN allowed): combined without a hash table."""
+    """Non-negative integers (NaN or negatives -1/-2 allowed as markers): combined with the
+    other key parts by arithmetic, without a hash table."""
 
-    def __init__(self, values: np.ndarray, limit: int) -> None:
-        self.values = values
-        self.limit = limit
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = np.nan_to_num(np.asarray(values, dtype="float64"), nan=-3.0)
 
     def codes(self) -> tuple[np.ndarray, int]:
-        v = np.nan_to_num(np.asarray(self.values, dtype="float64"), nan=-3.0)
-        return v.astype(np.int64) + 3, self.limit + 3
+        top = int(self.values.max(initial=0)) if len(self.values) else 0
+        return self.values.astype(np.int64) + 3, top + 4
+
+    @staticmethod
+    def fits(values: np.ndarray, limit: int = 2**31) -> bool:
+        v = np.asarray(values, dtype="float64")
+        return bool(np.nanmax(v, initial=0) < limit) and bool(np.nanmin(v, initial=0) >= -3)
 
 
 def _combine_key(parts: Iterable[pd.Series | np.ndarray | _Small]) -> np.ndarray:
@@ -249,20 +254,23 @@ def match_transactions(messages: pd.DataFrame, *, timeout_s: float = DEFAULT_TIM
     # whatever addresses the syscall showed. Server side: its socket and the client's
     # address, since one server socket talks to everyone. Wire: the 5-tuple.
     sock_id = col("sock_id")
+    known = sock_id.notna().to_numpy()
     sock_codes, _ = _codes(sock_id)
-    fd_codes, _ = _codes(col("fd"))
-    sock_key = np.where(sock_id.notna().to_numpy(), sock_codes, -fd_codes - 1)
-    sock_key = np.where(is_wire, 0, sock_key)
+    fd = _num(col("fd"))
     peer = is_wire | is_server
     tgid = _num(col("tgid"))
-    tgid_ok = bool(np.nanmax(tgid, initial=0) < 2**31) and bool(np.nanmin(tgid, initial=0) >= 0)
+
+    def small(values: np.ndarray) -> _Small | np.ndarray:
+        return _Small(values) if _Small.fits(values) else values
+
     key = _combine_key([
-        col("node"), _Small(side_code, 3),
-        _Small(np.where(is_wire, -1, tgid), 2**31) if tgid_ok else np.where(is_wire, -1, tgid),
-        sock_key,
-        np.where(peer, client_c, -2), _Small(np.where(peer, client_port, -1), 65536),
-        np.where(is_wire, server_c, -2), _Small(np.where(is_wire, server_port, -1), 65536),
-        col("protocol"), _Small(_num(col("dns_id")), 65536), col("qname"), col("qtype"),
+        col("node"), _Small(side_code),
+        small(np.where(is_wire, -1, tgid)),
+        _Small(np.where(is_wire | ~known, 0, sock_codes)),
+        small(np.where(is_wire | known, -1, fd)),
+        _Small(np.where(peer, client_c, -2)), _Small(np.where(peer, client_port, -1)),
+        _Small(np.where(is_wire, server_c, -2)), _Small(np.where(is_wire, server_port, -1)),
+        col("protocol"), _Small(_num(col("dns_id"))), col("qname"), col("qtype"),
     ])
 
     ts = _ns(col("ts"))
