@@ -444,7 +444,7 @@ def test_distinct_value_helpers_are_exact() -> None:
 
 
 def test_small_ring_wraps_many_times_without_corruption(lab: Lab) -> None:
-    """A 1 MiB ring filled ~10 times over: records that straddle the end of the ring are
+    """A 1 MiB ring filled 4 times over: records that straddle the end of the ring are
     read back whole (headers and payloads), and the comm filter lets only dnsperf through."""
     require_root_bcc()
     ns = lab.client_ns()
@@ -453,17 +453,17 @@ def test_small_ring_wraps_many_times_without_corruption(lab: Lab) -> None:
     with Probe(cfg) as probe:
         r = Recorder(probe)
         try:
-            res = lab.dnsperf(ns, lab.server_addr, queries=[(QNAME, "A")] * 4000,
-                              duration=30, max_qps=4000, extra=["-n", "1"])
+            res = lab.dnsperf(ns, lab.server_addr, queries=[(QNAME, "A")] * 6000,
+                              duration=30, max_qps=5000, extra=["-n", "1"])
             msgs = r.wait("messages", lambda df: df.netns == ns.inode,
                           lambda rows: len(rows) >= res.sent + res.completed, timeout=10)
         finally:
             r.close()
         lost = probe.lost()
-    assert res.sent == 4000
+    assert res.sent == 6000
     everything = r.table("messages")
     assert (everything.comm == "dnsperf").all()
-    assert probe.stats()["ring_bytes"] > 8 * 2**20  # wrapped many times
+    assert probe.stats()["ring_bytes"] > 4 * 2**20  # wrapped at least 4 times
     if lost["ringbuf_full"] == 0:
         assert len(msgs) == res.sent + res.completed
     payloads = [bytes(p) for p in msgs.payload]
