@@ -284,8 +284,7 @@ def _analyze(raws: list[_Raw], *, timeout_s: float, skew_s: float, lookup_gap_s:
     execs = attribute(tables["execs"], cgroups, processes, pods)
     transactions, txn_of_msg = match_transactions(messages, timeout_s=timeout_s,
                                                   skew_s=skew_s, dns_ports=dns_ports)
-    messages["txn_id"] = pd.array(np.where(txn_of_msg >= 0, txn_of_msg, 0), dtype="Int64")
-    messages.loc[txn_of_msg < 0, "txn_id"] = pd.NA
+    messages["txn_id"] = pd.arrays.IntegerArray(np.maximum(txn_of_msg, 0), txn_of_msg < 0)
     lost: dict[str, int] = {}
     for r in raws:
         for cause, count in (r.manifest.get("lost") or {}).items():
