@@ -432,8 +432,8 @@ class Capture:
                 if pat is not None and col in df:
                     keep &= _glob_mask(df[col], pat)
             if pid is not None and "tgid" in df:
-                keep &= _values_mask(df["tgid"], [int(p) for p in
-                                                  ([pid] if isinstance(pid, int) else pid)])
+                pids = [pid] if isinstance(pid, (int, np.integer, str)) else pid
+                keep &= _values_mask(df["tgid"], [int(p) for p in pids])
             if with_name and name is not None and "qname" in df:
                 keep &= _glob_mask(df["qname"], name)
             if with_rcode and rcode is not None:
