@@ -599,7 +599,9 @@ class Probe:
         maxcap = int(cap.max())
         size = self._ring_size
         ring = self._data_u8[mmap.PAGESIZE:]
-        if int(pos.max()) + maxcap <= size:
+        # rows cost n*maxcap bytes (+ as many mask bytes), byte indices ~16 bytes per byte:
+        # take rows unless a few big payloads would make most of the rows slack
+        if int(pos.max()) + maxcap <= size and maxcap * len(cap) <= 8 * total:
             # every 8-aligned ring offset as the start of a maxcap-byte row (a strided view,
             # no copy): fancy-indexing rows copies n short runs, the mask drops the slack
             rows = np.lib.stride_tricks.as_strided(
@@ -607,7 +609,7 @@ class Probe:
                 writeable=False)
             block = rows[pos >> 3]
             return block[np.arange(maxcap) < cap[:, None]]
-        # a record wraps past the end of the ring: index byte by byte
+        # a record wraps past the end of the ring, or the sizes vary a lot: byte indices
         offsets = np.zeros(len(cap) + 1, dtype=np.int64)
         np.cumsum(cap, out=offsets[1:])
         src = np.repeat(pos - offsets[:-1], cap)
