@@ -144,11 +144,13 @@ def test_replay_filters_by_pod_on_the_recording(recorded: Recorded) -> None:
 def test_dnsmasq_answering_is_matched_on_the_server_side(recorded: Recorded) -> None:
     # the recorder sees the whole machine: keep the lab's server namespace and our clients
     tx = recorded.cap.transactions
-    server = tx[(tx["side"] == "server") & (tx["netns"] == recorded.lab.server_ns.inode)]
+    # other lab daemons (an iodined left by an earlier test) share the server namespace
+    server = tx[(tx["side"] == "server") & (tx["netns"] == recorded.lab.server_ns.inode)
+                & (tx["comm"] == "dnsmasq")]
     ours = {recorded.walk.pid, recorded.musl.pid}
     client = tx[(tx["side"] == "client") & (tx["status"] == "answered")
                 & tx["tgid"].isin(ours)]
-    assert len(server) >= 1 and set(server["comm"]) == {"dnsmasq"}
+    assert len(server) >= 1
     assert set(server["status"]) == {"answered"}
     # every answered client query was seen arriving at dnsmasq with the same id and name
     pairs = set(zip(server["dns_id"], server["qname"], server["client_port"]))
