@@ -58,7 +58,7 @@ class Run:
     lost_queries: int = 0
     events: int | None = None
     events_per_query: float | None = None
-    events_other: int | None = None  # dnstrail: messages of other processes on the node
+    events_other: int | None = None  # dnstrail: messages from outside the bench namespace
     lost_events: int | None = None
     lost_detail: dict[str, int] = field(default_factory=dict)
     cpu_window_s: float | None = None
@@ -118,15 +118,16 @@ class _StderrReader:
         return "\n".join(ln for ln in self.lines if ln != "<eof>")
 
 
-def _bench_rows(capture: Path) -> int:
-    """Messages of dnsperf and unbound in a capture (the node has other DNS traffic too)."""
+def _bench_rows(capture: Path, netns: int) -> int:
+    """Messages from the benchmark's namespace (the node has other DNS traffic, other labs
+    may run dnsperf and unbound too)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     n = 0
     for f in sorted(capture.glob("messages-*.parquet")):
-        comm = pq.read_table(f, columns=["comm"]).column("comm")
-        n += int(pc.sum(pc.is_in(comm, value_set=pa.array(["dnsperf", "unbound"]))).as_py() or 0)
+        col = pq.read_table(f, columns=["netns"]).column("netns")
+        n += int(pc.sum(pc.equal(col, pa.scalar(netns, pa.uint32()))).as_py() or 0)
     return n
 
 
@@ -240,7 +241,7 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         try:
             manifest = json.loads((out / "manifest.json").read_text())
             r.events = int(manifest["counts"]["messages"])
-            r.events_other = r.events - _bench_rows(out)
+            r.events_other = r.events - _bench_rows(out, ns.inode)
             r.lost_detail = {k: int(v) for k, v in manifest["lost"].items()}
             r.lost_events = sum(r.lost_detail.values())
             if manifest.get("status") != "complete":

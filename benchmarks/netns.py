@@ -56,6 +56,11 @@ class UnboundNetns:
         self.proc: subprocess.Popen[bytes] | None = None
         self._created = False
 
+    @property
+    def inode(self) -> int:
+        """The namespace's inode: the ``netns`` a capture records for its processes."""
+        return os.stat(f"/run/netns/{self.name}").st_ino
+
     def exec_argv(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
 
