@@ -18,8 +18,10 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -50,7 +52,7 @@ from capture.schema import (
 
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_ROTATE_SECONDS = 60.0
-DEFAULT_ROW_GROUP_BYTES = 8 * 1024 * 1024
+DEFAULT_ROW_GROUP_BYTES = 2 * 1024 * 1024
 COMPRESSION = "zstd"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -128,6 +130,55 @@ class _OpenFile:
     rows: int = 0
     pending: list[pa.RecordBatch] = field(default_factory=list)
     pending_bytes: int = 0
+    #: Bytes in the file after the last row group the flusher wrote.
+    written: int = 0
+    #: Arrow bytes handed to the flusher (main thread) and written by it (flusher thread).
+    submitted: int = 0
+    completed: int = 0
+
+
+class _Flusher:
+    """One background thread that writes row groups, so that compression (which releases the
+    GIL) overlaps the recorder's polling instead of stalling it. At most ``depth`` row groups
+    wait, which keeps memory bounded. The first error is sticky: later jobs are skipped and
+    every wait() raises it again."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self._q: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dnstrail-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            try:
+                if job is None:
+                    return
+                if self.error is None:
+                    job()
+            except BaseException as exc:  # noqa: BLE001  (handed to the caller in wait())
+                self.error = exc
+            finally:
+                self._q.task_done()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.check()
+        self._q.put(job)
+
+    def wait(self) -> None:
+        """Block until every submitted row group is written; raise a writing error."""
+        self._q.join()
+        self.check()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        self._q.join()
+        self._q.put(None)
+        self._thread.join(timeout=60)
 
 
 @dataclass
@@ -181,6 +232,7 @@ class CaptureWriter:
         self._lost: dict[str, int] = {LOST_DISK_FULL: 0}
         self._started = False
         self._closed = False
+        self._flusher: _Flusher | None = None
         self.status = "new"
         self.manifest: dict[str, Any] = {
             "format": "dnstrail-capture",
@@ -224,6 +276,7 @@ class CaptureWriter:
         if self.manifest["started_at"] is None:
             self.manifest["started_at"] = utc_iso()
         self._started = True
+        self._flusher = _Flusher()
         self.status = "running"
         self._guarded(self._write_manifest)
         return self
@@ -330,7 +383,12 @@ class CaptureWriter:
         self._written_rows[kind] += batch.num_rows
         if of.pending_bytes >= self.row_group_bytes:
             self._flush(of)
-            if of.sink.tell() >= self.max_file_bytes:
+            if of.written + (of.submitted - of.completed) >= self.max_file_bytes:
+                # Near the limit (row groups in flight count at their uncompressed size):
+                # wait for the exact size before deciding.
+                assert self._flusher is not None
+                self._flusher.wait()
+            if of.written >= self.max_file_bytes:
                 self._finish(of)
 
     def tick(self) -> None:
@@ -365,14 +423,30 @@ class CaptureWriter:
         return of
 
     def _flush(self, of: _OpenFile) -> None:
+        """Hand the pending batches to the flusher as one row group."""
         if of.pending:
             table = pa.Table.from_batches(of.pending, schema=SCHEMAS[of.kind])
             of.pending = []
             of.pending_bytes = 0
-            of.writer.write_table(table, row_group_size=max(1, table.num_rows))
+
+            size = table.nbytes
+            of.submitted += size
+
+            def job() -> None:
+                of.writer.write_table(table, row_group_size=max(1, table.num_rows))
+                of.written = of.sink.tell()
+                of.completed += size
+
+            assert self._flusher is not None
+            self._flusher.submit(job)
+
+    def _drain(self, of: _OpenFile) -> None:
+        self._flush(of)
+        assert self._flusher is not None
+        self._flusher.wait()
 
     def _finish(self, of: _OpenFile) -> None:
-        self._flush(of)
+        self._drain(of)
         of.writer.close()
         of.sink.close()
         del self._open[of.kind]
@@ -448,10 +522,7 @@ class CaptureWriter:
         """Rows accepted so far (including files still open) and bytes on disk."""
         open_bytes = 0
         for of in self._open.values():
-            try:
-                open_bytes += of.sink.tell()
-            except (OSError, ValueError):
-                pass
+            open_bytes += of.written
         rows = {k: self._prev_counts[k] + self._written_rows[k] for k in EVENT_KINDS}
         return WriterStats(
             rows=rows,
@@ -484,6 +555,9 @@ class CaptureWriter:
         if not self._started:
             self.start()
         try:
+            if self._flusher is not None and self._flusher.error is not None:
+                # A row group failed to write: those files are damaged; do not list them.
+                self._abort_open()
             for of in list(self._open.values()):
                 self._guarded(self._finish_quiet, of)
             if self.snapshot_provider is not None:
@@ -500,9 +574,15 @@ class CaptureWriter:
             self._guarded(self._write_manifest)
         finally:
             self._closed = True
+            self._stop_flusher()
+
+    def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
 
     def _finish_quiet(self, of: _OpenFile) -> None:
-        self._flush(of)
+        self._drain(of)
         of.writer.close()
         of.sink.close()
         del self._open[of.kind]
@@ -545,6 +625,25 @@ class CaptureWriter:
 
     # -- faults ---------------------------------------------------------------------------
 
+    def _abort_open(self) -> int:
+        """Discard every open file (its rows are lost); return how many rows that was."""
+        if self._flusher is not None:
+            self._flusher._q.join()  # let queued jobs finish or skip; errors stay recorded
+        dropped = 0
+        for of in list(self._open.values()):
+            dropped += of.rows
+            for closer in (of.writer.close, of.sink.close):
+                try:
+                    closer()
+                except (OSError, pa.ArrowException):
+                    pass  # the file is being discarded; its rows are counted as lost
+            try:
+                of.tmp_path.unlink()
+            except OSError:
+                pass  # left as a .tmp- file, which readers ignore
+        self._open.clear()
+        return dropped
+
     def _check_running(self) -> None:
         if not self._started:
             raise RuntimeError("CaptureWriter.start() was not called")
@@ -561,19 +660,8 @@ class CaptureWriter:
 
     def _disk_full(self, exc: OSError) -> None:
         """Stop: drop unfinished files, try to record the failure, raise DiskFull."""
-        dropped = 0
-        for of in list(self._open.values()):
-            dropped += of.rows
-            for closer in (of.writer.close, of.sink.close):
-                try:
-                    closer()
-                except (OSError, pa.ArrowException):
-                    pass  # the file is being discarded; its rows are counted as lost
-            try:
-                of.tmp_path.unlink()
-            except OSError:
-                pass  # left as a .tmp- file, which readers ignore
-        self._open.clear()
+        dropped = self._abort_open()
+        self._stop_flusher()
         for name in os.listdir(self.directory):
             if name.startswith(TMP_PREFIX):
                 try:
