@@ -199,16 +199,39 @@ class _State:
         self.end_rows: list[snap.ProcessRow] = []
         self.exec_rows_dropped = 0
 
-    def tables(self) -> dict[str, pa.Table]:
+        self._written: dict[str, tuple[int, ...]] = {}
+
+    def _signatures(self) -> dict[str, tuple[int, ...]]:
+        known = len(self.resolver)
+        return {
+            "processes": (len(self.start_rows), len(self.exec_rows), len(self.end_rows), known),
+            "cgroups": (known,),
+            "pods": (len(self.pods),),
+        }
+
+    def _table(self, kind: str) -> pa.Table:
+        if kind == "cgroups":
+            return self.resolver.table()
+        if kind == "pods":
+            return snap.pods_table(self.pods)
         rows = self.start_rows + self.exec_rows + self.end_rows
         for r in rows:
             if r.cgroup_path is None and r.cgroup_id is not None:
                 r.cgroup_path = self.resolver.path_of(r.cgroup_id)
-        return {
-            "processes": snap.processes_table(rows),
-            "cgroups": self.resolver.table(),
-            "pods": snap.pods_table(self.pods),
-        }
+        return snap.processes_table(rows)
+
+    def tables(self) -> dict[str, pa.Table]:
+        """Every snapshot table."""
+        self._written = self._signatures()
+        return {kind: self._table(kind) for kind in self._written}
+
+    def changed_tables(self) -> dict[str, pa.Table]:
+        """The snapshot tables that changed since they were last handed out (rotations stay
+        cheap on a busy node)."""
+        sigs = self._signatures()
+        changed = [k for k, v in sigs.items() if self._written.get(k) != v]
+        self._written.update({k: sigs[k] for k in changed})
+        return {kind: self._table(kind) for kind in changed}
 
 
 def record(options: RecordOptions, err: TextIO | None = None) -> RecordSummary:
@@ -299,7 +322,7 @@ def _run(
         append=options.append,
         max_file_bytes=options.max_file_bytes,
         rotate_seconds=options.rotate_seconds,
-        snapshot_provider=state.tables,
+        snapshot_provider=state.changed_tables,
     )
     started = time.monotonic()
     current_ids = set(resolution.cgroup_ids)

@@ -162,6 +162,9 @@ class CgroupResolver:
         subs = [s for s in substrings if s]
         return {i for i, (p, _) in self._paths.items() if any(s in p for s in subs)}
 
+    def __len__(self) -> int:
+        return len(self._paths)
+
     def known(self) -> dict[int, str]:
         return {i: p for i, (p, _) in self._paths.items()}
 
@@ -253,7 +256,7 @@ def read_process(
             if line.startswith("0::"):
                 cgroup_path = _cap(line[3:], _PATH_CAP)
                 break
-    cgroup_id = resolver.id_of(cgroup_path) if (resolver and cgroup_path) else None
+    cgroup_id = resolver.id_of(cgroup_path) if (resolver is not None and cgroup_path) else None
     try:
         netns: int | None = os.stat(base / "ns" / "net").st_ino
     except OSError:
@@ -320,7 +323,7 @@ def exec_rows(
                 tgid=int(tgid), ppid=ev.get("ppid"), uid=ev.get("uid"), comm=ev.get("comm"),
                 exe=exe, cmdline=cmdline,
                 cgroup_id=cgid,
-                cgroup_path=resolver.path_of(cgid) if (resolver and cgid is not None) else None,
+                cgroup_path=resolver.path_of(cgid) if (resolver is not None and cgid is not None) else None,
                 netns=ev.get("netns"), start_time=start_ns, source="exec",
             )
         )
