@@ -58,6 +58,7 @@ class Run:
     lost_queries: int = 0
     events: int | None = None
     events_per_query: float | None = None
+    accounted_share: float | None = None
     events_other: int | None = None  # dnstrail: messages from outside the bench namespace
     lost_events: int | None = None
     lost_detail: dict[str, int] = field(default_factory=dict)
@@ -251,6 +252,11 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         shutil.rmtree(out, ignore_errors=True)
     if r.events is not None and r.completed:
         r.events_per_query = round((r.events - (r.events_other or 0)) / r.completed, 3)
+        if tracer == "dnstrail" and r.lost_events is not None:
+            # Each completed query is 4 events; captured + counted-lost should cover them
+            # (lost counters are node-wide, so this can exceed 1 with other traffic).
+            r.accounted_share = round((r.events - (r.events_other or 0) + r.lost_events)
+                                      / (4 * r.completed), 4)
     return r
 
 
