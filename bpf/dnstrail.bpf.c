@@ -585,10 +585,26 @@ static __always_inline u32 gather_iov(struct ev_msg *e, u64 iov_ptr, u32 iovcnt,
     return off;
 }
 
+// Is the message DNS by the port set? Checked before any event is built, so that non-DNS
+// socket traffic (the bulk of it on a node) costs no more than this.
+static __always_inline int is_dns(struct pending_t *p, u8 is_recv, u16 mfam, u16 mport) {
+    u16 rport = mfam ? mport : p->rport;
+    if (!port_match(p->lport) && !port_match(rport)) {
+        // An unconnected socket that sent to a DNS port and now receives with no source
+        // address asked for (recvfrom(..., NULL, NULL), as dnsperf does): the datagram is
+        // the answer, from an unknown peer.
+        if (!is_recv || mfam || p->rport || !dns_socks.lookup(&p->sk))
+            return 0;
+    } else if (!is_recv && mfam && !port_match(p->lport)) {
+        u8 one = 1;
+        dns_socks.update(&p->sk, &one);
+    }
+    return 1;
+}
+
 // Fill addresses/ports of e from the socket (p) and the message's own address (if any).
-// Returns 1 when the message is DNS by the port set.
-static __always_inline int set_endpoints(struct ev_msg *e, struct pending_t *p, u8 is_recv,
-                                         u16 mfam, u8 *maddr, u16 mport) {
+static __always_inline void set_endpoints(struct ev_msg *e, struct pending_t *p, u8 is_recv,
+                                          u16 mfam, u8 *maddr, u16 mport) {
     u8 *laddr = p->laddr, *raddr = p->raddr;
     u16 rport = p->rport;
     u8 rfl = 0, lfl = 0;
@@ -611,16 +627,6 @@ static __always_inline int set_endpoints(struct ev_msg *e, struct pending_t *p, 
         lfl |= F_SRC_ADDR;
     if (p->lport)
         lfl |= F_SRC_PORT;
-    if (!port_match(p->lport) && !port_match(rport)) {
-        // An unconnected socket that sent to a DNS port and now receives with no source
-        // address asked for (recvfrom(..., NULL, NULL), as dnsperf does): the datagram is
-        // the answer, from an unknown peer.
-        if (!is_recv || mfam || p->rport || !dns_socks.lookup(&p->sk))
-            return 0;
-    } else if (!is_recv && mfam && !port_match(p->lport)) {
-        u8 one = 1;
-        dns_socks.update(&p->sk, &one);
-    }
     // lfl/rfl are in "send" orientation: local = src, remote = dst
     if (is_recv) {
         __builtin_memcpy(e->src_addr, raddr, 16);
@@ -636,7 +642,6 @@ static __always_inline int set_endpoints(struct ev_msg *e, struct pending_t *p, 
         e->dst_port = rport;
         e->c.flags |= lfl | rfl;
     }
-    return 1;
 }
 
 static __always_inline void emit_msg(struct ev_msg *e, u32 cap) {
@@ -679,12 +684,13 @@ static __always_inline void emit_msghdr(struct pending_t *p, u64 msghdr_ptr, u32
     u16 mport = 0, mfam = 0;
     if (mh.msg_name && mh.msg_namelen >= sizeof(struct sockaddr_in))
         mfam = read_sockaddr((u64)mh.msg_name, maddr, &mport);
+    if (!is_dns(p, is_recv, mfam, mport))
+        return;
     struct ev_msg *e = prepare(p, is_recv);
     if (!e)
         return;
     e->c.msg_index = index;
-    if (!set_endpoints(e, p, is_recv, mfam, maddr, mport))
-        return;
+    set_endpoints(e, p, is_recv, mfam, maddr, mport);
     e->orig_len = len;
     u32 want = len > MAX_PAYLOAD ? MAX_PAYLOAD : len;
     u32 got = gather_iov(e, (u64)mh.msg_iov, (u32)mh.msg_iovlen, want);
@@ -729,11 +735,12 @@ static __always_inline void on_exit(long ret) {
         u16 mport = 0, mfam = 0;
         if (p->addr)
             mfam = read_sockaddr(p->addr, maddr, &mport);
+        if (!is_dns(p, is_recv, mfam, mport))
+            goto out;
         struct ev_msg *e = prepare(p, is_recv);
         if (!e)
             goto out;
-        if (!set_endpoints(e, p, is_recv, mfam, maddr, mport))
-            goto out;
+        set_endpoints(e, p, is_recv, mfam, maddr, mport);
         e->orig_len = (u32)ret;
         u32 want = (u64)ret > MAX_PAYLOAD ? MAX_PAYLOAD : (u32)ret;
         if (want > p->len)
@@ -746,11 +753,12 @@ static __always_inline void on_exit(long ret) {
         }
         emit_msg(e, want);
     } else if (sc == SC_READV || sc == SC_WRITEV) {
+        if (!is_dns(p, is_recv, 0, 0))
+            goto out;
         struct ev_msg *e = prepare(p, is_recv);
         if (!e)
             goto out;
-        if (!set_endpoints(e, p, is_recv, 0, 0, 0))
-            goto out;
+        set_endpoints(e, p, is_recv, 0, 0, 0);
         e->orig_len = (u32)ret;
         u32 want = (u64)ret > MAX_PAYLOAD ? MAX_PAYLOAD : (u32)ret;
         u32 got = gather_iov(e, p->buf, p->len, want);
