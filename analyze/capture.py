@@ -197,8 +197,12 @@ def _decoded_messages(table: pa.Table) -> pd.DataFrame:
     decoded = decode_messages(table.column("payload"))
     frame = _pandas(table)
     decoded.index = frame.index
-    return pd.concat([frame, decoded[[c for c in decoded.columns
-                                      if c not in frame.columns]]], axis=1)
+    out = pd.concat([frame, decoded[[c for c in decoded.columns
+                                     if c not in frame.columns]]], axis=1)
+    if "stream_error" in out.columns and out["stream_error"].notna().any():
+        # a damaged TCP stream is a message error too (counted in `errors` and the report)
+        out["error"] = out["error"].where(out["error"].notna(), out["stream_error"])
+    return out
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
