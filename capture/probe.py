@@ -21,12 +21,20 @@ Filters: an empty ``pids``/``comms`` tuple means "all". The cgroup filter is in 
 resolves to no ids: that must record nothing, not everything), or after ``set_cgroup_ids``.
 An empty ``ports`` tuple records every TCP/UDP message (not just DNS): use with a pid filter.
 
-How events reach Python: the BPF program writes variable-size records into a BPF ring buffer.
-This module maps the ring buffer itself (as libbpf does: consumer page read-write, producer page
-and the twice-mapped data area read-only), walks all committed records in one pass, gathers
-their fixed headers with numpy into column arrays and the payloads into one Arrow binary
-buffer, and advances the consumer position once per chunk. No Python code runs per event except
-the record-length walk; ``poll`` sleeps between checks instead of waking up per event.
+Loading: BCC (LLVM + clang, ~300 MB resident) never enters this process. ``open()`` runs
+``python -m capture._loader``, which compiles, attaches and fills the static filters, then
+passes the map and attachment descriptors back (SCM_RIGHTS) and exits; this process talks to
+the maps with bpf(2) and detaches by closing the descriptors. Struct offsets come from the
+kernel's BTF (``capture._btf``). ``socket_source`` picks how the program finds a message's
+socket: the sock tracepoints (Linux >= 6.3) or the fd table (older kernels); "auto" chooses.
+
+Reading: the BPF program writes records of a few fixed sizes into a BPF ring buffer. This
+module maps the ring itself (consumer page read-write, producer page and data area read-only,
+the data area once), finds record boundaries with vectorized reads over runs of equal-size
+records, gathers the fixed headers with numpy into column arrays and the payloads into one
+Arrow binary buffer, and advances the consumer position once per chunk (<= 16384 records).
+``poll`` sleeps in 5 ms steps (until the timeout, or until an eighth of the ring is full)
+instead of waking up per event. Not thread-safe: poll from one thread. See docs/bpf.md.
 """
 
 from __future__ import annotations
