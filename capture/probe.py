@@ -233,22 +233,20 @@ def render_source(cfg: ProbeConfig) -> str:
 
 
 def _check_environment(need_bcc: bool = True) -> Any:
-    """Check what loading needs (and import bcc when need_bcc); raise the CaptureError."""
-    module: Any = None
+    """Check what loading needs (and import bcc when need_bcc); raise the CaptureError.
+
+    The checks are capture.preflight's, so the probe and `dnstrail record` agree (a non-root
+    user with CAP_BPF + CAP_PERFMON passes both).
+    """
+    from capture import preflight
+
+    paths = preflight.PreflightPaths()
+    preflight.preflight(paths, skip=() if need_bcc else ("bcc",))
     if need_bcc:
-        try:
-            import bcc  # lazy: only the loader child process imports bcc
-        except ImportError:
-            raise BccMissing() from None
-        module = bcc
-    if os.geteuid() != 0:
-        raise NotPermitted()
-    if not any(os.path.isdir(os.path.join(p, "events", "syscalls")) for p in _TRACEFS):
-        raise TracefsMissing()
-    release = platform.release()
-    if not Path(f"/lib/modules/{release}/build").exists():
-        raise HeadersMissing()
-    return module
+        import bcc  # lazy: only the loader child process imports bcc
+
+        return bcc
+    return None
 
 
 @dataclass
