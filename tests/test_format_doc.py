@@ -13,9 +13,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 
 def _documented_columns(kind: str) -> set[str]:
     text = DOC.read_text()
-    section = re.search(rf"^### `{kind}`\n(.*?)(?=^#)", text + "\n#", re.S | re.M)
+    section = re.search(rf"^### `{kind}`\n(.*?)(?=^#)", text + "\n#", re.DOTALL | re.MULTILINE)
     assert section, f"docs/format.md has no section for {kind}"
-    return set(re.findall(r"^\| `([a-z_0-9]+)` \|", section.group(1), re.M))
+    return set(re.findall(r"^\| `([a-z_0-9]+)` \|", section.group(1), re.MULTILINE))
 
 
 @pytest.mark.parametrize("kind", list(schema.SCHEMAS))
@@ -28,7 +28,7 @@ def test_every_column_is_documented(kind: str) -> None:
 
 def test_every_manifest_key_is_documented() -> None:
     text = DOC.read_text().split("## manifest.json", 1)[1]
-    documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", text, re.M))
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", text, re.MULTILINE))
     assert documented == set(schema.MANIFEST_KEYS)
 
 
@@ -49,7 +49,7 @@ def test_conform_fills_missing_nullable_and_drops_unknown() -> None:
 
 def test_newer_major_version_is_refused(tmp_path: Path) -> None:
     (tmp_path / schema.MANIFEST_NAME).write_text(
-        '{"format": "dnstrail-capture", "schema_version": %d}' % (schema.SCHEMA_VERSION + 1)
+        f'{{"format": "dnstrail-capture", "schema_version": {schema.SCHEMA_VERSION + 1}}}'
     )
     with pytest.raises(schema.FormatError, match="newer"):
         schema.read_manifest(tmp_path)
