@@ -98,6 +98,24 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """ParquetWriter options for event files: dictionary pages only for string and dictionary
+    columns (comm, addresses, syscall...: few distinct values), plain pages for the rest, where
+    zstd does better alone (payloads differ in their transaction id); min/max statistics only
+    for the fixed-width columns (ts, seq, pids, ports...), none for payloads and strings.
+    Measured on 600k recorded messages (2 MB row groups): 0.47 instead of 0.69 us of CPU per
+    row, 8.9 instead of 10.6 MB of file. Readers see the same Arrow schema (ARROW:schema)."""
+    def textual(t: pa.DataType) -> bool:
+        return pa.types.is_string(t) or pa.types.is_dictionary(t)
+
+    return {
+        "compression": COMPRESSION,
+        "use_dictionary": [f.name for f in schema if textual(f.type)],
+        "write_statistics": [f.name for f in schema
+                             if not (textual(f.type) or pa.types.is_binary(f.type))],
+    }
+
+
 def conform_batch(batch: pa.RecordBatch, kind: str) -> pa.RecordBatch:
     """The batch with exactly the columns and types of the kind's schema (field docs included)."""
     schema = SCHEMAS[kind]
@@ -417,7 +435,7 @@ class CaptureWriter:
         tmp = self.directory / (TMP_PREFIX + name)
         _create_private(tmp)
         sink = pa.OSFile(str(tmp), "wb")
-        writer = pq.ParquetWriter(sink, SCHEMAS[kind], compression=COMPRESSION)
+        writer = pq.ParquetWriter(sink, SCHEMAS[kind], **parquet_options(SCHEMAS[kind]))
         of = _OpenFile(kind, index, name, tmp, sink, writer, self._clock())
         self._open[kind] = of
         return of
