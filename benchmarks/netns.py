@@ -8,6 +8,7 @@ this machine: there is no route out of the namespace and unbound never recurses 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,22 @@ def write_query_file(path: Path, n: int = 500, nxdomain_share: float = 0.1) -> N
     path.write_text("\n".join(lines) + "\n")
 
 
+def remove_stale() -> None:
+    """Delete namespaces left by benchmark runs whose process is gone (killed runs)."""
+    listing = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True,
+                             text=True).stdout
+    for line in listing.splitlines():
+        m = re.match(r"^dnstrail-bench-(\d+)\b", line)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            for pid in subprocess.run(["ip", "netns", "pids", m.group(0)], check=False,
+                                      capture_output=True, text=True).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)  # an orphaned unbound of that run
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", m.group(0)], check=False, capture_output=True)
+
+
 class UnboundNetns:
     """``with UnboundNetns() as ns:`` ns.name is the namespace, unbound on 127.0.0.1:53 in it."""
 
@@ -82,6 +99,7 @@ class UnboundNetns:
         for tool in ("ip", "unbound", "dnsperf"):
             if shutil.which(tool) is None:
                 raise BenchSetupError(f"{tool} is not installed")
+        remove_stale()
         _run(["ip", "netns", "add", self.name])
         self._created = True
         _run(["ip", "-n", self.name, "link", "set", "lo", "up"])
