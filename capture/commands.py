@@ -65,7 +65,7 @@ class _Size(click.ParamType):
 @click.option("--snaplen", type=click.IntRange(12, MAX_SNAPLEN), default=1232,
               show_default=True, help="Bytes of payload kept per message (orig_len keeps the "
               "real length).")
-@click.option("--ringbuf-mb", type=click.IntRange(1, 1024), default=64, show_default=True,
+@click.option("--ringbuf-mb", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Kernel ring buffer size in MB (power of two).")
 @click.option("--max-size", "max_size", type=_Size(), default=DEFAULT_MAX_FILE_BYTES,
               help="Rotate an event file when it reaches this size (default 64MB).")

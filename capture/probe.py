@@ -5,7 +5,7 @@ Usage (the recorder's contract; keep this shape)::
     from capture.probe import ProbeConfig, Probe, render_source
 
     cfg = ProbeConfig(ports=(53,), pids=(), comms=(), cgroup_ids=(), snaplen=1232,
-                      ringbuf_mb=64, trace_connects=True, trace_execs=True)
+                      ringbuf_mb=32, trace_connects=True, trace_execs=True)
     print(render_source(cfg))            # final BPF C text (for --print-bpf); no bcc needed
     with Probe(cfg) as probe:            # compiles, loads, attaches; raises capture.errors.*
         probe.boot_time_ns               # wall-clock ns at CLOCK_MONOTONIC zero
@@ -131,7 +131,7 @@ class ProbeConfig:
     comms: tuple[str, ...] = ()
     cgroup_ids: tuple[int, ...] = ()
     snaplen: int = 1232
-    ringbuf_mb: int = 64
+    ringbuf_mb: int = 32
     trace_connects: bool = True
     trace_execs: bool = True
     #: Turn the cgroup filter on even with no ids yet (they come later via set_cgroup_ids).

@@ -81,7 +81,7 @@ class RecordOptions:
     cgroups: tuple[str, ...] = ()
     pods: tuple[str, ...] = ()
     snaplen: int = 1232
-    ringbuf_mb: int = 64
+    ringbuf_mb: int = 32
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     rotate_seconds: float = DEFAULT_ROTATE_SECONDS
     append: bool = False
