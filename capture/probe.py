@@ -530,6 +530,15 @@ class Probe:
 
     def _gather(self, starts: np.ndarray, dtype: np.dtype) -> np.ndarray:
         words = dtype.itemsize // 8
+        size = self._ring_size
+        if len(starts) and int(starts.max()) + dtype.itemsize <= size:
+            # no header wraps: every 8-aligned ring offset as the start of a record (a strided
+            # view, no copy); fancy-indexing its rows copies one run per record (~3x faster
+            # than an (n, words) index matrix)
+            ring = self._data_u64[mmap.PAGESIZE >> 3:]
+            rows = np.lib.stride_tricks.as_strided(
+                ring, shape=((size >> 3) - words + 1, words), strides=(8, 8), writeable=False)
+            return np.ascontiguousarray(rows[starts >> 3]).view(dtype).reshape(len(starts))
         idx = (starts >> 3)[:, None] + np.arange(words, dtype=np.int64)
         idx &= self._ring_mask >> 3
         idx += mmap.PAGESIZE >> 3
