@@ -6,27 +6,22 @@ from functools import lru_cache
 
 from publicsuffixlist import PublicSuffixList
 
+from analyze.names import registered_domain as _registered_domain
+
 _ICANN = PublicSuffixList(only_icann=True)
 
 #: Zones never treated as tunnels or new domains: answered inside the cluster or reverse maps.
 INTERNAL_SUFFIXES = ("arpa", "cluster.local", "local", "localhost", "internal", "localdomain")
 
 
-@lru_cache(maxsize=65536)
 def registered_domain(qname: str) -> str | None:
-    """eTLD+1 of a name using only the ICANN section of the Public Suffix List.
+    """eTLD+1 of a name: the analyzer's own rule (analyze.names, ICANN section only).
 
     Private suffixes (cloudfront.net, compute-1.amazonaws.com, ...) are not used, so the
     random-looking host labels of CDNs and clouds count as subdomains of one provider domain
     instead of looking like thousands of distinct registered domains.
     """
-    name = qname.rstrip(".").lower()
-    if not name or name == ".":
-        return None
-    try:
-        return _ICANN.privatesuffix(name)
-    except (ValueError, UnicodeError):
-        return None
+    return _registered_domain(qname.rstrip(".").lower())
 
 
 @lru_cache(maxsize=65536)
