@@ -31,8 +31,9 @@ socket: the sock tracepoints (Linux >= 6.3) or the fd table (older kernels); "au
 Reading: the BPF program writes records of a few fixed sizes into a BPF ring buffer. This
 module maps the ring itself (consumer page read-write, producer page and data area read-only,
 the data area once), finds record boundaries with vectorized reads over runs of equal-size
-records, gathers the fixed headers with numpy into column arrays and the payloads into one
-Arrow binary buffer, and advances the consumer position once per chunk (<= 16384 records).
+records, copies the fixed headers as strided rows of the ring into a numpy structured array,
+casts the payloads out of the ring through an Arrow binary_view array (one C++ copy each), and
+advances the consumer position once per chunk (<= 16384 records).
 ``poll`` sleeps in 5 ms steps (until the timeout, or until an eighth of the ring is full)
 instead of waking up per event. Not thread-safe: poll from one thread. See docs/bpf.md.
 """
@@ -116,9 +117,15 @@ assert _EXEC_DTYPE.itemsize == 320
 
 #: Arrow binary_view (pyarrow >= 16) lets payloads be cast out of the ring in one C++ pass.
 def _views_cast() -> bool:
+    """Can this pyarrow cast a binary_view array (one out-of-line value) to binary?
+    (Built from buffers: pa.array() on a list would import pandas into the recorder.)"""
+    data = b"0123456789abcdef"
+    view = struct.pack("<i4sii", len(data), data[:4], 0, 0)
     try:
-        v = pa.array([b"0123456789abcdef"], type=pa.binary_view())
-        return bool(v.cast(pa.binary()).to_pylist() == [b"0123456789abcdef"])
+        v = pa.Array.from_buffers(pa.binary_view(), 1, [None, pa.py_buffer(view),
+                                                        pa.py_buffer(data)])
+        out = v.cast(pa.binary())
+        return bool(out.buffers()[2].to_pybytes()[: len(data)] == data)
     except (AttributeError, pa.ArrowException):
         return False
 
