@@ -8,12 +8,13 @@ responses. ``Capture.lookups`` (resolver calls) is computed on first use. See do
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -227,9 +228,25 @@ def load(path_or_paths: str | Path | Iterable[str | Path], *,
     ``verify``: check every file's sha256 against the manifest (raises CaptureDamaged).
     ``dns_ports``: ports of DNS servers (for imports, and to tell roles when QR is unknown).
     """
-    with no_gc():
+    with no_gc(), _system_allocator():
         return _load(path_or_paths, timeout_s=timeout_s, skew_s=skew_s,
                      lookup_gap_s=lookup_gap_s, verify=verify, dns_ports=dns_ports)
+
+
+@contextlib.contextmanager
+def _system_allocator() -> Iterator[None]:
+    """Allocate Arrow buffers with malloc while loading, then restore the caller's pool.
+
+    The default pool (mimalloc) keeps freed pages of the many short-lived intermediates
+    (Parquet pages, casts, takes): with malloc the 1M-message benchmark peaks ~80 MiB lower
+    at the same speed. Buffers remember their pool, so switching back is safe.
+    """
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 def _load(path_or_paths: str | Path | Iterable[str | Path], *, timeout_s: float,
