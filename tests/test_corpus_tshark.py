@@ -19,8 +19,8 @@ import pytest
 from analyze.decode import decode_messages, type_name
 from analyze.pcap import import_pcap
 from analyze.tcp import reassemble
+from tests.corpus import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 FILES = sorted(p for sub in ("tunnels", "benign") for p in (CORPUS / sub).glob("*.pcap*")) \
     if CORPUS.is_dir() else []
 AGG = "\x1f"  # tshark's separator between repeated values of one field

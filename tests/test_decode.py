@@ -20,8 +20,7 @@ from analyze.decode import (
     present_labels,
 )
 from analyze.names import registered_domain
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from tests.corpus import CORPUS
 
 
 def _response(qname: str, qtype: str, zone: str) -> bytes:

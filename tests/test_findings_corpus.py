@@ -8,8 +8,7 @@ import pytest
 
 from analyze import load
 from analyze.findings import find, severity_rank
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from tests.corpus import CORPUS
 
 pytestmark = [
     pytest.mark.corpus,

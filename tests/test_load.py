@@ -12,16 +12,11 @@ from analyze import Capture, load
 from analyze.capture import CaptureDamaged, CaptureNotFound, CaptureTooNew, NotACapture
 from analyze.pcap import import_pcap
 from dnstrail.errors import DnstrailError
+from tests.corpus import corpus
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 pytestmark = pytest.mark.corpus
 
 
-def corpus(name: str) -> Path:
-    path = CORPUS / name
-    if not path.exists():
-        pytest.skip(f"corpus file {path} is absent")
-    return path
 
 
 @pytest.fixture

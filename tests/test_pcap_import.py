@@ -18,8 +18,8 @@ from analyze.errors import AnalyzeError, OutputExists, PcapError, UnsupportedLin
 from analyze.pcap import import_pcap, write_capture
 from analyze.tcp import reassemble
 from capture import schema
+from tests.corpus import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 FILES = sorted(p for sub in ("tunnels", "benign") for p in (CORPUS / sub).glob("*.pcap*")) \
     if CORPUS.is_dir() else []
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")

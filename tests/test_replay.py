@@ -13,15 +13,7 @@ from dnslib import QTYPE, RR, A, DNSRecord
 from analyze.pcap import write_capture
 from analyze.replay import fit, sanitize
 from dnstrail.cli import main
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-def corpus(name: str) -> Path:
-    path = CORPUS / name
-    if not path.exists():
-        pytest.skip(f"corpus file {path} is absent")
-    return path
+from tests.corpus import corpus
 
 
 @pytest.fixture

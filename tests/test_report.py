@@ -19,9 +19,8 @@ from analyze.findings import find
 from analyze.report import render
 from analyze.report.schema import REPORT_SCHEMA
 from dnstrail.cli import main
+from tests.corpus import CORPUS
 from tests.test_findings_wire import T0, Proc, Wire, busy_node, tunnel_client
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 #: Labels an attacker controls, each exactly as it goes on the wire.
 HOSTILE = [

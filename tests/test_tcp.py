@@ -17,8 +17,8 @@ from analyze.decode import decode_messages
 from analyze.pcap import import_pcap
 from analyze.tcp import E_INCOMPLETE, E_OUT_OF_SYNC, E_TRUNCATED_CHUNK, reassemble
 from capture.schema import MESSAGES_SCHEMA
+from tests.corpus import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 
 
