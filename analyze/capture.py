@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analyze._frames import to_pandas
 from analyze.attribute import ATTR_COLUMNS, attribute
 from analyze.errors import AnalyzeError
 from analyze.reconstruct import (
@@ -65,25 +66,6 @@ class BadFilter(AnalyzeError):
 
 _EVENT_TABLES = ("messages", "connects", "execs")
 _SNAPSHOT_TABLES = ("processes", "cgroups", "pods")
-
-
-def _pandas(table: pa.Table) -> pd.DataFrame:
-    """Arrow -> pandas with strings for dictionary columns and nullable integers."""
-    cols = []
-    for f in table.schema:
-        col = table.column(f.name)
-        if pa.types.is_dictionary(f.type):
-            col = col.cast(pa.string())
-        cols.append(col)
-    table = pa.Table.from_arrays(cols, names=table.column_names)
-    mapper: dict[pa.DataType, Any] = {pa.binary(): pd.ArrowDtype(pa.binary()),
-              pa.large_binary(): pd.ArrowDtype(pa.large_binary())}
-    mapper |= {pa.int8(): pd.Int64Dtype(), pa.int16(): pd.Int64Dtype(),
-              pa.int32(): pd.Int64Dtype(), pa.int64(): pd.Int64Dtype(),
-              pa.uint8(): pd.Int64Dtype(), pa.uint16(): pd.Int64Dtype(),
-              pa.uint32(): pd.Int64Dtype(), pa.uint64(): pd.UInt64Dtype(),
-              pa.bool_(): pd.BooleanDtype()}
-    return table.to_pandas(types_mapper=mapper.get)
 
 
 def _sha256(path: Path) -> str:
@@ -196,7 +178,7 @@ def _decoded_messages(table: pa.Table) -> pd.DataFrame:
     from analyze.decode import decode_messages
 
     decoded = decode_messages(table.column("payload"))
-    frame = _pandas(table)
+    frame = to_pandas(table)
     decoded.index = frame.index
     out = pd.concat([frame, decoded[[c for c in decoded.columns
                                      if c not in frame.columns]]], axis=1)
@@ -289,7 +271,7 @@ def _analyze(raws: list[_Raw], *, timeout_s: float, skew_s: float, lookup_gap_s:
         for kind in schema.SCHEMAS:
             if kind == "messages":
                 continue
-            df = _pandas(raw.tables[kind])
+            df = to_pandas(raw.tables[kind])
             df["node"] = node
             df["capture"] = raw.path
             frames[kind].append(df)

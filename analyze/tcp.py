@@ -31,6 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analyze._frames import to_pandas
+
 #: Columns that identify a stream, in this order, when present in the table.
 STREAM_KEY_COLUMNS: tuple[str, ...] = (
     "node", "capture", "netns", "tgid", "fd", "sock_id", "direction",
@@ -250,7 +252,7 @@ def reassemble(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
     its dtypes.
     """
     if not isinstance(table, pd.DataFrame):
-        return _to_pandas(reassemble_table(table))
+        return to_pandas(reassemble_table(table))
     frame = table.reset_index(drop=True)
     n = len(frame)
     if "protocol" in frame.columns:
@@ -284,24 +286,6 @@ def reassemble(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
     err[rows] = [e.error for e in lay.emits]
     out[ERROR_COLUMN] = pd.Series(err, dtype="str")
     return out
-
-
-_MAPPER = {pa.int8(): pd.Int64Dtype(), pa.int16(): pd.Int64Dtype(),
-           pa.int32(): pd.Int64Dtype(), pa.int64(): pd.Int64Dtype(),
-           pa.uint8(): pd.Int64Dtype(), pa.uint16(): pd.Int64Dtype(),
-           pa.uint32(): pd.Int64Dtype(), pa.uint64(): pd.UInt64Dtype(),
-           pa.bool_(): pd.BooleanDtype()}
-
-
-def _to_pandas(table: pa.Table) -> pd.DataFrame:
-    cols = []
-    for f in table.schema:
-        c = table.column(f.name)
-        if pa.types.is_dictionary(f.type):
-            c = c.cast(pa.string())
-        cols.append(c)
-    plain = pa.Table.from_arrays(cols, names=table.column_names)
-    return plain.to_pandas(types_mapper=_MAPPER.get)
 
 
 __all__ = [
