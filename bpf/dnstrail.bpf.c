@@ -12,17 +12,21 @@
 //                    capture/_btf.py (installed headers may be for another kernel version)
 //
 // Design (docs/bpf.md has the long form):
-//  * sys_enter_* stores the syscall arguments in `pending`, keyed by pid_tgid.
-//  * sock:sock_send_length / sock:sock_recv_length fire inside the syscall for every message
-//    that goes through a socket; they hand over the struct sock, from which we take the
-//    socket identity, protocol, family and both endpoints, and store them in `pending`.
-//    They are also what tells us that an fd is a socket at all.
-//  * sys_exit_* reads the user buffers with the returned length, decides whether the message
-//    is DNS (local or remote port in the port set) and emits one ring buffer record per
-//    message (per element of a sendmmsg/recvmmsg vector).
-//  * read/write/readv/writev are the hottest syscalls on a node: their sys_enter only looks the
-//    (tgid, fd) up in `fd_state` (sockets connect()ed to a DNS port, and accept()ed sockets not
-//    yet known to be non-DNS) and stores nothing for any other fd.
+//  * Two raw tracepoints carry the hot path; no per-syscall tracepoint fires for DNS I/O.
+//  * sock_send_length / sock_recv_length (raw, Linux >= 6.3) fire inside the syscall for every
+//    message that goes through a socket. For a socket whose local or remote port is in the
+//    port set (or an unconnected UDP socket, whose messages carry their own address), they
+//    arm the thread's slot (task local storage) with the socket identity, protocol, family
+//    and both endpoints. Every other socket message on the node costs two reads and returns.
+//  * sys_exit (raw) returns at once unless the thread's slot is armed. Then it reads the
+//    syscall number and arguments from the saved user registers, reads the user buffers with
+//    the returned length, decides DNS or not (the message's own address may decide), and emits
+//    one ring buffer record per message (per element of a sendmmsg/recvmmsg vector). Socket
+//    I/O in any other syscall (sendfile, splice, io_uring, 32-bit socketcall) is counted as
+//    untracked_socket_io.
+//  * Kernels without the sock tracepoints (SOCK_TP=0): sys_exit itself filters by syscall
+//    number, gates read/write/readv/writev on (tgid, fd) in `fd_state` (sockets connect()ed
+//    to a DNS port, accepted sockets), and finds the socket by walking the task's fd table.
 //  * Everything that could not be recorded is counted in `lost` by cause.
 
 #include <uapi/linux/ptrace.h>
@@ -37,6 +41,7 @@
 #include <linux/net.h>
 #include <net/sock.h>
 #include <net/net_namespace.h>
+#include <asm/unistd.h>
 
 #ifndef MAX_PAYLOAD
 #define MAX_PAYLOAD 1232
@@ -249,21 +254,37 @@ struct ev_exec {
 };
 
 // ---- in-kernel state ----
+// One syscall's worth of context: the socket side (filled by the sock tracepoints, or by the
+// fd-table walk) and the syscall's arguments (filled at sys_exit from the saved registers).
 struct pending_t {
-    u64 ts;
     u64 sk;
     u64 buf;        // buf / msghdr* / mmsghdr* / iovec*
     u64 addr;       // sockaddr* (sendto/recvfrom)
+    u64 alen;       // socklen_t* (recvfrom: how much of *addr the kernel filled in)
     u32 len;        // buf len / vlen / iovcnt
     s32 fd;
     u8 syscall;
-    u8 sock_seen;
+    u8 sock_seen;   // the socket side is filled in (SOCK_TP: the slot is armed)
     u8 family;
     u8 protocol;
     u16 lport;
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
+};
+
+// The user registers saved at syscall entry, from r10 to orig_ax (x86_64 struct pt_regs order).
+// The syscall's arguments are di, si, dx, r10, r8, r9; the kernel leaves them as they were.
+struct sc_regs_t {
+    u64 r10;
+    u64 r9;
+    u64 r8;
+    u64 ax;
+    u64 cx;
+    u64 dx;
+    u64 si;
+    u64 di;
+    u64 orig_ax;
 };
 
 struct conn_t {
@@ -289,12 +310,16 @@ struct sock_args_t {
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_HASH(pending, u64, struct pending_t, 65536);
+#if SOCK_TP
+BPF_TASK_STORAGE(slots, struct pending_t);
+#else
+BPF_PERCPU_ARRAY(pending_scratch, struct pending_t, 1);  // too big for the stack with the rest
+#endif
 BPF_HASH(conn_pending, u64, struct conn_t, 16384);
 BPF_HASH(socket_args, u64, struct sock_args_t, 16384);
 BPF_TABLE("lru_hash", u64, struct fd_state_t, fd_state, 65536);
 BPF_HASH(ports, u16, u8, 64);
-// unconnected sockets that sent to a DNS port (see set_endpoints)
+// unconnected sockets that sent to a DNS port (see is_dns)
 BPF_TABLE("lru_hash", u64, u8, dns_socks, 16384);
 BPF_HASH(pids, u32, u8, 1024);
 BPF_HASH(comms, struct comm_key, u8, 256);
@@ -380,127 +405,109 @@ static __always_inline u16 read_sockaddr(u64 uaddr, u8 *addr, u16 *port) {
     return 0;
 }
 
-// ---- enter: remember the arguments ----
-static __always_inline void store_pending(u8 sc, s32 fd, u64 buf, u32 len, u64 addr) {
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    if (!pass_filters(pid_tgid))
-        return;
-    struct pending_t p = {};
-    p.ts = bpf_ktime_get_ns();
-    p.syscall = sc;
-    p.fd = fd;
-    p.buf = buf;
-    p.len = len;
-    p.addr = addr;
-    if (pending.update(&pid_tgid, &p) != 0)
-        count_lost(LOST_PENDING_FULL, 1);
+// The SC_* code of a syscall number, 0 for the syscalls we do not read.
+static __always_inline u8 sc_code(u64 nr) {
+    switch (nr) {
+    case __NR_sendto: return SC_SENDTO;
+    case __NR_sendmsg: return SC_SENDMSG;
+    case __NR_sendmmsg: return SC_SENDMMSG;
+    case __NR_write: return SC_WRITE;
+    case __NR_writev: return SC_WRITEV;
+    case __NR_recvfrom: return SC_RECVFROM;
+    case __NR_recvmsg: return SC_RECVMSG;
+    case __NR_recvmmsg: return SC_RECVMMSG;
+    case __NR_read: return SC_READ;
+    case __NR_readv: return SC_READV;
+    }
+    return 0;
 }
 
-static __always_inline void store_pending_if_dns_fd(u8 sc, s32 fd, u64 buf, u32 len) {
-    u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)fd;
-    struct fd_state_t *st = fd_state.lookup(&key);
-    if (!st || (st->state != FD_DNS && st->state != FD_CANDIDATE))
-        return;
-    store_pending(sc, fd, buf, len, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) {
-    store_pending(SC_SENDTO, args->fd, (u64)args->buff, args->len, (u64)args->addr);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) {
-    if (args->flags & MSG_PEEK)
-        return 0;  // the real read follows; recording the peek would duplicate the message
-    store_pending(SC_RECVFROM, args->fd, (u64)args->ubuf, args->size, (u64)args->addr);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) {
-    store_pending(SC_SENDMSG, args->fd, (u64)args->msg, 1, 0);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) {
-    if (args->flags & MSG_PEEK)
-        return 0;
-    store_pending(SC_RECVMSG, args->fd, (u64)args->msg, 1, 0);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) {
-    store_pending(SC_SENDMMSG, args->fd, (u64)args->mmsg, args->vlen, 0);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) {
-    if (args->flags & MSG_PEEK)
-        return 0;
-    store_pending(SC_RECVMMSG, args->fd, (u64)args->mmsg, args->vlen, 0);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_write) {
-    store_pending_if_dns_fd(SC_WRITE, args->fd, (u64)args->buf, args->count);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_read) {
-    store_pending_if_dns_fd(SC_READ, args->fd, (u64)args->buf, args->count);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) {
-    store_pending_if_dns_fd(SC_WRITEV, args->fd, (u64)args->vec, args->vlen);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_readv) {
-    store_pending_if_dns_fd(SC_READV, args->fd, (u64)args->vec, args->vlen);
-    return 0;
+// The syscall's arguments, as the syscall saw them, into p.
+static __always_inline void take_args(struct pending_t *p, u8 sc, struct sc_regs_t *r) {
+    p->syscall = sc;
+    p->fd = (s32)r->di;
+    p->buf = r->si;                  // buf / msghdr* / mmsghdr* / iovec*
+    p->len = (u32)r->dx;             // len / (msg flags) / vlen / iovcnt
+    p->addr = 0;
+    p->alen = 0;
+    if (sc == SC_SENDTO || sc == SC_RECVFROM) {
+        p->addr = r->r8;
+        if (sc == SC_RECVFROM)
+            p->alen = r->r9;
+    } else if (sc == SC_SENDMSG || sc == SC_RECVMSG) {
+        p->len = 1;
+    }
 }
 
 // ---- the socket: endpoints and identity ----
-static __always_inline void fill_sock(struct pending_t *p, u64 sk, u16 family, u16 protocol) {
-    u16 rport_be = 0, lport = 0;
-    bpf_probe_read_kernel(&rport_be, 2, (void *)(sk + OFF_SKC_DPORT));
-    bpf_probe_read_kernel(&lport, 2, (void *)(sk + OFF_SKC_NUM));
+static __always_inline void fill_sock(struct pending_t *p, u64 sk, u16 family, u16 protocol,
+                                      u16 lport, u16 rport) {
     p->sock_seen = 1;
     p->sk = sk;
     p->family = family;
     p->protocol = protocol;
     p->lport = lport;
-    p->rport = bpf_ntohs(rport_be);
+    p->rport = rport;
     if (family == AF_INET) {
+        __builtin_memset(p->laddr, 0, 32);
         bpf_probe_read_kernel(p->laddr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
         bpf_probe_read_kernel(p->raddr, 4, (void *)(sk + OFF_SKC_DADDR));
-    } else if (family == AF_INET6) {
+    } else {
         bpf_probe_read_kernel(p->laddr, 16, (void *)(sk + OFF_SKC_V6_RCV_SADDR));
         bpf_probe_read_kernel(p->raddr, 16, (void *)(sk + OFF_SKC_V6_DADDR));
     }
 }
 
-#if SOCK_TP
-// sock:sock_send_length / sock:sock_recv_length fire inside every socket send/recv
-// (each message of an mmsg vector; read/write on sockets too).
-static __always_inline void on_sock_io(void *sk, u16 family, u16 protocol) {
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    struct pending_t *p = pending.lookup(&pid_tgid);
-    if (!p) {
-        // Socket I/O on a DNS port that no hooked syscall announced: read()/write() on a socket
-        // accepted or connected before the capture started, a syscall already in flight at
-        // attach time, or sendfile/splice/io_uring. Counted, never silent.
-        u16 lport = 0, rport_be = 0;
-        bpf_probe_read_kernel(&rport_be, 2, (char *)sk + OFF_SKC_DPORT);
-        bpf_probe_read_kernel(&lport, 2, (char *)sk + OFF_SKC_NUM);
-        if ((family == AF_INET || family == AF_INET6) && (protocol == IPPROTO_UDP || protocol == IPPROTO_TCP)
-            && (port_match(lport) || port_match(bpf_ntohs(rport_be)))
-            && pass_filters(pid_tgid))
-            count_lost(LOST_UNTRACKED_SOCKET_IO, 1);
-        return;
-    }
-    if (p->sock_seen)
-        return;  // later messages of the same sendmmsg/recvmmsg: same socket
-    fill_sock(p, (u64)sk, family, protocol);
+// Family, protocol and ports of a struct sock; 0 unless it is TCP/UDP over IPv4/IPv6.
+static __always_inline int sock_basics(u64 sk, u16 *family, u16 *protocol, u16 *lport, u16 *rport) {
+    u16 rport_be = 0;
+    bpf_probe_read_kernel(family, 2, (void *)(sk + OFF_SKC_FAMILY));
+    if (*family != AF_INET && *family != AF_INET6)
+        return 0;
+    bpf_probe_read_kernel(protocol, 2, (void *)(sk + OFF_SK_PROTOCOL));
+    if (*protocol != IPPROTO_UDP && *protocol != IPPROTO_TCP)
+        return 0;
+    bpf_probe_read_kernel(&rport_be, 2, (void *)(sk + OFF_SKC_DPORT));
+    bpf_probe_read_kernel(lport, 2, (void *)(sk + OFF_SKC_NUM));
+    *rport = bpf_ntohs(rport_be);
+    return 1;
 }
 
-TRACEPOINT_PROBE(sock, sock_send_length) {
-    on_sock_io(args->sk, args->family, args->protocol);
+#if SOCK_TP
+// sock_send_length(sk, ret, flags) / sock_recv_length(sk, ret, flags) fire inside every
+// socket send/recv (each message of an mmsg vector; read/write on sockets too).
+static __always_inline void on_sock_io(u64 sk, int flags, u8 is_recv) {
+    if (is_recv && (flags & MSG_PEEK))
+        return;  // the real read follows; recording the peek would duplicate the message
+    u16 family = 0, protocol = 0, lport = 0, rport = 0;
+    if (!sock_basics(sk, &family, &protocol, &lport, &rport))
+        return;
+    // A UDP socket with no peer sends and receives with an address per message, which
+    // sys_exit reads: arm for it. Any other socket: only with a port in the set.
+    if (!port_match(lport) && !port_match(rport) && !(protocol == IPPROTO_UDP && !rport))
+        return;
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+    struct pending_t *p = slots.task_storage_get(task, 0, 0);
+    if (p && p->sock_seen)
+        return;  // later messages of the same sendmmsg/recvmmsg: same socket
+    if (!pass_filters(bpf_get_current_pid_tgid()))
+        return;
+    if (!p) {
+        p = slots.task_storage_get(task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+        if (!p) {
+            count_lost(LOST_PENDING_FULL, 1);
+            return;
+        }
+    }
+    fill_sock(p, sk, family, protocol, lport, rport);
+}
+
+RAW_TRACEPOINT_PROBE(sock_send_length) {
+    on_sock_io(ctx->args[0], (int)ctx->args[2], 0);
     return 0;
 }
-TRACEPOINT_PROBE(sock, sock_recv_length) {
-    on_sock_io(args->sk, args->family, args->protocol);
+RAW_TRACEPOINT_PROBE(sock_recv_length) {
+    on_sock_io(ctx->args[0], (int)ctx->args[2], 1);
     return 0;
 }
 #else
@@ -511,7 +518,7 @@ static __always_inline void sock_from_fd(struct pending_t *p) {
     u64 task = (u64)bpf_get_current_task();
     u64 files = 0, fdt = 0, fdarr = 0, file = 0, inode = 0, sock = 0, sk = 0;
     u32 max_fds = 0;
-    u16 mode = 0, family = 0, protocol = 0;
+    u16 mode = 0, family = 0, protocol = 0, lport = 0, rport = 0;
     if (p->fd < 0)
         return;
     bpf_probe_read_kernel(&files, 8, (void *)(task + OFF_TASK_FILES));
@@ -541,9 +548,9 @@ static __always_inline void sock_from_fd(struct pending_t *p) {
     bpf_probe_read_kernel(&sk, 8, (void *)(sock + OFF_SOCKET_SK));
     if (!sk)
         return;
-    bpf_probe_read_kernel(&family, 2, (void *)(sk + OFF_SKC_FAMILY));
-    bpf_probe_read_kernel(&protocol, 2, (void *)(sk + OFF_SK_PROTOCOL));
-    fill_sock(p, sk, family, protocol);
+    if (!sock_basics(sk, &family, &protocol, &lport, &rport))
+        return;
+    fill_sock(p, sk, family, protocol, lport, rport);
 }
 #endif
 
@@ -586,7 +593,7 @@ static __always_inline u32 gather_iov(struct ev_msg *e, u64 iov_ptr, u32 iovcnt,
 }
 
 // Is the message DNS by the port set? Checked before any event is built, so that non-DNS
-// socket traffic (the bulk of it on a node) costs no more than this.
+// socket traffic costs no more than this.
 static __always_inline int is_dns(struct pending_t *p, u8 is_recv, u16 mfam, u16 mport) {
     u16 rport = mfam ? mport : p->rport;
     if (!port_match(p->lport) && !port_match(rport)) {
@@ -595,13 +602,12 @@ static __always_inline int is_dns(struct pending_t *p, u8 is_recv, u16 mfam, u16
         // the answer, from an unknown peer.
         if (!is_recv || mfam || p->rport || !dns_socks.lookup(&p->sk))
             return 0;
-    } else if (!is_recv && mfam && !port_match(p->lport)) {
+    } else if (!is_recv && mfam && !port_match(p->lport) && !dns_socks.lookup(&p->sk)) {
         u8 one = 1;
         dns_socks.update(&p->sk, &one);
     }
     return 1;
 }
-
 // Fill addresses/ports of e from the socket (p) and the message's own address (if any).
 static __always_inline void set_endpoints(struct ev_msg *e, struct pending_t *p, u8 is_recv,
                                           u16 mfam, u8 *maddr, u16 mport) {
@@ -699,47 +705,48 @@ static __always_inline void emit_msghdr(struct pending_t *p, u64 msghdr_ptr, u32
     emit_msg(e, got);
 }
 
-static __always_inline void on_exit(long ret) {
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    struct pending_t *p = pending.lookup(&pid_tgid);
-    if (!p)
-        return;
+static __always_inline void on_exit(struct pending_t *p, long ret) {
     u8 sc = p->syscall;
     u8 is_recv = SC_IS_RECV(sc);
 #if !SOCK_TP
-    if (ret > 0)
-        sock_from_fd(p);
-#endif
     if (sc == SC_READ || sc == SC_WRITE || sc == SC_READV || sc == SC_WRITEV) {
-        u64 key = (pid_tgid & 0xffffffff00000000ULL) | (u32)p->fd;
+        u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)p->fd;
         if (!p->sock_seen) {
-            // No socket I/O happened: the fd is no longer a socket (or the call moved nothing).
+            // No socket behind the fd any more (closed and reused for a file).
             if (ret > 0)
                 fd_state.delete(&key);
-            goto out;
+            return;
         }
         if (!port_match(p->lport) && !port_match(p->rport)) {
             struct fd_state_t st = {FD_NOT_DNS, 0};
             fd_state.update(&key, &st);
-            goto out;
+            return;
         }
         struct fd_state_t *cur = fd_state.lookup(&key);
         if (cur && cur->state == FD_CANDIDATE)
             cur->state = FD_DNS;
     }
+#endif
     if (ret <= 0 || !p->sock_seen)
-        goto out;
+        return;
 
     if (sc == SC_SENDTO || sc == SC_RECVFROM || sc == SC_WRITE || sc == SC_READ) {
         u8 maddr[16] = {};
         u16 mport = 0, mfam = 0;
-        if (p->addr)
-            mfam = read_sockaddr(p->addr, maddr, &mport);
+        if (p->addr) {
+            // recvfrom: the kernel says in *addrlen how much of the address it wrote (0 for
+            // TCP, which leaves the buffer alone)
+            int alen = sizeof(struct sockaddr_in);
+            if (p->alen && bpf_probe_read_user(&alen, sizeof(alen), (void *)p->alen) != 0)
+                alen = 0;
+            if (alen >= (int)sizeof(struct sockaddr_in))
+                mfam = read_sockaddr(p->addr, maddr, &mport);
+        }
         if (!is_dns(p, is_recv, mfam, mport))
-            goto out;
+            return;
         struct ev_msg *e = prepare(p, is_recv);
         if (!e)
-            goto out;
+            return;
         set_endpoints(e, p, is_recv, mfam, maddr, mport);
         e->orig_len = (u32)ret;
         u32 want = (u64)ret > MAX_PAYLOAD ? MAX_PAYLOAD : (u32)ret;
@@ -754,10 +761,10 @@ static __always_inline void on_exit(long ret) {
         emit_msg(e, want);
     } else if (sc == SC_READV || sc == SC_WRITEV) {
         if (!is_dns(p, is_recv, 0, 0))
-            goto out;
+            return;
         struct ev_msg *e = prepare(p, is_recv);
         if (!e)
-            goto out;
+            return;
         set_endpoints(e, p, is_recv, 0, 0, 0);
         e->orig_len = (u32)ret;
         u32 want = (u64)ret > MAX_PAYLOAD ? MAX_PAYLOAD : (u32)ret;
@@ -781,22 +788,62 @@ static __always_inline void on_exit(long ret) {
         if (n > MAX_MMSG)
             count_lost(LOST_MMSG_OVER_BOUND, n - MAX_MMSG);
     }
-out:
-    pending.delete(&pid_tgid);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { on_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { on_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { on_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { on_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { on_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { on_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { on_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { on_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { on_exit(args->ret); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { on_exit(args->ret); return 0; }
+// sys_exit(regs, ret): fires at the end of every syscall on the node.
+RAW_TRACEPOINT_PROBE(sys_exit) {
+    long ret = (long)ctx->args[1];
+    struct sc_regs_t r = {};
+#if SOCK_TP
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+    struct pending_t *p = slots.task_storage_get(task, 0, 0);
+    if (!p || !p->sock_seen)
+        return 0;  // no socket I/O on a candidate socket in this syscall: the common case
+    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)(ctx->args[0] + offsetof(struct pt_regs, r10))) == 0) {
+        u8 sc = sc_code(r.orig_ax);
+        if (sc) {
+            take_args(p, sc, &r);
+            on_exit(p, ret);
+        } else if (port_match(p->lport) || port_match(p->rport)) {
+            // DNS-port socket I/O in a syscall we do not read: sendfile, splice, io_uring,
+            // a 32-bit process's socketcall. Counted, never silent.
+            count_lost(LOST_UNTRACKED_SOCKET_IO, 1);
+        }
+    }
+    p->sock_seen = 0;
+#else
+    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)(ctx->args[0] + offsetof(struct pt_regs, r10))) != 0)
+        return 0;
+    u8 sc = sc_code(r.orig_ax);
+    if (!sc)
+        return 0;
+    if (((sc == SC_RECVFROM || sc == SC_RECVMMSG) && (r.r10 & MSG_PEEK))
+        || (sc == SC_RECVMSG && (r.dx & MSG_PEEK)))
+        return 0;  // the real read follows
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (sc == SC_READ || sc == SC_WRITE || sc == SC_READV || sc == SC_WRITEV) {
+        // read/write are the hottest syscalls on a node: only fds known as DNS sockets
+        u64 key = (pid_tgid & 0xffffffff00000000ULL) | (u32)r.di;
+        struct fd_state_t *st = fd_state.lookup(&key);
+        if (!st || (st->state != FD_DNS && st->state != FD_CANDIDATE))
+            return 0;
+    }
+    if (!pass_filters(pid_tgid))
+        return 0;
+    u32 zero = 0;
+    struct pending_t *p = pending_scratch.lookup(&zero);
+    if (!p)
+        return 0;
+    p->sock_seen = 0;
+    take_args(p, sc, &r);
+    if (ret > 0)
+        sock_from_fd(p);
+    on_exit(p, ret);
+#endif
+    return 0;
+}
 
-// ---- sockets coming into existence: learn the type, track accepted sockets ----
+// ---- sockets coming into existence: learn the type (for connect events) ----
 TRACEPOINT_PROBE(syscalls, sys_enter_socket) {
     u32 fam = args->family;
     if (fam != AF_INET && fam != AF_INET6)
@@ -819,6 +866,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket) {
     socket_args.delete(&pid_tgid);
     return 0;
 }
+#if !SOCK_TP
+// Without the sock tracepoints, read/write on an accepted socket are only looked at once the
+// socket is known: an accepted socket is a candidate until its first I/O classifies it.
 static __always_inline void on_accept(long ret) {
     if (ret < 0)
         return;
@@ -831,7 +881,7 @@ static __always_inline void on_accept(long ret) {
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept) { on_accept(args->ret); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { on_accept(args->ret); return 0; }
-
+#endif
 // ---- connect() ----
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -856,10 +906,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     u64 key = (pid_tgid & 0xffffffff00000000ULL) | (u32)c->fd;
     struct fd_state_t *st = fd_state.lookup(&key);
     u8 type = st ? st->type : 0;
-    if (port_match(c->port)) {
+#if !SOCK_TP
+    if (port_match(c->port)) {  // Go: connect() then write()/read()
         struct fd_state_t nst = {FD_DNS, type};
         fd_state.update(&key, &nst);
     }
+#endif
 #if TRACE_CONNECTS
     struct ev_connect ev = {};
     fill_common(&ev.c, KIND_CONNECT);

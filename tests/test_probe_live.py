@@ -28,7 +28,7 @@ def test_render_source_has_constants_and_program() -> None:
     text = render_source(ProbeConfig(snaplen=2048, ports=(53, 5353)))
     assert "#define MAX_PAYLOAD 2048\n" in text
     assert "#define FILTER_PORTS 1\n" in text
-    assert "TRACEPOINT_PROBE(sock, sock_send_length)" in text
+    assert "RAW_TRACEPOINT_PROBE(sock_send_length)" in text
 
 
 class Recorder:
