@@ -69,7 +69,8 @@ from capture.errors import (
     NotPermitted,
     TracefsMissing,
 )
-from capture.schema import CONNECTS_SCHEMA, EXECS_SCHEMA, MESSAGES_SCHEMA
+from capture.schema import CONNECTS_SCHEMA, EXECS_SCHEMA, MESSAGES_SCHEMA, TS
+from capture.snapshot import arrow_array
 
 __all__ = ["LOST_CAUSES", "Probe", "ProbeConfig", "render_source"]
 
@@ -574,15 +575,15 @@ class Probe:
         self._seq[kind] = seq0 + n
         mono = rec["mono_ns"].astype(np.int64)
         return [
-            pa.array(mono + self.boot_time_ns, type=pa.timestamp("ns", tz="UTC")),
-            pa.array(mono, type=pa.int64()),
-            pa.array(np.arange(seq0, seq0 + n, dtype=np.uint64), type=pa.uint64()),
-            pa.array(rec["tgid"], type=pa.int32()),
-            pa.array(rec["tid"], type=pa.int32()),
-            pa.array(rec["uid"], type=pa.uint32()),
+            _numeric(mono + self.boot_time_ns, TS),
+            _numeric(mono, pa.int64()),
+            _numeric(np.arange(seq0, seq0 + n, dtype=np.uint64), pa.uint64()),
+            _numeric(rec["tgid"], pa.int32()),
+            _numeric(rec["tid"], pa.int32()),
+            _numeric(rec["uid"], pa.uint32()),
             _strings16(rec["comm"]),
-            pa.array(rec["cgroup_id"], type=pa.uint64()),
-            pa.array(rec["netns"], type=pa.uint32()),
+            _numeric(rec["cgroup_id"], pa.uint64()),
+            _numeric(rec["netns"], pa.uint32()),
         ]
 
     def _messages_batch(self, starts: np.ndarray, rec: np.ndarray) -> pa.RecordBatch:
@@ -609,19 +610,19 @@ class Probe:
         cols = self._common(rec, "messages") + [
             _dict(np.where(bad_sc, 0, sc), SYSCALLS, bad_sc),
             _dict(rec["direction"].astype(np.int8), ("send", "recv"), rec["direction"] > 1),
-            pa.array(rec["fd"], type=pa.int32()),
-            pa.array(rec["sock_id"], type=pa.uint64(), mask=(flags & _F_SOCK) == 0),
-            pa.array(rec["msg_index"], type=pa.uint16()),
+            _numeric(rec["fd"], pa.int32()),
+            _numeric(rec["sock_id"], pa.uint64(), (flags & _F_SOCK) == 0),
+            _numeric(rec["msg_index"], pa.uint16()),
             _dict((proto == 6).astype(np.int8), ("udp", "tcp"), (proto != 6) & (proto != 17)),
             _dict((family == _AF_INET6).astype(np.int8), ("inet", "inet6"),
                   (family != _AF_INET) & (family != _AF_INET6)),
             _addresses(family, rec["src_addr"], (flags & _F_SRC_ADDR) == 0),
-            pa.array(rec["src_port"], type=pa.uint16(), mask=(flags & _F_SRC_PORT) == 0),
+            _numeric(rec["src_port"], pa.uint16(), (flags & _F_SRC_PORT) == 0),
             _addresses(family, rec["dst_addr"], (flags & _F_DST_ADDR) == 0),
-            pa.array(rec["dst_port"], type=pa.uint16(), mask=(flags & _F_DST_PORT) == 0),
+            _numeric(rec["dst_port"], pa.uint16(), (flags & _F_DST_PORT) == 0),
             payload,
-            pa.array(orig, type=pa.uint32()),
-            pa.array(cap < orig, type=pa.bool_()),
+            _numeric(orig, pa.uint32()),
+            _bools(cap < orig),
         ]
         self._counts.messages += n
         self._counts.payload_bytes += total
@@ -683,14 +684,14 @@ class Probe:
         family = rec["family"]
         proto = rec["protocol"]
         cols = self._common(rec, "connects") + [
-            pa.array(rec["fd"], type=pa.int32()),
+            _numeric(rec["fd"], pa.int32()),
             _dict((family == _AF_INET6).astype(np.int8), ("inet", "inet6"),
                   (family != _AF_INET) & (family != _AF_INET6)),
             _dict((proto == 6).astype(np.int8), ("udp", "tcp"), (proto != 6) & (proto != 17)),
             _addresses(family, rec["dst_addr"], np.zeros(len(rec), dtype=bool)),
-            pa.array(rec["dst_port"], type=pa.uint16()),
-            pa.array(rec["result"], type=pa.int32()),
-            pa.array(rec["latency_ns"], type=pa.int64()),
+            _numeric(rec["dst_port"], pa.uint16()),
+            _numeric(rec["result"], pa.int32()),
+            _numeric(rec["latency_ns"], pa.int64()),
         ]
         self._counts.connects += len(rec)
         return pa.RecordBatch.from_arrays(cols, schema=CONNECTS_SCHEMA)
@@ -699,8 +700,8 @@ class Probe:
         names = [bytes(v).split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
                  for v in rec["filename"]]
         cols = self._common(rec, "execs") + [
-            pa.array(rec["ppid"], type=pa.int32()),
-            pa.array(names, type=pa.string()),
+            _numeric(rec["ppid"], pa.int32()),
+            arrow_array(names, pa.string()),
         ]
         self._counts.execs += len(rec)
         return pa.RecordBatch.from_arrays(cols, schema=EXECS_SCHEMA)
@@ -787,9 +788,52 @@ _ERRORS: dict[str, type[CaptureError]] = {
 }
 
 
+# Arrays are built from buffers, never with pa.array(): that consults pandas, importing it
+# (~30 MB resident for the life of a recording) into the recorder.
+_NP_DTYPES: dict[pa.DataType, np.dtype[Any]] = {
+    pa.int8(): np.dtype(np.int8), pa.int16(): np.dtype(np.int16),
+    pa.int32(): np.dtype(np.int32), pa.int64(): np.dtype(np.int64),
+    pa.uint8(): np.dtype(np.uint8), pa.uint16(): np.dtype(np.uint16),
+    pa.uint32(): np.dtype(np.uint32), pa.uint64(): np.dtype(np.uint64),
+    TS: np.dtype(np.int64),
+}
+
+
+def _validity(null: np.ndarray | None) -> pa.Buffer | None:
+    """Arrow validity bitmap for a null mask (None when nothing is null)."""
+    if null is None or not null.any():
+        return None
+    return pa.py_buffer(np.packbits(~null, bitorder="little"))
+
+
+def _numeric(values: np.ndarray, typ: pa.DataType, null: np.ndarray | None = None) -> pa.Array:
+    """A numpy array (any layout) as a fixed-width Arrow array; True in ``null`` = null."""
+    data = np.ascontiguousarray(values, dtype=_NP_DTYPES[typ])
+    return pa.Array.from_buffers(typ, len(data), [_validity(null), pa.py_buffer(data)])
+
+
+def _bools(values: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.bool_(), len(values), [
+        None, pa.py_buffer(np.packbits(values, bitorder="little"))])
+
+
+_DICT_VALUES: dict[tuple[str, ...], pa.Array] = {}
+
+
 def _dict(indices: np.ndarray, values: tuple[str, ...], null: np.ndarray) -> pa.Array:
-    idx = pa.array(indices.astype(np.int8), type=pa.int8(), mask=np.asarray(null, dtype=bool))
-    return pa.DictionaryArray.from_arrays(idx, pa.array(values, type=pa.string()))
+    dictionary = _DICT_VALUES.get(values)
+    if dictionary is None:
+        dictionary = _DICT_VALUES[values] = arrow_array(values, pa.string())
+    idx = _numeric(indices, pa.int8(), np.asarray(null, dtype=bool))
+    return pa.DictionaryArray.from_arrays(idx, dictionary)
+
+
+def _indices(encoded: pa.DictionaryArray) -> np.ndarray:
+    """The int32 indices of a dictionary_encode() result as numpy (nulls read as 0)."""
+    ind = encoded.indices
+    buf = ind.buffers()[1]
+    assert buf is not None
+    return np.frombuffer(buf, dtype=np.int32)[ind.offset: ind.offset + len(ind)]
 
 
 def _unique_rows(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -798,30 +842,44 @@ def _unique_rows(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hashes with Arrow's hash table (no sort), then checks every row against its group's
     representative, so a hash collision falls back to an exact (sorting) unique."""
     n = len(words)
-    h = np.zeros(n, dtype=np.uint64)
-    mult = np.uint64(0x9E3779B97F4A7C15)
-    for j in range(words.shape[1]):
-        h = (h ^ words[:, j]) * mult
-        h ^= h >> np.uint64(29)
-    encoded = pa.array(h, type=pa.uint64()).dictionary_encode()  # hash table, no sort
-    inverse = np.asarray(encoded.indices).astype(np.int64)
+    if words.shape[1] == 1:
+        h = np.ascontiguousarray(words[:, 0])
+    else:
+        # odd multipliers: a bijection per word, so rows differing in one word never collide
+        h = words[:, 0] * np.uint64(0x9E3779B97F4A7C15)
+        for j in range(1, words.shape[1]):
+            h ^= words[:, j] * _MULTS[j % len(_MULTS)]
+    encoded = pa.Array.from_buffers(pa.uint64(), n, [None, pa.py_buffer(h)]).dictionary_encode()
+    inverse = _indices(encoded).astype(np.int64)
     first = np.empty(len(encoded.dictionary), dtype=np.int64)
     first[inverse] = np.arange(n, dtype=np.int64)  # any row of each value will do
-    rep = first[inverse]
-    if not all(np.array_equal(words[:, j][rep], words[:, j]) for j in range(words.shape[1])):
-        # a hash collision: do it exactly
-        _, first, inverse = np.unique(words, axis=0, return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
+    if words.shape[1] > 1:
+        rep = first[inverse]
+        if not all(np.array_equal(words[:, j][rep], words[:, j])
+                   for j in range(words.shape[1])):
+            # a hash collision: do it exactly
+            _, first, inverse = np.unique(words, axis=0, return_index=True,
+                                          return_inverse=True)
+            inverse = inverse.reshape(-1)
     return first, inverse
+
+
+_MULTS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F),
+          np.uint64(0x165667B19E3779F9))
+
+
+def _take(texts: list[str | None], inverse: np.ndarray) -> pa.Array:
+    """texts[inverse[i]] for every row, as a string array."""
+    return arrow_array(texts, pa.string()).take(_numeric(inverse, pa.int32()))
 
 
 def _strings16(raw: np.ndarray) -> pa.Array:
     """Fixed 16-byte NUL-padded names -> string array (decoded once per distinct value)."""
     words = np.ascontiguousarray(raw).view(np.uint64).reshape(len(raw), 2)
     first, inverse = _unique_rows(words)
-    texts = [bytes(raw[i]).split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
-             for i in first]
-    return pa.array(texts, type=pa.string()).take(pa.array(inverse, type=pa.int32()))
+    texts: list[str | None] = [
+        bytes(raw[i]).split(b"\0", 1)[0].decode("utf-8", "backslashreplace") for i in first]
+    return _take(texts, inverse)
 
 
 def _format_addr(family: int, raw: bytes) -> str | None:
@@ -834,14 +892,35 @@ def _format_addr(family: int, raw: bytes) -> str | None:
     return None
 
 
+_V4_MAPPED = np.uint64(0xFFFF0000)  # bytes 8..11 of a v4-mapped address, little-endian
+_LOW32 = np.uint64(0xFFFFFFFF)
+_NO_ADDR = np.uint64(1 << 32)
+
+
 def _addresses(family: np.ndarray, raw: np.ndarray, null: np.ndarray) -> pa.Array:
-    """16-byte addresses (+ family) -> strings, formatting each distinct address once."""
+    """16-byte addresses (+ family) -> strings, formatting each distinct address once.
+
+    IPv4 and v4-mapped addresses (printed alike) and nulls fit one uint64 key exactly, so the
+    usual batch needs no row hashing; a batch with real IPv6 addresses hashes whole rows."""
     n = len(raw)
+    w = np.ascontiguousarray(raw).view(np.uint64).reshape(n, 2)
+    null = np.asarray(null, dtype=bool)
+    inet = family == _AF_INET
+    inet6 = family == _AF_INET6
+    mapped = inet6 & (w[:, 0] == 0) & ((w[:, 1] & _LOW32) == _V4_MAPPED)
+    none = null | ~(inet | inet6)
+    if not (inet6 & ~mapped & ~none).any():
+        key = np.where(inet, w[:, 0] & _LOW32, w[:, 1] >> np.uint64(32))
+        key[none] = _NO_ADDR
+        first, inverse = _unique_rows(key.reshape(n, 1))
+        texts = [None if key[i] == _NO_ADDR
+                 else socket.inet_ntop(socket.AF_INET, struct.pack("<I", int(key[i])))
+                 for i in first]
+        return _take(texts, inverse)
     words = np.empty((n, 3), dtype=np.uint64)
-    words[:, :2] = np.ascontiguousarray(raw).view(np.uint64).reshape(n, 2)
+    words[:, :2] = w
     words[:, 2] = family
+    words[none] = 0  # every null row one value
     first, inverse = _unique_rows(words)
-    texts = [_format_addr(int(family[i]), bytes(raw[i])) for i in first]
-    arr = pa.array([*texts, None], type=pa.string())
-    idx = np.where(np.asarray(null, dtype=bool), len(texts), inverse).astype(np.int32)
-    return arr.take(pa.array(idx, type=pa.int32()))
+    texts = [None if none[i] else _format_addr(int(family[i]), bytes(raw[i])) for i in first]
+    return _take(texts, inverse)

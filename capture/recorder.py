@@ -9,6 +9,7 @@ import time: ``capture.probe`` is imported when a capture starts.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -19,6 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+
+# Arrow's C++ default memory pool is picked once, when pyarrow loads, from this variable, and
+# the Parquet writer takes its page and compression buffers from it whatever
+# pa.set_memory_pool() says (see _bound_allocators). mimalloc kept ~28 MB of freed pages
+# resident at dnsperf saturation; glibc's malloc returns them. `dnstrail record` imports
+# pyarrow first here; a process that loaded pyarrow earlier keeps its pool.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import pyarrow as pa
 

@@ -15,11 +15,12 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from capture.errors import CaptureError
@@ -41,6 +42,44 @@ _HEX_ID = re.compile(r"^[0-9a-f]{12,128}$")
 _UID = re.compile(
     r"^[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}$"
 )
+
+
+def arrow_array(values: Sequence[Any], typ: pa.DataType) -> pa.Array:
+    """Python values (None = null) as an Arrow array of type ``typ`` (integers, timestamps as
+    int ns, floats, booleans, strings, dictionaries of strings), built from buffers:
+    ``pa.array()`` and ``Table.from_pydict`` consult pandas, and so import it (~30 MB
+    resident, for the life of a recording) into the recorder."""
+    n = len(values)
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    if pa.types.is_dictionary(typ):
+        return arrow_array(values, typ.value_type).dictionary_encode().cast(typ)
+    if pa.types.is_string(typ) or pa.types.is_binary(typ):
+        parts = [b"" if v is None else v if isinstance(v, bytes)
+                 else str(v).encode("utf-8", "backslashreplace") for v in values]
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=n), out=offsets[1:])
+        return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(offsets),
+                                              pa.py_buffer(b"".join(parts))])
+    if pa.types.is_boolean(typ):
+        bits = np.fromiter((bool(v) for v in values), dtype=bool, count=n)
+        return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(
+            np.packbits(bits, bitorder="little"))])
+    if pa.types.is_floating(typ):
+        dtype = np.dtype(f"f{typ.bit_width // 8}")
+    elif pa.types.is_integer(typ) or pa.types.is_timestamp(typ):
+        signed = pa.types.is_timestamp(typ) or pa.types.is_signed_integer(typ)
+        dtype = np.dtype(f"{'i' if signed else 'u'}{typ.bit_width // 8}")
+    else:
+        raise TypeError(f"arrow_array: unsupported type {typ}")
+    data = np.fromiter((0 if v is None else v for v in values), dtype=dtype, count=n)
+    return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(data)])
+
+
+def arrow_table(columns: Mapping[str, Sequence[Any]], schema: pa.Schema) -> pa.Table:
+    """``pa.Table.from_pydict(columns, schema=schema)`` without pandas (see arrow_array)."""
+    return pa.Table.from_arrays([arrow_array(columns[f.name], f.type) for f in schema],
+                                schema=schema)
 
 
 class PodNotFound(CaptureError):
@@ -170,7 +209,7 @@ class CgroupResolver:
 
     def table(self) -> pa.Table:
         items = sorted(self._paths.items())
-        return pa.Table.from_pydict(
+        return arrow_table(
             {
                 "cgroup_id": [i for i, _ in items],
                 "path": [p for _, (p, _) in items],
@@ -292,7 +331,7 @@ def processes_table(rows: Iterable[ProcessRow]) -> pa.Table:
     for r in rows:
         for name, values in cols.items():
             values.append(getattr(r, name))
-    return pa.Table.from_pydict(cols, schema=PROCESSES_SCHEMA)
+    return arrow_table(cols, schema=PROCESSES_SCHEMA)
 
 
 def exec_rows(
@@ -304,7 +343,10 @@ def exec_rows(
     """processes rows (source='exec') from exec events; exe/cmdline read from /proc if alive
     (null otherwise: the execs files keep the filename that was executed)."""
     rows = []
-    for ev in execs.to_pylist():
+    # ts as int ns: the as_py() of a ns timestamp is a pandas.Timestamp, importing pandas
+    cols = {name: (col.cast(pa.int64()) if pa.types.is_timestamp(col.type) else col).to_pylist()
+            for name, col in zip(execs.schema.names, execs.columns)}
+    for ev in (dict(zip(cols, vals)) for vals in zip(*cols.values())):
         tgid = ev.get("tgid")
         if tgid is None:
             continue
@@ -313,10 +355,7 @@ def exec_rows(
             live = read_process(int(tgid), proc, None, None, "exec")
             if live is not None and live.comm == ev.get("comm"):
                 exe, cmdline = live.exe, live.cmdline
-        ts = ev.get("ts")
-        start_ns = None
-        if ts is not None:
-            start_ns = ts.value if hasattr(ts, "value") else int(ts.timestamp() * 1e9)
+        start_ns = ev.get("ts")
         cgid = ev.get("cgroup_id")
         rows.append(
             ProcessRow(
@@ -440,7 +479,7 @@ def read_pods_json(path: str | Path) -> list[PodRow]:
 
 def pods_table(rows: Iterable[PodRow]) -> pa.Table:
     unique = list(dict.fromkeys(rows))
-    return pa.Table.from_pydict(
+    return arrow_table(
         {
             "pod_uid": [r.pod_uid for r in unique],
             "namespace": [r.namespace for r in unique],

@@ -8,8 +8,7 @@ loses at most the files still being written; everything named in the manifest re
 matches its SHA-256.
 
 Memory stays bounded however long a capture runs: batches are buffered per kind only up to one
-row group (``row_group_bytes``) before being streamed to the open file with
-``pq.ParquetWriter``.
+row group (``row_group_bytes``) before being streamed to the open file by a Parquet writer.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+from pyarrow._parquet import ParquetWriter
 
 from capture.errors import CaptureError, DiskFull, OutputNotEmpty
 from capture.schema import (
@@ -98,6 +97,26 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+def _parquet_writer(sink: Any, schema: pa.Schema, **options: Any) -> Any:
+    """A Parquet file writer on an open sink (a pa.OSFile).
+
+    This is the class ``pyarrow.parquet.ParquetWriter`` wraps, with the wrapper's defaults.
+    The wrapper is not used because importing ``pyarrow.parquet`` loads ``pyarrow.fs`` and
+    with it the S3, GCS, Azure and HDFS libraries: ~13 MB resident for the life of a
+    recording that never leaves the local disk."""
+    return ParquetWriter(sink, schema, version="2.6", data_page_version="1.0",
+                         writer_engine_version="V2", use_compliant_nested_type=True,
+                         store_schema=True, **options)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """``pq.write_table(table, path, compression=COMPRESSION)``, without pyarrow.parquet."""
+    with pa.OSFile(str(path), "wb") as sink:
+        writer = _parquet_writer(sink, table.schema, compression=COMPRESSION)
+        writer.write_table(table, row_group_size=max(1, table.num_rows))
+        writer.close()
+
+
 def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     """ParquetWriter options for event files: dictionary pages only for string and dictionary
     columns (comm, addresses, syscall...: few distinct values), plain pages for the rest, where
@@ -148,7 +167,7 @@ class _OpenFile:
     name: str
     tmp_path: Path
     sink: Any  # pa.OSFile
-    writer: pq.ParquetWriter
+    writer: Any  # pyarrow._parquet.ParquetWriter
     opened_at: float
     rows: int = 0
     pending: list[pa.RecordBatch] = field(default_factory=list)
@@ -366,7 +385,10 @@ class CaptureWriter:
             path = self.directory / snapshot_file_name(kind)
             if path.exists():
                 try:
-                    table = pq.read_table(path)
+                    import pyarrow.parquet as pq  # only --append reads Parquet
+
+                    # ParquetFile.read: pq.read_table imports pandas (for its metadata)
+                    table = pq.ParquetFile(path).read()
                     from capture.schema import conform
 
                     self._prev_snapshots[kind] = conform(table, kind)
@@ -388,7 +410,8 @@ class CaptureWriter:
                 continue
             batch = conform_batch(batch, kind)
             start = self._seq[kind]
-            seq = pa.array(np.arange(start, start + batch.num_rows, dtype=np.uint64))
+            seq = pa.Array.from_buffers(pa.uint64(), batch.num_rows, [None, pa.py_buffer(
+                np.arange(start, start + batch.num_rows, dtype=np.uint64))])
             self._seq[kind] = start + batch.num_rows
             seq_idx = batch.schema.get_field_index("seq")
             cols = list(batch.columns)
@@ -440,7 +463,7 @@ class CaptureWriter:
         tmp = self.directory / (TMP_PREFIX + name)
         _create_private(tmp)
         sink = pa.OSFile(str(tmp), "wb")
-        writer = pq.ParquetWriter(sink, SCHEMAS[kind], **parquet_options(SCHEMAS[kind]))
+        writer = _parquet_writer(sink, SCHEMAS[kind], **parquet_options(SCHEMAS[kind]))
         of = _OpenFile(kind, index, name, tmp, sink, writer, self._clock())
         self._open[kind] = of
         return of
@@ -515,7 +538,7 @@ class CaptureWriter:
         name = snapshot_file_name(kind)
         tmp = self.directory / (TMP_PREFIX + name)
         _create_private(tmp)
-        pq.write_table(table, str(tmp), compression=COMPRESSION)
+        _write_parquet(table, tmp)
         entry = self._commit(tmp, name, kind, table.num_rows)
         self._files = [f for f in self._files if f.name != name] + [entry]
 
@@ -617,7 +640,7 @@ class CaptureWriter:
         name = event_file_name(kind, index)
         tmp = self.directory / (TMP_PREFIX + name)
         _create_private(tmp)
-        pq.write_table(SCHEMAS[kind].empty_table(), str(tmp), compression=COMPRESSION)
+        _write_parquet(SCHEMAS[kind].empty_table(), tmp)
         self._files.append(self._commit(tmp, name, kind, 0))
 
     def _manifest_dict(self) -> dict[str, Any]:
@@ -725,15 +748,17 @@ class CaptureWriter:
 
 def _distinct(table: pa.Table) -> pa.Table:
     """Rows of a small snapshot table without exact duplicates, first occurrence kept."""
+    # timestamps as int ns: the as_py() of a ns timestamp is a pandas.Timestamp
+    columns = [(c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c).to_pylist()
+               for n, c in zip(table.column_names, table.columns) if n != "resolved_at"]
     seen: set[tuple[Any, ...]] = set()
     keep: list[int] = []
-    names = table.column_names
-    for i, row in enumerate(table.to_pylist()):
-        key = tuple(row[n] for n in names if n != "resolved_at")
+    for i, key in enumerate(zip(*columns)):
         if key not in seen:
             seen.add(key)
             keep.append(i)
-    return table.take(pa.array(keep, type=pa.int64()))
+    return table.take(pa.Array.from_buffers(pa.int64(), len(keep), [
+        None, pa.py_buffer(np.array(keep, dtype=np.int64))]))
 
 
 def _dnstrail_version() -> str:

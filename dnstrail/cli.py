@@ -18,8 +18,44 @@ import click
 from dnstrail import __version__
 from dnstrail.errors import DnstrailError
 
+#: Subcommand name -> (module, attribute). A module is imported only when its command runs
+#: (or for --help), so `dnstrail record` never loads the analyzer: analyze.* imports pandas,
+#: ~45 MB resident in a recorder that runs for days.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "record": ("capture.commands", "record"),
+    "import": ("analyze.commands", "import_"),
+    "replay": ("analyze.commands", "replay"),
+    "report": ("analyze.report.commands", "report"),
+}
+
+
+def _load(module: str, name: str) -> click.Command | None:
+    """The command, or None when its module is absent from a half-built tree (the other
+    commands still work); the modules themselves never import bcc at import time."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name == module or module.startswith(exc.name + ".")):
+            return None
+        raise
+    cmd = getattr(mod, name, None)
+    return cmd if isinstance(cmd, click.Command) else None
+
 
 class _Gate(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        names.update(n for n, (mod, attr) in _COMMANDS.items() if _load(mod, attr) is not None)
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in _COMMANDS:
+            cmd = _load(*_COMMANDS[cmd_name])
+        return cmd
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -45,28 +81,3 @@ def main(ctx: click.Context, verbose: bool) -> None:
     dnstrail import FILE.pcap -o CAPTURE_DIR turn a pcap into a capture
     """
     ctx.meta["dnstrail.verbose"] = verbose
-
-
-def _register() -> None:
-    # Each import is guarded so that a half-built tree still offers the other commands; the
-    # modules themselves never import bcc at import time.
-    import importlib
-
-    for module, names in (
-        ("capture.commands", ("record",)),
-        ("analyze.commands", ("import_", "replay")),
-        ("analyze.report.commands", ("report",)),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and (exc.name == module or module.startswith(exc.name + ".")):
-                continue
-            raise
-        for name in names:
-            cmd = getattr(mod, name, None)
-            if isinstance(cmd, click.Command):
-                main.add_command(cmd)
-
-
-_register()
