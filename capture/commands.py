@@ -16,6 +16,7 @@ from capture.recorder import (
     probe_config,
 )
 from capture.recorder import record as record_capture
+from capture.sched import PRIORITIES, apply_priority
 from capture.writer import DEFAULT_MAX_FILE_BYTES, DEFAULT_ROTATE_SECONDS
 
 
@@ -79,6 +80,10 @@ class _Size(click.ParamType):
 @click.option("--pods-json", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               default=None, help="Output of `kubectl get pods -A -o json` for pod names and "
               "container ids.")
+@click.option("--priority", type=click.Choice(PRIORITIES), default="normal", show_default=True,
+              help="CPU priority of the recorder against the node's workload: normal, low "
+              "(nice 19) or idle (SCHED_IDLE: only CPU nobody wants; under saturation the "
+              "ring buffer overflows and the losses are counted).")
 @click.option("--no-connects", is_flag=True, help="Do not record connect() events.")
 @click.option("--no-execs", is_flag=True, help="Do not record exec events.")
 @click.option("--print-bpf", is_flag=True,
@@ -99,6 +104,7 @@ def record(
     append: bool,
     pods_root: Path,
     pods_json: Path | None,
+    priority: str,
     no_connects: bool,
     no_execs: bool,
     print_bpf: bool,
@@ -140,4 +146,5 @@ def record(
         return
     if output is None:
         raise click.UsageError("Missing option '-o' / '--output'.")
+    apply_priority(priority)
     record_capture(options)
