@@ -1,5 +1,9 @@
 """Capture overhead benchmark: dnsperf against a local unbound, with no tracer, tcpdump, dnstrail.
 
+``dnstrail`` is ``dnstrail record`` with its defaults; ``dnstrail-low`` and ``dnstrail-idle``
+add ``--priority low`` / ``--priority idle`` (the recorder yields the CPU to the workload and
+counts what overflows the ring buffer).
+
 Runs, in one invocation and alternating the configurations, dnsperf (one thread) against an
 unbound that answers a static zone from local-data inside a private network namespace (see
 ``benchmarks/netns.py``: nothing leaves the machine). For each rate (``-Q 20000`` and
@@ -182,6 +186,9 @@ def _finish_tracer(proc: subprocess.Popen[bytes], sig: int,
         time.sleep(0.02)
 
 
+TRACERS = ("none", "tcpdump", "dnstrail", "dnstrail-low", "dnstrail-idle")
+
+
 def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: int,
             duration: float, work: Path, record_args: list[str]) -> Run:
     r = Run(rate=str(rate) if rate else "max", tracer=tracer, rep=rep)
@@ -197,10 +204,12 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         reader = _StderrReader(proc)
         if not reader.wait_for(r"listening on", 20):
             r.error = "tcpdump did not start: " + reader.text()[-300:]
-    elif tracer == "dnstrail":
+    elif tracer.startswith("dnstrail"):
+        # dnstrail-low, dnstrail-idle: the same with --priority low / idle
+        prio = ["--priority", tracer.split("-", 1)[1]] if "-" in tracer else []
         proc = subprocess.Popen(
             [str(DNSTRAIL), "record", "-o", str(out), "--duration", f"{int(duration + 120)}s",
-             *record_args],
+             *prio, *record_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         reader = _StderrReader(proc)
         if not reader.wait_for(r"Tracing DNS", 120):
@@ -252,7 +261,7 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         shutil.rmtree(out, ignore_errors=True)
     if r.events is not None and r.completed:
         r.events_per_query = round((r.events - (r.events_other or 0)) / r.completed, 3)
-        if tracer == "dnstrail" and r.lost_events is not None:
+        if tracer.startswith("dnstrail") and r.lost_events is not None:
             # Each completed query is 4 events; captured + counted-lost should cover them
             # (lost counters are node-wide, so this can exceed 1 with other traffic).
             r.accounted_share = round((r.events - (r.events_other or 0) + r.lost_events)
@@ -323,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2, help="runs of each configuration")
     ap.add_argument("--rates", default="20000,max",
                     help="comma list of dnsperf -Q rates; 'max' for saturation")
-    ap.add_argument("--tracers", default="none,tcpdump,dnstrail")
+    ap.add_argument("--tracers", default="none,tcpdump,dnstrail,dnstrail-idle",
+                    help=f"comma list of {', '.join(TRACERS)} (dnstrail-low/-idle: "
+                    "record --priority low/idle)")
     ap.add_argument("--record-arg", action="append", default=[],
                     help="extra argument for dnstrail record (repeatable)")
     ap.add_argument("--json", type=Path, help="write all runs and the summary here")
@@ -332,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--duration must be 1..120 and --reps 1..5")
     rates = [None if x == "max" else int(x) for x in args.rates.split(",")]
     tracers = args.tracers.split(",")
-    if "dnstrail" in tracers and not DNSTRAIL.exists():
+    bad = [t for t in tracers if t not in TRACERS]
+    if bad:
+        ap.error(f"unknown tracer {bad[0]!r}: one of {', '.join(TRACERS)}")
+    if any(t.startswith("dnstrail") for t in tracers) and not DNSTRAIL.exists():
         ap.error(f"{DNSTRAIL} not found")
     runs: list[Run] = []
     work = Path(tempfile.mkdtemp(prefix="dnstrail-capbench-", dir="/var/tmp"))
@@ -347,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                         r = run_one(ns, qfile, tracer, rate, rep, args.duration, work,
                                     args.record_arg)
                         runs.append(r)
-                        print(f"{r.rate:>6} {r.tracer:9} rep {rep}: qps {r.qps:,.0f} "
+                        print(f"{r.rate:>6} {r.tracer:13} rep {rep}: qps {r.qps:,.0f} "
                               f"events {r.events} lost {r.lost_events} "
                               f"cpu {r.cpu_window_s} rss {r.peak_rss_mb} MB"
                               + (f" ERROR {r.error}" if r.error else ""), flush=True)
