@@ -537,20 +537,23 @@ class Probe:
         return len(starts)
 
     def _gather(self, starts: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """The fixed headers at ring offsets ``starts`` as a structured array. Every 8-aligned
+        ring offset is the start of a row of a strided view (no copy); fancy-indexing its rows
+        copies one run per record (~3x faster than an (n, words) index matrix), which only
+        the header that wraps past the end of the ring (at most one per pass) needs."""
         words = dtype.itemsize // 8
         size = self._ring_size
-        if len(starts) and int(starts.max()) + dtype.itemsize <= size:
-            # no header wraps: every 8-aligned ring offset as the start of a record (a strided
-            # view, no copy); fancy-indexing its rows copies one run per record (~3x faster
-            # than an (n, words) index matrix)
-            ring = self._data_u64[mmap.PAGESIZE >> 3:]
-            rows = np.lib.stride_tricks.as_strided(
-                ring, shape=((size >> 3) - words + 1, words), strides=(8, 8), writeable=False)
+        ring = self._data_u64[mmap.PAGESIZE >> 3:]
+        rows = np.lib.stride_tricks.as_strided(
+            ring, shape=((size >> 3) - words + 1, words), strides=(8, 8), writeable=False)
+        wraps = starts + dtype.itemsize > size
+        if not wraps.any():
             return np.ascontiguousarray(rows[starts >> 3]).view(dtype).reshape(len(starts))
-        idx = (starts >> 3)[:, None] + np.arange(words, dtype=np.int64)
-        idx &= self._ring_mask >> 3
-        idx += mmap.PAGESIZE >> 3
-        return self._data_u64[idx].view(dtype).reshape(len(starts))
+        out = np.empty((len(starts), words), dtype=np.uint64)
+        out[~wraps] = rows[starts[~wraps] >> 3]
+        idx = (starts[wraps] >> 3)[:, None] + np.arange(words, dtype=np.int64)
+        out[wraps] = ring[idx & (self._ring_mask >> 3)]
+        return out.view(dtype).reshape(len(starts))
 
     def _parse(self, starts: np.ndarray, lens: np.ndarray,
                out: dict[str, list[pa.RecordBatch]]) -> None:
@@ -590,13 +593,15 @@ class Probe:
         n = len(rec)
         flags = rec["flags"]
         cap = np.minimum(rec["cap_len"], self.cfg.snaplen).astype(np.int64)
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(cap, out=offsets[1:])
-        total = int(offsets[-1])
-        pos = starts + _MSG_DTYPE.itemsize
-        if n and _HAS_VIEWS and int((pos + cap).max()) <= self._ring_size:
+        # ring offset of each payload (the header may end exactly at, or wrap past, the end)
+        pos = (starts + _MSG_DTYPE.itemsize) & self._ring_mask
+        if _HAS_VIEWS:
             payload = self._payload_views(pos, cap)
+            total = int(cap.sum())
         else:
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(cap, out=offsets[1:])
+            total = int(offsets[-1])
             payload_data = self._payloads(pos, cap, total)
             # n <= _CHUNK_RECORDS and cap <= 8192: offsets fit in int32
             payload = pa.Array.from_buffers(
@@ -630,29 +635,42 @@ class Probe:
         return pa.RecordBatch.from_arrays(cols, schema=MESSAGES_SCHEMA)
 
     def _payload_views(self, pos: np.ndarray, cap: np.ndarray) -> pa.Array:
-        """Payloads (cap[i] bytes at ring offset pos[i], none past the ring's end) as a binary
-        array: a binary_view array whose views point into the mapped ring (no copy), cast to
-        binary, which copies each payload once in C++ (~0.09 us per message against ~0.35
-        for strided rows + mask). The cast runs before the consumer position moves on."""
+        """Payloads (cap[i] bytes at ring offset pos[i]) as a binary array: a binary_view
+        array whose views point into the mapped ring (no copy), cast to binary, which copies
+        each payload once in C++ (~0.09 us per message against ~0.35 for strided rows +
+        mask). The cast runs before the consumer position moves on. The payload that wraps
+        past the end of the ring (at most one per pass over the ring) is copied into a
+        second data buffer, so a chunk with a wrap costs no more than any other."""
         n = len(cap)
         at = pos + mmap.PAGESIZE  # offsets in the data mapping (< 2**31: ring <= 1 GB)
         views = np.empty((n, 4), dtype=np.int32)  # length, prefix, buffer index, offset
         views[:, 0] = cap
         long_ = cap > 12
-        # pos is 8-aligned: the 4-byte prefix is one aligned word
-        prefix = self._data_u32[np.minimum(at, len(self._data_u8) - 4) >> 2]
+        # pos is 8-aligned and < ring size - 4: the 4-byte prefix is one aligned word
+        prefix = self._data_u32[at >> 2]
         prefix[~long_] = 0
         views[:, 1] = prefix.view(np.int32)
         views[:, 2] = 0
         views[:, 3] = at
         short = np.nonzero(~long_)[0]
         if len(short):  # up to 12 bytes live inside the view itself
-            idx = np.minimum(at[short, None] + np.arange(12), len(self._data_u8) - 1)
+            idx = ((pos[short, None] + np.arange(12)) & self._ring_mask) + mmap.PAGESIZE
             inline = self._data_u8[idx]
             inline[np.arange(12) >= cap[short, None]] = 0
             views.view(np.uint8).reshape(n, 16)[short, 4:] = inline
-        arr = pa.Array.from_buffers(pa.binary_view(), n, [None, pa.py_buffer(views),
-                                                          pa.py_buffer(self._data_u8)])
+        buffers = [None, pa.py_buffer(views), pa.py_buffer(self._data_u8)]
+        wrapped = np.nonzero(long_ & (pos + cap > self._ring_size))[0]
+        if len(wrapped):
+            ring = self._data_u8[mmap.PAGESIZE:]
+            parts = []
+            offset = 0
+            for i in wrapped:
+                p, c = int(pos[i]), int(cap[i])
+                parts += [ring[p:], ring[: c - (self._ring_size - p)]]
+                views[i, 2:] = (1, offset)
+                offset += c
+            buffers.append(pa.py_buffer(np.concatenate(parts)))
+        arr = pa.Array.from_buffers(pa.binary_view(), n, buffers)
         return arr.cast(pa.binary())
 
     def _payloads(self, pos: np.ndarray, cap: np.ndarray, total: int) -> np.ndarray:
