@@ -659,28 +659,101 @@ static __always_inline void emit_msg(struct ev_msg *e, u32 cap) {
         count_lost(LOST_RINGBUF_FULL, 1);
 }
 
-static __always_inline struct ev_msg *prepare(struct pending_t *p, u8 is_recv) {
-    u32 zero = 0;
-    struct ev_msg *e = scratch.lookup(&zero);
-    if (!e)
-        return 0;
+// The header of a message record (every field: a reserved ring slot holds old bytes).
+static __always_inline void fill_msg(struct ev_msg *e, struct pending_t *p, u8 is_recv, u16 index) {
     fill_common(&e->c, KIND_MSG);
     e->c.syscall = p->syscall;
     e->c.direction = is_recv;
     e->c.protocol = p->protocol == IPPROTO_TCP ? 6 : (p->protocol == IPPROTO_UDP ? 17 : 0);
     e->c.flags = F_SOCK | (e->c.protocol ? F_PROTO : 0);
-    e->c.msg_index = 0;
+    e->c.msg_index = index;
     e->fd = p->fd;
     u64 x = (p->sk ^ SOCK_SALT) * 0x9E3779B97F4A7C15ULL;
     e->sock_id = x ^ (x >> 31);
-    __builtin_memset(e->src_addr, 0, 32);
     e->src_port = 0;
     e->dst_port = 0;
+}
+
+static __always_inline struct ev_msg *prepare(struct pending_t *p, u8 is_recv) {
+    u32 zero = 0;
+    struct ev_msg *e = scratch.lookup(&zero);
+    if (!e)
+        return 0;
+    fill_msg(e, p, is_recv, 0);
+    __builtin_memset(e->src_addr, 0, 32);
     return e;
 }
 
-// One message described by a user msghdr (sendmsg/recvmsg, or one element of an mmsg vector).
-static __always_inline void emit_msghdr(struct pending_t *p, u64 msghdr_ptr, u32 len, u16 index, u8 is_recv) {
+// One message whose payload is one user buffer (the common case: sendto/recvfrom, read/write,
+// a msghdr or readv/writev with one iovec): reserve the ring slot first, so that a full ring
+// costs nothing more, and build the record in place. `slot` is a constant per call site.
+static __always_inline void emit_direct_slot(struct pending_t *p, u8 is_recv, u16 index,
+                                             u16 mfam, u8 *maddr, u16 mport, u64 src, u32 want,
+                                             u32 orig_len, const u32 slot) {
+    struct ev_msg *e = events.ringbuf_reserve(EV_MSG_HDR + slot);
+    if (!e) {
+        count_lost(LOST_RINGBUF_FULL, 1);
+        return;
+    }
+    fill_msg(e, p, is_recv, index);
+    set_endpoints(e, p, is_recv, mfam, maddr, mport);
+    e->orig_len = orig_len;
+    u64 n = want;
+    // Clamp in one asm block whose immediate is this call site's slot: clang can merge the
+    // two call sites' code after it, but not the bound, which the verifier checks per path.
+    asm volatile("if %[n] <= %[max] goto +1; %[n] = %[max]" : [n] "+r"(n) : [max] "i"(slot));
+    if (n && bpf_probe_read_user(e->payload, n, (void *)src) != 0) {
+        count_lost(LOST_PAYLOAD_UNREADABLE, 1);
+        n = 0;
+    }
+    e->cap_len = n;
+    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline void emit_direct(struct pending_t *p, u8 is_recv, u16 index, u16 mfam,
+                                        u8 *maddr, u16 mport, u64 src, u32 want, u32 orig_len) {
+    if (want > MAX_PAYLOAD)
+        want = MAX_PAYLOAD;
+    if (want <= SLOT_SMALL)
+        emit_direct_slot(p, is_recv, index, mfam, maddr, mport, src, want, orig_len, SLOT_SMALL);
+    else
+        emit_direct_slot(p, is_recv, index, mfam, maddr, mport, src, want, orig_len, SLOT_BIG);
+}
+
+// A payload spread over several iovecs: gathered in the per-CPU scratch record, then copied.
+static __always_inline void emit_iov(struct pending_t *p, u8 is_recv, u16 index, u16 mfam,
+                                     u8 *maddr, u16 mport, u64 iov_ptr, u32 iovcnt, u32 len) {
+    struct ev_msg *e = prepare(p, is_recv);
+    if (!e)
+        return;
+    e->c.msg_index = index;
+    set_endpoints(e, p, is_recv, mfam, maddr, mport);
+    e->orig_len = len;
+    u32 want = len > MAX_PAYLOAD ? MAX_PAYLOAD : len;
+    u32 got = gather_iov(e, iov_ptr, iovcnt, want);
+    if (got < want)
+        count_lost(LOST_PAYLOAD_UNREADABLE, 1);
+    emit_msg(e, got);
+}
+
+// The payload of a message in an iovec array: direct when the first iovec holds all of it
+// (or at least a snaplen's worth).
+static __always_inline void emit_vec(struct pending_t *p, u8 is_recv, u16 index, u16 mfam,
+                                     u8 *maddr, u16 mport, u64 iov_ptr, u32 iovcnt, u32 len) {
+    struct iovec iov0 = {};
+    if (iovcnt >= 1 && bpf_probe_read_user(&iov0, sizeof(iov0), (void *)iov_ptr) == 0
+        && (iov0.iov_len >= (u64)len || iov0.iov_len >= MAX_PAYLOAD)) {
+        emit_direct(p, is_recv, index, mfam, maddr, mport, (u64)iov0.iov_base, len, len);
+        return;
+    }
+    emit_iov(p, is_recv, index, mfam, maddr, mport, iov_ptr, iovcnt, len);
+}
+
+// One message described by a user msghdr (sendmsg/recvmsg, or one element of an mmsg vector:
+// `vector` = 1 takes the scratch path only, which keeps the unrolled vector loop small enough
+// for the verifier).
+static __always_inline void emit_msghdr(struct pending_t *p, u64 msghdr_ptr, u32 len, u16 index,
+                                        u8 is_recv, const int vector) {
     struct user_msghdr mh = {};
     if (bpf_probe_read_user(&mh, sizeof(mh), (void *)msghdr_ptr) != 0) {
         count_lost(LOST_MSGHDR_UNREADABLE, 1);
@@ -692,17 +765,10 @@ static __always_inline void emit_msghdr(struct pending_t *p, u64 msghdr_ptr, u32
         mfam = read_sockaddr((u64)mh.msg_name, maddr, &mport);
     if (!is_dns(p, is_recv, mfam, mport))
         return;
-    struct ev_msg *e = prepare(p, is_recv);
-    if (!e)
-        return;
-    e->c.msg_index = index;
-    set_endpoints(e, p, is_recv, mfam, maddr, mport);
-    e->orig_len = len;
-    u32 want = len > MAX_PAYLOAD ? MAX_PAYLOAD : len;
-    u32 got = gather_iov(e, (u64)mh.msg_iov, (u32)mh.msg_iovlen, want);
-    if (got < want)
-        count_lost(LOST_PAYLOAD_UNREADABLE, 1);
-    emit_msg(e, got);
+    if (vector)
+        emit_iov(p, is_recv, index, mfam, maddr, mport, (u64)mh.msg_iov, (u32)mh.msg_iovlen, len);
+    else
+        emit_vec(p, is_recv, index, mfam, maddr, mport, (u64)mh.msg_iov, (u32)mh.msg_iovlen, len);
 }
 
 static __always_inline void on_exit(struct pending_t *p, long ret) {
@@ -744,36 +810,16 @@ static __always_inline void on_exit(struct pending_t *p, long ret) {
         }
         if (!is_dns(p, is_recv, mfam, mport))
             return;
-        struct ev_msg *e = prepare(p, is_recv);
-        if (!e)
-            return;
-        set_endpoints(e, p, is_recv, mfam, maddr, mport);
-        e->orig_len = (u32)ret;
         u32 want = (u64)ret > MAX_PAYLOAD ? MAX_PAYLOAD : (u32)ret;
         if (want > p->len)
             want = p->len;  // recvfrom(MSG_TRUNC) returns the datagram size, not what was copied
-        BARRIER_VAR(want);
-        want &= OFF_MASK;
-        if (want && bpf_probe_read_user(e->payload, want, (void *)p->buf) != 0) {
-            count_lost(LOST_PAYLOAD_UNREADABLE, 1);
-            want = 0;
-        }
-        emit_msg(e, want);
+        emit_direct(p, is_recv, 0, mfam, maddr, mport, p->buf, want, (u32)ret);
     } else if (sc == SC_READV || sc == SC_WRITEV) {
         if (!is_dns(p, is_recv, 0, 0))
             return;
-        struct ev_msg *e = prepare(p, is_recv);
-        if (!e)
-            return;
-        set_endpoints(e, p, is_recv, 0, 0, 0);
-        e->orig_len = (u32)ret;
-        u32 want = (u64)ret > MAX_PAYLOAD ? MAX_PAYLOAD : (u32)ret;
-        u32 got = gather_iov(e, p->buf, p->len, want);
-        if (got < want)
-            count_lost(LOST_PAYLOAD_UNREADABLE, 1);
-        emit_msg(e, got);
+        emit_vec(p, is_recv, 0, 0, 0, 0, p->buf, p->len, (u32)ret);
     } else if (sc == SC_SENDMSG || sc == SC_RECVMSG) {
-        emit_msghdr(p, p->buf, (u32)ret, 0, is_recv);
+        emit_msghdr(p, p->buf, (u32)ret, 0, is_recv, 0);
     } else if (sc == SC_SENDMMSG || sc == SC_RECVMMSG) {
         // struct mmsghdr { struct user_msghdr msg_hdr; unsigned int msg_len; } (64 bytes)
         u32 n = (u32)ret;
@@ -783,7 +829,7 @@ static __always_inline void on_exit(struct pending_t *p, long ret) {
             u64 mm = p->buf + (u64)i * 64;
             u32 mlen = 0;
             bpf_probe_read_user(&mlen, sizeof(mlen), (void *)(mm + sizeof(struct user_msghdr)));
-            emit_msghdr(p, mm, mlen, i, is_recv);
+            emit_msghdr(p, mm, mlen, i, is_recv, 1);
         }
         if (n > MAX_MMSG)
             count_lost(LOST_MMSG_OVER_BOUND, n - MAX_MMSG);
