@@ -136,3 +136,46 @@ def test_ring_records_read_back_exactly(ring_fd: int, where: str) -> None:
         }
         got = {k: row[k] for k in want}
         assert got == want, (where, i)
+
+
+@pytest.mark.parametrize("distinct", [1, 2, 3, 4, 5, 40])
+def test_distinct_value_helpers_match_per_row_decoding(distinct: int) -> None:
+    """comm and addresses are decoded once per distinct value, by comparison when there are
+    a few, by hashing when there are more: both give what a per-row decoding gives."""
+    rng = np.random.default_rng(distinct)
+    pool = [b"dnsperf", b"unbound", b"x" * 16, b"caf\xc3\xa9", b"\xff\xfe", b"abcdefg"]
+    pool += [f"p{i}".encode() for i in range(40)]
+    names = [pool[i] for i in rng.integers(0, distinct, 3000)]
+    raw = np.array([n.ljust(16, b"\0") for n in names], dtype="V16")
+    assert P._strings16(raw).to_pylist() == [
+        n.split(b"\0")[0].decode("utf-8", "backslashreplace") for n in names]
+    same_len = [b"dnsperf", b"unbound", b"abcdefg"][: min(distinct, 3)]
+    names = [same_len[i] for i in rng.integers(0, len(same_len), 3000)]
+    raw = np.array([n.ljust(16, b"\0") for n in names], dtype="V16")
+    assert P._strings16(raw).to_pylist() == [n.decode() for n in names]
+
+    addrs = np.zeros((3000, 16), dtype=np.uint8)
+    pick = rng.integers(0, distinct, 3000)
+    addrs[:, 0], addrs[:, 3] = 10, pick
+    fam = np.full(3000, 2, dtype=np.uint8)
+    mapped = rng.random(3000) < 0.3
+    fam[mapped] = 10
+    addrs[mapped, 12:] = addrs[mapped, :4]
+    addrs[mapped, :12] = 0
+    addrs[mapped, 10:12] = 0xFF
+    null = rng.random(3000) < (0.1 if distinct > 1 else 0)
+    got = P._addresses(fam, addrs.view("V16").reshape(3000), null).to_pylist()
+    assert got == [None if z else f"10.0.0.{p}" for z, p in zip(null, pick, strict=True)]
+
+
+def test_unique_rows_survives_a_hash_collision() -> None:
+    """Two different rows built to hash alike (few distinct values: the comparison path)."""
+    m0, m1 = int(P._MULTS[0]), int(P._MULTS[1])
+    a0, a1, b1 = 12345, 678, 679
+    b0 = ((a0 * m0 ^ a1 * m1 ^ b1 * m1) % 2**64) * pow(m0, -1, 2**64) % 2**64
+    rows = np.array([[a0, a1], [b0, b1]] * 50, dtype=np.uint64)
+    h = rows[:, 0] * P._MULTS[0] ^ rows[:, 1] * P._MULTS[1]
+    assert h[0] == h[1]  # the collision is real
+    first, inverse = P._unique_rows(rows)
+    assert (rows[first[inverse]] == rows).all()
+    assert len(first) == 2
