@@ -318,7 +318,7 @@ BPF_PERCPU_ARRAY(pending_scratch, struct pending_t, 1);  // too big for the stac
 BPF_HASH(conn_pending, u64, struct conn_t, 16384);
 BPF_HASH(socket_args, u64, struct sock_args_t, 16384);
 BPF_TABLE("lru_hash", u64, struct fd_state_t, fd_state, 65536);
-BPF_HASH(ports, u16, u8, 64);
+BPF_ARRAY(ports, u8, 65536);  // 1 at the index of each port in the set: a direct load
 // unconnected sockets that sent to a DNS port (see is_dns)
 BPF_TABLE("lru_hash", u64, u8, dns_socks, 16384);
 BPF_HASH(pids, u32, u8, 1024);
@@ -358,7 +358,9 @@ static __always_inline int pass_filters(u64 pid_tgid) {
 
 static __always_inline int port_match(u16 port) {
 #if FILTER_PORTS
-    return port && ports.lookup(&port) != 0;
+    u32 key = port;
+    u8 *on = ports.lookup(&key);
+    return port && on && *on;
 #else
     return 1;
 #endif
