@@ -138,6 +138,8 @@ _RINGBUF_HDR = 8
 _RINGBUF_LEN = (1 << 30) - 1
 #: Records parsed into one set of RecordBatches before the consumer position moves on.
 _CHUNK_RECORDS = 16384
+#: Full chunks one poll() returns at most (~5 MB of batches each).
+_POLL_CHUNKS = 2
 
 
 @dataclass(frozen=True)
@@ -434,7 +436,9 @@ class Probe:
         return prod - cons
 
     def poll(self, timeout_ms: int = 100) -> dict[str, list[pa.RecordBatch]]:
-        """Wait up to timeout_ms (less when the ring is an eighth full), then drain it."""
+        """Wait up to timeout_ms (less when the ring is an eighth full), then parse what is
+        there, up to _POLL_CHUNKS chunks: the rest stays in the ring for the next call, so
+        a recorder that fell behind does not hold a whole ring's worth of batches at once."""
         if self._data_map is None:
             raise RuntimeError("probe is not open")
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
@@ -446,16 +450,19 @@ class Probe:
             if left <= 0:
                 break
             time.sleep(min(left, 0.005))
-        return self.drain()
+        return self.drain(max_chunks=_POLL_CHUNKS)
 
-    def drain(self) -> dict[str, list[pa.RecordBatch]]:
-        """Parse every committed record now, without waiting."""
+    def drain(self, max_chunks: int | None = None) -> dict[str, list[pa.RecordBatch]]:
+        """Parse every committed record now (or max_chunks chunks of them), without waiting."""
         if self._data_map is None:
             raise RuntimeError("probe is not open")
         out: dict[str, list[pa.RecordBatch]] = {"messages": [], "connects": [], "execs": []}
         self._counts.polls += 1
+        chunks = 0
         while self._drain_chunk(out) >= _CHUNK_RECORDS:
-            pass
+            chunks += 1
+            if max_chunks is not None and chunks >= max_chunks:
+                break
         return out
 
     def _walk(self, cons: int, prod: int) -> tuple[np.ndarray, np.ndarray, int]:

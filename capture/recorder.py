@@ -403,8 +403,9 @@ def _run(
             pass  # Ctrl-C without our handler (handle_signals=False): end normally
         if tty:
             err.write("\n")
-        # Drain what is already in the ring buffer (bounded).
-        for _ in range(50):
+        # Drain what is already in the ring buffer (a poll parses at most two chunks of
+        # 16384 records; 200 polls empty even a full 1 GB ring).
+        for _ in range(200):
             if not _consume(probe.poll(timeout_ms=0), writer, state):
                 break
         writer.set_lost(probe.lost())

@@ -179,3 +179,23 @@ def test_unique_rows_survives_a_hash_collision() -> None:
     first, inverse = P._unique_rows(rows)
     assert (rows[first[inverse]] == rows).all()
     assert len(first) == 2
+
+
+def test_poll_parses_at_most_two_chunks(ring_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recorder that fell behind gets the backlog a bounded piece at a time, in order."""
+    monkeypatch.setattr(P, "_CHUNK_RECORDS", 100)
+    recs = _records(450, seed=9)
+    _write_ring(ring_fd, RING - 3 * STRIDE, recs)
+    probe = P.Probe(P.ProbeConfig(snaplen=SLOT))
+    probe._maps = {"events": ring_fd}
+    probe._map_ring(RING)
+    sizes, seqs = [], []
+    try:
+        while batches := probe.poll(timeout_ms=0)["messages"]:
+            sizes.append(sum(b.num_rows for b in batches))
+            seqs += [s for b in batches for s in b.column("seq").to_pylist()]
+        assert probe.pending_bytes() == 0
+    finally:
+        probe.close()
+    assert sizes == [200, 200, 50]
+    assert seqs == list(range(450))
