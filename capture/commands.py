@@ -16,7 +16,7 @@ from capture.recorder import (
     probe_config,
 )
 from capture.recorder import record as record_capture
-from capture.sched import PRIORITIES, apply_priority
+from capture.sched import PRIORITIES
 from capture.writer import DEFAULT_MAX_FILE_BYTES, DEFAULT_ROTATE_SECONDS
 
 
@@ -80,8 +80,9 @@ class _Size(click.ParamType):
 @click.option("--pods-json", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               default=None, help="Output of `kubectl get pods -A -o json` for pod names and "
               "container ids.")
-@click.option("--priority", type=click.Choice(PRIORITIES), default="normal", show_default=True,
-              help="CPU priority of the recorder against the node's workload: normal, low "
+@click.option("--priority", type=click.Choice(PRIORITIES), default="auto", show_default=True,
+              help="CPU priority of the recorder against the node's workload: auto (normal "
+              "while the node has idle CPU, nice 19 while its CPUs are saturated), normal, low "
               "(nice 19) or idle (SCHED_IDLE: only CPU nobody wants; under saturation the "
               "ring buffer overflows and the losses are counted).")
 @click.option("--no-connects", is_flag=True, help="Do not record connect() events.")
@@ -132,6 +133,7 @@ def record(
         pods_json=pods_json,
         trace_connects=not no_connects,
         trace_execs=not no_execs,
+        priority=priority,
         command_line=list(sys.argv),
     )
     if print_bpf:
@@ -146,5 +148,4 @@ def record(
         return
     if output is None:
         raise click.UsageError("Missing option '-o' / '--output'.")
-    apply_priority(priority)
     record_capture(options)

@@ -30,6 +30,7 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import pyarrow as pa
 
+from capture import sched
 from capture import snapshot as snap
 from capture.errors import BccMissing, CaptureError, OutputNotEmpty
 from capture.preflight import PreflightPaths, preflight
@@ -97,6 +98,8 @@ class RecordOptions:
     pods_json: Path | None = None
     trace_connects: bool = True
     trace_execs: bool = True
+    #: CPU priority against the workload: auto, normal, low, idle (capture.sched)
+    priority: str = "auto"
     command_line: Sequence[str] = field(default_factory=lambda: list(sys.argv))
     preflight_paths: PreflightPaths | None = None
     #: How often --pod/--cgroup filters are re-resolved (new containers), in seconds.
@@ -108,6 +111,9 @@ class RecordOptions:
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def validate(self) -> None:
+        if self.priority not in sched.PRIORITIES:
+            raise CaptureError(f"unknown priority {self.priority!r}: one of "
+                               f"{', '.join(sched.PRIORITIES)}")
         if not self.ports:
             raise CaptureError("at least one --port is needed")
         for p in self.ports:
@@ -140,6 +146,7 @@ class RecordOptions:
             "snaplen": self.snaplen,
             "trace_connects": self.trace_connects,
             "trace_execs": self.trace_execs,
+            "priority": self.priority,
         }
 
 
@@ -358,7 +365,11 @@ def _run(
     current_ids = set(resolution.cgroup_ids)
     probe = probe_cls(cfg)
     probe.__enter__()  # compiles and attaches; raises LoadFailed & co. before any file exists
+    auto: sched.AutoPriority | None = None
     try:
+        sched.apply_priority(options.priority)  # after loading: compiling is not steady state
+        if options.priority == "auto":
+            auto = sched.AutoPriority()
         filters = options.filters()
         filters["pod_uids"] = sorted(resolution.pod_uids)
         writer.update_info(
@@ -392,6 +403,11 @@ def _run(
                 writer.set_lost(probe.lost())
                 writer.tick()
                 now = time.monotonic()
+                if auto is not None:
+                    changed = auto.update(now)
+                    if changed is not None:
+                        err.write(("\n" if tty else "") + _priority_line(changed, auto) + "\n")
+                        err.flush()
                 if filtering and now >= next_refilter:
                     next_refilter = now + options.refilter_seconds
                     current_ids = _refilter(options, state, probe, current_ids)
@@ -437,6 +453,14 @@ def _run(
     err.writelines(line + "\n" for line in summary.lines())
     err.flush()
     return summary
+
+
+def _priority_line(level: str, auto: sched.AutoPriority) -> str:
+    if level == "low":
+        return (f"The node's CPUs are saturated (idle < {auto.low_below:.0%}): recording at "
+                "nice 19 from now on; what overflows the ring buffer is counted as lost "
+                "(--priority normal to compete for CPU instead).")
+    return f"The node has idle CPU again (> {auto.normal_above:.0%}): recording at nice 0."
 
 
 def _bound_allocators() -> None:

@@ -3,6 +3,12 @@
 The recorder's work per message (parsing the ring buffer, Arrow, Parquet) runs in user space;
 the kernel side runs in the context of the process that moved the message and is not affected.
 
+- ``auto`` (the default): ``normal`` while the node has spare CPU, ``low`` while it has not.
+  Every half second the recorder reads the node's idle share from ``/proc/stat``: below 20 %
+  it lowers itself to nice 19, and above 40 % for a second it goes back to nice 0. So on a
+  node with CPU to spare it records everything, and on a node whose CPUs are saturated it
+  yields them to the workload and counts what it cannot keep (raising the priority again needs
+  CAP_SYS_NICE; without it the recorder stays low once lowered).
 - ``normal``: the recorder competes for CPU like any process: it keeps up with the ring buffer
   as long as one core suffices, at the cost of that CPU to the workload.
 - ``low``: nice 19. On a CPU that something else wants, the recorder gets a small share; the
@@ -22,9 +28,9 @@ import os
 
 from capture.errors import CaptureError
 
-__all__ = ["PRIORITIES", "apply_priority", "restore_normal"]
+__all__ = ["PRIORITIES", "AutoPriority", "apply_priority", "cpu_idle_share", "restore_normal"]
 
-PRIORITIES: tuple[str, ...] = ("normal", "low", "idle")
+PRIORITIES: tuple[str, ...] = ("auto", "normal", "low", "idle")
 _LOW_NICE = 19
 
 
@@ -32,8 +38,16 @@ def apply_priority(level: str) -> None:
     """Lower every thread of this process (and what they start later) to ``level``."""
     if level not in PRIORITIES:
         raise CaptureError(f"unknown priority {level!r}: one of {', '.join(PRIORITIES)}")
-    if level == "normal":
+    if level in ("normal", "auto"):
         return
+    try:
+        _set_all(level)
+    except OSError as exc:
+        raise CaptureError(f"cannot set priority {level}: {exc.strerror}") from None
+
+
+def _set_all(level: str) -> None:
+    """Every thread of this process to ``level`` (low, idle, or normal = nice 0)."""
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
@@ -42,12 +56,81 @@ def apply_priority(level: str) -> None:
         try:
             if level == "low":
                 os.setpriority(os.PRIO_PROCESS, tid, _LOW_NICE)
-            else:
+            elif level == "idle":
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            else:
+                os.setpriority(os.PRIO_PROCESS, tid, 0)
         except ProcessLookupError:
             continue  # a thread that ended meanwhile
-        except OSError as exc:
-            raise CaptureError(f"cannot set priority {level}: {exc.strerror}") from None
+
+
+def cpu_idle_share(stat_path: str = "/proc/stat") -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of all CPUs from the first line of /proc/stat."""
+    with open(stat_path, encoding="ascii") as f:
+        fields = f.readline().split()
+    if not fields or fields[0] != "cpu" or len(fields) < 6:
+        raise ValueError(f"{stat_path}: not a /proc/stat cpu line")
+    values = [int(v) for v in fields[1:9]]  # user..steal; guest time is inside user already
+    return values[3] + values[4], sum(values)
+
+
+class AutoPriority:
+    """``--priority auto``: call ``update()`` often; it samples the node's idle share every
+    ``interval`` seconds and moves every thread of this process between nice 0 and nice 19.
+
+    Lowered after one interval with less than ``low_below`` idle, raised again after
+    ``raise_after`` consecutive intervals with more than ``normal_above``. ``level`` is the
+    current one; ``switches`` counts the changes and ``low_seconds`` the time spent low."""
+
+    def __init__(self, stat_path: str = "/proc/stat", interval: float = 0.5,
+                 low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 2,
+                 apply: bool = True) -> None:
+        self.stat_path = stat_path
+        self.interval = interval
+        self.low_below = low_below
+        self.normal_above = normal_above
+        self.raise_after = raise_after
+        self.apply = apply
+        self.level = "normal"
+        self.switches = 0
+        self.low_seconds = 0.0
+        self.can_raise = True
+        self._last: tuple[float, int, int] | None = None
+        self._high = 0
+
+    def update(self, now: float) -> str | None:
+        """Sample if an interval has passed; return the new level when it changed."""
+        if self._last is not None and now - self._last[0] < self.interval:
+            return None
+        try:
+            idle, total = cpu_idle_share(self.stat_path)
+        except (OSError, ValueError):
+            return None
+        last, self._last = self._last, (now, idle, total)
+        if last is None or total <= last[2]:
+            return None
+        if self.level == "low":
+            self.low_seconds += now - last[0]
+        share = (idle - last[1]) / (total - last[2])
+        if self.level == "normal" and share < self.low_below:
+            return self._switch("low")
+        if self.level == "low" and self.can_raise:
+            self._high = self._high + 1 if share > self.normal_above else 0
+            if self._high >= self.raise_after:
+                return self._switch("normal")
+        return None
+
+    def _switch(self, level: str) -> str | None:
+        self._high = 0
+        if self.apply:
+            try:
+                _set_all(level)
+            except OSError:  # raising needs CAP_SYS_NICE: stay low
+                self.can_raise = False
+                return None
+        self.level = level
+        self.switches += 1
+        return level
 
 
 def restore_normal() -> None:

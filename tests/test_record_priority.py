@@ -58,3 +58,100 @@ def test_recorder_threads_run_at_the_priority(tmp_path: Path, level: str, policy
     m = check_capture(out)
     assert m["status"] == "complete"
     assert m["counts"]["messages"] >= 600  # 300 queries and their answers, at least
+
+
+def _stat(path: Path, idle: int, busy: int) -> None:
+    # the first line of /proc/stat: user nice system idle iowait irq softirq steal guest ...
+    path.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 {busy} 0 0 {idle} 0 0 0 0 0 0\n")
+
+
+def test_auto_priority_lowers_when_saturated_and_raises_with_hysteresis(tmp_path: Path) -> None:
+    from capture.sched import AutoPriority
+
+    stat = tmp_path / "stat"
+    auto = AutoPriority(str(stat), interval=0.5, apply=False)
+    idle = busy = 1000
+    _stat(stat, idle, busy)
+    assert auto.update(0.0) is None  # the first sample only sets the baseline
+    t = 0.0
+
+    def step(idle_share: float) -> str | None:
+        nonlocal idle, busy, t
+        idle += int(100 * idle_share)
+        busy += 100 - int(100 * idle_share)
+        t += 0.5
+        _stat(stat, idle, busy)
+        return auto.update(t)
+
+    assert step(0.5) is None and auto.level == "normal"
+    assert auto.update(t + 0.1) is None  # within the interval: no sample
+    assert step(0.1) == "low"  # one saturated interval lowers
+    assert step(0.0) is None and auto.level == "low"
+    assert step(0.5) is None  # one idle interval is not enough to go back
+    assert step(0.3) is None  # 30 % idle: between the thresholds, resets the count
+    assert step(0.9) is None
+    assert step(0.9) == "normal"
+    assert auto.switches == 2 and auto.low_seconds == pytest.approx(2.5)
+
+
+def test_cpu_idle_share_reads_the_real_proc_stat() -> None:
+    from capture.sched import cpu_idle_share
+
+    idle, total = cpu_idle_share()
+    assert 0 < idle < total
+    with pytest.raises(ValueError):
+        cpu_idle_share("/proc/self/status")
+
+
+def _nices(pid: int) -> set[int]:
+    return {os.getpriority(os.PRIO_PROCESS, tid) for tid in _threads(pid)}
+
+
+def _wait_for(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return bool(pred())
+
+
+@pytest.mark.live
+def test_auto_priority_yields_while_the_cpus_are_saturated(tmp_path: Path) -> None:
+    """Default --priority auto: CPU hogs on every CPU make the recorder go to nice 19 (and
+    say so); when they stop it goes back to nice 0."""
+    import subprocess
+    import sys
+
+    from tests.lab.require import require_root_bcc
+
+    require_root_bcc()
+    from tests.test_record_live import _start_cli
+    from tests.test_writer import check_capture
+
+    out = tmp_path / "cap"
+    proc, lines = _start_cli(out, "--duration", "120s")
+    hogs: list[subprocess.Popen[bytes]] = []
+    try:
+        assert _wait_for(lambda: _nices(proc.pid) == {0}, 10), _nices(proc.pid)
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(os.cpu_count() or 1)]
+        assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
+        assert any("CPUs are saturated" in ln for ln in lines), "".join(lines)
+        for h in hogs:
+            h.kill()
+            h.wait()
+        hogs = []
+        assert _wait_for(lambda: _nices(proc.pid) == {0}, 15), "".join(lines)
+        assert any("idle CPU again" in ln for ln in lines), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines)
+    m = check_capture(out)
+    assert m["status"] == "complete" and m["filters"]["priority"] == "auto"
