@@ -456,7 +456,7 @@ def test_small_ring_wraps_many_times_without_corruption(lab: Lab) -> None:
             res = lab.dnsperf(ns, lab.server_addr, queries=[(QNAME, "A")] * 6000,
                               duration=30, max_qps=5000, extra=["-n", "1"])
             msgs = r.wait("messages", lambda df: df.netns == ns.inode,
-                          lambda rows: len(rows) >= res.sent + res.completed, timeout=10)
+                          lambda rows: len(rows) >= res.sent + res.completed, timeout=30)
         finally:
             r.close()
         lost = probe.lost()
