@@ -1,8 +1,8 @@
 """Capture overhead benchmark: dnsperf against a local unbound, with no tracer, tcpdump, dnstrail.
 
-``dnstrail`` is ``dnstrail record`` with its defaults; ``dnstrail-low`` and ``dnstrail-idle``
-add ``--priority low`` / ``--priority idle`` (the recorder yields the CPU to the workload and
-counts what overflows the ring buffer).
+``dnstrail`` is ``dnstrail record`` with its defaults (``--priority auto``: nice 0 while the
+machine has idle CPU, nice 19 while it has not); ``dnstrail-normal``, ``dnstrail-low`` and
+``dnstrail-idle`` add ``--priority normal`` / ``low`` / ``idle``.
 
 Runs, in one invocation and alternating the configurations, dnsperf (one thread) against an
 unbound that answers a static zone from local-data inside a private network namespace (see
@@ -186,7 +186,7 @@ def _finish_tracer(proc: subprocess.Popen[bytes], sig: int,
         time.sleep(0.02)
 
 
-TRACERS = ("none", "tcpdump", "dnstrail", "dnstrail-low", "dnstrail-idle")
+TRACERS = ("none", "tcpdump", "dnstrail", "dnstrail-normal", "dnstrail-low", "dnstrail-idle")
 
 
 def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: int,
@@ -205,7 +205,7 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         if not reader.wait_for(r"listening on", 20):
             r.error = "tcpdump did not start: " + reader.text()[-300:]
     elif tracer.startswith("dnstrail"):
-        # dnstrail-low, dnstrail-idle: the same with --priority low / idle
+        # dnstrail-normal, -low, -idle: the same with --priority normal / low / idle
         prio = ["--priority", tracer.split("-", 1)[1]] if "-" in tracer else []
         proc = subprocess.Popen(
             [str(DNSTRAIL), "record", "-o", str(out), "--duration", f"{int(duration + 120)}s",
@@ -332,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2, help="runs of each configuration")
     ap.add_argument("--rates", default="20000,max",
                     help="comma list of dnsperf -Q rates; 'max' for saturation")
-    ap.add_argument("--tracers", default="none,tcpdump,dnstrail,dnstrail-idle",
-                    help=f"comma list of {', '.join(TRACERS)} (dnstrail-low/-idle: "
-                    "record --priority low/idle)")
+    ap.add_argument("--tracers", default="none,tcpdump,dnstrail,dnstrail-normal",
+                    help=f"comma list of {', '.join(TRACERS)} (dnstrail-X: "
+                    "record --priority X)")
     ap.add_argument("--record-arg", action="append", default=[],
                     help="extra argument for dnstrail record (repeatable)")
     ap.add_argument("--json", type=Path, help="write all runs and the summary here")
