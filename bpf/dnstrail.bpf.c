@@ -355,6 +355,19 @@ static __always_inline void ringbuf_result(int ok) {
         *failed = !ok;
 }
 
+// Copy a record into the ring (see RINGBUF_RETRY); what cannot be written is counted.
+static __always_inline void ring_write(void *data, u32 size) {
+    int err = events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP);
+    if (err && ringbuf_retry()) {
+        err = events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP);
+        if (err)
+            err = events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP);
+    }
+    ringbuf_result(!err);
+    if (err)
+        count_lost(LOST_RINGBUF_FULL, 1);
+}
+
 static __always_inline int pass_filters(u64 pid_tgid) {
 #if FILTER_PIDS
     u32 tgid = pid_tgid >> 32;
@@ -678,15 +691,7 @@ static __always_inline void emit_msg(struct ev_msg *e, u32 cap) {
         cap = MAX_PAYLOAD;
     e->cap_len = cap;
     u32 size = cap <= SLOT_SMALL ? EV_MSG_HDR + SLOT_SMALL : EV_MSG_HDR + SLOT_BIG;
-    int err = events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP);
-    if (err && ringbuf_retry()) {
-        err = events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP);
-        if (err)
-            err = events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP);
-    }
-    ringbuf_result(!err);
-    if (err)
-        count_lost(LOST_RINGBUF_FULL, 1);
+    ring_write(e, size);
 }
 
 // The header of a message record (every field: a reserved ring slot holds old bytes).
@@ -1005,12 +1010,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     ev.fd = c->fd;
     ev.result = args->ret;
     ev.latency_ns = ev.c.mono_ns - c->ts;
-    int err = events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP);
-    if (err && ringbuf_retry())
-        err = events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP);
-    ringbuf_result(!err);
-    if (err)
-        count_lost(LOST_RINGBUF_FULL, 1);
+    ring_write(&ev, sizeof(ev));
 #endif
     conn_pending.delete(&pid_tgid);
     return 0;
@@ -1038,12 +1038,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     ev->_pad = 0;
     __builtin_memset(ev->filename, 0, sizeof(ev->filename));
     TP_DATA_LOC_READ_STR(ev->filename, filename, sizeof(ev->filename));
-    int err = events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP);
-    if (err && ringbuf_retry())
-        err = events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP);
-    ringbuf_result(!err);
-    if (err)
-        count_lost(LOST_RINGBUF_FULL, 1);
+    ring_write(ev, sizeof(*ev));
     return 0;
 }
 #endif
