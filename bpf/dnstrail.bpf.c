@@ -61,6 +61,9 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 16384
 #endif
+#ifndef RESCUE_PAGES
+#define RESCUE_PAGES 256  // the rescue ring (see RINGBUF_RETRY), pages
+#endif
 #ifndef MAX_MMSG
 #define MAX_MMSG 16
 #endif
@@ -159,10 +162,12 @@
 
 // RINGBUF_RETRY: on Linux 6.18 a ring buffer reservation fails now and then, quickly (~0.3 us),
 // while the ring is nearly empty (measured: about one in 300k writes, with 0.05-3 MB of a 32 MB
-// ring in use, both CPUs producing; the cause is not identified). An immediate second attempt
-// usually succeeds. So a failed write is tried up to twice more, but only when the previous
-// write on this CPU succeeded: a ring that is really full fails every time, and then costs no
-// extra attempts. What still fails is counted as ringbuf_full.
+// ring in use, both CPUs producing; the cause is not identified; an immediate second attempt
+// on the same ring does not always succeed, the 1 MB `rescue` ring did every time it was
+// measured). So a failed write is tried once more on `events`, then on `rescue`, which the
+// consumer reads like `events`; but only when the previous write on this CPU succeeded: a ring
+// that is really full fails every time, and then costs no extra attempts. What still fails is
+// counted as ringbuf_full.
 
 // Hide a value from clang so that a following bound check/mask is kept in the same register
 // the verifier looks at (clang otherwise drops a mask it can prove redundant).
@@ -317,6 +322,7 @@ struct sock_args_t {
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(rescue, RESCUE_PAGES);  // see RINGBUF_RETRY
 #if SOCK_TP
 BPF_TASK_STORAGE(slots, struct pending_t);
 #else
@@ -361,7 +367,7 @@ static __always_inline void ring_write(void *data, u32 size) {
     if (err && ringbuf_retry()) {
         err = events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP);
         if (err)
-            err = events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP);
+            err = rescue.ringbuf_output(data, size, BPF_RB_NO_WAKEUP);
     }
     ringbuf_result(!err);
     if (err)
@@ -729,7 +735,7 @@ static __always_inline void emit_direct_slot(struct pending_t *p, u8 is_recv, u1
     if (!e && ringbuf_retry()) {
         e = events.ringbuf_reserve(EV_MSG_HDR + slot);
         if (!e)
-            e = events.ringbuf_reserve(EV_MSG_HDR + slot);
+            e = rescue.ringbuf_reserve(EV_MSG_HDR + slot);
     }
     ringbuf_result(e != 0);
     if (!e) {

@@ -201,6 +201,7 @@ def _defines(cfg: ProbeConfig, salt: int, offsets: dict[str, int]) -> dict[str, 
         "SLOT_SMALL": str(min(_round8(cfg.snaplen), 256)),
         "SLOT_BIG": str(_round8(cfg.snaplen)),
         "RINGBUF_PAGES": str(_ringbuf_pages(cfg)),
+        "RESCUE_PAGES": str(_RESCUE_PAGES),
         "MAX_MMSG": str(cfg.max_mmsg),
         "MAX_IOV": str(cfg.max_iov),
         "FILTER_PIDS": "1" if cfg.pids else "0",
@@ -280,6 +281,7 @@ class _Counts:
     chunks: int = 0
     parse_seconds: float = 0.0
     malformed: int = 0
+    rescued: int = 0
     by_syscall: np.ndarray = field(default_factory=lambda: np.zeros(len(SYSCALLS), np.int64))
 
 
@@ -318,7 +320,14 @@ def _possible_cpus() -> int:
 
 
 #: Maps the parent keeps (the loader fills the static filters itself).
-_PARENT_MAPS = ("events", "cgroups", "config", "lost")
+_PARENT_MAPS = ("events", "rescue", "cgroups", "config", "lost")
+#: Pages of the rescue ring (RESCUE_PAGES in dnstrail.bpf.c): where a write goes when the main
+#: ring refused it although it had room (see RINGBUF_RETRY there). Read like the main ring.
+_RESCUE_PAGES = 256
+#: The attributes that describe the ring being read; _swap_ring exchanges them with the
+#: rescue ring's, so that one set of parsing methods reads both.
+_RING_ATTRS = ("_cons_map", "_data_map", "_data_u8", "_data_u32", "_data_u64", "_mv32",
+               "_ring_size", "_ring_mask", "_window")
 
 
 class Probe:
@@ -342,6 +351,7 @@ class Probe:
         self._counts = _Counts()
         self._seq = {"messages": 0, "connects": 0, "execs": 0}
         self._window = 64
+        self._rescue: dict[str, Any] | None = None  # the rescue ring's _RING_ATTRS
 
     # ---- lifecycle ----
     def __enter__(self) -> Self:
@@ -366,6 +376,9 @@ class Probe:
         }
         self._maps, self._attach_fds = _run_loader(request)
         try:
+            # the rescue ring first: _map_ring leaves the ring it maps as the one being read
+            self._map_ring(_RESCUE_PAGES * mmap.PAGESIZE, "rescue")
+            self._rescue = {a: getattr(self, a) for a in _RING_ATTRS}
             self._map_ring(_ringbuf_pages(cfg) * mmap.PAGESIZE)
             # the loader filled the cgroup set before anything could pass (FILTER_CGROUPS)
             self._cgroups = {int(i) for i in cfg.cgroup_ids}
@@ -376,6 +389,26 @@ class Probe:
 
     def close(self) -> None:
         """Detach (by closing the attachment descriptors) and unmap. Idempotent."""
+        self._unmap_ring()  # the main ring
+        if self._rescue is not None:
+            self._swap_ring()
+            self._unmap_ring()  # the rescue ring
+            self._rescue = None
+        for fd in self._attach_fds + list(self._maps.values()):
+            os.close(fd)
+        self._attach_fds = []
+        self._maps = {}
+
+    def _swap_ring(self) -> None:
+        """Exchange the ring being read with the rescue ring (call again to swap back)."""
+        assert self._rescue is not None
+        for a in _RING_ATTRS:
+            mine = getattr(self, a)
+            setattr(self, a, self._rescue[a])
+            self._rescue[a] = mine
+
+    def _unmap_ring(self) -> None:
+        """Unmap the ring being read."""
         self._data_u8 = np.zeros(0, dtype=np.uint8)  # drop the views before unmapping
         self._data_u32 = np.zeros(0, dtype=np.uint32)
         self._data_u64 = np.zeros(0, dtype=np.uint64)
@@ -386,10 +419,6 @@ class Probe:
             if m is not None:
                 m.close()
         self._cons_map = self._data_map = None
-        for fd in self._attach_fds + list(self._maps.values()):
-            os.close(fd)
-        self._attach_fds = []
-        self._maps = {}
 
     def set_cgroup_ids(self, ids: Any) -> None:
         """Replace the cgroup filter set with ``ids`` (cgroup v2 ids) and turn the filter on."""
@@ -406,8 +435,8 @@ class Probe:
         _map_op(_BPF_MAP_UPDATE_ELEM, self._maps["config"], ctypes.c_uint32(0),
                 ctypes.c_uint64(1))
 
-    def _map_ring(self, size: int) -> None:
-        fd = self._maps["events"]
+    def _map_ring(self, size: int, name: str = "events") -> None:
+        fd = self._maps[name]
         page = mmap.PAGESIZE
         self._ring_size = size
         self._ring_mask = size - 1
@@ -463,6 +492,12 @@ class Probe:
             chunks += 1
             if max_chunks is not None and chunks >= max_chunks:
                 break
+        if self._rescue is not None:
+            self._swap_ring()
+            try:
+                self._counts.rescued += self._drain_chunk(out)  # 1 MB: under one chunk
+            finally:
+                self._swap_ring()
         return out
 
     def _walk(self, cons: int, prod: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -753,6 +788,7 @@ class Probe:
             "ring_pending_bytes": self.pending_bytes() if self._data_map is not None else 0,
             "polls": c.polls, "chunks": c.chunks, "parse_seconds": round(c.parse_seconds, 6),
             "malformed_records": c.malformed,
+            "rescued_records": c.rescued,
             "messages_by_syscall": {name: int(v) for name, v in zip(SYSCALLS, c.by_syscall)
                                     if v},
         }
