@@ -65,9 +65,6 @@ def _load(req: dict[str, Any]) -> tuple[list[str], list[int], list[int]]:
 
 
 def main() -> None:
-    from capture.sched import restore_normal
-
-    restore_normal()  # `record --priority` lowered the parent: compiling is not its steady state
     sock = socket.socket(fileno=int(sys.argv[1]))
     try:
         req = json.loads(sys.stdin.read())

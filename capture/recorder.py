@@ -111,9 +111,7 @@ class RecordOptions:
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def validate(self) -> None:
-        if self.priority not in sched.PRIORITIES:
-            raise CaptureError(f"unknown priority {self.priority!r}: one of "
-                               f"{', '.join(sched.PRIORITIES)}")
+        sched.check_priority(self.priority)
         if not self.ports:
             raise CaptureError("at least one --port is needed")
         for p in self.ports:

@@ -18,8 +18,8 @@ the kernel side runs in the context of the process that moved the message and is
 
 Linux keeps scheduling attributes per thread: the call lowers every thread the process has
 (libraries may have started pools already), and threads started afterwards (the Parquet
-writer) inherit them. Children inherit them too; the BPF
-loader puts itself back to normal (``restore_normal``) so that loading is not slowed down.
+writer) inherit them. The recorder applies the priority once the BPF program is loaded, so
+compiling (in the loader child) is not slowed down.
 """
 
 from __future__ import annotations
@@ -28,16 +28,21 @@ import os
 
 from capture.errors import CaptureError
 
-__all__ = ["PRIORITIES", "AutoPriority", "apply_priority", "cpu_idle_share", "restore_normal"]
+__all__ = ["PRIORITIES", "AutoPriority", "apply_priority", "check_priority", "cpu_idle_share"]
 
 PRIORITIES: tuple[str, ...] = ("auto", "normal", "low", "idle")
 _LOW_NICE = 19
 
 
-def apply_priority(level: str) -> None:
-    """Lower every thread of this process (and what they start later) to ``level``."""
+def check_priority(level: str) -> None:
+    """Raise CaptureError unless ``level`` is one of PRIORITIES."""
     if level not in PRIORITIES:
         raise CaptureError(f"unknown priority {level!r}: one of {', '.join(PRIORITIES)}")
+
+
+def apply_priority(level: str) -> None:
+    """Lower every thread of this process (and what they start later) to ``level``."""
+    check_priority(level)
     if level in ("normal", "auto"):
         return
     try:
@@ -132,13 +137,3 @@ class AutoPriority:
         self.switches += 1
         return level
 
-
-def restore_normal() -> None:
-    """Back to SCHED_OTHER at nice 0 where permitted (needs CAP_SYS_NICE to raise); else keep."""
-    try:
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
-    except OSError:
-        pass
