@@ -61,6 +61,7 @@ import pyarrow as pa
 
 from bpf import source_path
 from capture import _btf
+from capture._arrow import arrow_array, bools, numeric
 from capture.errors import (
     BccMissing,
     CaptureError,
@@ -70,7 +71,6 @@ from capture.errors import (
     TracefsMissing,
 )
 from capture.schema import CONNECTS_SCHEMA, EXECS_SCHEMA, MESSAGES_SCHEMA, TS
-from capture.snapshot import arrow_array
 
 __all__ = ["LOST_CAUSES", "Probe", "ProbeConfig", "render_source"]
 
@@ -620,15 +620,15 @@ class Probe:
         self._seq[kind] = seq0 + n
         mono = rec["mono_ns"].astype(np.int64)
         return [
-            _numeric(mono + self.boot_time_ns, TS),
-            _numeric(mono, pa.int64()),
-            _numeric(np.arange(seq0, seq0 + n, dtype=np.uint64), pa.uint64()),
-            _numeric(rec["tgid"], pa.int32()),
-            _numeric(rec["tid"], pa.int32()),
-            _numeric(rec["uid"], pa.uint32()),
+            numeric(mono + self.boot_time_ns, TS),
+            numeric(mono, pa.int64()),
+            numeric(np.arange(seq0, seq0 + n, dtype=np.uint64), pa.uint64()),
+            numeric(rec["tgid"], pa.int32()),
+            numeric(rec["tid"], pa.int32()),
+            numeric(rec["uid"], pa.uint32()),
             _strings16(rec["comm"]),
-            _numeric(rec["cgroup_id"], pa.uint64()),
-            _numeric(rec["netns"], pa.uint32()),
+            numeric(rec["cgroup_id"], pa.uint64()),
+            numeric(rec["netns"], pa.uint32()),
         ]
 
     def _messages_batch(self, starts: np.ndarray, rec: np.ndarray) -> pa.RecordBatch:
@@ -657,19 +657,19 @@ class Probe:
         cols = self._common(rec, "messages") + [
             _dict(np.where(bad_sc, 0, sc), SYSCALLS, bad_sc),
             _dict(rec["direction"].astype(np.int8), ("send", "recv"), rec["direction"] > 1),
-            _numeric(rec["fd"], pa.int32()),
-            _numeric(rec["sock_id"], pa.uint64(), (flags & _F_SOCK) == 0),
-            _numeric(rec["msg_index"], pa.uint16()),
+            numeric(rec["fd"], pa.int32()),
+            numeric(rec["sock_id"], pa.uint64(), (flags & _F_SOCK) == 0),
+            numeric(rec["msg_index"], pa.uint16()),
             _dict((proto == 6).astype(np.int8), ("udp", "tcp"), (proto != 6) & (proto != 17)),
             _dict((family == _AF_INET6).astype(np.int8), ("inet", "inet6"),
                   (family != _AF_INET) & (family != _AF_INET6)),
             _addresses(family, rec["src_addr"], (flags & _F_SRC_ADDR) == 0),
-            _numeric(rec["src_port"], pa.uint16(), (flags & _F_SRC_PORT) == 0),
+            numeric(rec["src_port"], pa.uint16(), (flags & _F_SRC_PORT) == 0),
             _addresses(family, rec["dst_addr"], (flags & _F_DST_ADDR) == 0),
-            _numeric(rec["dst_port"], pa.uint16(), (flags & _F_DST_PORT) == 0),
+            numeric(rec["dst_port"], pa.uint16(), (flags & _F_DST_PORT) == 0),
             payload,
-            _numeric(orig, pa.uint32()),
-            _bools(cap < orig),
+            numeric(orig, pa.uint32()),
+            bools(cap < orig),
         ]
         self._counts.messages += n
         self._counts.payload_bytes += total
@@ -744,14 +744,14 @@ class Probe:
         family = rec["family"]
         proto = rec["protocol"]
         cols = self._common(rec, "connects") + [
-            _numeric(rec["fd"], pa.int32()),
+            numeric(rec["fd"], pa.int32()),
             _dict((family == _AF_INET6).astype(np.int8), ("inet", "inet6"),
                   (family != _AF_INET) & (family != _AF_INET6)),
             _dict((proto == 6).astype(np.int8), ("udp", "tcp"), (proto != 6) & (proto != 17)),
             _addresses(family, rec["dst_addr"], np.zeros(len(rec), dtype=bool)),
-            _numeric(rec["dst_port"], pa.uint16()),
-            _numeric(rec["result"], pa.int32()),
-            _numeric(rec["latency_ns"], pa.int64()),
+            numeric(rec["dst_port"], pa.uint16()),
+            numeric(rec["result"], pa.int32()),
+            numeric(rec["latency_ns"], pa.int64()),
         ]
         self._counts.connects += len(rec)
         return pa.RecordBatch.from_arrays(cols, schema=CONNECTS_SCHEMA)
@@ -760,7 +760,7 @@ class Probe:
         names = [bytes(v).split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
                  for v in rec["filename"]]
         cols = self._common(rec, "execs") + [
-            _numeric(rec["ppid"], pa.int32()),
+            numeric(rec["ppid"], pa.int32()),
             arrow_array(names, pa.string()),
         ]
         self._counts.execs += len(rec)
@@ -849,35 +849,6 @@ _ERRORS: dict[str, type[CaptureError]] = {
 }
 
 
-# Arrays are built from buffers, never with pa.array(): that consults pandas, importing it
-# (~30 MB resident for the life of a recording) into the recorder.
-_NP_DTYPES: dict[pa.DataType, np.dtype[Any]] = {
-    pa.int8(): np.dtype(np.int8), pa.int16(): np.dtype(np.int16),
-    pa.int32(): np.dtype(np.int32), pa.int64(): np.dtype(np.int64),
-    pa.uint8(): np.dtype(np.uint8), pa.uint16(): np.dtype(np.uint16),
-    pa.uint32(): np.dtype(np.uint32), pa.uint64(): np.dtype(np.uint64),
-    TS: np.dtype(np.int64),
-}
-
-
-def _validity(null: np.ndarray | None) -> pa.Buffer | None:
-    """Arrow validity bitmap for a null mask (None when nothing is null)."""
-    if null is None or not null.any():
-        return None
-    return pa.py_buffer(np.packbits(~null, bitorder="little"))
-
-
-def _numeric(values: np.ndarray, typ: pa.DataType, null: np.ndarray | None = None) -> pa.Array:
-    """A numpy array (any layout) as a fixed-width Arrow array; True in ``null`` = null."""
-    data = np.ascontiguousarray(values, dtype=_NP_DTYPES[typ])
-    return pa.Array.from_buffers(typ, len(data), [_validity(null), pa.py_buffer(data)])
-
-
-def _bools(values: np.ndarray) -> pa.Array:
-    return pa.Array.from_buffers(pa.bool_(), len(values), [
-        None, pa.py_buffer(np.packbits(values, bitorder="little"))])
-
-
 _DICT_VALUES: dict[tuple[str, ...], pa.Array] = {}
 
 
@@ -885,7 +856,7 @@ def _dict(indices: np.ndarray, values: tuple[str, ...], null: np.ndarray) -> pa.
     dictionary = _DICT_VALUES.get(values)
     if dictionary is None:
         dictionary = _DICT_VALUES[values] = arrow_array(values, pa.string())
-    idx = _numeric(indices, pa.int8(), np.asarray(null, dtype=bool))
+    idx = numeric(indices, pa.int8(), np.asarray(null, dtype=bool))
     return pa.DictionaryArray.from_arrays(idx, dictionary)
 
 
@@ -972,7 +943,7 @@ def _take(texts: list[str | None], inverse: np.ndarray) -> pa.Array:
                                    ).reshape(len(data), width)[inverse])
             return pa.Array.from_buffers(pa.string(), n, [
                 None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(chars)])
-    return arrow_array(texts, pa.string()).take(_numeric(inverse, pa.int32()))
+    return arrow_array(texts, pa.string()).take(numeric(inverse, pa.int32()))
 
 
 def _strings16(raw: np.ndarray) -> pa.Array:

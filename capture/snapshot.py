@@ -15,14 +15,14 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
+from capture._arrow import arrow_table
 from capture.errors import CaptureError
 from capture.schema import CGROUPS_SCHEMA, PODS_SCHEMA, PROCESSES_SCHEMA
 
@@ -42,44 +42,6 @@ _HEX_ID = re.compile(r"^[0-9a-f]{12,128}$")
 _UID = re.compile(
     r"^[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}$"
 )
-
-
-def arrow_array(values: Sequence[Any], typ: pa.DataType) -> pa.Array:
-    """Python values (None = null) as an Arrow array of type ``typ`` (integers, timestamps as
-    int ns, floats, booleans, strings, dictionaries of strings), built from buffers:
-    ``pa.array()`` and ``Table.from_pydict`` consult pandas, and so import it (~30 MB
-    resident, for the life of a recording) into the recorder."""
-    n = len(values)
-    valid = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    if pa.types.is_dictionary(typ):
-        return arrow_array(values, typ.value_type).dictionary_encode().cast(typ)
-    if pa.types.is_string(typ) or pa.types.is_binary(typ):
-        parts = [b"" if v is None else v if isinstance(v, bytes)
-                 else str(v).encode("utf-8", "backslashreplace") for v in values]
-        offsets = np.zeros(n + 1, dtype=np.int32)
-        np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=n), out=offsets[1:])
-        return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(offsets),
-                                              pa.py_buffer(b"".join(parts))])
-    if pa.types.is_boolean(typ):
-        bits = np.fromiter((bool(v) for v in values), dtype=bool, count=n)
-        return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(
-            np.packbits(bits, bitorder="little"))])
-    if pa.types.is_floating(typ):
-        dtype = np.dtype(f"f{typ.bit_width // 8}")
-    elif pa.types.is_integer(typ) or pa.types.is_timestamp(typ):
-        signed = pa.types.is_timestamp(typ) or pa.types.is_signed_integer(typ)
-        dtype = np.dtype(f"{'i' if signed else 'u'}{typ.bit_width // 8}")
-    else:
-        raise TypeError(f"arrow_array: unsupported type {typ}")
-    data = np.fromiter((0 if v is None else v for v in values), dtype=dtype, count=n)
-    return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(data)])
-
-
-def arrow_table(columns: Mapping[str, Sequence[Any]], schema: pa.Schema) -> pa.Table:
-    """``pa.Table.from_pydict(columns, schema=schema)`` without pandas (see arrow_array)."""
-    return pa.Table.from_arrays([arrow_array(columns[f.name], f.type) for f in schema],
-                                schema=schema)
 
 
 class PodNotFound(CaptureError):

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from capture._arrow import arrow_array, arrow_table
 from capture.schema import CGROUPS_SCHEMA, PODS_SCHEMA, PROCESSES_SCHEMA
-from capture.snapshot import arrow_array, arrow_table
 from tests.lab.require import require_root_bcc
 
 #: Shared objects that must not be mapped into the recorder (path fragments of /proc/PID/maps).
