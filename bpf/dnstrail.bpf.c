@@ -469,15 +469,13 @@ static __always_inline void take_args(struct pending_t *p, u8 sc, struct sc_regs
     p->syscall = sc;
     p->fd = (s32)r->di;
     p->buf = r->si;                  // buf / msghdr* / mmsghdr* / iovec*
-    p->len = (u32)r->dx;             // len / (msg flags) / vlen / iovcnt
+    p->len = (u32)r->dx;             // len / vlen / iovcnt (sendmsg/recvmsg: flags, unused)
     p->addr = 0;
     p->alen = 0;
     if (sc == SC_SENDTO || sc == SC_RECVFROM) {
         p->addr = r->r8;
         if (sc == SC_RECVFROM)
             p->alen = r->r9;
-    } else if (sc == SC_SENDMSG || sc == SC_RECVMSG) {
-        p->len = 1;
     }
 }
 
