@@ -268,6 +268,7 @@ struct ev_exec {
 // ---- in-kernel state ----
 // One syscall's worth of context: the socket side (filled by the sock tracepoints, or by the
 // fd-table walk) and the syscall's arguments (filled at sys_exit from the saved registers).
+#define SOCK_DROPPED 2  // sock_seen: this syscall's messages are counted as ringbuf_full
 struct pending_t {
     u64 sk;
     u64 buf;        // buf / msghdr* / mmsghdr* / iovec*
@@ -276,7 +277,7 @@ struct pending_t {
     u32 len;        // buf len / vlen / iovcnt
     s32 fd;
     u8 syscall;
-    u8 sock_seen;   // the socket side is filled in (SOCK_TP: the slot is armed)
+    u8 sock_seen;   // the socket side is filled in (SOCK_TP: the slot is armed; SOCK_DROPPED: see on_sock_io)
     u8 family;
     u8 protocol;
     u16 lport;
@@ -361,8 +362,41 @@ static __always_inline void ringbuf_result(int ok) {
         *failed = !ok;
 }
 
+// RING_FULL: bpf_ringbuf_query(events, what). BCC has no map method for it and does not
+// rewrite `&events` in a plain helper call, but it does turn `events.ringbuf_reserve(x)` into
+// `bpf_ringbuf_reserve(<map>, x, 0)` before compiling the result: the macro below, defined
+// only around that one call, makes that call a query of the same map.
+static __always_inline u64 ring_query(u64 what) {
+#define bpf_ringbuf_reserve(map, what, flags) ((void *)bpf_ringbuf_query(map, what))
+    return (u64)events.ringbuf_reserve(what);
+#undef bpf_ringbuf_reserve
+}
+
+// Less than RING_HEADROOM bytes free (an eighth of the ring, at most 64 KB): a message is
+// counted as ringbuf_full without trying to write it. A refused reservation takes the ring's
+// lock; this is two loads. On a node saturated with DNS, where user space cannot keep up,
+// most messages end here, in sock_send_length/sock_recv_length before the thread is armed.
+#define RING_BYTES ((u64)RINGBUF_PAGES * PAGE_SIZE)
+#define RING_HEADROOM (RING_BYTES / 8 < 65536 ? RING_BYTES / 8 : 65536)
+static __always_inline int ring_full(void) {
+    return ring_query(BPF_RB_AVAIL_DATA) > RING_BYTES - RING_HEADROOM;
+}
+
+// The last write on this CPU failed and the ring is still (nearly) full: count the next one
+// without trying. Checked only after a failure, so that a write while the ring has room goes
+// through the retry and the rescue ring as RINGBUF_RETRY says.
+static __always_inline int ring_still_full(void) {
+    u32 zero = 0;
+    u8 *failed = rb_failed.lookup(&zero);
+    return failed && *failed && ring_full();
+}
+
 // Copy a record into the ring (see RINGBUF_RETRY); what cannot be written is counted.
 static __always_inline void ring_write(void *data, u32 size) {
+    if (ring_still_full()) {
+        count_lost(LOST_RINGBUF_FULL, 1);
+        return;
+    }
     int err = events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP);
     if (err && ringbuf_retry()) {
         err = events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP);
@@ -516,7 +550,7 @@ static __always_inline int sock_basics(u64 sk, u16 *family, u16 *protocol, u16 *
 #if SOCK_TP
 // sock_send_length(sk, ret, flags) / sock_recv_length(sk, ret, flags) fire inside every
 // socket send/recv (each message of an mmsg vector; read/write on sockets too).
-static __always_inline void on_sock_io(u64 sk, int flags, u8 is_recv) {
+static __always_inline void on_sock_io(u64 sk, long ret, int flags, u8 is_recv) {
     if (is_recv && (flags & MSG_PEEK))
         return;  // the real read follows; recording the peek would duplicate the message
     u16 family = 0, protocol = 0, lport = 0, rport = 0;
@@ -524,12 +558,18 @@ static __always_inline void on_sock_io(u64 sk, int flags, u8 is_recv) {
         return;
     // A UDP socket with no peer sends and receives with an address per message, which
     // sys_exit reads: arm for it. Any other socket: only with a port in the set.
-    if (!port_match(lport) && !port_match(rport) && !(protocol == IPPROTO_UDP && !rport))
+    u8 dns_port = port_match(lport) || port_match(rport);
+    if (!dns_port && !(protocol == IPPROTO_UDP && !rport))
         return;
     struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
     struct pending_t *p = slots.task_storage_get(task, 0, 0);
-    if (p && p->sock_seen)
-        return;  // later messages of the same sendmmsg/recvmmsg: same socket
+    if (p && p->sock_seen) {
+        // Later messages of the same sendmmsg/recvmmsg (same socket): sys_exit emits them
+        // all, unless the first one found the ring full (below); then each is counted here.
+        if (p->sock_seen == SOCK_DROPPED && ret > 0)
+            count_lost(LOST_RINGBUF_FULL, 1);
+        return;
+    }
     if (!pass_filters(bpf_get_current_pid_tgid()))
         return;
     if (!p) {
@@ -539,15 +579,24 @@ static __always_inline void on_sock_io(u64 sk, int flags, u8 is_recv) {
             return;
         }
     }
+    if (dns_port && ret > 0 && ring_full()) {
+        // A DNS message (sys_exit would emit exactly this one) that the ring has no room
+        // for: counted here, and sys_exit only disarms (so the rest of an mmsg vector is
+        // counted too, never half emitted). Sockets whose messages carry their own address
+        // are decided at exit, where emitting checks the ring again.
+        count_lost(LOST_RINGBUF_FULL, 1);
+        p->sock_seen = SOCK_DROPPED;
+        return;
+    }
     fill_sock(p, sk, family, protocol, lport, rport);
 }
 
 RAW_TRACEPOINT_PROBE(sock_send_length) {
-    on_sock_io(ctx->args[0], (int)ctx->args[2], 0);
+    on_sock_io(ctx->args[0], (long)ctx->args[1], (int)ctx->args[2], 0);
     return 0;
 }
 RAW_TRACEPOINT_PROBE(sock_recv_length) {
-    on_sock_io(ctx->args[0], (int)ctx->args[2], 1);
+    on_sock_io(ctx->args[0], (long)ctx->args[1], (int)ctx->args[2], 1);
     return 0;
 }
 #else
@@ -729,6 +778,10 @@ static __always_inline struct ev_msg *prepare(struct pending_t *p, u8 is_recv) {
 static __always_inline void emit_direct_slot(struct pending_t *p, u8 is_recv, u16 index,
                                              u16 mfam, u8 *maddr, u16 mport, u64 src, u32 want,
                                              u32 orig_len, const u32 slot) {
+    if (ring_still_full()) {
+        count_lost(LOST_RINGBUF_FULL, 1);
+        return;
+    }
     struct ev_msg *e = events.ringbuf_reserve(EV_MSG_HDR + slot);
     if (!e && ringbuf_retry()) {
         e = events.ringbuf_reserve(EV_MSG_HDR + slot);
@@ -890,6 +943,10 @@ RAW_TRACEPOINT_PROBE(sys_exit) {
     struct pending_t *p = slots.task_storage_get(task, 0, 0);
     if (!p || !p->sock_seen)
         return 0;  // no socket I/O on a candidate socket in this syscall: the common case
+    if (p->sock_seen == SOCK_DROPPED) {
+        p->sock_seen = 0;  // counted already, in on_sock_io
+        return 0;
+    }
     if (bpf_probe_read_kernel(&r, sizeof(r), (void *)(ctx->args[0] + offsetof(struct pt_regs, r10))) == 0) {
         u8 sc = sc_code(r.orig_ax);
         if (sc) {
