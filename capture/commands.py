@@ -85,6 +85,11 @@ class _Size(click.ParamType):
               "while the node has idle CPU, nice 19 while its CPUs are saturated), normal, low "
               "(nice 19) or idle (SCHED_IDLE: only CPU nobody wants; under saturation the "
               "ring buffer overflows and the losses are counted).")
+@click.option("--cpu-budget", type=click.FloatRange(0, 100), default=5, show_default=True,
+              metavar="PCT",
+              help="With --priority auto, while the node's CPUs are saturated: the most CPU "
+              "the recorder takes, in percent of one CPU (0: no cap). It sleeps off what "
+              "goes over; the ring buffer overflows meanwhile and the losses are counted.")
 @click.option("--no-connects", is_flag=True, help="Do not record connect() events.")
 @click.option("--no-execs", is_flag=True, help="Do not record exec events.")
 @click.option("--print-bpf", is_flag=True,
@@ -106,6 +111,7 @@ def record(
     pods_root: Path,
     pods_json: Path | None,
     priority: str,
+    cpu_budget: float,
     no_connects: bool,
     no_execs: bool,
     print_bpf: bool,
@@ -134,6 +140,7 @@ def record(
         trace_connects=not no_connects,
         trace_execs=not no_execs,
         priority=priority,
+        cpu_budget=cpu_budget / 100,
         command_line=list(sys.argv),
     )
     if print_bpf:

@@ -100,6 +100,9 @@ class RecordOptions:
     trace_execs: bool = True
     #: CPU priority against the workload: auto, normal, low, idle (capture.sched)
     priority: str = "auto"
+    #: With priority auto, while the node is saturated: the recorder's CPU cap, in CPUs
+    #: (0.05 = 5 % of one CPU; 0 = no cap). See capture.sched.CpuBudget.
+    cpu_budget: float = 0.05
     command_line: Sequence[str] = field(default_factory=lambda: list(sys.argv))
     preflight_paths: PreflightPaths | None = None
     #: How often --pod/--cgroup filters are re-resolved (new containers), in seconds.
@@ -112,6 +115,9 @@ class RecordOptions:
 
     def validate(self) -> None:
         sched.check_priority(self.priority)
+        if not 0 <= self.cpu_budget <= 1:
+            raise CaptureError(f"bad --cpu-budget {self.cpu_budget * 100:g}: must be 0-100 "
+                               "(percent of one CPU)")
         if not self.ports:
             raise CaptureError("at least one --port is needed")
         for p in self.ports:
@@ -145,6 +151,7 @@ class RecordOptions:
             "trace_connects": self.trace_connects,
             "trace_execs": self.trace_execs,
             "priority": self.priority,
+            "cpu_budget": self.cpu_budget,
         }
 
 
@@ -364,10 +371,12 @@ def _run(
     probe = probe_cls(cfg)
     probe.__enter__()  # compiles and attaches; raises LoadFailed & co. before any file exists
     auto: sched.AutoPriority | None = None
+    budget: sched.CpuBudget | None = None
     try:
         sched.apply_priority(options.priority)  # after loading: compiling is not steady state
         if options.priority == "auto":
             auto = sched.AutoPriority()
+            budget = sched.CpuBudget(options.cpu_budget)
         filters = options.filters()
         filters["pod_uids"] = sorted(resolution.pod_uids)
         writer.update_info(
@@ -401,11 +410,24 @@ def _run(
                 writer.set_lost(probe.lost())
                 writer.tick()
                 now = time.monotonic()
-                if auto is not None:
+                if auto is not None and budget is not None:
                     changed = auto.update(now)
                     if changed is not None:
-                        err.write(("\n" if tty else "") + _priority_line(changed, auto) + "\n")
+                        budget.reset()
+                        err.write(("\n" if tty else "") + _priority_line(changed, auto, budget)
+                                  + "\n")
                         err.flush()
+                    if auto.level == "low":
+                        # saturated node: sleep off whatever went over the CPU cap; the ring
+                        # buffer fills meanwhile and what overflows it is counted
+                        # (a poll of two chunks costs ~50 ms: at 5 % that is a 1 s pause)
+                        pause = min(budget.delay(now, time.process_time()), 2.0)
+                        if deadline is not None:
+                            pause = min(pause, max(0.0, deadline - now))
+                        if pause > 0:
+                            stop.wait(pause)  # returns at once on Ctrl-C / SIGTERM
+                            budget.slept += time.monotonic() - now
+                            now = time.monotonic()
                 if filtering and now >= next_refilter:
                     next_refilter = now + options.refilter_seconds
                     current_ids = _refilter(options, state, probe, current_ids)
@@ -453,12 +475,14 @@ def _run(
     return summary
 
 
-def _priority_line(level: str, auto: sched.AutoPriority) -> str:
+def _priority_line(level: str, auto: sched.AutoPriority, budget: sched.CpuBudget) -> str:
     if level == "low":
+        cap = (f" and at most {budget.share:.0%} of one CPU" if budget.share > 0 else "")
         return (f"The node's CPUs are saturated (idle < {auto.low_below:.0%}): recording at "
-                "nice 19 from now on; what overflows the ring buffer is counted as lost "
+                f"nice 19{cap} from now on; what overflows the ring buffer is counted as lost "
                 "(--priority normal to compete for CPU instead).")
-    return f"The node has idle CPU again (> {auto.normal_above:.0%}): recording at nice 0."
+    return (f"The node has idle CPU again (> {auto.normal_above:.0%}): recording at nice 0"
+            + (", no CPU cap." if budget.share > 0 else "."))
 
 
 def _bound_allocators() -> None:

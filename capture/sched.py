@@ -4,11 +4,15 @@ The recorder's work per message (parsing the ring buffer, Arrow, Parquet) runs i
 the kernel side runs in the context of the process that moved the message and is not affected.
 
 - ``auto`` (the default): ``normal`` while the node has spare CPU, ``low`` while it has not.
-  Every half second the recorder reads the node's idle share from ``/proc/stat``: below 20 %
-  it lowers itself to nice 19, and above 40 % for a second it goes back to nice 0. So on a
-  node with CPU to spare it records everything, and on a node whose CPUs are saturated it
-  yields them to the workload and counts what it cannot keep (raising the priority again needs
-  CAP_SYS_NICE; without it the recorder stays low once lowered).
+  Every quarter second the recorder reads the node's idle share from ``/proc/stat``: below 20 %
+  it lowers itself to nice 19 and caps its own CPU time at ``--cpu-budget`` (default 5 % of
+  one CPU, all its threads together: `CpuBudget`), and above 40 % for a second it goes back
+  to nice 0 without a cap. So on a node with CPU to spare it records everything, and on a
+  node whose CPUs are saturated it yields them to the workload and counts what it cannot keep
+  (raising the priority again needs CAP_SYS_NICE; without it the recorder stays low once
+  lowered). Nice 19 alone is not enough: a saturated client/server pair still leaves short
+  idle gaps (each waits on the other now and then), and a recorder that fills every one of
+  them costs the workload about as much as one at nice 0 (docs/benchmarks.md).
 - ``normal``: the recorder competes for CPU like any process: it keeps up with the ring buffer
   as long as one core suffices, at the cost of that CPU to the workload.
 - ``low``: nice 19. On a CPU that something else wants, the recorder gets a small share; the
@@ -28,7 +32,8 @@ import os
 
 from capture.errors import CaptureError
 
-__all__ = ["PRIORITIES", "AutoPriority", "apply_priority", "check_priority", "cpu_idle_share"]
+__all__ = ["PRIORITIES", "AutoPriority", "CpuBudget", "apply_priority", "check_priority",
+           "cpu_idle_share"]
 
 PRIORITIES: tuple[str, ...] = ("auto", "normal", "low", "idle")
 _LOW_NICE = 19
@@ -87,8 +92,8 @@ class AutoPriority:
     ``raise_after`` consecutive intervals with more than ``normal_above``. ``level`` is the
     current one; ``switches`` counts the changes and ``low_seconds`` the time spent low."""
 
-    def __init__(self, stat_path: str = "/proc/stat", interval: float = 0.5,
-                 low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 2,
+    def __init__(self, stat_path: str = "/proc/stat", interval: float = 0.25,
+                 low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 4,
                  apply: bool = True) -> None:
         self.stat_path = stat_path
         self.interval = interval
@@ -137,3 +142,38 @@ class AutoPriority:
         self.switches += 1
         return level
 
+
+
+class CpuBudget:
+    """At most ``share`` of one CPU for this process (user + sys of all its threads), as a
+    token bucket: ``delay(wall, cpu)`` after each unit of work returns how long to sleep so
+    that CPU time over wall time stays within the share. Unused budget is kept for at most
+    ``burst`` seconds of wall time, so a quiet spell does not buy an unbounded burst later.
+    ``share`` 0 means no cap. ``reset()`` forgets the past (when the cap comes back on)."""
+
+    def __init__(self, share: float, burst: float = 0.5) -> None:
+        if not 0 <= share <= 64:
+            raise ValueError(f"CPU share must be 0..64 CPUs, not {share}")
+        self.share = share
+        self.burst = burst
+        self.slept = 0.0
+        self._last: tuple[float, float] | None = None
+        self._credit = 0.0
+
+    def reset(self) -> None:
+        self._last = None
+        self._credit = 0.0
+
+    def delay(self, wall: float, cpu: float) -> float:
+        """Seconds to sleep now (0 when within budget). Call with monotonic wall time and
+        this process's CPU time (time.process_time)."""
+        if self.share <= 0:
+            return 0.0
+        last, self._last = self._last, (wall, cpu)
+        if last is None:
+            return 0.0
+        self._credit += (wall - last[0]) * self.share - (cpu - last[1])
+        self._credit = min(self._credit, self.burst * self.share)
+        if self._credit >= 0:
+            return 0.0
+        return -self._credit / self.share

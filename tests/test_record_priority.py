@@ -69,7 +69,7 @@ def test_auto_priority_lowers_when_saturated_and_raises_with_hysteresis(tmp_path
     from capture.sched import AutoPriority
 
     stat = tmp_path / "stat"
-    auto = AutoPriority(str(stat), interval=0.5, apply=False)
+    auto = AutoPriority(str(stat), interval=0.5, raise_after=2, apply=False)
     idle = busy = 1000
     _stat(stat, idle, busy)
     assert auto.update(0.0) is None  # the first sample only sets the baseline
@@ -155,3 +155,83 @@ def test_auto_priority_yields_while_the_cpus_are_saturated(tmp_path: Path) -> No
     assert proc.returncode == 0, "".join(lines)
     m = check_capture(out)
     assert m["status"] == "complete" and m["filters"]["priority"] == "auto"
+
+
+def test_cpu_budget_sleeps_off_what_goes_over_the_share() -> None:
+    from capture.sched import CpuBudget
+
+    b = CpuBudget(0.1, burst=0.5)
+    assert b.delay(0.0, 0.0) == 0.0  # the first call only sets the baseline
+    assert b.delay(1.0, 0.05) == 0.0  # under the share: 0.05 s of credit (the burst cap)
+    # 0.3 s of CPU in 0.1 s of wall time: 0.05 + 0.01 - 0.3 = -0.24 s, i.e. 2.4 s at 10 %
+    assert b.delay(1.1, 0.35) == pytest.approx(2.4)
+    assert b.delay(3.5, 0.35) == pytest.approx(0.0, abs=1e-9)  # slept it off: back to zero
+    # a long quiet spell buys no more than the burst
+    assert b.delay(100.0, 0.35) == 0.0
+    assert b.delay(100.0, 0.45) == pytest.approx(0.5)  # 0.05 credit - 0.1 used: 0.5 s
+    b.reset()
+    assert b.delay(200.0, 5.0) == 0.0  # forgotten
+    assert CpuBudget(0).delay(1.0, 99.0) == 0.0  # share 0: no cap
+    with pytest.raises(ValueError):
+        CpuBudget(-1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.live
+def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SCHED_IDLE hogs on every CPU leave the node no idle time without outranking the
+    recorder, so only --cpu-budget can hold it back: under a dnsperf flood its CPU stays
+    within the budget (plus one poll's work), and what it did not read is counted."""
+    import subprocess
+    import sys
+    import threading
+
+    from tests.lab.require import require_root_bcc
+
+    require_root_bcc()
+    from tests.test_record_live import _start_cli
+    from tests.test_writer import check_capture
+
+    out = tmp_path / "cap"
+    proc, lines = _start_cli(out, "--duration", "120s", "--cpu-budget", "5")
+    hog = ("import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+           "while True: pass\n")
+    hogs: list[subprocess.Popen[bytes]] = []
+    results = []
+    try:
+        hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(os.cpu_count() or 1)]
+        assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
+        assert any("at most 5% of one CPU" in ln for ln in lines), "".join(lines)
+        ns = lab.client_ns()
+        flood = threading.Thread(target=lambda: results.append(
+            lab.dnsperf(ns, lab.server_addr, duration=7.0)))
+        flood.start()
+        time.sleep(2.0)
+        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(4.0)
+        cpu, wall = _cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
+        flood.join(timeout=60)
+        for h in hogs:
+            h.kill()
+            h.wait()
+        hogs = []
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines)
+    assert results and results[0].completed > 20000, results  # a flood: > 5k queries/s
+    # 5 % of 4 s is 0.2 s; one poll (two chunks of 16384 records) costs up to ~0.1 s more.
+    # Uncapped, reading 4 messages per query would take several times that.
+    assert cpu <= 0.05 * wall + 0.15, (cpu, wall)
+    m = check_capture(out)
+    assert m["status"] == "complete" and m["filters"]["cpu_budget"] == 0.05
+    assert m["lost"]["ringbuf_full"] > 0
