@@ -591,12 +591,14 @@ static __always_inline void on_sock_io(u64 sk, long ret, int flags, u8 is_recv) 
     fill_sock(p, sk, family, protocol, lport, rport);
 }
 
+// Raw tracepoint arguments are widened to u64 without sign extension: `int ret` must be cast
+// back to int (a failed recv, -EAGAIN, would otherwise read as a large positive length).
 RAW_TRACEPOINT_PROBE(sock_send_length) {
-    on_sock_io(ctx->args[0], (long)ctx->args[1], (int)ctx->args[2], 0);
+    on_sock_io(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], 0);
     return 0;
 }
 RAW_TRACEPOINT_PROBE(sock_recv_length) {
-    on_sock_io(ctx->args[0], (long)ctx->args[1], (int)ctx->args[2], 1);
+    on_sock_io(ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], 1);
     return 0;
 }
 #else

@@ -51,3 +51,29 @@ def test_full_ring_counts_every_message_once(lab: Lab) -> None:
     assert lost - full_after_dnsperf == 4 * LOOKUPS
     assert len(mine) + lost == res.sent + res.completed + 4 * LOOKUPS
     assert stats["messages"] == len(msgs)
+
+
+def test_full_ring_counts_a_servers_messages_exactly(lab: Lab) -> None:
+    """unbound reads its port-53 socket until recvfrom fails with EAGAIN. Those failed reads
+    pass sock_recv_length too, with a negative length: counting them as lost messages (a
+    sign-extension slip in the raw tracepoint arguments did) would over-count."""
+    require_root_bcc()
+    ns = lab.client_ns()
+    server = lab.unbound(ns, "127.0.0.1")
+    cfg = ProbeConfig(comms=("unbound",), ringbuf_mb=1, trace_execs=False, trace_connects=False)
+    with Probe(cfg) as probe:
+        res = lab.dnsperf(ns, server.addr, queries=[(QNAME, "A")] * 20000, duration=30,
+                          max_qps=10000, extra=["-n", "1"])
+        lost = probe.lost()["ringbuf_full"]
+        batches = []
+        for _ in range(20):
+            got = probe.drain()["messages"]
+            if not got:
+                break
+            batches += got
+    assert res.sent == 20000 and res.completed == 20000
+    msgs = pa.Table.from_batches(batches).to_pandas()
+    mine = msgs[msgs.netns == ns.inode]
+    assert lost > 0 and len(mine) > 0
+    # every query received and every answer sent by unbound, once: a row or counted
+    assert len(mine) + lost == res.sent + res.completed
