@@ -162,9 +162,9 @@
 
 // RINGBUF_RETRY: on Linux 6.18 a ring buffer reservation fails now and then, quickly (~0.3 us),
 // while the ring is nearly empty (measured: about one in 300k writes, with 0.05-3 MB of a 32 MB
-// ring in use, both CPUs producing; the cause is not identified; an immediate second attempt
-// on the same ring does not always succeed, the 1 MB `rescue` ring did every time it was
-// measured). So a failed write is tried once more on `events`, then on `rescue`, which the
+// ring in use, both CPUs producing; an immediate second attempt on the same ring did not
+// always succeed). The cause was the consumer writing its position byte by byte (see
+// docs/bpf.md); it no longer does. The retry stays as a cheap safety net: a failed write is tried once more on `events`, then on `rescue`, which the
 // consumer reads like `events`; but only when the previous write on this CPU succeeded: a ring
 // that is really full fails every time, and then costs no extra attempts. What still fails is
 // counted as ringbuf_full.

@@ -572,7 +572,9 @@ class Probe:
         if len(starts):
             self._parse(starts, lens, out)
         if new_cons != cons:
-            struct.pack_into("<Q", self._cons_map, 0, new_cons)
+            # one aligned 8-byte store: struct.pack_into writes byte by byte, and the kernel
+            # reads the position locklessly (a torn value is a consumer gone back in time)
+            np.frombuffer(self._cons_map, dtype=np.uint64, count=1)[0] = new_cons
             self._counts.ring_bytes += new_cons - cons
         self._counts.chunks += 1
         self._counts.parse_seconds += time.perf_counter() - t0
