@@ -164,10 +164,10 @@
 // while the ring is nearly empty (measured: about one in 300k writes, with 0.05-3 MB of a 32 MB
 // ring in use, both CPUs producing; an immediate second attempt on the same ring did not
 // always succeed). The cause was the consumer writing its position byte by byte (see
-// docs/bpf.md); it no longer does. The retry stays as a cheap safety net: a failed write is tried once more on `events`, then on `rescue`, which the
-// consumer reads like `events`; but only when the previous write on this CPU succeeded: a ring
-// that is really full fails every time, and then costs no extra attempts. What still fails is
-// counted as ringbuf_full.
+// docs/bpf.md); it no longer does. The retry stays as a cheap safety net: a failed write is
+// tried once more on `events`, then on `rescue`, which the consumer reads like `events`; but
+// only when the previous write on this CPU succeeded: a ring that is really full fails every
+// time, and then costs no extra attempts. What still fails is counted as ringbuf_full.
 
 // Hide a value from clang so that a following bound check/mask is kept in the same register
 // the verifier looks at (clang otherwise drops a mask it can prove redundant).
