@@ -377,6 +377,9 @@ def _run(
         if options.priority == "auto":
             auto = sched.AutoPriority()
             budget = sched.CpuBudget(options.cpu_budget)
+            # the baseline sample now: the snapshots below take longer than an interval, so
+            # the first pass of the loop already knows whether the node is saturated
+            auto.update(time.monotonic())
         filters = options.filters()
         filters["pod_uids"] = sorted(resolution.pod_uids)
         writer.update_info(
