@@ -532,6 +532,7 @@ def _base_manifest(command_line: Sequence[str], ports: Sequence[int]) -> dict[st
         "lost": {"skipped_malformed": 0, "skipped_fragments": 0, "skipped_link_type": 0},
         "counts": {kind: 0 for kind in schema.EVENT_KINDS},
         "files": [],
+        "priority_log": [],
     }
     return manifest
 

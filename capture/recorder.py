@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -372,6 +373,7 @@ def _run(
     probe.__enter__()  # compiles and attaches; raises LoadFailed & co. before any file exists
     auto: sched.AutoPriority | None = None
     budget: sched.CpuBudget | None = None
+    priority_log: list[dict[str, Any]] = []
     try:
         sched.apply_priority(options.priority)  # after loading: compiling is not steady state
         if options.priority == "auto":
@@ -417,6 +419,9 @@ def _run(
                     changed = auto.update(now)
                     if changed is not None:
                         budget.reset()
+                        priority_log.append({"at": _iso_now(), "level": changed,
+                                             "lost": dict(probe.lost())})
+                        writer.update_info({"priority_log": list(priority_log)})
                         err.write(("\n" if tty else "") + _priority_line(changed, auto, budget)
                                   + "\n")
                         err.flush()
@@ -476,6 +481,10 @@ def _run(
     err.writelines(line + "\n" for line in summary.lines())
     err.flush()
     return summary
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _priority_line(level: str, auto: sched.AutoPriority, budget: sched.CpuBudget) -> str:

@@ -179,6 +179,10 @@ MANIFEST_KEYS: dict[str, str] = {
     "every cause the recorder knows is present, zero when nothing was lost.",
     "counts": "Object: events written by kind.",
     "files": "List of finished files: {name, kind, rows, bytes, sha256}.",
+    "priority_log": "With --priority auto, each change of the recorder's priority: {at (ISO 8601, "
+    "UTC), level ('low': nice 19 and CPU capped; 'normal'), lost (the lost counters at that "
+    "moment)}; the lost counters' growth between entries says when events were lost. Empty "
+    "when the priority never changed.",
 }
 
 

@@ -293,6 +293,7 @@ class CaptureWriter:
             "lost": {},
             "counts": {},
             "files": [],
+            "priority_log": [],
         }
         if info:
             self.update_info(info)

@@ -155,6 +155,9 @@ def test_auto_priority_yields_while_the_cpus_are_saturated(tmp_path: Path) -> No
     assert proc.returncode == 0, "".join(lines)
     m = check_capture(out)
     assert m["status"] == "complete" and m["filters"]["priority"] == "auto"
+    log = m["priority_log"]
+    assert [e["level"] for e in log] == ["low", "normal"], log
+    assert log[0]["at"] < log[1]["at"] and "ringbuf_full" in log[0]["lost"]
 
 
 def test_cpu_budget_sleeps_off_what_goes_over_the_share() -> None:
@@ -235,3 +238,7 @@ def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: P
     m = check_capture(out)
     assert m["status"] == "complete" and m["filters"]["cpu_budget"] == 0.05
     assert m["lost"]["ringbuf_full"] > 0
+    # the losses came while the recorder was held back, after its switch to low
+    log = m["priority_log"]
+    assert log and log[0]["level"] == "low", log
+    assert m["lost"]["ringbuf_full"] > log[0]["lost"]["ringbuf_full"]
