@@ -434,7 +434,6 @@ def _run(
                             pause = min(pause, max(0.0, deadline - now))
                         if pause > 0:
                             stop.wait(pause)  # returns at once on Ctrl-C / SIGTERM
-                            budget.slept += time.monotonic() - now
                             now = time.monotonic()
                 if filtering and now >= next_refilter:
                     next_refilter = now + options.refilter_seconds
@@ -489,7 +488,7 @@ def _iso_now() -> str:
 
 def _priority_line(level: str, auto: sched.AutoPriority, budget: sched.CpuBudget) -> str:
     if level == "low":
-        cap = (f" and at most {budget.share:.0%} of one CPU" if budget.share > 0 else "")
+        cap = f" and at most {budget.share * 100:g}% of one CPU" if budget.share > 0 else ""
         return (f"The node's CPUs are saturated (idle < {auto.low_below:.0%}): recording at "
                 f"nice 19{cap} from now on; what overflows the ring buffer is counted as lost "
                 "(--priority normal to compete for CPU instead).")

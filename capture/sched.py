@@ -143,7 +143,6 @@ class AutoPriority:
         return level
 
 
-
 class CpuBudget:
     """At most ``share`` of one CPU for this process (user + sys of all its threads), as a
     token bucket: ``delay(wall, cpu)`` after each unit of work returns how long to sleep so
@@ -156,7 +155,6 @@ class CpuBudget:
             raise ValueError(f"CPU share must be 0..64 CPUs, not {share}")
         self.share = share
         self.burst = burst
-        self.slept = 0.0
         self._last: tuple[float, float] | None = None
         self._credit = 0.0
 
