@@ -381,7 +381,7 @@ def _run(
             budget = sched.CpuBudget(options.cpu_budget)
             # the baseline sample now: the snapshots below take longer than an interval, so
             # the first pass of the loop already knows whether the node is saturated
-            auto.update(time.monotonic())
+            auto.update(time.monotonic(), _arrived(probe))
         filters = options.filters()
         filters["pod_uids"] = sorted(resolution.pod_uids)
         writer.update_info(
@@ -416,7 +416,7 @@ def _run(
                 writer.tick()
                 now = time.monotonic()
                 if auto is not None and budget is not None:
-                    changed = auto.update(now)
+                    changed = auto.update(now, _arrived(probe))
                     if changed is not None:
                         budget.reset()
                         priority_log.append({"at": _iso_now(), "level": changed,
@@ -480,6 +480,12 @@ def _run(
     err.writelines(line + "\n" for line in summary.lines())
     err.flush()
     return summary
+
+
+def _arrived(probe: Any) -> int:
+    """Messages that reached the recorder so far: recorded, or counted as lost for want of
+    room in the ring buffer (what the recorder would have had to read)."""
+    return int(probe.stats()["messages"]) + int(probe.lost().get("ringbuf_full", 0))
 
 
 def _iso_now() -> str:

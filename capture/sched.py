@@ -6,8 +6,9 @@ the kernel side runs in the context of the process that moved the message and is
 - ``auto`` (the default): ``normal`` while the node has spare CPU, ``low`` while it has not.
   Every quarter second the recorder reads the node's idle share from ``/proc/stat``: below 20 %
   it lowers itself to nice 19 and caps its own CPU time at ``--cpu-budget`` (default 5 % of
-  one CPU, all its threads together: `CpuBudget`), and above 40 % for a second it goes back
-  to nice 0 without a cap. So on a node with CPU to spare it records everything, and on a
+  one CPU, all its threads together: `CpuBudget`); once the idle share has stayed for a
+  second above 40 %, or above what reading the arriving messages would take plus a margin
+  (`AutoPriority`), it goes back to nice 0 without a cap. So on a node with CPU to spare it records everything, and on a
   node whose CPUs are saturated it yields them to the workload and counts what it cannot keep
   (raising the priority again needs CAP_SYS_NICE; without it the recorder stays low once
   lowered). Nice 19 alone is not enough: a saturated client/server pair still leaves short
@@ -89,43 +90,59 @@ class AutoPriority:
     ``interval`` seconds and moves every thread of this process between nice 0 and nice 19.
 
     Lowered after one interval with less than ``low_below`` idle, raised again after
-    ``raise_after`` consecutive intervals with more than ``normal_above``. ``level`` is the
-    current one; ``switches`` counts the changes and ``low_seconds`` the time spent low."""
+    ``raise_after`` consecutive intervals with more idle than the recorder would need: more
+    than ``normal_above``, or, when ``update`` is told how many messages have arrived, more
+    than ``low_below`` + 5 points + 1.5 x the share of the node's CPUs that reading them
+    would take at ``cost_per_message`` (whichever is lower). So a node with 25-40 % idle CPU
+    and light DNS traffic gets the recorder back at nice 0 without a cap, and a node whose
+    idle CPU would not cover the recorder's work keeps it low. ``level`` is the current
+    one; ``switches`` counts the changes and ``low_seconds`` the time spent low."""
 
     def __init__(self, stat_path: str = "/proc/stat", interval: float = 0.25,
                  low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 4,
-                 apply: bool = True) -> None:
+                 apply: bool = True, cost_per_message: float = 1e-6,
+                 cpus: int | None = None) -> None:
         self.stat_path = stat_path
         self.interval = interval
         self.low_below = low_below
         self.normal_above = normal_above
         self.raise_after = raise_after
         self.apply = apply
+        self.cost_per_message = cost_per_message
+        self.cpus = cpus or os.cpu_count() or 1
         self.level = "normal"
         self.switches = 0
         self.low_seconds = 0.0
         self.can_raise = True
-        self._last: tuple[float, int, int] | None = None
+        self.need = 0.0
+        self._last: tuple[float, int, int, int | None] | None = None
         self._high = 0
 
-    def update(self, now: float) -> str | None:
-        """Sample if an interval has passed; return the new level when it changed."""
+    def update(self, now: float, arrived: int | None = None) -> str | None:
+        """Sample if an interval has passed; return the new level when it changed.
+        ``arrived``: messages that have reached the recorder so far (recorded + lost), a
+        running count; without it the fixed ``normal_above`` threshold applies."""
         if self._last is not None and now - self._last[0] < self.interval:
             return None
         try:
             idle, total = cpu_idle_share(self.stat_path)
         except (OSError, ValueError):
             return None
-        last, self._last = self._last, (now, idle, total)
+        last, self._last = self._last, (now, idle, total, arrived)
         if last is None or total <= last[2]:
             return None
         if self.level == "low":
             self.low_seconds += now - last[0]
         share = (idle - last[1]) / (total - last[2])
+        raise_above = self.normal_above
+        if arrived is not None and last[3] is not None and now > last[0]:
+            rate = max(0, arrived - last[3]) / (now - last[0])
+            self.need = rate * self.cost_per_message / self.cpus
+            raise_above = min(raise_above, self.low_below + 0.05 + 1.5 * self.need)
         if self.level == "normal" and share < self.low_below:
             return self._switch("low")
         if self.level == "low" and self.can_raise:
-            self._high = self._high + 1 if share > self.normal_above else 0
+            self._high = self._high + 1 if share > raise_above else 0
             if self._high >= self.raise_after:
                 return self._switch("normal")
         return None

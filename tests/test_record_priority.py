@@ -242,3 +242,32 @@ def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: P
     log = m["priority_log"]
     assert log and log[0]["level"] == "low", log
     assert m["lost"]["ringbuf_full"] > log[0]["lost"]["ringbuf_full"]
+
+
+def test_auto_priority_raises_when_the_idle_cpu_covers_the_recorders_need(tmp_path: Path) -> None:
+    """Between the thresholds (25-40 % idle), light DNS traffic brings the recorder back to
+    nice 0: reading it would take little of the idle CPU. Heavy traffic keeps it low."""
+    from capture.sched import AutoPriority
+
+    stat = tmp_path / "stat"
+    for rate, raised in ((10_000, True), (400_000, False)):
+        auto = AutoPriority(str(stat), interval=0.5, raise_after=2, apply=False,
+                            cost_per_message=1e-6, cpus=2)
+        idle = busy = 1000
+        t, arrived = 0.0, 0
+        _stat(stat, idle, busy)
+        auto.update(t, arrived)
+        results = []
+        for share in (0.1, 0.3, 0.3, 0.3):  # saturated once, then 30 % idle
+            idle += int(100 * share)
+            busy += 100 - int(100 * share)
+            t += 0.5
+            arrived += int(rate * 0.5)
+            _stat(stat, idle, busy)
+            results.append(auto.update(t, arrived))
+        assert results[0] == "low"
+        # 10k msgs/s x 1 us on 2 CPUs: 0.5 % of the node; 30 % > 20 + 5 + 0.75 points
+        # 400k msgs/s: 20 % of the node; the threshold stays at normal_above (40 %)
+        assert (results[1:] == [None, "normal", None]) is raised, (rate, results, auto.need)
+        assert auto.level == ("normal" if raised else "low")
+        assert auto.need == pytest.approx(rate * 1e-6 / 2)
