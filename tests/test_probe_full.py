@@ -15,6 +15,7 @@ import pytest
 from capture.probe import Probe, ProbeConfig
 from tests.lab import Lab
 from tests.lab.require import require_root_bcc
+from tests.test_probe_rescue import drain_messages
 
 pytestmark = pytest.mark.live
 
@@ -35,12 +36,7 @@ def test_full_ring_counts_every_message_once(lab: Lab) -> None:
             r = lab.getent(ns, QNAME)
             assert r.returncode == 0, r.stderr
         lost = probe.lost()["ringbuf_full"]
-        batches = []
-        for _ in range(20):
-            got = probe.drain()["messages"]
-            if not got:
-                break
-            batches += got
+        batches = drain_messages(probe)
         stats = probe.stats()
     assert res.sent == 6000
     assert full_after_dnsperf > 0  # the burst overflowed both rings
@@ -65,12 +61,7 @@ def test_full_ring_counts_a_servers_messages_exactly(lab: Lab) -> None:
         res = lab.dnsperf(ns, server.addr, queries=[(QNAME, "A")] * 20000, duration=30,
                           max_qps=10000, extra=["-n", "1"])
         lost = probe.lost()["ringbuf_full"]
-        batches = []
-        for _ in range(20):
-            got = probe.drain()["messages"]
-            if not got:
-                break
-            batches += got
+        batches = drain_messages(probe)
     assert res.sent == 20000 and res.completed == 20000
     msgs = pa.Table.from_batches(batches).to_pandas()
     mine = msgs[msgs.netns == ns.inode]

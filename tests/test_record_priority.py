@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -116,13 +117,37 @@ def _wait_for(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
     return bool(pred())
 
 
+class _Hogs:
+    """A busy loop per CPU (SCHED_IDLE ones with idle=True) until stop() or the with block
+    ends, whichever comes first."""
+
+    def __init__(self, idle: bool = False) -> None:
+        import subprocess
+        import sys
+
+        code = "while True: pass\n"
+        if idle:
+            code = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n" + code
+        self.procs = [subprocess.Popen([sys.executable, "-c", code])
+                      for _ in range(os.cpu_count() or 1)]
+
+    def stop(self) -> None:
+        for h in self.procs:
+            h.kill()
+            h.wait()
+        self.procs = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @pytest.mark.live
 def test_auto_priority_yields_while_the_cpus_are_saturated(tmp_path: Path) -> None:
     """Default --priority auto: CPU hogs on every CPU make the recorder go to nice 19 (and
     say so); when they stop it goes back to nice 0."""
-    import subprocess
-    import sys
-
     from tests.lab.require import require_root_bcc
 
     require_root_bcc()
@@ -131,25 +156,16 @@ def test_auto_priority_yields_while_the_cpus_are_saturated(tmp_path: Path) -> No
 
     out = tmp_path / "cap"
     proc, lines = _start_cli(out, "--duration", "120s")
-    hogs: list[subprocess.Popen[bytes]] = []
     try:
         assert _wait_for(lambda: _nices(proc.pid) == {0}, 10), _nices(proc.pid)
-        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                for _ in range(os.cpu_count() or 1)]
-        assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
-        assert any("CPUs are saturated" in ln for ln in lines), "".join(lines)
-        for h in hogs:
-            h.kill()
-            h.wait()
-        hogs = []
+        with _Hogs():
+            assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
+            assert any("CPUs are saturated" in ln for ln in lines), "".join(lines)
         assert _wait_for(lambda: _nices(proc.pid) == {0}, 15), "".join(lines)
         assert any("idle CPU again" in ln for ln in lines), "".join(lines)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, "".join(lines)
@@ -189,8 +205,6 @@ def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: P
     """SCHED_IDLE hogs on every CPU leave the node no idle time without outranking the
     recorder, so only --cpu-budget can hold it back: under a dnsperf flood its CPU stays
     within the budget (plus one poll's work), and what it did not read is counted."""
-    import subprocess
-    import sys
     import threading
 
     from tests.lab.require import require_root_bcc
@@ -201,33 +215,23 @@ def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: P
 
     out = tmp_path / "cap"
     proc, lines = _start_cli(out, "--duration", "120s", "--cpu-budget", "5")
-    hog = ("import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
-           "while True: pass\n")
-    hogs: list[subprocess.Popen[bytes]] = []
     results = []
     try:
-        hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(os.cpu_count() or 1)]
-        assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
-        assert any("at most 5% of one CPU" in ln for ln in lines), "".join(lines)
-        ns = lab.client_ns()
-        flood = threading.Thread(target=lambda: results.append(
-            lab.dnsperf(ns, lab.server_addr, duration=7.0)))
-        flood.start()
-        time.sleep(2.0)
-        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
-        time.sleep(4.0)
-        cpu, wall = _cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
-        flood.join(timeout=60)
-        for h in hogs:
-            h.kill()
-            h.wait()
-        hogs = []
+        with _Hogs(idle=True):
+            assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
+            assert any("at most 5% of one CPU" in ln for ln in lines), "".join(lines)
+            ns = lab.client_ns()
+            flood = threading.Thread(target=lambda: results.append(
+                lab.dnsperf(ns, lab.server_addr, duration=7.0)))
+            flood.start()
+            time.sleep(2.0)
+            cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(4.0)
+            cpu, wall = _cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
+            flood.join(timeout=60)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, "".join(lines)
