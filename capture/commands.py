@@ -82,9 +82,9 @@ class _Size(click.ParamType):
               "container ids.")
 @click.option("--priority", type=click.Choice(PRIORITIES), default="auto", show_default=True,
               help="CPU priority of the recorder against the node's workload: auto (normal "
-              "while the node has idle CPU, nice 19 while its CPUs are saturated), normal, low "
-              "(nice 19) or idle (SCHED_IDLE: only CPU nobody wants; under saturation the "
-              "ring buffer overflows and the losses are counted).")
+              "while the node has idle CPU, nice 19 and --cpu-budget while its CPUs are "
+              "saturated), normal, low (nice 19) or idle (SCHED_IDLE: only CPU nobody wants; "
+              "under saturation the ring buffer overflows and the losses are counted).")
 @click.option("--cpu-budget", type=click.FloatRange(0, 100), default=5, show_default=True,
               metavar="PCT",
               help="With --priority auto, while the node's CPUs are saturated: the most CPU "
