@@ -362,7 +362,7 @@ static __always_inline void ringbuf_result(int ok) {
         *failed = !ok;
 }
 
-// RING_FULL: bpf_ringbuf_query(events, what). BCC has no map method for it and does not
+// ring_query(what) = bpf_ringbuf_query(events, what). BCC has no map method for it and does not
 // rewrite `&events` in a plain helper call, but it does turn `events.ringbuf_reserve(x)` into
 // `bpf_ringbuf_reserve(<map>, x, 0)` before compiling the result: the macro below, defined
 // only around that one call, makes that call a query of the same map.
@@ -583,7 +583,8 @@ static __always_inline void on_sock_io(u64 sk, long ret, int flags, u8 is_recv) 
         // A DNS message (sys_exit would emit exactly this one) that the ring has no room
         // for: counted here, and sys_exit only disarms (so the rest of an mmsg vector is
         // counted too, never half emitted). Sockets whose messages carry their own address
-        // are decided at exit, where emitting checks the ring again.
+        // are decided at exit, where a write skips the attempt (ring_still_full) once the
+        // previous write on that CPU failed.
         count_lost(LOST_RINGBUF_FULL, 1);
         p->sock_seen = SOCK_DROPPED;
         return;
