@@ -326,8 +326,8 @@ _PARENT_MAPS = ("events", "rescue", "cgroups", "config", "lost")
 _RESCUE_PAGES = 256
 #: The attributes that describe the ring being read; _swap_ring exchanges them with the
 #: rescue ring's, so that one set of parsing methods reads both.
-_RING_ATTRS = ("_cons_map", "_data_map", "_data_u8", "_data_u32", "_data_u64", "_mv32",
-               "_ring_size", "_ring_mask", "_window")
+_RING_ATTRS = ("_cons_map", "_cons_u64", "_data_map", "_data_u8", "_data_u32", "_data_u64",
+               "_mv32", "_ring_size", "_ring_mask", "_window")
 
 
 class Probe:
@@ -343,6 +343,7 @@ class Probe:
         self._data_u8 = np.zeros(0, dtype=np.uint8)
         self._data_u32 = np.zeros(0, dtype=np.uint32)
         self._data_u64 = np.zeros(0, dtype=np.uint64)
+        self._cons_u64 = np.zeros(0, dtype=np.uint64)
         self._mv32: memoryview | None = None
         self._ring_size = 0
         self._ring_mask = 0
@@ -412,6 +413,7 @@ class Probe:
         self._data_u8 = np.zeros(0, dtype=np.uint8)  # drop the views before unmapping
         self._data_u32 = np.zeros(0, dtype=np.uint32)
         self._data_u64 = np.zeros(0, dtype=np.uint64)
+        self._cons_u64 = np.zeros(0, dtype=np.uint64)
         if self._mv32 is not None:
             self._mv32.release()
             self._mv32 = None
@@ -442,6 +444,10 @@ class Probe:
         self._ring_mask = size - 1
         self._cons_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                                    offset=0)
+        # The positions are read and written as whole aligned 8-byte words: the kernel reads
+        # and writes them locklessly, and struct.pack_into/unpack_from go byte by byte (a
+        # consumer position written that way made reservations fail on an almost empty ring).
+        self._cons_u64 = np.frombuffer(self._cons_map, dtype=np.uint64, count=1)
         # The kernel maps the data area twice in a row so that wrapped records read
         # contiguously; the pages are mapped eagerly, so that would count twice in RSS.
         # We map it once and wrap indices ourselves.
@@ -455,9 +461,7 @@ class Probe:
     # ---- reading ----
     def _positions(self) -> tuple[int, int]:
         assert self._cons_map is not None and self._data_map is not None
-        cons = struct.unpack_from("<Q", self._cons_map, 0)[0]
-        prod = struct.unpack_from("<Q", self._data_map, 0)[0]
-        return cons, prod
+        return int(self._cons_u64[0]), int(self._data_u64[0])  # the producer page comes first
 
     def pending_bytes(self) -> int:
         """Bytes committed to the ring buffer and not consumed yet."""
@@ -572,9 +576,7 @@ class Probe:
         if len(starts):
             self._parse(starts, lens, out)
         if new_cons != cons:
-            # one aligned 8-byte store: struct.pack_into writes byte by byte, and the kernel
-            # reads the position locklessly (a torn value is a consumer gone back in time)
-            np.frombuffer(self._cons_map, dtype=np.uint64, count=1)[0] = new_cons
+            self._cons_u64[0] = new_cons  # one 8-byte store (see _map_ring)
             self._counts.ring_bytes += new_cons - cons
         self._counts.chunks += 1
         self._counts.parse_seconds += time.perf_counter() - t0
