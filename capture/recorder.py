@@ -381,7 +381,7 @@ def _run(
             budget = sched.CpuBudget(options.cpu_budget)
             # the baseline sample now: the snapshots below take longer than an interval, so
             # the first pass of the loop already knows whether the node is saturated
-            auto.update(time.monotonic(), _arrived(probe))
+            auto.update(time.monotonic(), _arrived(probe, probe.lost()))
         filters = options.filters()
         filters["pod_uids"] = sorted(resolution.pod_uids)
         writer.update_info(
@@ -412,15 +412,16 @@ def _run(
                 if deadline is not None:
                     timeout = max(0, min(timeout, int((deadline - now) * 1000)))
                 _consume(probe.poll(timeout_ms=timeout), writer, state)
-                writer.set_lost(probe.lost())
+                lost = probe.lost()
+                writer.set_lost(lost)
                 writer.tick()
                 now = time.monotonic()
                 if auto is not None and budget is not None:
-                    changed = auto.update(now, _arrived(probe))
+                    changed = auto.update(now, _arrived(probe, lost))
                     if changed is not None:
                         budget.reset()
                         priority_log.append({"at": _iso_now(), "level": changed,
-                                             "lost": dict(probe.lost())})
+                                             "lost": dict(lost)})
                         writer.update_info({"priority_log": list(priority_log)})
                         err.write(("\n" if tty else "") + _priority_line(changed, auto, budget)
                                   + "\n")
@@ -482,10 +483,10 @@ def _run(
     return summary
 
 
-def _arrived(probe: Any) -> int:
+def _arrived(probe: Any, lost: Mapping[str, int]) -> int:
     """Messages that reached the recorder so far: recorded, or counted as lost for want of
     room in the ring buffer (what the recorder would have had to read)."""
-    return int(probe.stats()["messages"]) + int(probe.lost().get("ringbuf_full", 0))
+    return int(probe.stats()["messages"]) + int(lost.get("ringbuf_full", 0))
 
 
 def _iso_now() -> str:
@@ -498,7 +499,7 @@ def _priority_line(level: str, auto: sched.AutoPriority, budget: sched.CpuBudget
         return (f"The node's CPUs are saturated (idle < {auto.low_below:.0%}): recording at "
                 f"nice 19{cap} from now on; what overflows the ring buffer is counted as lost "
                 "(--priority normal to compete for CPU instead).")
-    return (f"The node has idle CPU again (> {auto.normal_above:.0%}): recording at nice 0"
+    return ("The node has idle CPU again (enough for the recorder): recording at nice 0"
             + (", no CPU cap." if budget.share > 0 else "."))
 
 

@@ -8,10 +8,10 @@ the kernel side runs in the context of the process that moved the message and is
   it lowers itself to nice 19 and caps its own CPU time at ``--cpu-budget`` (default 5 % of
   one CPU, all its threads together: `CpuBudget`); once the idle share has stayed for a
   second above 40 %, or above what reading the arriving messages would take plus a margin
-  (`AutoPriority`), it goes back to nice 0 without a cap. So on a node with CPU to spare it records everything, and on a
-  node whose CPUs are saturated it yields them to the workload and counts what it cannot keep
-  (raising the priority again needs CAP_SYS_NICE; without it the recorder stays low once
-  lowered). Nice 19 alone is not enough: a saturated client/server pair still leaves short
+  (`AutoPriority`), it goes back to nice 0 without a cap. So on a node with CPU to spare it
+  records everything, and on a node whose CPUs are saturated it yields them to the workload
+  and counts what it cannot keep (raising the priority again needs CAP_SYS_NICE; without it
+  the recorder stays low once lowered). Nice 19 alone is not enough: a saturated client/server pair still leaves short
   idle gaps (each waits on the other now and then), and a recorder that fills every one of
   them costs the workload about as much as one at nice 0 (docs/benchmarks.md).
 - ``normal``: the recorder competes for CPU like any process: it keeps up with the ring buffer
