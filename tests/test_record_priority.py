@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
@@ -24,6 +28,22 @@ def _threads(pid: int) -> list[int]:
     return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
 
 
+@contextmanager
+def _recording(out: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """A running `dnstrail record -o out *args` and its stderr lines. The end of the block
+    stops it with SIGINT and waits for it; an exception in the block kills it instead."""
+    from tests.test_record_live import _start_cli
+
+    proc, lines = _start_cli(out, *args)
+    try:
+        yield proc, lines
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.live
 @pytest.mark.parametrize(("level", "policy", "nice"), [
     ("low", os.SCHED_OTHER, 19),
@@ -35,12 +55,11 @@ def test_recorder_threads_run_at_the_priority(tmp_path: Path, level: str, policy
     from tests.lab.require import require_root_bcc
 
     require_root_bcc()
-    from tests.test_record_live import _start_cli, dns_traffic
+    from tests.test_record_live import dns_traffic
     from tests.test_writer import check_capture
 
     out = tmp_path / "cap"
-    proc, lines = _start_cli(out, "--priority", level, "--duration", "60s")
-    try:
+    with _recording(out, "--priority", level, "--duration", "60s") as (proc, lines):
         with dns_traffic(count=300, seconds=3, label=8, tag=f"prio{level}"):
             pass
         tids = _threads(proc.pid)
@@ -50,11 +69,6 @@ def test_recorder_threads_run_at_the_priority(tmp_path: Path, level: str, policy
             if nice is not None:
                 assert os.getpriority(os.PRIO_PROCESS, tid) == nice, (level, tid)
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, "".join(lines)
     m = check_capture(out)
     assert m["status"] == "complete"
@@ -122,9 +136,6 @@ class _Hogs:
     ends, whichever comes first."""
 
     def __init__(self, idle: bool = False) -> None:
-        import subprocess
-        import sys
-
         code = "while True: pass\n"
         if idle:
             code = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n" + code
@@ -151,23 +162,16 @@ def test_auto_priority_yields_while_the_cpus_are_saturated(tmp_path: Path) -> No
     from tests.lab.require import require_root_bcc
 
     require_root_bcc()
-    from tests.test_record_live import _start_cli
     from tests.test_writer import check_capture
 
     out = tmp_path / "cap"
-    proc, lines = _start_cli(out, "--duration", "120s")
-    try:
+    with _recording(out, "--duration", "120s") as (proc, lines):
         assert _wait_for(lambda: _nices(proc.pid) == {0}, 10), _nices(proc.pid)
         with _Hogs():
             assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
             assert any("CPUs are saturated" in ln for ln in lines), "".join(lines)
         assert _wait_for(lambda: _nices(proc.pid) == {0}, 15), "".join(lines)
         assert any("idle CPU again" in ln for ln in lines), "".join(lines)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, "".join(lines)
     m = check_capture(out)
     assert m["status"] == "complete" and m["filters"]["priority"] == "auto"
@@ -210,30 +214,23 @@ def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: P
     from tests.lab.require import require_root_bcc
 
     require_root_bcc()
-    from tests.test_record_live import _start_cli
     from tests.test_writer import check_capture
 
     out = tmp_path / "cap"
-    proc, lines = _start_cli(out, "--duration", "120s", "--cpu-budget", "5")
     results = []
-    try:
-        with _Hogs(idle=True):
-            assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
-            assert any("at most 5% of one CPU" in ln for ln in lines), "".join(lines)
-            ns = lab.client_ns()
-            flood = threading.Thread(target=lambda: results.append(
-                lab.dnsperf(ns, lab.server_addr, duration=7.0)))
-            flood.start()
-            time.sleep(2.0)
-            cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
-            time.sleep(4.0)
-            cpu, wall = _cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
-            flood.join(timeout=60)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with _recording(out, "--duration", "120s", "--cpu-budget", "5") as (proc, lines), \
+            _Hogs(idle=True):
+        assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
+        assert any("at most 5% of one CPU" in ln for ln in lines), "".join(lines)
+        ns = lab.client_ns()
+        flood = threading.Thread(target=lambda: results.append(
+            lab.dnsperf(ns, lab.server_addr, duration=7.0)))
+        flood.start()
+        time.sleep(2.0)
+        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(4.0)
+        cpu, wall = _cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
+        flood.join(timeout=60)
     assert proc.returncode == 0, "".join(lines)
     assert results and results[0].completed > 20000, results  # a flood: > 5k queries/s
     # 5 % of 4 s is 0.2 s; one poll (two chunks of 16384 records) costs up to ~0.1 s more.
