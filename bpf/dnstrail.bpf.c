@@ -514,37 +514,79 @@ static __always_inline void take_args(struct pending_t *p, u8 sc, struct sc_regs
 }
 
 // ---- the socket: endpoints and identity ----
-static __always_inline void fill_sock(struct pending_t *p, u64 sk, u16 family, u16 protocol,
-                                      u16 lport, u16 rport) {
+// What the probe needs from a struct sock first: family, protocol, ports, and the IPv4
+// addresses (0 for IPv6 sockets, whose addresses fill_sock reads).
+struct sock_head_t {
+    u32 daddr;
+    u32 saddr;
+    u16 family;
+    u16 protocol;
+    u16 lport;
+    u16 rport;
+};
+
+// struct sock_common begins with skc_daddr, skc_rcv_saddr, skc_hash, skc_dport, skc_num and
+// skc_family, in that order with no gap: one read takes all of them (the kernel's BTF gives
+// the offsets; a kernel laid out otherwise takes the member reads below).
+struct skc_prefix_t {
+    u32 daddr;
+    u32 rcv_saddr;
+    u32 hash;
+    u16 dport_be;
+    u16 num;
+    u16 family;
+    u16 _pad;
+};
+#define SKC_PREFIX_CONTIGUOUS (OFF_SKC_RCV_SADDR == OFF_SKC_DADDR + 4 \
+    && OFF_SKC_DPORT == OFF_SKC_DADDR + 12 && OFF_SKC_NUM == OFF_SKC_DADDR + 14 \
+    && OFF_SKC_FAMILY == OFF_SKC_DADDR + 16)
+
+// The head of a struct sock; 0 unless it is TCP/UDP over IPv4/IPv6. Two reads on the kernels
+// this runs on (this is on the path of every socket send and receive on the node).
+static __always_inline int sock_basics(u64 sk, struct sock_head_t *h) {
+    if (SKC_PREFIX_CONTIGUOUS) {
+        struct skc_prefix_t pre = {};
+        bpf_probe_read_kernel(&pre, sizeof(pre), (void *)(sk + OFF_SKC_DADDR));
+        h->family = pre.family;
+        h->lport = pre.num;
+        h->rport = bpf_ntohs(pre.dport_be);
+        h->daddr = pre.daddr;
+        h->saddr = pre.rcv_saddr;
+    } else {
+        u16 rport_be = 0;
+        bpf_probe_read_kernel(&h->family, 2, (void *)(sk + OFF_SKC_FAMILY));
+        bpf_probe_read_kernel(&rport_be, 2, (void *)(sk + OFF_SKC_DPORT));
+        bpf_probe_read_kernel(&h->lport, 2, (void *)(sk + OFF_SKC_NUM));
+        h->rport = bpf_ntohs(rport_be);
+        h->daddr = 0;
+        h->saddr = 0;
+        if (h->family == AF_INET) {
+            bpf_probe_read_kernel(&h->saddr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
+            bpf_probe_read_kernel(&h->daddr, 4, (void *)(sk + OFF_SKC_DADDR));
+        }
+    }
+    if (h->family != AF_INET && h->family != AF_INET6)
+        return 0;
+    h->protocol = 0;
+    bpf_probe_read_kernel(&h->protocol, 2, (void *)(sk + OFF_SK_PROTOCOL));
+    return h->protocol == IPPROTO_UDP || h->protocol == IPPROTO_TCP;
+}
+
+static __always_inline void fill_sock(struct pending_t *p, u64 sk, struct sock_head_t *h) {
     p->sock_seen = 1;
     p->sk = sk;
-    p->family = family;
-    p->protocol = protocol;
-    p->lport = lport;
-    p->rport = rport;
-    if (family == AF_INET) {
+    p->family = h->family;
+    p->protocol = h->protocol;
+    p->lport = h->lport;
+    p->rport = h->rport;
+    if (h->family == AF_INET) {
         __builtin_memset(p->laddr, 0, 32);
-        bpf_probe_read_kernel(p->laddr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
-        bpf_probe_read_kernel(p->raddr, 4, (void *)(sk + OFF_SKC_DADDR));
+        __builtin_memcpy(p->laddr, &h->saddr, 4);
+        __builtin_memcpy(p->raddr, &h->daddr, 4);
     } else {
         bpf_probe_read_kernel(p->laddr, 16, (void *)(sk + OFF_SKC_V6_RCV_SADDR));
         bpf_probe_read_kernel(p->raddr, 16, (void *)(sk + OFF_SKC_V6_DADDR));
     }
-}
-
-// Family, protocol and ports of a struct sock; 0 unless it is TCP/UDP over IPv4/IPv6.
-static __always_inline int sock_basics(u64 sk, u16 *family, u16 *protocol, u16 *lport, u16 *rport) {
-    u16 rport_be = 0;
-    bpf_probe_read_kernel(family, 2, (void *)(sk + OFF_SKC_FAMILY));
-    if (*family != AF_INET && *family != AF_INET6)
-        return 0;
-    bpf_probe_read_kernel(protocol, 2, (void *)(sk + OFF_SK_PROTOCOL));
-    if (*protocol != IPPROTO_UDP && *protocol != IPPROTO_TCP)
-        return 0;
-    bpf_probe_read_kernel(&rport_be, 2, (void *)(sk + OFF_SKC_DPORT));
-    bpf_probe_read_kernel(lport, 2, (void *)(sk + OFF_SKC_NUM));
-    *rport = bpf_ntohs(rport_be);
-    return 1;
 }
 
 #if SOCK_TP
@@ -553,13 +595,13 @@ static __always_inline int sock_basics(u64 sk, u16 *family, u16 *protocol, u16 *
 static __always_inline void on_sock_io(u64 sk, long ret, int flags, u8 is_recv) {
     if (is_recv && (flags & MSG_PEEK))
         return;  // the real read follows; recording the peek would duplicate the message
-    u16 family = 0, protocol = 0, lport = 0, rport = 0;
-    if (!sock_basics(sk, &family, &protocol, &lport, &rport))
+    struct sock_head_t h;
+    if (!sock_basics(sk, &h))
         return;
     // A UDP socket with no peer sends and receives with an address per message, which
     // sys_exit reads: arm for it. Any other socket: only with a port in the set.
-    u8 dns_port = port_match(lport) || port_match(rport);
-    if (!dns_port && !(protocol == IPPROTO_UDP && !rport))
+    u8 dns_port = port_match(h.lport) || port_match(h.rport);
+    if (!dns_port && !(h.protocol == IPPROTO_UDP && !h.rport))
         return;
     struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
     struct pending_t *p = slots.task_storage_get(task, 0, 0);
@@ -589,7 +631,7 @@ static __always_inline void on_sock_io(u64 sk, long ret, int flags, u8 is_recv) 
         p->sock_seen = SOCK_DROPPED;
         return;
     }
-    fill_sock(p, sk, family, protocol, lport, rport);
+    fill_sock(p, sk, &h);
 }
 
 // Raw tracepoint arguments are widened to u64 without sign extension: `int ret` must be cast
@@ -610,7 +652,8 @@ static __always_inline void sock_from_fd(struct pending_t *p) {
     u64 task = (u64)bpf_get_current_task();
     u64 files = 0, fdt = 0, fdarr = 0, file = 0, inode = 0, sock = 0, sk = 0;
     u32 max_fds = 0;
-    u16 mode = 0, family = 0, protocol = 0, lport = 0, rport = 0;
+    u16 mode = 0;
+    struct sock_head_t h;
     if (p->fd < 0)
         return;
     bpf_probe_read_kernel(&files, 8, (void *)(task + OFF_TASK_FILES));
@@ -640,9 +683,9 @@ static __always_inline void sock_from_fd(struct pending_t *p) {
     bpf_probe_read_kernel(&sk, 8, (void *)(sock + OFF_SOCKET_SK));
     if (!sk)
         return;
-    if (!sock_basics(sk, &family, &protocol, &lport, &rport))
+    if (!sock_basics(sk, &h))
         return;
-    fill_sock(p, sk, family, protocol, lport, rport);
+    fill_sock(p, sk, &h);
 }
 #endif
 
