@@ -4,7 +4,7 @@ The recorder's work per message (parsing the ring buffer, Arrow, Parquet) runs i
 the kernel side runs in the context of the process that moved the message and is not affected.
 
 - ``auto`` (the default): ``normal`` while the node has spare CPU, ``low`` while it has not.
-  Every quarter second the recorder reads the node's idle share from ``/proc/stat``: below 20 %
+  Every tenth of a second the recorder reads the node's idle share from ``/proc/stat``: below 20 %
   it lowers itself to nice 19 and caps its own CPU time at ``--cpu-budget`` (default 5 % of
   one CPU, all its threads together: `CpuBudget`); once the idle share has stayed for a
   second above 40 %, or above what reading the arriving messages would take plus a margin
@@ -98,8 +98,8 @@ class AutoPriority:
     idle CPU would not cover the recorder's work keeps it low. ``level`` is the current
     one; ``switches`` counts the changes and ``low_seconds`` the time spent low."""
 
-    def __init__(self, stat_path: str = "/proc/stat", interval: float = 0.25,
-                 low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 4,
+    def __init__(self, stat_path: str = "/proc/stat", interval: float = 0.1,
+                 low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 10,
                  apply: bool = True, cost_per_message: float = 1e-6,
                  cpus: int | None = None) -> None:
         self.stat_path = stat_path
