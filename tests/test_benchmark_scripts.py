@@ -115,12 +115,20 @@ def test_capture_bench_baseline_and_tcpdump(tmp_path: Path) -> None:
     if os.geteuid() != 0 or missing:
         pytest.skip(f"needs root and {', '.join(missing) or 'network namespaces'}")
     out = tmp_path / "c.json"
-    subprocess.run(
-        [sys.executable, str(BENCH / "capture_bench.py"), "--duration", "1", "--reps", "1",
-         "--rates", "2000", "--tracers", "none,tcpdump", "--json", str(out)],
-        check=True, capture_output=True, text=True, timeout=180,
-    )
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = stats.read_text()
+    stats.write_text("1\n")  # the benchmark must turn it off for the run and back on after
+    try:
+        subprocess.run(
+            [sys.executable, str(BENCH / "capture_bench.py"), "--duration", "1", "--reps", "1",
+             "--rates", "2000", "--tracers", "none,tcpdump", "--json", str(out)],
+            check=True, capture_output=True, text=True, timeout=180,
+        )
+        after = stats.read_text().strip()
+    finally:
+        stats.write_text(before)
     res = json.loads(out.read_text())
+    assert res["bpf_stats_enabled_before"] == "1" and after == "1"
     runs = {r["tracer"]: r for r in res["runs"]}
     assert runs["none"]["error"] is None and runs["none"]["completed"] > 500
     td = runs["tcpdump"]
@@ -128,3 +136,20 @@ def test_capture_bench_baseline_and_tcpdump(tmp_path: Path) -> None:
     # tcpdump on lo sees each query and its response once
     assert td["events"] >= 2 * td["completed"] - 10
     assert td["lost_events"] == 0
+
+
+def test_bpf_stats_off_restores(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    from capture_bench import BpfStatsOff
+
+    knob = tmp_path / "bpf_stats_enabled"
+    knob.write_text("1\n")
+    with BpfStatsOff(knob) as s:
+        assert knob.read_text() == "0\n" and s.was == "1"
+    assert knob.read_text() == "1\n"
+    knob.write_text("0\n")
+    with BpfStatsOff(knob) as s:
+        assert knob.read_text() == "0\n"
+    assert knob.read_text() == "0\n" and s.was == "0"
+    with BpfStatsOff(tmp_path / "absent") as s:
+        assert s.was is None
