@@ -496,7 +496,9 @@ def _iso_now() -> str:
 def _priority_line(level: str, auto: sched.AutoPriority, budget: sched.CpuBudget) -> str:
     if level == "low":
         cap = f" and at most {budget.share * 100:g}% of one CPU" if budget.share > 0 else ""
-        return (f"The node's CPUs are saturated (idle < {auto.low_below:.0%}): recording at "
+        why = f"idle {auto.share:.0%} < {auto.low_below:.0%}" + (
+            f" + {auto.need:.0%} for reading the traffic" if auto.need >= 0.005 else "")
+        return (f"The node's CPUs are saturated ({why}): recording at "
                 f"nice 19{cap} from now on; what overflows the ring buffer is counted as lost "
                 "(--priority normal to compete for CPU instead).")
     return ("The node has idle CPU again (enough for the recorder): recording at nice 0"

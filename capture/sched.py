@@ -4,16 +4,19 @@ The recorder's work per message (parsing the ring buffer, Arrow, Parquet) runs i
 the kernel side runs in the context of the process that moved the message and is not affected.
 
 - ``auto`` (the default): ``normal`` while the node has spare CPU, ``low`` while it has not.
-  Every tenth of a second the recorder reads the node's idle share from ``/proc/stat``: below 20 %
+  Every tenth of a second the recorder reads the node's idle share from ``/proc/stat``. Below
+  20 % plus the share its own reading takes (messages arriving x ~1 us, over the node's CPUs)
   it lowers itself to nice 19 and caps its own CPU time at ``--cpu-budget`` (default 5 % of
   one CPU, all its threads together: `CpuBudget`); once the idle share has stayed for a
-  second above 40 %, or above what reading the arriving messages would take plus a margin
-  (`AutoPriority`), it goes back to nice 0 without a cap. So on a node with CPU to spare it
-  records everything, and on a node whose CPUs are saturated it yields them to the workload
-  and counts what it cannot keep (raising the priority again needs CAP_SYS_NICE; without it
-  the recorder stays low once lowered). Nice 19 alone is not enough: a saturated client/server pair still leaves short
-  idle gaps (each waits on the other now and then), and a recorder that fills every one of
-  them costs the workload about as much as one at nice 0 (docs/benchmarks.md).
+  second above 25 % plus twice that reading share (`AutoPriority`), it goes back to nice 0
+  without a cap. So on a node with CPU to spare it records everything, and on a node whose
+  CPUs are saturated it yields them to the workload and counts what it cannot keep (raising
+  the priority again needs CAP_SYS_NICE; without it the recorder stays low once lowered).
+  Idle alone is not the signal: a saturated client/server pair that waits on a recorder at
+  nice 0 shows 20-30 % idle while losing half its throughput. Nice 19 alone is not enough
+  either: the pair still leaves short idle gaps (each waits on the other now and then), and
+  a recorder that fills every one of them costs the workload about as much as one at nice 0
+  (docs/benchmarks.md).
 - ``normal``: the recorder competes for CPU like any process: it keeps up with the ring buffer
   as long as one core suffices, at the cost of that CPU to the workload.
 - ``low``: nice 19. On a CPU that something else wants, the recorder gets a small share; the
@@ -89,14 +92,18 @@ class AutoPriority:
     """``--priority auto``: call ``update()`` often; it samples the node's idle share every
     ``interval`` seconds and moves every thread of this process between nice 0 and nice 19.
 
-    Lowered after one interval with less than ``low_below`` idle, raised again after
-    ``raise_after`` consecutive intervals with more idle than the recorder would need: more
-    than ``normal_above``, or, when ``update`` is told how many messages have arrived, more
-    than ``low_below`` + 5 points + 1.5 x the share of the node's CPUs that reading them
-    would take at ``cost_per_message`` (whichever is lower). So a node with 25-40 % idle CPU
-    and light DNS traffic gets the recorder back at nice 0 without a cap, and a node whose
-    idle CPU would not cover the recorder's work keeps it low. ``level`` is the current
-    one; ``switches`` counts the changes and ``low_seconds`` the time spent low."""
+    The recorder's own reading is counted against the idle share. When ``update`` is told
+    how many messages have arrived, ``need`` is the share of the node's CPUs that reading
+    them takes at ``cost_per_message``, and the recorder is lowered after one interval with
+    less than ``low_below`` + ``need`` idle: a node must keep ``low_below`` idle after paying
+    for the recorder. (A saturated client/server pair that waits on a recorder running at
+    nice 0 shows 20-30 % idle while losing half its throughput: idle alone did not see it.)
+    It is raised again after ``raise_after`` consecutive intervals with more than
+    ``low_below`` + 5 points + 2 x ``need`` idle, which leaves room for the reading it takes
+    up again at nice 0. Without message counts ``need`` is 0 and the thresholds are
+    ``low_below`` and ``normal_above``. ``level`` is the current one; ``share`` and ``need`` are the
+    last interval's; ``switches`` counts the changes and ``low_seconds`` the time spent
+    low."""
 
     def __init__(self, stat_path: str = "/proc/stat", interval: float = 0.1,
                  low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 10,
@@ -115,13 +122,15 @@ class AutoPriority:
         self.low_seconds = 0.0
         self.can_raise = True
         self.need = 0.0
+        self.share = 1.0  # the idle share of the last interval
         self._last: tuple[float, int, int, int | None] | None = None
         self._high = 0
 
     def update(self, now: float, arrived: int | None = None) -> str | None:
         """Sample if an interval has passed; return the new level when it changed.
         ``arrived``: messages that have reached the recorder so far (recorded + lost), a
-        running count; without it the fixed ``normal_above`` threshold applies."""
+        running count; without it the fixed ``low_below``/``normal_above`` thresholds
+        apply."""
         if self._last is not None and now - self._last[0] < self.interval:
             return None
         try:
@@ -133,13 +142,14 @@ class AutoPriority:
             return None
         if self.level == "low":
             self.low_seconds += now - last[0]
-        share = (idle - last[1]) / (total - last[2])
-        raise_above = self.normal_above
+        share = self.share = (idle - last[1]) / (total - last[2])
+        lower_below, raise_above = self.low_below, self.normal_above
         if arrived is not None and last[3] is not None and now > last[0]:
             rate = max(0, arrived - last[3]) / (now - last[0])
             self.need = rate * self.cost_per_message / self.cpus
-            raise_above = min(raise_above, self.low_below + 0.05 + 1.5 * self.need)
-        if self.level == "normal" and share < self.low_below:
+            lower_below = self.low_below + self.need
+            raise_above = self.low_below + 0.05 + 2 * self.need
+        if self.level == "normal" and share < lower_below:
             return self._switch("low")
         if self.level == "low" and self.can_raise:
             self._high = self._high + 1 if share > raise_above else 0
