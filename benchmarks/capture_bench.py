@@ -2,7 +2,8 @@
 
 ``dnstrail`` is ``dnstrail record`` with its defaults (``--priority auto``: nice 0 while the
 machine has idle CPU, nice 19 while it has not); ``dnstrail-normal``, ``dnstrail-low`` and
-``dnstrail-idle`` add ``--priority normal`` / ``low`` / ``idle``.
+``dnstrail-idle`` add ``--priority normal`` / ``low`` / ``idle``; ``dnstrail-budgetN`` adds
+``--cpu-budget N`` (auto's cap on a saturated node, in percent of one CPU).
 
 Runs, in one invocation and alternating the configurations, dnsperf (one thread) against an
 unbound that answers a static zone from local-data inside a private network namespace (see
@@ -191,7 +192,20 @@ def _finish_tracer(proc: subprocess.Popen[bytes], sig: int,
         time.sleep(0.02)
 
 
-TRACERS = ("none", "tcpdump", "dnstrail", "dnstrail-normal", "dnstrail-low", "dnstrail-idle")
+TRACERS = ("none", "tcpdump", "dnstrail", "dnstrail-normal", "dnstrail-low", "dnstrail-idle",
+           "dnstrail-budgetN")
+
+
+def tracer_args(tracer: str) -> list[str] | None:
+    """dnstrail record's extra arguments for a tracer name; None when it is not one."""
+    if tracer == "dnstrail":
+        return []
+    kind = tracer.removeprefix("dnstrail-")
+    if kind in ("normal", "low", "idle"):
+        return ["--priority", kind]
+    if kind.startswith("budget") and re.fullmatch(r"\d+(\.\d+)?", kind[6:]):
+        return ["--cpu-budget", kind[6:]]
+    return None
 
 
 def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: int,
@@ -210,8 +224,7 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         if not reader.wait_for(r"listening on", 20):
             r.error = "tcpdump did not start: " + reader.text()[-300:]
     elif tracer.startswith("dnstrail"):
-        # dnstrail-normal, -low, -idle: the same with --priority normal / low / idle
-        prio = ["--priority", tracer.split("-", 1)[1]] if "-" in tracer else []
+        prio = tracer_args(tracer) or []
         proc = subprocess.Popen(
             [str(DNSTRAIL), "record", "-o", str(out), "--duration", f"{int(duration + 120)}s",
              *prio, *record_args],
@@ -361,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of dnsperf -Q rates; 'max' for saturation")
     ap.add_argument("--tracers", default="none,tcpdump,dnstrail,dnstrail-normal",
                     help=f"comma list of {', '.join(TRACERS)} (dnstrail-X: "
-                    "record --priority X)")
+                    "record --priority X; dnstrail-budgetN: record --cpu-budget N)")
     ap.add_argument("--record-arg", action="append", default=[],
                     help="extra argument for dnstrail record (repeatable)")
     ap.add_argument("--warmup", type=float, default=3.0,
@@ -373,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--duration must be 1..120 and --reps 1..10")
     rates = [None if x == "max" else int(x) for x in args.rates.split(",")]
     tracers = args.tracers.split(",")
-    bad = [t for t in tracers if t not in TRACERS]
+    bad = [t for t in tracers if t not in ("none", "tcpdump") and tracer_args(t) is None]
     if bad:
         ap.error(f"unknown tracer {bad[0]!r}: one of {', '.join(TRACERS)}")
     if any(t.startswith("dnstrail") for t in tracers) and not DNSTRAIL.exists():

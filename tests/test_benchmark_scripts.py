@@ -153,3 +153,15 @@ def test_bpf_stats_off_restores(tmp_path: Path) -> None:
     assert knob.read_text() == "0\n" and s.was == "0"
     with BpfStatsOff(tmp_path / "absent") as s:
         assert s.was is None
+
+
+def test_capture_bench_tracer_names() -> None:
+    sys.path.insert(0, str(BENCH))
+    from capture_bench import tracer_args
+
+    assert tracer_args("dnstrail") == []
+    assert tracer_args("dnstrail-idle") == ["--priority", "idle"]
+    assert tracer_args("dnstrail-budget2") == ["--cpu-budget", "2"]
+    assert tracer_args("dnstrail-budget0.5") == ["--cpu-budget", "0.5"]
+    for bad in ("dnstrail-budget", "dnstrail-budgetx", "dnstrail-fast", "tcpdump", "none"):
+        assert tracer_args(bad) is None
