@@ -483,10 +483,21 @@ def _run(
     return summary
 
 
+#: Bytes per ring record before any has been read (a message record with a short payload).
+_RECORD_BYTES_GUESS = 384
+
+
 def _arrived(probe: Any, lost: Mapping[str, int]) -> int:
-    """Messages that reached the recorder so far: recorded, or counted as lost for want of
-    room in the ring buffer (what the recorder would have had to read)."""
-    return int(probe.stats()["messages"]) + int(lost.get("ringbuf_full", 0))
+    """Messages that reached the recorder so far: recorded, waiting in the ring buffer
+    (its pending bytes at the average record size read so far), or counted as lost for want
+    of room in it: what the recorder has had or will have to read. Counting the waiting ones
+    makes the rate that of the traffic, not of the reading: a backlog read at nice 0 after a
+    capped spell does not look like a burst of traffic to `AutoPriority`."""
+    s = probe.stats()
+    records = s["messages"] + s["connects"] + s["execs"]
+    per_record = s["ring_bytes"] / records if records else _RECORD_BYTES_GUESS
+    waiting = s["ring_pending_bytes"] / per_record if per_record > 0 else 0
+    return int(s["messages"] + waiting + lost.get("ringbuf_full", 0))
 
 
 def _iso_now() -> str:
