@@ -98,9 +98,10 @@ class AutoPriority:
     less than ``low_below`` + ``need`` idle: a node must keep ``low_below`` idle after paying
     for the recorder. (A saturated client/server pair that waits on a recorder running at
     nice 0 shows 20-30 % idle while losing half its throughput: idle alone did not see it.)
-    It is raised again after ``raise_after`` consecutive intervals with more than
-    ``low_below`` + 5 points + 2 x ``need`` idle, which leaves room for the reading it takes
-    up again at nice 0. Without message counts ``need`` is 0 and the thresholds are
+    It is raised again once the idle share has stayed for ``raise_after`` intervals' worth of
+    time (1 s; a sample taken after a capped pause covers the pause) above
+    ``low_below`` + 5 points + 2 x ``need``, which leaves room for the reading it takes up
+    again at nice 0. Without message counts ``need`` is 0 and the thresholds are
     ``low_below`` and ``normal_above``. ``level`` is the current one; ``share`` and ``need`` are the
     last interval's; ``switches`` counts the changes and ``low_seconds`` the time spent
     low."""
@@ -124,7 +125,7 @@ class AutoPriority:
         self.need = 0.0
         self.share = 1.0  # the idle share of the last interval
         self._last: tuple[float, int, int, int | None] | None = None
-        self._high = 0
+        self._high = 0.0  # seconds the idle share has stayed above the raise threshold
 
     def update(self, now: float, arrived: int | None = None) -> str | None:
         """Sample if an interval has passed; return the new level when it changed.
@@ -152,13 +153,14 @@ class AutoPriority:
         if self.level == "normal" and share < lower_below:
             return self._switch("low")
         if self.level == "low" and self.can_raise:
-            self._high = self._high + 1 if share > raise_above else 0
-            if self._high >= self.raise_after:
+            # counted in time, not samples: a sample taken after a capped pause covers it
+            self._high = self._high + (now - last[0]) if share > raise_above else 0.0
+            if self._high >= self.raise_after * self.interval - 1e-9:
                 return self._switch("normal")
         return None
 
     def _switch(self, level: str) -> str | None:
-        self._high = 0
+        self._high = 0.0
         if self.apply:
             try:
                 _set_all(level)

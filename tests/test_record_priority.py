@@ -292,3 +292,47 @@ def test_auto_priority_raises_when_the_idle_cpu_covers_the_recorders_need(tmp_pa
         assert (results[1:] == [None, "normal", None]) is raised, (rate, results, auto.need)
         assert auto.level == ("normal" if raised else "low")
         assert auto.need == pytest.approx(rate * 1e-6 / 2)
+
+
+def test_arrivals_count_what_waits_in_the_ring_not_what_was_read() -> None:
+    """A backlog read after a capped spell must not look like a burst of traffic: the
+    arrival count includes what is waiting in the ring (at the average record size read so
+    far), so reading it moves nothing."""
+    from capture.recorder import _RECORD_BYTES_GUESS, _arrived
+
+    class Ring:
+        def __init__(self) -> None:
+            self.s = {"messages": 0, "connects": 0, "execs": 0, "ring_bytes": 0,
+                      "ring_pending_bytes": 0}
+
+        def stats(self) -> dict[str, int]:
+            return dict(self.s)
+
+    ring = Ring()
+    assert _arrived(ring, {}) == 0
+    ring.s["ring_pending_bytes"] = 10 * _RECORD_BYTES_GUESS  # nothing read yet: the guess
+    assert _arrived(ring, {}) == 10
+    # 1,000 messages of 300 bytes read, 600 bytes (2 records) still waiting, 50 lost
+    ring.s.update(messages=1000, ring_bytes=300_000, ring_pending_bytes=600)
+    before = _arrived(ring, {"ringbuf_full": 50})
+    assert before == 1052
+    # the recorder reads the 2 waiting records: nothing new has arrived
+    ring.s.update(messages=1002, ring_bytes=300_600, ring_pending_bytes=0)
+    assert _arrived(ring, {"ringbuf_full": 50}) == before
+
+
+def test_auto_priority_counts_idle_time_not_samples(tmp_path: Path) -> None:
+    """Capped, the recorder samples only between its pauses (up to 2 s): one sample that
+    covers a second of idle CPU is a second, not a tenth of one."""
+    from capture.sched import AutoPriority
+
+    stat = tmp_path / "stat"
+    auto = AutoPriority(str(stat), apply=False)  # 0.1 s samples, 10 of them to raise
+    _stat(stat, 1000, 1000)
+    auto.update(0.0)
+    _stat(stat, 1001, 1099)
+    assert auto.update(0.1) == "low"
+    _stat(stat, 1061, 1139)  # 0.6 s at 60 % idle, in one sample after a pause
+    assert auto.update(0.7) is None
+    _stat(stat, 1121, 1179)  # another 0.6 s: 1.2 s above the threshold
+    assert auto.update(1.3) == "normal"
