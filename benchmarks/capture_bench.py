@@ -43,7 +43,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 
@@ -352,7 +352,7 @@ class BpfStatsOff:
         self.path = path
         self.was: str | None = None
 
-    def __enter__(self) -> BpfStatsOff:
+    def __enter__(self) -> Self:
         try:
             self.was = self.path.read_text().strip()
         except OSError:

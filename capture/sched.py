@@ -102,9 +102,9 @@ class AutoPriority:
     time (1 s; a sample taken after a capped pause covers the pause) above
     ``low_below`` + 5 points + 2 x ``need``, which leaves room for the reading it takes up
     again at nice 0. Without message counts ``need`` is 0 and the thresholds are
-    ``low_below`` and ``normal_above``. ``level`` is the current one; ``share`` and ``need`` are the
-    last interval's; ``switches`` counts the changes and ``low_seconds`` the time spent
-    low."""
+    ``low_below`` and ``normal_above``. ``level`` is the current one; ``share`` and ``need``
+    are the last interval's; ``switches`` counts the changes and ``low_seconds`` the time
+    spent low."""
 
     def __init__(self, stat_path: str = "/proc/stat", interval: float = 0.1,
                  low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 10,
@@ -129,8 +129,8 @@ class AutoPriority:
 
     def update(self, now: float, arrived: int | None = None) -> str | None:
         """Sample if an interval has passed; return the new level when it changed.
-        ``arrived``: messages that have reached the recorder so far (recorded + lost), a
-        running count; without it the fixed ``low_below``/``normal_above`` thresholds
+        ``arrived``: messages that have reached the recorder so far (recorded, waiting in the
+        ring or lost), a running count; without it the fixed ``low_below``/``normal_above`` thresholds
         apply."""
         if self._last is not None and now - self._last[0] < self.interval:
             return None
