@@ -15,6 +15,10 @@ saturation) and each tracer it reports:
   completed dnsperf query (dnstrail sees 4 per query: dnsperf send and recv, unbound recv and
   send; tcpdump sees 2 packets on lo);
 - events lost: tcpdump's "dropped by kernel", the manifest's lost counters;
+- for dnstrail, ``vs_kernel``: captured (bench namespace) + counted-lost minus the UDP
+  datagrams the namespace's kernel counters (``/proc/net/snmp``) saw sent and received over
+  the run; 0 means every message is a row or counted, checked against the kernel rather than
+  against dnsperf's own count of completed queries;
 - tracer CPU (user+sys seconds) during the traffic window and over its whole life, and peak RSS
   of the tracer process (VmHWM; the wait4 figure with children is kept in the JSON).
 
@@ -69,6 +73,11 @@ class Run:
     events: int | None = None
     events_per_query: float | None = None
     accounted_share: float | None = None
+    # UDP datagrams sent + received in the bench namespace over the run (its /proc/net/snmp):
+    # the kernel's own count of the messages a tracer should see, independent of dnsperf's
+    udp_datagrams: int | None = None
+    # dnstrail: captured (bench namespace) + counted-lost - udp_datagrams; 0 = exact
+    vs_kernel: int | None = None
     events_other: int | None = None  # dnstrail: messages from outside the bench namespace
     lost_events: int | None = None
     lost_detail: dict[str, int] = field(default_factory=dict)
@@ -160,6 +169,20 @@ def _dnsperf(ns: UnboundNetns, qfile: Path, duration: float, rate: int | None) -
             "completed": int(num("Queries completed")), "lost": int(num("Queries lost"))}
 
 
+def _udp_datagrams(ns: UnboundNetns) -> int | None:
+    """InDatagrams + OutDatagrams of the namespace's UDP counters (/proc/net/snmp)."""
+    out = subprocess.run(ns.exec_argv(["cat", "/proc/net/snmp"]), check=False,
+                         capture_output=True, text=True, timeout=10).stdout
+    rows = [line.split() for line in out.splitlines() if line.startswith("Udp:")]
+    if len(rows) < 2:
+        return None
+    counters = dict(zip(rows[0][1:], rows[1][1:], strict=False))
+    try:
+        return int(counters["InDatagrams"]) + int(counters["OutDatagrams"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _vm_hwm_kb(pid: int) -> int | None:
     """Peak RSS of this one process so far (VmHWM), without its children."""
     try:
@@ -238,6 +261,7 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
             _finish_tracer(proc, signal.SIGKILL, timeout=10)
         return r
     cpu0 = _cpu_seconds(proc.pid) if proc else None
+    udp0 = _udp_datagrams(ns)
     try:
         perf = _dnsperf(ns, qfile, duration, rate)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -248,11 +272,15 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         r.qps, r.sent, r.completed, r.lost_queries = (perf["qps"], perf["sent"],
                                                       perf["completed"], perf["lost"])
     if proc is None:
+        udp1 = _udp_datagrams(ns)
+        r.udp_datagrams = udp1 - udp0 if udp0 is not None and udp1 is not None else None
         return r
     if cpu0 is not None and cpu1 is not None:
         r.cpu_window_s = round(cpu1 - cpu0, 2)
     time.sleep(1.5)  # let the tracer drain what is in flight (tcpdump retires blocks late)
     code, ru, hwm = _finish_tracer(proc, signal.SIGINT)
+    udp1 = _udp_datagrams(ns)
+    r.udp_datagrams = udp1 - udp0 if udp0 is not None and udp1 is not None else None
     r.cpu_total_s = round(ru.ru_utime + ru.ru_stime, 2)
     r.rss_incl_children_mb = round(ru.ru_maxrss / 1024, 1)
     r.peak_rss_mb = round(hwm / 1024, 1) if hwm else None
@@ -284,6 +312,9 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
             # (lost counters are node-wide, so this can exceed 1 with other traffic).
             r.accounted_share = round((r.events - (r.events_other or 0) + r.lost_events)
                                       / (4 * r.completed), 4)
+            if r.udp_datagrams is not None:
+                r.vs_kernel = (r.events - (r.events_other or 0) + r.lost_events
+                               - r.udp_datagrams)
     return r
 
 
@@ -316,6 +347,9 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                 "rss_incl_children_mb": max((r.rss_incl_children_mb for r in rs
                                              if r.rss_incl_children_mb), default=None),
                 "startup_s": med("startup_s"),
+                # the largest |captured + counted - kernel datagrams| over the runs
+                "vs_kernel_max": max((r.vs_kernel for r in rs if r.vs_kernel is not None),
+                                     key=abs, default=None),
             })
     return rows
 
@@ -331,7 +365,7 @@ def _fmt(v: Any) -> str:
 def markdown(rows: list[dict[str, Any]], duration: float) -> str:
     cols = ["rate", "tracer", "runs", "qps", "qps_ratio", "qps_ratio_min", "events",
             "events_per_query", "lost_events_max", "cpu_window_s", "cpu_total_s",
-            "peak_rss_mb"]
+            "peak_rss_mb", "vs_kernel_max"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         if row.get("error"):
@@ -340,7 +374,8 @@ def markdown(rows: list[dict[str, Any]], duration: float) -> str:
         out.append("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
     out.append(f"\n(dnsperf -l {duration:g}; medians over runs, lost_events and peak_rss_mb "
                "the worst run; cpu_window_s is the tracer's user+sys during the dnsperf run, "
-               "cpu_total_s over its life; peak_rss_mb is the tracer process's VmHWM)")
+               "cpu_total_s over its life; peak_rss_mb is the tracer process's VmHWM; "
+               "vs_kernel_max: captured + counted - the namespace's UDP datagrams, 0 = exact)")
     return "\n".join(out)
 
 

@@ -131,6 +131,10 @@ def test_capture_bench_baseline_and_tcpdump(tmp_path: Path) -> None:
     assert res["bpf_stats_enabled_before"] == "1" and after == "1"
     runs = {r["tracer"]: r for r in res["runs"]}
     assert runs["none"]["error"] is None and runs["none"]["completed"] > 500
+    # the namespace's kernel counters: each completed query is a datagram each way, sent
+    # and received (in-flight ones at the end can add a few)
+    for r in runs.values():
+        assert r["udp_datagrams"] >= 4 * r["completed"], r
     td = runs["tcpdump"]
     assert td["error"] is None
     # tcpdump on lo sees each query and its response once
