@@ -417,7 +417,8 @@ def _run(
                 writer.tick()
                 now = time.monotonic()
                 if auto is not None and budget is not None:
-                    changed = auto.update(now, _arrived(probe, lost))
+                    # the arrival count (probe stats) only when auto takes a sample
+                    changed = auto.update(now, _arrived(probe, lost)) if auto.due(now) else None
                     if changed is not None:
                         budget.reset()
                         priority_log.append({"at": _iso_now(), "level": changed,

@@ -127,12 +127,16 @@ class AutoPriority:
         self._last: tuple[float, int, int, int | None] | None = None
         self._high = 0.0  # seconds the idle share has stayed above the raise threshold
 
+    def due(self, now: float) -> bool:
+        """Whether ``update(now, ...)`` would take a sample (an interval has passed)."""
+        return self._last is None or now - self._last[0] >= self.interval
+
     def update(self, now: float, arrived: int | None = None) -> str | None:
         """Sample if an interval has passed; return the new level when it changed.
         ``arrived``: messages that have reached the recorder so far (recorded, waiting in the
-        ring or lost), a running count; without it the fixed ``low_below``/``normal_above`` thresholds
-        apply."""
-        if self._last is not None and now - self._last[0] < self.interval:
+        ring or lost), a running count; without it the fixed ``low_below`` and
+        ``normal_above`` thresholds apply."""
+        if not self.due(now):
             return None
         try:
             idle, total = cpu_idle_share(self.stat_path)
