@@ -2,8 +2,8 @@
 
 With nobody reading, a dnsperf burst fills the 1 MB main ring and the rescue ring. Then glibc
 lookups run: their sockets are connected to port 53, so each message is counted as
-ringbuf_full in sock_send_length/sock_recv_length without arming sys_exit (RING_FULL in
-bpf/dnstrail.bpf.c), and glibc sends its A and AAAA queries with one sendmmsg, whose second
+ringbuf_full in sock_send_length/sock_recv_length without arming sys_exit (`ring_full()`
+in `on_sock_io`, bpf/dnstrail.bpf.c), and glibc sends its A and AAAA queries with one sendmmsg, whose second
 message must be counted too, and only once. Rows + counted losses must equal every message
 the clients moved, exactly."""
 
