@@ -85,7 +85,7 @@ class _Size(click.ParamType):
               "while the node has idle CPU, nice 19 and --cpu-budget while its CPUs are "
               "saturated), normal, low (nice 19) or idle (SCHED_IDLE: only CPU nobody wants; "
               "under saturation the ring buffer overflows and the losses are counted).")
-@click.option("--cpu-budget", type=click.FloatRange(0, 100), default=5, show_default=True,
+@click.option("--cpu-budget", type=click.FloatRange(0, 100), default=2, show_default=True,
               metavar="PCT",
               help="With --priority auto, while the node's CPUs are saturated: the most CPU "
               "the recorder takes, in percent of one CPU (0: no cap). It sleeps off what "

@@ -468,10 +468,12 @@ class Probe:
         cons, prod = self._positions()
         return prod - cons
 
-    def poll(self, timeout_ms: int = 100) -> dict[str, list[pa.RecordBatch]]:
+    def poll(self, timeout_ms: int = 100,
+             max_chunks: int | None = None) -> dict[str, list[pa.RecordBatch]]:
         """Wait up to timeout_ms (less when the ring is an eighth full), then parse what is
-        there, up to _POLL_CHUNKS chunks: the rest stays in the ring for the next call, so
-        a recorder that fell behind does not hold a whole ring's worth of batches at once."""
+        there, up to max_chunks (default _POLL_CHUNKS) chunks of _CHUNK_RECORDS records: the
+        rest stays in the ring for the next call, so a recorder that fell behind does not
+        hold a whole ring's worth of batches at once."""
         if self._data_map is None:
             raise RuntimeError("probe is not open")
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
@@ -483,7 +485,7 @@ class Probe:
             if left <= 0:
                 break
             time.sleep(min(left, 0.005))
-        return self.drain(max_chunks=_POLL_CHUNKS)
+        return self.drain(max_chunks=max_chunks or _POLL_CHUNKS)
 
     def drain(self, max_chunks: int | None = None) -> dict[str, list[pa.RecordBatch]]:
         """Parse every committed record now (or max_chunks chunks of them), without waiting."""

@@ -102,8 +102,8 @@ class RecordOptions:
     #: CPU priority against the workload: auto, normal, low, idle (capture.sched)
     priority: str = "auto"
     #: With priority auto, while the node is saturated: the recorder's CPU cap, in CPUs
-    #: (0.05 = 5 % of one CPU; 0 = no cap). See capture.sched.CpuBudget.
-    cpu_budget: float = 0.05
+    #: (0.02 = 2 % of one CPU; 0 = no cap). See capture.sched.CpuBudget.
+    cpu_budget: float = 0.02
     command_line: Sequence[str] = field(default_factory=lambda: list(sys.argv))
     preflight_paths: PreflightPaths | None = None
     #: How often --pod/--cgroup filters are re-resolved (new containers), in seconds.
@@ -411,7 +411,11 @@ def _run(
                 timeout = options.poll_ms
                 if deadline is not None:
                     timeout = max(0, min(timeout, int((deadline - now) * 1000)))
-                _consume(probe.poll(timeout_ms=timeout), writer, state)
+                # capped (auto, low): one chunk per poll (~25 ms of work), so that sleeping
+                # off each poll stays within the 2 s longest pause below and the cap holds
+                capped = auto is not None and auto.level == "low" and options.cpu_budget > 0
+                _consume(probe.poll(timeout_ms=timeout, max_chunks=1 if capped else None),
+                         writer, state)
                 lost = probe.lost()
                 writer.set_lost(lost)
                 writer.tick()
@@ -430,7 +434,7 @@ def _run(
                     if auto.level == "low":
                         # saturated node: sleep off whatever went over the CPU cap; the ring
                         # buffer fills meanwhile and what overflows it is counted
-                        # (a poll of two chunks costs ~50 ms: at 5 % that is a 1 s pause)
+                        # (a poll of one chunk costs ~25 ms: at 2 % that is a 1.25 s pause)
                         pause = min(budget.delay(now, time.process_time()), 2.0)
                         if deadline is not None:
                             pause = min(pause, max(0.0, deadline - now))

@@ -6,7 +6,7 @@ the kernel side runs in the context of the process that moved the message and is
 - ``auto`` (the default): ``normal`` while the node has spare CPU, ``low`` while it has not.
   Every tenth of a second the recorder reads the node's idle share from ``/proc/stat``. Below
   20 % plus the share its own reading takes (messages arriving x ~1 us, over the node's CPUs)
-  it lowers itself to nice 19 and caps its own CPU time at ``--cpu-budget`` (default 5 % of
+  it lowers itself to nice 19 and caps its own CPU time at ``--cpu-budget`` (default 2 % of
   one CPU, all its threads together: `CpuBudget`); once the idle share has stayed for a
   second above 25 % plus twice that reading share (`AutoPriority`), it goes back to nice 0
   without a cap. So on a node with CPU to spare it records everything, and on a node whose

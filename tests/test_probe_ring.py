@@ -181,8 +181,12 @@ def test_unique_rows_survives_a_hash_collision() -> None:
     assert len(first) == 2
 
 
-def test_poll_parses_at_most_two_chunks(ring_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A recorder that fell behind gets the backlog a bounded piece at a time, in order."""
+@pytest.mark.parametrize(("max_chunks", "expected"), [(None, [200, 200, 50]),
+                                                     (1, [100, 100, 100, 100, 50])])
+def test_poll_parses_at_most_two_chunks(ring_fd: int, monkeypatch: pytest.MonkeyPatch,
+                                        max_chunks: int | None, expected: list[int]) -> None:
+    """A recorder that fell behind gets the backlog a bounded piece at a time, in order: two
+    chunks per poll by default, one when asked (the recorder while auto caps its CPU)."""
     monkeypatch.setattr(P, "_CHUNK_RECORDS", 100)
     recs = _records(450, seed=9)
     _write_ring(ring_fd, RING - 3 * STRIDE, recs)
@@ -191,11 +195,11 @@ def test_poll_parses_at_most_two_chunks(ring_fd: int, monkeypatch: pytest.Monkey
     probe._map_ring(RING)
     sizes, seqs = [], []
     try:
-        while batches := probe.poll(timeout_ms=0)["messages"]:
+        while batches := probe.poll(timeout_ms=0, max_chunks=max_chunks)["messages"]:
             sizes.append(sum(b.num_rows for b in batches))
             seqs += [s for b in batches for s in b.column("seq").to_pylist()]
         assert probe.pending_bytes() == 0
     finally:
         probe.close()
-    assert sizes == [200, 200, 50]
+    assert sizes == expected
     assert seqs == list(range(450))

@@ -210,7 +210,7 @@ def _cpu_seconds(pid: int) -> float:
 def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """SCHED_IDLE hogs on every CPU leave the node no idle time without outranking the
     recorder, so only --cpu-budget can hold it back: under a dnsperf flood its CPU stays
-    within the budget (plus one poll's work), and what it did not read is counted."""
+    within the default budget (plus one poll's work), and what it did not read is counted."""
     import threading
 
     from tests.lab.require import require_root_bcc
@@ -220,10 +220,10 @@ def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: P
 
     out = tmp_path / "cap"
     results = []
-    with _recording(out, "--duration", "120s", "--cpu-budget", "5") as (proc, lines), \
+    with _recording(out, "--duration", "120s") as (proc, lines), \
             _Hogs(idle=True):
         assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
-        assert any("at most 5% of one CPU" in ln for ln in lines), "".join(lines)
+        assert any("at most 2% of one CPU" in ln for ln in lines), "".join(lines)
         ns = lab.client_ns()
         flood = threading.Thread(target=lambda: results.append(
             lab.dnsperf(ns, lab.server_addr, duration=7.0)))
@@ -235,11 +235,12 @@ def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: P
         flood.join(timeout=60)
     assert proc.returncode == 0, "".join(lines)
     assert results and results[0].completed > 20000, results  # a flood: > 5k queries/s
-    # 5 % of 4 s is 0.2 s; one poll (two chunks of 16384 records) costs up to ~0.1 s more.
-    # Uncapped, reading 4 messages per query would take several times that.
-    assert cpu <= 0.05 * wall + 0.15, (cpu, wall)
+    # 2 % of 4 s is 0.08 s; one capped poll (one chunk of 16384 records) costs ~0.03 s, and
+    # the kernel counts CPU time in 10 ms ticks. Uncapped, with only SCHED_IDLE hogs to
+    # compete with, reading 4 messages per query would take a whole CPU.
+    assert cpu <= 0.02 * wall + 0.08, (cpu, wall)
     m = check_capture(out)
-    assert m["status"] == "complete" and m["filters"]["cpu_budget"] == 0.05
+    assert m["status"] == "complete" and m["filters"]["cpu_budget"] == 0.02
     assert m["lost"]["ringbuf_full"] > 0
     # the losses came while the recorder was held back, after its switch to low
     log = m["priority_log"]
