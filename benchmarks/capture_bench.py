@@ -5,9 +5,9 @@ machine has idle CPU, nice 19 while it has not); ``dnstrail-normal``, ``dnstrail
 ``dnstrail-idle`` add ``--priority normal`` / ``low`` / ``idle``; ``dnstrail-budgetN`` adds
 ``--cpu-budget N`` (auto's cap on a saturated node, in percent of one CPU).
 
-Runs, in one invocation and alternating the configurations, dnsperf (one thread) against an
-unbound that answers a static zone from local-data inside a private network namespace (see
-``benchmarks/netns.py``: nothing leaves the machine). For each rate (``-Q 20000`` and
+Runs, in one invocation and rotating the order of the configurations (``run_order``),
+dnsperf (one thread) against an unbound that answers a static zone from local-data inside a
+private network namespace (see ``benchmarks/netns.py``: nothing leaves the machine). For each rate (``-Q 20000`` and
 saturation) and each tracer it reports:
 
 - qps and its ratio to the no-tracer median at the same rate;
@@ -217,6 +217,21 @@ def _finish_tracer(proc: subprocess.Popen[bytes], sig: int,
 
 TRACERS = ("none", "tcpdump", "dnstrail", "dnstrail-normal", "dnstrail-low", "dnstrail-idle",
            "dnstrail-budgetN")
+
+
+def run_order(tracers: list[str], turn: int) -> list[str]:
+    """The configurations of repetition number ``turn`` (counted over all rates): the list
+    rotated by ``turn``, so that over len(tracers) repetitions each one runs once in each
+    position, and no configuration runs twice in a row (with three or more). Reversing every
+    other repetition, as this script did before 2026-11-27 08:45 UTC, made the last
+    configuration of the list run twice in a row in every reversed repetition; a dnstrail run
+    right after another dnstrail run measured ~5 % slower than one right after tcpdump
+    (docs/benchmarks.md). Two configurations keep their order (a rotation would repeat one)."""
+    n = len(tracers)
+    if n <= 2:
+        return list(tracers)
+    k = turn % n
+    return list(tracers[k:]) + list(tracers[:k])
 
 
 def tracer_args(tracer: str) -> list[str] | None:
@@ -438,9 +453,11 @@ def main(argv: list[str] | None = None) -> int:
             write_query_file(qfile)
             if args.warmup > 0:
                 _dnsperf(ns, qfile, args.warmup, None)
+            turn = 0
             for rate in rates:
                 for rep in range(args.reps):
-                    order = tracers if rep % 2 == 0 else list(reversed(tracers))
+                    order = run_order(tracers, turn)
+                    turn += 1
                     for tracer in order:
                         r = run_one(ns, qfile, tracer, rate, rep, args.duration, work,
                                     args.record_arg)

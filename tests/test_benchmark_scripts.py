@@ -169,3 +169,22 @@ def test_capture_bench_tracer_names() -> None:
     assert tracer_args("dnstrail-budget0.5") == ["--cpu-budget", "0.5"]
     for bad in ("dnstrail-budget", "dnstrail-budgetx", "dnstrail-fast", "tcpdump", "none"):
         assert tracer_args(bad) is None
+
+
+def test_capture_bench_run_order_is_balanced_and_never_repeats() -> None:
+    """Over all repetitions no configuration runs twice in a row (a dnstrail run right after
+    another measured slower), and with three or more each one takes each position once per
+    len(tracers) repetitions."""
+    from benchmarks.capture_bench import run_order
+
+    for n in range(1, 6):
+        tracers = [f"t{i}" for i in range(n)]
+        seq = [t for turn in range(4 * n) for t in run_order(tracers, turn)]
+        assert len(seq) == 4 * n * n
+        if n >= 2:
+            assert all(a != b for a, b in zip(seq, seq[1:])), (n, seq)
+        for turn in range(4 * n):
+            assert sorted(run_order(tracers, turn)) == tracers
+        if n >= 3:
+            for pos in range(n):
+                assert sorted(run_order(tracers, turn)[pos] for turn in range(n)) == tracers
