@@ -7,8 +7,8 @@ machine has idle CPU, nice 19 while it has not); ``dnstrail-normal``, ``dnstrail
 
 Runs, in one invocation and rotating the order of the configurations (``run_order``),
 dnsperf (one thread) against an unbound that answers a static zone from local-data inside a
-private network namespace (see ``benchmarks/netns.py``: nothing leaves the machine). For each rate (``-Q 20000`` and
-saturation) and each tracer it reports:
+private network namespace (see ``benchmarks/netns.py``: nothing leaves the machine). For
+each rate (``-Q 20000`` and saturation) and each tracer it reports:
 
 - qps and its ratio to the no-tracer median at the same rate;
 - events captured: packets in tcpdump's file / messages in the dnstrail capture, and per
@@ -223,7 +223,7 @@ def run_order(tracers: list[str], turn: int) -> list[str]:
     """The configurations of repetition number ``turn`` (counted over all rates): the list
     rotated by ``turn``, so that over len(tracers) repetitions each one runs once in each
     position, and no configuration runs twice in a row (with three or more). Reversing every
-    other repetition, as this script did before 2026-11-27 08:45 UTC, made the last
+    other repetition, as this script did before 2026-11-27 08:35 UTC, made the last
     configuration of the list run twice in a row in every reversed repetition; a dnstrail run
     right after another dnstrail run measured ~5 % slower than one right after tcpdump
     (docs/benchmarks.md). Two configurations keep their order (a rotation would repeat one)."""

@@ -175,6 +175,8 @@ def test_capture_bench_run_order_is_balanced_and_never_repeats() -> None:
     """Over all repetitions no configuration runs twice in a row (a dnstrail run right after
     another measured slower), and with three or more each one takes each position once per
     len(tracers) repetitions."""
+    from itertools import pairwise
+
     from benchmarks.capture_bench import run_order
 
     for n in range(1, 6):
@@ -182,7 +184,7 @@ def test_capture_bench_run_order_is_balanced_and_never_repeats() -> None:
         seq = [t for turn in range(4 * n) for t in run_order(tracers, turn)]
         assert len(seq) == 4 * n * n
         if n >= 2:
-            assert all(a != b for a, b in zip(seq, seq[1:])), (n, seq)
+            assert all(a != b for a, b in pairwise(seq)), (n, seq)
         for turn in range(4 * n):
             assert sorted(run_order(tracers, turn)) == tracers
         if n >= 3:
