@@ -22,8 +22,9 @@
 //    syscall number and arguments from the saved user registers, reads the user buffers with
 //    the returned length, decides DNS or not (the message's own address may decide), and emits
 //    one ring buffer record per message (per element of a sendmmsg/recvmmsg vector). Socket
-//    I/O in any other syscall (sendfile, splice, io_uring, 32-bit socketcall) is counted as
-//    untracked_socket_io.
+//    I/O in any other syscall (sendfile, splice, io_uring, 32-bit socketcall), or in a thread
+//    that makes no syscalls (io_uring worker, kernel thread), is counted as
+//    untracked_socket_io, one per message.
 //  * Kernels without the sock tracepoints (SOCK_TP=0): sys_exit itself filters by syscall
 //    number, gates read/write/readv/writev on (tgid, fd) in `fd_state` (sockets connect()ed
 //    to a DNS port, accepted sockets), and finds the socket by walking the task's fd table.
@@ -94,6 +95,9 @@
 // Offsets: from the running kernel's BTF (-D), else from the installed headers.
 #ifndef OFF_TASK_NSPROXY
 #define OFF_TASK_NSPROXY offsetof(struct task_struct, nsproxy)
+#endif
+#ifndef OFF_TASK_FLAGS
+#define OFF_TASK_FLAGS offsetof(struct task_struct, flags)
 #endif
 #ifndef OFF_TASK_REAL_PARENT
 #define OFF_TASK_REAL_PARENT offsetof(struct task_struct, real_parent)
@@ -284,6 +288,9 @@ struct pending_t {
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
+    u8 no_syscalls; // SOCK_TP: a kernel thread or an io_uring worker (see on_sock_io)
+    u8 _pad;
+    u16 seen;       // SOCK_TP: DNS-port messages of this syscall so far (untracked_socket_io)
 };
 
 // The user registers saved at syscall entry, from r10 to orig_ax (x86_64 struct pt_regs order).
@@ -605,11 +612,22 @@ static __always_inline void on_sock_io(u64 sk, long ret, int flags, u8 is_recv) 
         return;
     struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
     struct pending_t *p = slots.task_storage_get(task, 0, 0);
+    if (p && p->no_syscalls) {
+        // a thread that makes no syscalls (io_uring worker, kernel thread): no sys_exit will
+        // read this message, and an armed slot would never be disarmed
+        if (dns_port && ret > 0)
+            count_lost(LOST_UNTRACKED_SOCKET_IO, 1);
+        return;
+    }
     if (p && p->sock_seen) {
-        // Later messages of the same sendmmsg/recvmmsg (same socket): sys_exit emits them
-        // all, unless the first one found the ring full (below); then each is counted here.
+        // Later messages of the same syscall on a candidate socket: a sendmmsg/recvmmsg
+        // vector, which sys_exit emits whole, unless the first message found the ring full
+        // (below; then each is counted here); or more socket I/O of a syscall sys_exit does
+        // not read (io_uring_enter running several operations), counted there by `seen`.
         if (p->sock_seen == SOCK_DROPPED && ret > 0)
             count_lost(LOST_RINGBUF_FULL, 1);
+        else if (dns_port && ret > 0 && p->seen < 0xffff)
+            p->seen++;
         return;
     }
     if (!pass_filters(bpf_get_current_pid_tgid()))
@@ -620,7 +638,17 @@ static __always_inline void on_sock_io(u64 sk, long ret, int flags, u8 is_recv) 
             count_lost(LOST_PENDING_FULL, 1);
             return;
         }
+        // A new slot (once per thread): is this a thread that never makes a syscall?
+        u32 pf = 0;
+        bpf_probe_read_kernel(&pf, sizeof(pf), (void *)((u64)task + OFF_TASK_FLAGS));
+        p->no_syscalls = (pf & (0x00200000 | 0x00000010)) != 0;  // PF_KTHREAD | PF_IO_WORKER
+        if (p->no_syscalls) {
+            if (dns_port && ret > 0)
+                count_lost(LOST_UNTRACKED_SOCKET_IO, 1);
+            return;
+        }
     }
+    p->seen = dns_port && ret > 0;
     if (dns_port && ret > 0 && ring_full()) {
         // A DNS message (sys_exit would emit exactly this one) that the ring has no room
         // for: counted here, and sys_exit only disarms (so the rest of an mmsg vector is
@@ -998,10 +1026,10 @@ RAW_TRACEPOINT_PROBE(sys_exit) {
         if (sc) {
             take_args(p, sc, &r);
             on_exit(p, ret);
-        } else if (port_match(p->lport) || port_match(p->rport)) {
+        } else if (p->seen) {
             // DNS-port socket I/O in a syscall we do not read: sendfile, splice, io_uring,
-            // a 32-bit process's socketcall. Counted, never silent.
-            count_lost(LOST_UNTRACKED_SOCKET_IO, 1);
+            // a 32-bit process's socketcall. Counted (each message), never silent.
+            count_lost(LOST_UNTRACKED_SOCKET_IO, p->seen);
         }
     }
     p->sock_seen = 0;

@@ -129,6 +129,7 @@ class Btf:
 #: Offsets the probe needs: C macro name -> (struct, member path).
 PROBE_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_TASK_NSPROXY": ("task_struct", "nsproxy"),
+    "OFF_TASK_FLAGS": ("task_struct", "flags"),
     "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
     "OFF_TASK_TGID": ("task_struct", "tgid"),
     "OFF_TASK_FILES": ("task_struct", "files"),

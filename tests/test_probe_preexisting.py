@@ -90,3 +90,34 @@ def test_connection_opened_before_the_capture(lab: Lab, lab_ns: NetNS) -> None:
     # the sendfile()d query is not a row, but it is counted
     assert not any(b"\x43\x43" == bytes(p)[2:4] for p in sends.payload)
     assert untracked >= 1
+
+
+def test_io_uring_socket_io_is_counted_per_message(lab: Lab, lab_ns: NetNS) -> None:
+    """DNS through io_uring is not read (no syscall of ours carries it) but every message is
+    counted as untracked_socket_io: in an io-wq worker thread, which makes no syscall (two
+    rounds of sendmsg + recvmsg with IOSQE_ASYNC: 4), and inline in one io_uring_enter that
+    runs three sendmsg (3, not 1 for the syscall). No row comes from the client."""
+    from tests.lab.clients import uring_client
+
+    require_root_bcc()
+    if not Path("/sys/kernel/tracing/events/sock/sock_recv_length").is_dir():
+        pytest.skip("this kernel has no sock tracepoints (Linux < 6.3)")
+    client = uring_client()
+    counted = {}
+    with Probe(ProbeConfig(socket_source="tracepoint")) as probe:
+        for mode in ("async", "batch"):
+            before = probe.lost()["untracked_socket_io"]
+            r = subprocess.run(["ip", "netns", "exec", lab_ns.name, str(client), lab.server_addr,
+                                mode], check=False, capture_output=True, text=True, timeout=30)
+            if r.returncode != 0 and "io_uring_setup" in r.stderr:
+                pytest.skip(f"io_uring is not available here: {r.stderr.strip()}")
+            assert r.returncode == 0 and r.stdout.strip() == f"ok {4 if mode == 'async' else 3}", \
+                (r.stdout, r.stderr)
+            time.sleep(0.2)
+            counted[mode] = probe.lost()["untracked_socket_io"] - before
+        batches = probe.drain()["messages"]
+    assert counted == {"async": 4, "batch": 3}
+    table = pa.Table.from_batches(batches).to_pandas() if batches else None
+    if table is not None:
+        comms = set(table.comm)
+        assert "uring_dns" not in comms and not any(c.startswith("iou-") for c in comms), comms

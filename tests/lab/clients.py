@@ -54,6 +54,18 @@ def musl_client() -> Path:
     return out
 
 
+def uring_client() -> Path:
+    """tests/lab/bin/uring_dns: DNS over UDP through io_uring (see clients/uring_dns.c)."""
+    src = SRC / "uring_dns.c"
+    out = BIN / "uring_dns"
+    if not _newer(out, [src]):
+        cc = shutil.which("gcc") or shutil.which("cc")
+        if cc is None:
+            raise LabError("gcc is not installed (apt-get install gcc libc6-dev)")
+        _build([cc, "-O2", "-Wall", "-o", "{OUT}", str(src)], out)
+    return out
+
+
 def go_client() -> Path:
     """tests/lab/bin/goresolve: pure-Go (CGO_ENABLED=0) resolver client."""
     src_dir = SRC / "goresolve"
@@ -80,4 +92,4 @@ def go_client() -> Path:
 
 
 def build_all() -> dict[str, Path]:
-    return {"musl": musl_client(), "go": go_client()}
+    return {"musl": musl_client(), "go": go_client(), "uring": uring_client()}
