@@ -4,7 +4,8 @@ probe does not read (sendfile) is counted as ``untracked_socket_io``, not missed
 
 A client in a lab namespace connects to the lab's dnsmasq over TCP, then the probe starts, then
 the client writes a query and reads the answer on that connection, and sends one more query
-with sendfile(2)."""
+with sendfile(2). A second test sends DNS through io_uring, inline and in an io-wq worker
+thread: each message is counted as ``untracked_socket_io``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from capture.probe import Probe, ProbeConfig
-from tests.lab import Lab, NetNS
+from tests.lab import Lab, NetNS, uring_client
 from tests.lab.require import require_root_bcc
 
 pytestmark = pytest.mark.live
@@ -97,8 +98,6 @@ def test_io_uring_socket_io_is_counted_per_message(lab: Lab, lab_ns: NetNS) -> N
     counted as untracked_socket_io: in an io-wq worker thread, which makes no syscall (two
     rounds of sendmsg + recvmsg with IOSQE_ASYNC: 4), and inline in one io_uring_enter that
     runs three sendmsg (3, not 1 for the syscall). No row comes from the client."""
-    from tests.lab.clients import uring_client
-
     require_root_bcc()
     if not Path("/sys/kernel/tracing/events/sock/sock_recv_length").is_dir():
         pytest.skip("this kernel has no sock tracepoints (Linux < 6.3)")

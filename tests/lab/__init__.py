@@ -4,7 +4,7 @@ See tests/lab/README.md.
 """
 
 from ._sys import LabError, cgroup2_mount
-from .clients import build_all, go_client, musl_client
+from .clients import build_all, go_client, musl_client, uring_client
 from .lab import (
     DEAD_ADDR,
     REFUSED_ADDR,
@@ -46,4 +46,5 @@ __all__ = [
     "go_client",
     "kubelet_cgroup_dirs",
     "musl_client",
+    "uring_client",
 ]
