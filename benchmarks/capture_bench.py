@@ -183,6 +183,10 @@ def _udp_datagrams(ns: UnboundNetns) -> int | None:
         return None
 
 
+def _since(before: int | None, after: int | None) -> int | None:
+    return after - before if before is not None and after is not None else None
+
+
 def _vm_hwm_kb(pid: int) -> int | None:
     """Peak RSS of this one process so far (VmHWM), without its children."""
     try:
@@ -287,15 +291,13 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         r.qps, r.sent, r.completed, r.lost_queries = (perf["qps"], perf["sent"],
                                                       perf["completed"], perf["lost"])
     if proc is None:
-        udp1 = _udp_datagrams(ns)
-        r.udp_datagrams = udp1 - udp0 if udp0 is not None and udp1 is not None else None
+        r.udp_datagrams = _since(udp0, _udp_datagrams(ns))
         return r
     if cpu0 is not None and cpu1 is not None:
         r.cpu_window_s = round(cpu1 - cpu0, 2)
     time.sleep(1.5)  # let the tracer drain what is in flight (tcpdump retires blocks late)
     code, ru, hwm = _finish_tracer(proc, signal.SIGINT)
-    udp1 = _udp_datagrams(ns)
-    r.udp_datagrams = udp1 - udp0 if udp0 is not None and udp1 is not None else None
+    r.udp_datagrams = _since(udp0, _udp_datagrams(ns))
     r.cpu_total_s = round(ru.ru_utime + ru.ru_stime, 2)
     r.rss_incl_children_mb = round(ru.ru_maxrss / 1024, 1)
     r.peak_rss_mb = round(hwm / 1024, 1) if hwm else None
@@ -325,11 +327,10 @@ def run_one(ns: UnboundNetns, qfile: Path, tracer: str, rate: int | None, rep: i
         if tracer.startswith("dnstrail") and r.lost_events is not None:
             # Each completed query is 4 events; captured + counted-lost should cover them
             # (lost counters are node-wide, so this can exceed 1 with other traffic).
-            r.accounted_share = round((r.events - (r.events_other or 0) + r.lost_events)
-                                      / (4 * r.completed), 4)
+            counted = r.events - (r.events_other or 0) + r.lost_events
+            r.accounted_share = round(counted / (4 * r.completed), 4)
             if r.udp_datagrams is not None:
-                r.vs_kernel = (r.events - (r.events_other or 0) + r.lost_events
-                               - r.udp_datagrams)
+                r.vs_kernel = counted - r.udp_datagrams
     return r
 
 
