@@ -612,13 +612,6 @@ static __always_inline void on_sock_io(u64 sk, long ret, int flags, u8 is_recv) 
         return;
     struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
     struct pending_t *p = slots.task_storage_get(task, 0, 0);
-    if (p && p->no_syscalls) {
-        // a thread that makes no syscalls (io_uring worker, kernel thread): no sys_exit will
-        // read this message, and an armed slot would never be disarmed
-        if (dns_port && ret > 0)
-            count_lost(LOST_UNTRACKED_SOCKET_IO, 1);
-        return;
-    }
     if (p && p->sock_seen) {
         // Later messages of the same syscall on a candidate socket: a sendmmsg/recvmmsg
         // vector, which sys_exit emits whole, unless the first message found the ring full
@@ -642,11 +635,13 @@ static __always_inline void on_sock_io(u64 sk, long ret, int flags, u8 is_recv) 
         u32 pf = 0;
         bpf_probe_read_kernel(&pf, sizeof(pf), (void *)((u64)task + OFF_TASK_FLAGS));
         p->no_syscalls = (pf & (0x00200000 | 0x00000010)) != 0;  // PF_KTHREAD | PF_IO_WORKER
-        if (p->no_syscalls) {
-            if (dns_port && ret > 0)
-                count_lost(LOST_UNTRACKED_SOCKET_IO, 1);
-            return;
-        }
+    }
+    if (p->no_syscalls) {
+        // an io_uring worker or a kernel thread: no sys_exit will read this message, and an
+        // armed slot would never be disarmed: such a slot returns here, never armed
+        if (dns_port && ret > 0)
+            count_lost(LOST_UNTRACKED_SOCKET_IO, 1);
+        return;
     }
     p->seen = dns_port && ret > 0;
     if (dns_port && ret > 0 && ring_full()) {
