@@ -53,6 +53,14 @@ def apply_priority(level: str) -> None:
     """Lower every thread of this process (and what they start later) to ``level``."""
     check_priority(level)
     if level in ("normal", "auto"):
+        # normal means nice 0, not whatever the parent had: a recorder started from a niced
+        # shell or CI runner would otherwise start low and never know it. Raising needs
+        # CAP_SYS_NICE; without it the recorder runs at the nice it was given.
+        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+            try:
+                _set_all("normal")
+            except PermissionError:
+                pass
         return
     try:
         _set_all(level)
