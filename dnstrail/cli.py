@@ -26,6 +26,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("analyze.commands", "import_"),
     "replay": ("analyze.commands", "replay"),
     "report": ("analyze.report.commands", "report"),
+    "verify": ("analyze.verify_command", "verify"),
 }
 
 
