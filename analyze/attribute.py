@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ATTR_COLUMNS = ("pod_uid", "namespace", "pod", "container", "container_id", "qos")
+from analyze.stages import ATTR_COLUMNS
 
 _UID = (r"[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_]"
         r"[0-9a-fA-F]{12}|[0-9a-fA-F]{32}")

@@ -1,22 +1,22 @@
-"""``load()`` and the ``Capture`` object: every table of one or more captures, analyzed.
+"""``load()`` and the ``Capture`` object: the stage tables of one or more captures.
 
-``load`` reads capture directories (several nodes, or consecutive captures of one node) and
-plain pcap/pcapng files (imported to a temporary directory with ``analyze.pcap.import_pcap``),
-reassembles DNS over TCP, decodes every message, attributes it to a pod and matches queries with
-responses. ``Capture.lookups`` (resolver calls) is computed on first use. See docs/api.md.
+``load`` checks and ingests capture directories (several nodes, or consecutive captures of one
+node) and plain pcap/pcapng files (imported to a temporary directory with
+``analyze.pcap.import_pcap``) into the work directory (``analyze.ingest``: decoded, typed
+Parquet, reused while the evidence's SHA-256s match). Everything after that is lazy: matching
+and lookups (``analyze.relate``) run on first use, ``filter`` only narrows the SQL that later
+reads the tables, and ``.messages``, ``.transactions``, ``.lookups``, ``.connects`` ...
+materialize the filtered rows as pandas on first access. ``sql()`` runs a query over the same
+tables in DuckDB. See docs/api.md.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
-import hashlib
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,231 +24,41 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from analyze import stages
 from analyze._frames import to_pandas
-from analyze.attribute import ATTR_COLUMNS, attribute
-from analyze.errors import AnalyzeError
+from analyze.attribute import ATTR_COLUMNS
+from analyze.cache import WorkDir
+from analyze.errors import (
+    BadFilter,
+    CaptureDamaged,
+    CaptureNotFound,
+    CaptureTooNew,
+    NotACapture,
+)
 from analyze.reconstruct import (
     DEFAULT_GAP_S,
     DEFAULT_SKEW_S,
     DEFAULT_TIMEOUT_S,
     DNS_PORTS,
-    assign_roles,
     build_lookups,
-    match_transactions,
-    no_gc,
 )
-from capture import schema
 
 PCAP_SUFFIXES = (".pcap", ".pcapng", ".cap")
 
+#: Tables a Capture has (attributes, and views of ``Capture.sql``).
+TABLES = ("messages", "transactions", "lookups", "connects", "execs", "processes", "pods",
+          "cgroups")
 
-class CaptureNotFound(AnalyzeError):
-    """no such capture directory or pcap file"""
-
-
-class NotACapture(AnalyzeError):
-    """not a dnstrail capture directory (no manifest.json) nor a pcap file"""
-
-
-class CaptureTooNew(AnalyzeError):
-    """the capture was written by a newer dnstrail: upgrade dnstrail to read it"""
-
-
-class CaptureDamaged(AnalyzeError):
-    """a capture file does not match the sha256 in its manifest: the capture was modified or damaged (load(..., verify=False) reads it anyway)"""
-
-
-class BadFilter(AnalyzeError):
-    """a filter value could not be understood"""
-
-
-_EVENT_TABLES = ("messages", "connects", "execs")
-_SNAPSHOT_TABLES = ("processes", "cgroups", "pods")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass
-class _Raw:
-    """One capture directory, read but not analyzed."""
-
-    path: str
-    manifest: dict[str, Any]
-    tables: dict[str, pa.Table]
-    warnings: list[str]
-
-
-def _read_dir(directory: Path, *, verify: bool, label: str | None = None) -> _Raw:
-    try:
-        manifest = schema.read_manifest(directory)
-    except schema.FormatError as exc:
-        msg = str(exc)
-        if "newer than" in msg:
-            raise CaptureTooNew(msg) from None
-        raise NotACapture(msg) from None
-    listed = {f.get("name"): f for f in manifest.get("files") or [] if isinstance(f, dict)}
-    warnings: list[str] = []
-    parts: dict[str, list[pa.Table]] = {k: [] for k in schema.SCHEMAS}
-    names = [n for n in sorted(p.name for p in directory.iterdir())
-             if schema.file_kind(n) is not None]
-    for name in names:
-        if name not in listed:
-            warnings.append(f"{directory}: {name} is not listed in the manifest (read anyway)")
-    # hash in worker threads while Parquet decodes (both release the GIL)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = {name: pool.submit(_sha256, directory / name) for name in names
-                   if verify and listed.get(name, {}).get("sha256")}
-        for name in names:
-            kind = schema.file_kind(name)
-            assert kind is not None
-            path = directory / name
-            try:
-                table = pq.read_table(path)
-            except (OSError, pa.ArrowException) as exc:
-                if name in digests and digests[name].result() != listed[name]["sha256"]:
-                    raise CaptureDamaged(f"{path}: sha256 differs from the manifest: the file "
-                                         "was modified or damaged") from None
-                raise CaptureDamaged(f"{path}: unreadable Parquet file: {exc}") from None
-            try:
-                parts[kind].append(schema.conform(table, kind))
-            except (schema.FormatError, pa.ArrowException) as exc:
-                raise CaptureDamaged(f"{path}: {exc}") from None
-        crashed = manifest.get("status") == "running"
-        for name, digest in digests.items():
-            if digest.result() != listed[name]["sha256"]:
-                if crashed and schema.file_kind(name) in schema.SNAPSHOT_KINDS:
-                    # a snapshot is rewritten at each rotation just before the manifest: a
-                    # crash between the two renames leaves a newer, complete snapshot
-                    warnings.append(f"{directory / name}: snapshot newer than its manifest "
-                                    "entry (the capture did not finish); read anyway")
-                    continue
-                raise CaptureDamaged(f"{directory / name}: sha256 differs from the manifest: "
-                                     "the file was modified or damaged (load(..., "
-                                     "verify=False) reads it anyway)")
-    for listed_name in listed:
-        if isinstance(listed_name, str) and not (directory / listed_name).exists():
-            warnings.append(f"{directory}: {listed_name} is listed in the manifest but missing")
-    tables = {}
-    for kind, tlist in parts.items():
-        tables[kind] = (pa.concat_tables(tlist) if tlist
-                        else schema.SCHEMAS[kind].empty_table())
-    return _Raw(label or str(directory), manifest, tables, warnings)
-
-
-def _read_pcap(path: Path, *, ports: Sequence[int]) -> _Raw:
-    from analyze.pcap import import_pcap
-
-    tmp = Path(tempfile.mkdtemp(prefix="dnstrail-import-"))
-    try:
-        out = tmp / "capture"
-        import_pcap(path, out, ports=tuple(ports))
-        return _read_dir(out, verify=False, label=str(path))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+#: Low-cardinality text columns materialized as pandas categoricals.
+_CATEGORIES = {"messages": ("node", "capture", "role"),
+               "transactions": ("node", "capture", "side", "status")}
 
 
 def _as_paths(path_or_paths: str | Path | Iterable[str | Path]) -> list[Path]:
     if isinstance(path_or_paths, (str, Path)):
         return [Path(path_or_paths)]
     return [Path(p) for p in path_or_paths]
-
-
-def _messages_table(raw: _Raw) -> pa.Table:
-    """Reassembled messages of one capture (Arrow)."""
-    from analyze.tcp import reassemble_table
-
-    return reassemble_table(raw.tables["messages"])
-
-
-def _repeat_categorical(labels: list[str], counts: list[int]) -> pd.Categorical:
-    codes, uniques = pd.factorize(pd.Series(labels, dtype=object))
-    return pd.Categorical.from_codes(np.repeat(codes, counts),
-                                     categories=pd.Index(uniques, dtype=object))
-
-
-def _decoded_messages(table: pa.Table) -> pd.DataFrame:
-    from analyze.decode import decode_messages
-
-    decoded = decode_messages(table.column("payload"))
-    frame = to_pandas(table)
-    decoded.index = frame.index
-    out = pd.concat([frame, decoded[[c for c in decoded.columns
-                                     if c not in frame.columns]]], axis=1)
-    if "stream_error" in out.columns and out["stream_error"].notna().any():
-        # a damaged TCP stream is a message error too (counted in `errors` and the report)
-        out["error"] = out["error"].where(out["error"].notna(), out["stream_error"])
-    return out
-
-
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frames = [f for f in frames if len(f.columns)]
-    if not frames:
-        return pd.DataFrame()
-    if len(frames) == 1:
-        return frames[0].reset_index(drop=True)
-    nonempty = [f for f in frames if len(f)] or frames[:1]
-    return pd.concat(nonempty, ignore_index=True)
-
-
-def load(path_or_paths: str | Path | Iterable[str | Path], *,
-         timeout_s: float = DEFAULT_TIMEOUT_S, skew_s: float = DEFAULT_SKEW_S,
-         lookup_gap_s: float = DEFAULT_GAP_S, verify: bool = True,
-         dns_ports: Sequence[int] = DNS_PORTS) -> Capture:
-    """Read and analyze one or more captures (directories or pcap/pcapng files).
-
-    ``timeout_s``: a query with no response within this is a ``timeout`` transaction.
-    ``skew_s``: a response may be stamped this much earlier than its query and still match.
-    ``lookup_gap_s``: longest pause inside one resolver call (see ``analyze.reconstruct``).
-    ``verify``: check every file's sha256 against the manifest (raises CaptureDamaged).
-    ``dns_ports``: ports of DNS servers (for imports, and to tell roles when QR is unknown).
-    """
-    with no_gc(), _system_allocator():
-        return _load(path_or_paths, timeout_s=timeout_s, skew_s=skew_s,
-                     lookup_gap_s=lookup_gap_s, verify=verify, dns_ports=dns_ports)
-
-
-@contextlib.contextmanager
-def _system_allocator() -> Iterator[None]:
-    """Allocate Arrow buffers with malloc while loading, then restore the caller's pool.
-
-    The default pool (mimalloc) keeps freed pages of the many short-lived intermediates
-    (Parquet pages, casts, takes): with malloc the 1M-message benchmark peaks ~80 MiB lower
-    at the same speed. Buffers remember their pool, so switching back is safe.
-    """
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(previous)
-
-
-def _load(path_or_paths: str | Path | Iterable[str | Path], *, timeout_s: float,
-          skew_s: float, lookup_gap_s: float, verify: bool,
-          dns_ports: Sequence[int]) -> Capture:
-    paths = _as_paths(path_or_paths)
-    if not paths:
-        raise CaptureNotFound("no capture given")
-    raws: list[_Raw] = []
-    for p in paths:
-        if not p.exists():
-            raise CaptureNotFound(f"{p}: no such capture directory or pcap file")
-        if p.is_dir():
-            raws.append(_read_dir(p, verify=verify))
-        elif p.suffix.lower() in PCAP_SUFFIXES or _looks_like_pcap(p):
-            raws.append(_read_pcap(p, ports=dns_ports))
-        else:
-            raise NotACapture(f"{p}: not a dnstrail capture directory nor a pcap file")
-    return _analyze(raws, timeout_s=timeout_s, skew_s=skew_s, lookup_gap_s=lookup_gap_s,
-                    dns_ports=dns_ports)
 
 
 def _looks_like_pcap(path: Path) -> bool:
@@ -261,58 +71,121 @@ def _looks_like_pcap(path: Path) -> bool:
                      b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
 
 
-def _analyze(raws: list[_Raw], *, timeout_s: float, skew_s: float, lookup_gap_s: float,
-             dns_ports: Sequence[int]) -> Capture:
-    nodes = [str(r.manifest.get("host") or Path(r.path).name) for r in raws]
-    frames: dict[str, list[pd.DataFrame]] = {k: [] for k in schema.SCHEMAS}
-    msg_tables = []
-    for raw, node in zip(raws, nodes):
-        msg_tables.append(_messages_table(raw))
-        for kind in schema.SCHEMAS:
-            if kind == "messages":
-                continue
-            df = to_pandas(raw.tables[kind])
-            df["node"] = node
-            df["capture"] = raw.path
-            frames[kind].append(df)
-        raw.tables = {}                   # the Arrow copies are not needed any more
-    tables = {k: _concat(v) for k, v in frames.items() if k != "messages"}
-    counts = [t.num_rows for t in msg_tables]
-    combined = pa.concat_tables(msg_tables, promote_options="permissive")
-    del msg_tables
-    messages = _decoded_messages(combined)
-    del combined
-    pa.default_memory_pool().release_unused()
-    messages.insert(0, "msg_id", np.arange(len(messages), dtype=np.int64))
-    # a handful of values over every row: categoricals
-    messages["node"] = _repeat_categorical(nodes, counts)
-    messages["capture"] = _repeat_categorical([r.path for r in raws], counts)
-    messages["role"] = assign_roles(messages, dns_ports)
-    cgroups, processes, pods = tables["cgroups"], tables["processes"], tables["pods"]
-    messages = attribute(messages, cgroups, processes, pods, inplace=True)
-    connects = attribute(tables["connects"], cgroups, processes, pods)
-    execs = attribute(tables["execs"], cgroups, processes, pods)
-    transactions, txn_of_msg = match_transactions(messages, timeout_s=timeout_s,
-                                                  skew_s=skew_s, dns_ports=dns_ports)
-    messages["txn_id"] = pd.arrays.IntegerArray(np.maximum(txn_of_msg, 0), txn_of_msg < 0)
-    lost: dict[str, int] = {}
-    for r in raws:
-        for cause, count in (r.manifest.get("lost") or {}).items():
-            if isinstance(count, (int, float)):
-                lost[cause] = lost.get(cause, 0) + int(count)
-    return Capture(
-        messages=messages, transactions=transactions, connects=connects, execs=execs,
-        processes=processes, pods=pods, cgroups=cgroups,
-        manifests=[dict(r.manifest, path=r.path) for r in raws], lost=lost,
-        warnings=[w for r in raws for w in r.warnings],
-        timeout_s=timeout_s, lookup_gap_s=lookup_gap_s,
-    )
+def load(path_or_paths: str | Path | Iterable[str | Path], *,
+         timeout_s: float = DEFAULT_TIMEOUT_S, skew_s: float = DEFAULT_SKEW_S,
+         lookup_gap_s: float = DEFAULT_GAP_S, verify: bool = True,
+         dns_ports: Sequence[int] = DNS_PORTS, work_dir: str | Path | None = None,
+         on_damage: str = "raise", memory_limit: str | None = None,
+         threads: int | None = None) -> Capture:
+    """Check and ingest one or more captures (directories or pcap/pcapng files).
+
+    ``timeout_s``: a query with no response within this is a ``timeout`` transaction.
+    ``skew_s``: a response may be stamped this much earlier than its query and still match.
+    ``lookup_gap_s``: longest pause inside one resolver call (see ``analyze.reconstruct``).
+    ``verify``: check every file's sha256 against the manifest (raises CaptureDamaged).
+    ``dns_ports``: ports of DNS servers (for imports, and to tell roles when QR is unknown).
+    ``work_dir``: where derived tables are cached (default ``$DNSTRAIL_WORK_DIR``, else
+    ``$XDG_CACHE_HOME/dnstrail``). ``on_damage``: ``"raise"`` (CaptureDamaged) or
+    ``"skip"`` (a damaged file is named in ``warnings`` and ``skipped_files``, the rest is
+    analyzed). ``memory_limit`` (e.g. ``"1GB"``) and ``threads``: the DuckDB engine's.
+    """
+    from analyze.ingest import ingest
+
+    if on_damage not in ("raise", "skip"):
+        raise ValueError("on_damage: 'raise' or 'skip'")
+    paths = _as_paths(path_or_paths)
+    if not paths:
+        raise CaptureNotFound("no capture given")
+    for p in paths:
+        if not p.exists():
+            raise CaptureNotFound(f"{p}: no such capture directory or pcap file")
+        if not p.is_dir() and not (p.suffix.lower() in PCAP_SUFFIXES or _looks_like_pcap(p)):
+            raise NotACapture(f"{p}: not a dnstrail capture directory nor a pcap file")
+    work = WorkDir.at(work_dir)
+    ingested = []
+    for p in paths:
+        if p.is_dir():
+            ingested.append(ingest(p, work=work, verify=verify, dns_ports=dns_ports,
+                                   on_damage=on_damage))
+        else:
+            ingested.append(_ingest_pcap(p, work=work, dns_ports=dns_ports))
+    ctx = _Context(work=work, ingested=ingested, timeout_s=timeout_s, skew_s=skew_s,
+                   lookup_gap_s=lookup_gap_s, dns_ports=tuple(dns_ports),
+                   memory_limit=memory_limit, threads=threads)
+    return Capture(ctx)
+
+
+def _ingest_pcap(path: Path, *, work: WorkDir, dns_ports: Sequence[int]) -> Any:
+    from analyze.ingest import ingest
+    from analyze.pcap import import_pcap
+
+    tmp = Path(tempfile.mkdtemp(prefix="dnstrail-import-", dir=work.temp()))
+    try:
+        out = tmp / "capture"
+        import_pcap(path, out, ports=tuple(dns_ports))
+        return ingest(out, work=work, verify=False, dns_ports=dns_ports, label=str(path))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class _Context:
+    """What every Capture derived from one ``load`` shares: the ingested captures, the
+    matching parameters, the relate entry (once built) and a DuckDB connection."""
+
+    work: WorkDir
+    ingested: list[Any]
+    timeout_s: float
+    skew_s: float
+    lookup_gap_s: float
+    dns_ports: tuple[int, ...]
+    memory_limit: str | None
+    threads: int | None
+    _related: Any = None
+    _con: Any = None
+
+    @property
+    def related(self) -> Any:
+        if self._related is None:
+            from analyze.relate import relate
+
+            self._related = relate(self.ingested, work=self.work, timeout_s=self.timeout_s,
+                                   skew_s=self.skew_s, lookup_gap_s=self.lookup_gap_s,
+                                   dns_ports=self.dns_ports, memory_limit=self.memory_limit,
+                                   threads=self.threads)
+        return self._related
+
+    def cursor(self) -> Any:
+        """A cursor (its own temp views) on this context's DuckDB database."""
+        from analyze.relate import connect
+
+        if self._con is None:
+            self._con = connect(self.work, memory_limit=self.memory_limit, threads=self.threads)
+        return self._con.cursor()
+
+    def base_sql(self, table: str) -> str:
+        """The unfiltered query of a stage table, across every capture."""
+        from analyze.relate import files_sql, messages_sql, quote
+
+        if table == "messages":
+            rel = self.related
+            return (f"SELECT m.*, t.txn_id FROM ({messages_sql(self.ingested, self.work)}) m "
+                    f"LEFT JOIN read_parquet({quote(rel.file('message_txn'))}) t "
+                    "USING (msg_id)")
+        if table in ("transactions", "lookups"):
+            return f"SELECT * FROM read_parquet({quote(self.related.file(table))})"
+        parts = []
+        for ing in self.ingested:
+            files = ing.files(table) or [str(self.work.empty(table, stages.STAGES[table]))]
+            parts.append(f"SELECT *, {quote(ing.node)} AS node, {quote(ing.evidence)} AS capture "
+                         f"FROM read_parquet({files_sql(files)})")
+        return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
 
 
 # --- time parsing for filters -----------------------------------------------------------
 
-_REL = re.compile(r"^\+(\d+(?:\.\d*)?)(ms|s|m|h)?$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_REL = re.compile(r"^\+(\d+(?:\.\d*)?)(ms|s|m|h|d)?$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_time(value: Any, start: pd.Timestamp | None) -> pd.Timestamp:
@@ -332,7 +205,7 @@ def parse_time(value: Any, start: pd.Timestamp | None) -> pd.Timestamp:
         try:
             ts = pd.Timestamp(value.strip())
         except ValueError:
-            raise BadFilter(f"{value!r}: not an ISO time nor +N[ms|s|m|h]") from None
+            raise BadFilter(f"{value!r}: not an ISO time nor +N[ms|s|m|h|d]") from None
     else:
         raise BadFilter(f"{value!r}: not a time")
     if ts is pd.NaT:
@@ -340,58 +213,274 @@ def parse_time(value: Any, start: pd.Timestamp | None) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _glob_mask(series: pd.Series, pattern: str | Sequence[str]) -> pd.Series:
-    """Rows whose value matches one of the shell globs (tested once per distinct value)."""
-    pats = [pattern] if isinstance(pattern, str) else list(pattern)
-    lower = series.name == "qname"
-    regex = re.compile("|".join(f"(?:{fnmatch.translate(p.lower() if lower else p)})"
-                                for p in pats))
-    codes, uniques = series.factorize(use_na_sentinel=True)
-    hits = np.array([regex.match(str(u)) is not None for u in uniques] + [False], dtype=bool)
-    return pd.Series(hits[np.asarray(codes)], index=series.index)
+def glob_regex(pattern: str) -> str:
+    """A shell glob (``*``, ``?``, ``[abc]``, ``[!abc]``) as an RE2 pattern that must match
+    the whole value (DuckDB's ``regexp_full_match``)."""
+    if not isinstance(pattern, str):
+        raise BadFilter(f"{pattern!r}: a filter pattern is text")
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] in "!^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append(re.escape(c))
+                continue
+            body = pattern[i:j]
+            i = j + 1
+            neg = body[:1] in ("!", "^")
+            body = body[1:] if neg else body
+            body = body.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+            out.append("[" + ("^" if neg else "") + body + "]")
+        else:
+            out.append(re.escape(c))
+    return "(?s)" + "".join(out)
 
 
-def _values_mask(series: pd.Series, value: Any) -> pd.Series:
-    vals = [value] if isinstance(value, (str, int)) else list(value)
-    return series.isin(vals).fillna(False).astype(bool)
+#: Tables the filters narrow (the snapshots are kept whole: they describe, they are not events).
+_FILTERED = ("messages", "transactions", "connects", "execs")
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Where:
+    """The SQL conditions of a Capture's filters, per table (with their parameters)."""
+
+    #: (tables, column, sql, params): applied to each of ``tables`` that has ``column``
+    clauses: tuple[tuple[tuple[str, ...], str, str, tuple[Any, ...]], ...] = ()
+
+    def add(self, tables: tuple[str, ...], column: str, sql: str, *params: Any) -> _Where:
+        return _Where(self.clauses + ((tables, column, sql, params),))
+
+    def of(self, table: str) -> tuple[str, list[Any]]:
+        parts: list[str] = []
+        params: list[Any] = []
+        for tables, column, sql, ps in self.clauses:
+            if table in tables and column in _COLUMNS_OF[table]:
+                parts.append(sql)
+                params.extend(ps)
+        return (" AND ".join(f"({p})" for p in parts) or "TRUE"), params
+
+
+_COLUMNS_OF = {name: set(stages.STAGES[name].names) | {"node", "capture"}
+               for name in ("connects", "execs", "processes", "pods", "cgroups")}
+_COLUMNS_OF["messages"] = set(stages.MESSAGES.names) | {"node", "capture", "txn_id"}
+_COLUMNS_OF["transactions"] = set(stages.TRANSACTIONS.names)
+_COLUMNS_OF["lookups"] = set(stages.LOOKUPS.names)
+
+
 class Capture:
-    """Everything ``load`` read, as pandas DataFrames (docs/api.md)."""
+    """One or more captures, their stage tables materialized on first use (docs/api.md).
 
-    messages: pd.DataFrame
-    transactions: pd.DataFrame
-    connects: pd.DataFrame
-    execs: pd.DataFrame
-    processes: pd.DataFrame
-    pods: pd.DataFrame
-    cgroups: pd.DataFrame
-    manifests: list[dict[str, Any]]
-    lost: dict[str, int]
-    warnings: list[str] = field(default_factory=list)
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    lookup_gap_s: float = DEFAULT_GAP_S
-    _lookups: pd.DataFrame | None = field(default=None, repr=False)
+    ``messages``, ``transactions``, ``lookups``, ``connects``, ``execs``, ``processes``,
+    ``pods``, ``cgroups``: pandas DataFrames of the (filtered) rows. ``manifests``, ``lost``,
+    ``warnings``, ``skipped_files``, ``verified`` and ``filters`` describe the evidence.
+    """
+
+    def __init__(self, ctx: _Context, where: _Where | None = None,
+                 filters: dict[str, Any] | None = None) -> None:
+        self._ctx = ctx
+        self._where = where or _Where()
+        self.filters: dict[str, Any] = dict(filters or {})
+        self._frames: dict[str, pd.DataFrame] = {}
+        self._stats: dict[str, Any] | None = None
+
+    # --- what the evidence says ------------------------------------------------------------
+
+    @property
+    def manifests(self) -> list[dict[str, Any]]:
+        return [dict(i.manifest, path=i.evidence) for i in self._ctx.ingested]
+
+    @property
+    def lost(self) -> dict[str, int]:
+        lost: dict[str, int] = {}
+        for i in self._ctx.ingested:
+            for cause, count in (i.manifest.get("lost") or {}).items():
+                if isinstance(count, (int, float)):
+                    lost[cause] = lost.get(cause, 0) + int(count)
+        return lost
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for i in self._ctx.ingested for w in i.warnings]
+
+    @property
+    def skipped_files(self) -> list[dict[str, str]]:
+        """Damaged evidence files that were named and left out (``on_damage="skip"``)."""
+        return [s for i in self._ctx.ingested for s in i.skipped]
+
+    @property
+    def verified(self) -> bool:
+        """Whether every capture directory's files were checked against their SHA-256."""
+        return all(i.verified for i in self._ctx.ingested)
+
+    @property
+    def timeout_s(self) -> float:
+        return self._ctx.timeout_s
+
+    @property
+    def lookup_gap_s(self) -> float:
+        return self._ctx.lookup_gap_s
 
     def __repr__(self) -> str:
-        return (f"<Capture {len(self.manifests)} capture(s), {len(self.messages)} messages, "
-                f"{len(self.transactions)} transactions, lost={sum(self.lost.values())}>")
+        n = self.overview()["messages"]
+        return (f"<Capture {len(self._ctx.ingested)} capture(s), {n} messages, "
+                f"{self.count('transactions')} transactions, lost={sum(self.lost.values())}"
+                + (f", filtered by {', '.join(self.filters)}" if self.filters else "") + ">")
+
+    # --- SQL --------------------------------------------------------------------------------
+
+    def table_sql(self, table: str) -> tuple[str, list[Any]]:
+        """The query (and its parameters) of one table with this Capture's filters."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}: one of {', '.join(TABLES)}")
+        if table == "lookups" and self.filters:
+            raise ValueError("filtered lookups are rebuilt from the filtered transactions")
+        cond, params = self._where.of(table)
+        return f"SELECT * FROM ({self._ctx.base_sql(table)}) WHERE {cond}", params
+
+    def _cursor(self) -> Any:
+        """A cursor with one temp view per table (this Capture's filtered rows)."""
+        cur = self._ctx.cursor()
+        for name in TABLES:
+            if name == "lookups" and self.filters:
+                cur.register("lookups", self.lookups)
+                continue
+            sql, params = self.table_sql(name)
+            if params:
+                # views cannot hold parameters: materialize the (filtered) rows instead
+                cur.execute(f"CREATE TEMP TABLE {name} AS {sql}", params).fetchall()
+            else:
+                cur.execute(f"CREATE TEMP VIEW {name} AS {sql}").fetchall()
+        return cur
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run ``query`` in DuckDB over this Capture's tables (views named like the
+        attributes: ``messages``, ``transactions``, ``lookups``, ``connects``, ``execs``,
+        ``processes``, ``pods``, ``cgroups``) and return the result as pandas."""
+        from analyze.relate import arrow
+
+        cur = self._cursor()
+        try:
+            if params:
+                table = arrow(cur, query, params)
+            else:
+                table = arrow(cur, query)
+        finally:
+            cur.close()
+        return to_pandas(table)
+
+    def _arrow(self, table: str, columns: Sequence[str] | None = None) -> pa.Table:
+        from analyze.relate import arrow
+
+        sql, params = self.table_sql(table)
+        cols = "*" if columns is None else ", ".join(f'"{c}"' for c in columns)
+        order = {"messages": "msg_id", "transactions": "txn_id", "lookups": "lookup_id"}.get(
+            table)
+        query = f"SELECT {cols} FROM ({sql})" + (f" ORDER BY {order}" if order else "")
+        cur = self._ctx.cursor()
+        try:
+            return arrow(cur, query, params) if params else arrow(cur, query)
+        finally:
+            cur.close()
+
+    def _frame(self, table: str) -> pd.DataFrame:
+        if table not in self._frames:
+            if table == "lookups" and self.filters:
+                df = build_lookups(self.transactions, gap_s=self.lookup_gap_s,
+                                   timeout_s=self.timeout_s)
+            else:
+                df = _pandas(self._arrow(table), table)
+            self._frames[table] = df
+        return self._frames[table]
+
+    @property
+    def messages(self) -> pd.DataFrame:
+        """One row per DNS message (TCP reassembled), decoded and attributed."""
+        return self._frame("messages")
+
+    @property
+    def transactions(self) -> pd.DataFrame:
+        """One row per query/response exchange (``analyze.reconstruct``)."""
+        return self._frame("transactions")
 
     @property
     def lookups(self) -> pd.DataFrame:
-        """One row per resolver call (computed on first use)."""
-        if self._lookups is None:
-            self._lookups = build_lookups(self.transactions, gap_s=self.lookup_gap_s,
-                                          timeout_s=self.timeout_s)
-        return self._lookups
+        """One row per resolver call."""
+        return self._frame("lookups")
+
+    @property
+    def connects(self) -> pd.DataFrame:
+        return self._frame("connects")
+
+    @property
+    def execs(self) -> pd.DataFrame:
+        return self._frame("execs")
+
+    @property
+    def processes(self) -> pd.DataFrame:
+        return self._frame("processes")
+
+    @property
+    def pods(self) -> pd.DataFrame:
+        return self._frame("pods")
+
+    @property
+    def cgroups(self) -> pd.DataFrame:
+        return self._frame("cgroups")
+
+    def count(self, table: str) -> int:
+        """Rows of a table (after the filters) without materializing it."""
+        if table in self._frames:
+            return len(self._frames[table])
+        if table == "lookups" and self.filters:
+            return len(self.lookups)
+        from analyze.relate import run
+
+        sql, params = self.table_sql(table)
+        cur = self._ctx.cursor()
+        try:
+            ((n,),) = run(cur, f"SELECT count(*) FROM ({sql})", params)
+        finally:
+            cur.close()
+        return int(n)
+
+    def overview(self) -> dict[str, Any]:
+        """Messages, decode errors, truncated payloads, first and last message time and the
+        nodes, computed in the engine (the messages are not materialized)."""
+        if self._stats is None:
+            from analyze.relate import run
+
+            sql, params = self.table_sql("messages")
+            cur = self._ctx.cursor()
+            try:
+                ((n, err, trunc, t0, t1, nodes),) = run(cur, (
+                    "SELECT count(*), count(error), count(*) FILTER (WHERE truncated), "
+                    "min(ts), max(ts), list(DISTINCT node ORDER BY node) "
+                    f"FROM ({sql})"), params)
+            finally:
+                cur.close()
+            self._stats = {
+                "messages": int(n), "decode_errors": int(err), "truncated": int(trunc),
+                "start": pd.Timestamp(t0).tz_convert("UTC") if t0 is not None else None,
+                "end": pd.Timestamp(t1).tz_convert("UTC") if t1 is not None else None,
+                "nodes": [x for x in (nodes or []) if x is not None]}
+        return self._stats
 
     @property
     def errors(self) -> int:
         """Number of messages whose payload did not decode."""
-        if "error" not in self.messages:
-            return 0
-        return int(self.messages["error"].notna().sum())
+        return int(self.overview()["decode_errors"])
 
     @property
     def start(self) -> pd.Timestamp | None:
@@ -403,8 +492,9 @@ class Capture:
                     cands.append(parse_time(m["started_at"], None))
                 except BadFilter:
                     pass
-        if len(self.messages):
-            cands.append(self.messages["ts"].min())
+        first = Capture(self._ctx).overview()["start"]
+        if first is not None:
+            cands.append(first)
         cands = [c for c in cands if c is not pd.NaT and pd.notna(c)]
         return min(cands) if cands else None
 
@@ -418,89 +508,85 @@ class Capture:
                name: str | Sequence[str] | None = None,
                rcode: str | int | Sequence[str | int] | None = None,
                since: Any = None, until: Any = None,
-               node: str | Sequence[str] | None = None) -> Capture:
-        """A new Capture holding only what matches every given filter.
+               node: str | Sequence[str] | None = None,
+               qname: str | Sequence[str] | None = None) -> Capture:
+        """A new Capture holding only what matches every given filter (nothing is read yet).
 
-        ``pod``, ``namespace``, ``container``, ``comm``, ``node`` and ``name`` (the query name)
-        are shell globs (or lists of them); ``pid`` is a tgid; ``rcode`` a name
-        (``NXDOMAIN``) or number, or ``TIMEOUT`` for unanswered transactions; ``since`` and
-        ``until`` ISO times or ``+10s`` from the capture start. Transactions are kept by
-        their own columns; messages are kept with their transaction (so a filter on rcode
-        keeps the query of an NXDOMAIN answer).
+        ``pod``, ``namespace``, ``container``, ``comm``, ``node`` and ``name`` (or ``qname``:
+        the query name) are shell globs (or lists of them); ``pid`` is a tgid; ``rcode`` a
+        name (``NXDOMAIN``) or number, or ``TIMEOUT`` for unanswered transactions; ``since``
+        and ``until`` ISO times or ``+10s`` / ``+2m`` / ``+1h`` / ``+1d`` from the capture
+        start. Transactions are kept by their own columns; messages are kept with their
+        transaction (so a filter on rcode keeps the query of an NXDOMAIN answer).
         """
-        start = self.start
-        t0 = parse_time(since, start) if since is not None else None
-        t1 = parse_time(until, start) if until is not None else None
-        globs = {"pod": pod, "namespace": namespace, "container": container, "comm": comm,
-                 "node": node}
-
-        def mask(df: pd.DataFrame, *, with_name: bool, with_rcode: bool) -> pd.Series:
-            keep = pd.Series(True, index=df.index)
-            if df.empty:
-                return keep
-            for col, pat in globs.items():
-                if pat is not None and col in df:
-                    keep &= _glob_mask(df[col], pat)
-            if pid is not None and "tgid" in df:
-                pids = [pid] if isinstance(pid, (int, np.integer, str)) else pid
-                keep &= _values_mask(df["tgid"], [int(p) for p in pids])
-            if with_name and name is not None and "qname" in df:
-                keep &= _glob_mask(df["qname"], name)
-            if with_rcode and rcode is not None:
-                keep &= self._rcode_mask(df, rcode)
-            if t0 is not None and "ts" in df:
-                keep &= (df["ts"] >= t0).fillna(False)
-            if t1 is not None and "ts" in df:
-                keep &= (df["ts"] <= t1).fillna(False)
-            return keep
-
-        txns = self.transactions[mask(self.transactions, with_name=True, with_rcode=True)]
-        msg_keep = mask(self.messages, with_name=True, with_rcode=False)
+        if name is not None and qname is not None:
+            raise BadFilter("give name or qname, not both")
+        name = qname if qname is not None else name
+        where = self._where
+        filters = dict(self.filters)
+        start = self.start if any(isinstance(v, str) and v.strip().startswith("+")
+                                  for v in (since, until)) else None
+        for col, pat in (("pod", pod), ("namespace", namespace), ("container", container),
+                         ("comm", comm), ("node", node)):
+            if pat is None:
+                continue
+            filters[col] = pat
+            cond, params = _glob_sql(col, pat, lower=False)
+            where = where.add(_FILTERED, col, cond, *params)
+        if name is not None:
+            filters["name"] = name
+            cond, params = _glob_sql("qname", name, lower=True)
+            where = where.add(("messages", "transactions"), "qname", cond, *params)
+        if pid is not None:
+            pids = [pid] if isinstance(pid, (int, np.integer, str)) else list(pid)
+            try:
+                values = [int(p) for p in pids]
+            except (TypeError, ValueError):
+                raise BadFilter(f"{pid!r}: a pid is a number") from None
+            filters["pid"] = values
+            where = where.add(_FILTERED, "tgid",
+                              "coalesce(list_contains(?::BIGINT[], tgid::BIGINT), false)", values)
+        for label, value in (("since", since), ("until", until)):
+            if value is None:
+                continue
+            ts = parse_time(value, start)
+            filters[label] = ts
+            op = ">=" if label == "since" else "<="
+            where = where.add(_FILTERED, "ts", f"coalesce(ts {op} ?::TIMESTAMPTZ, false)",
+                              ts.to_pydatetime())
         if rcode is not None:
-            msg_keep &= self.messages["txn_id"].isin(txns["txn_id"]).fillna(False).astype(bool)
-        messages = self.messages[msg_keep]
-        connects = self.connects[mask(self.connects, with_name=False, with_rcode=False)]
-        execs = self.execs[mask(self.execs, with_name=False, with_rcode=False)]
-        return replace(self, messages=messages, transactions=txns, connects=connects,
-                       execs=execs, _lookups=None)
-
-    @staticmethod
-    def _rcode_mask(df: pd.DataFrame, rcode: Any) -> pd.Series:
-        wanted = [rcode] if isinstance(rcode, (str, int)) else list(rcode)
-        keep = pd.Series(False, index=df.index)
-        for w in wanted:
-            if isinstance(w, str) and w.strip().lstrip("-").isdigit():
-                w = int(w)
-            if isinstance(w, int):
-                keep |= (df["rcode"] == w).fillna(False).astype(bool)
-            elif w.upper() == "TIMEOUT" and "status" in df:
-                keep |= df["status"] == "timeout"
-            else:
-                keep |= (df["rcode_name"] == w.upper()).fillna(False).astype(bool)
-        return keep
+            filters["rcode"] = rcode
+            cond, params = _rcode_sql(rcode)
+            where = where.add(("transactions",), "rcode", cond, *params)
+            where = where.add(("messages",), "txn_id", "txn_id IN (SELECT txn_id FROM "
+                              f"read_parquet(?) WHERE {cond})",
+                              self._ctx.related.file("transactions"), *params)
+        return Capture(self._ctx, where, filters)
 
     def by_pod(self) -> pd.DataFrame:
         """Per pod (or host process comm): transactions, NXDOMAIN, timeouts, names, latency."""
-        tx = self.transactions
-        if tx.empty:
-            return pd.DataFrame(columns=["node", "namespace", "pod", "comm", "transactions",
-                                         "nxdomain", "timeouts", "distinct_names",
-                                         "median_latency_s"])
-        def text(col: str) -> pd.Series:
-            return tx[col].astype(object).where(tx[col].notna(), "")
+        cols = ["node", "namespace", "pod", "comm", "transactions", "nxdomain", "timeouts",
+                "distinct_names", "median_latency_s"]
+        sql, params = self.table_sql("transactions")
+        from analyze.relate import arrow
 
-        t = tx.assign(namespace=text("namespace"), pod=text("pod"), comm=text("comm"),
-                      node=text("node"),
-                      _nx=(tx["rcode_name"] == "NXDOMAIN").fillna(False),
-                      _to=tx["status"] == "timeout")
-        keys = ["node", "namespace", "pod"]
-        t["comm"] = np.where(t["pod"] == "", t["comm"], "")
-        g = t.groupby(keys + ["comm"], sort=True)
-        out = pd.DataFrame({
-            "transactions": g.size(), "nxdomain": g["_nx"].sum(), "timeouts": g["_to"].sum(),
-            "distinct_names": g["qname"].nunique(), "median_latency_s": g["latency_s"].median(),
-        }).reset_index()
-        return out.sort_values("transactions", ascending=False).reset_index(drop=True)
+        query = (
+            "SELECT coalesce(node, '') AS node, coalesce(namespace, '') AS namespace, "
+            "coalesce(pod, '') AS pod, "
+            "CASE WHEN coalesce(pod, '') = '' THEN coalesce(comm, '') ELSE '' END AS comm, "
+            "count(*) AS transactions, "
+            "count(*) FILTER (WHERE rcode_name = 'NXDOMAIN') AS nxdomain, "
+            "count(*) FILTER (WHERE status = 'timeout') AS timeouts, "
+            "count(DISTINCT qname) AS distinct_names, "
+            "quantile_cont(latency_s, 0.5) AS median_latency_s "
+            f"FROM ({sql}) GROUP BY ALL ORDER BY transactions DESC, node, namespace, pod, comm")
+        cur = self._ctx.cursor()
+        try:
+            table = arrow(cur, query, params) if params else arrow(cur, query)
+        finally:
+            cur.close()
+        out = table.to_pandas()
+        return out[cols] if len(out) else pd.DataFrame(columns=cols)
 
     # --- findings and reports (other packages, imported on use) ---------------------------
 
@@ -521,14 +607,62 @@ class Capture:
         return render(self, findings, format, path, **kw)
 
 
+def _glob_sql(col: str, pattern: str | Sequence[str], *, lower: bool) -> tuple[str, list[Any]]:
+    pats = [pattern] if isinstance(pattern, str) else list(pattern)
+    if not pats:
+        raise BadFilter(f"{col}: an empty list of patterns")
+    regex = "|".join(f"(?:{glob_regex(p.lower() if lower else p)})" for p in pats)
+    value = f"lower({col})" if lower else col
+    return f"coalesce(regexp_full_match({value}, ?), false)", [regex]
+
+
+def _rcode_sql(rcode: Any) -> tuple[str, list[Any]]:
+    wanted = [rcode] if isinstance(rcode, (str, int)) else list(rcode)
+    parts: list[str] = []
+    params: list[Any] = []
+    for w in wanted:
+        if isinstance(w, str) and w.strip().lstrip("-").isdigit():
+            w = int(w)
+        if isinstance(w, (int, np.integer)) and not isinstance(w, bool):
+            parts.append("rcode = ?")
+            params.append(int(w))
+        elif isinstance(w, str) and w.strip().upper() == "TIMEOUT":
+            parts.append("status = 'timeout'")
+        elif isinstance(w, str) and w.strip():
+            parts.append("rcode_name = ?")
+            params.append(w.strip().upper())
+        else:
+            raise BadFilter(f"{w!r}: an rcode is a name (NXDOMAIN), a number or TIMEOUT")
+    return "coalesce(" + " OR ".join(parts) + ", false)", params
+
+
+def _pandas(table: pa.Table, name: str) -> pd.DataFrame:
+    """A stage table as the analyzer's pandas frame: low-cardinality text as categoricals."""
+    df = to_pandas(table)
+    for col in _CATEGORIES.get(name, ()):
+        if col in df.columns:
+            df[col] = df[col].astype("category")
+    if name == "transactions":
+        for col in ("side", "status"):
+            if col in df.columns:
+                cats = {"side": ["client", "server", "wire"],
+                        "status": ["answered", "timeout", "unsolicited"]}[col]
+                df[col] = pd.Categorical(df[col], categories=cats)
+    if name == "messages" and "role" in df.columns:
+        df["role"] = pd.Categorical(df["role"], categories=list(stages.ROLES))
+    return df
+
+
 __all__ = [
     "ATTR_COLUMNS",
+    "TABLES",
     "BadFilter",
     "Capture",
     "CaptureDamaged",
     "CaptureNotFound",
     "CaptureTooNew",
     "NotACapture",
+    "glob_regex",
     "load",
     "parse_time",
 ]

@@ -574,3 +574,14 @@ __all__ = [
     "rcode_name",
     "type_name",
 ]
+
+
+def record_text(rr: Any) -> str:
+    """``TYPE data`` of one answer record: a ``{name, type, ttl, data}`` mapping (the stage
+    tables) or a ``(name, type, ttl, data)`` tuple (``decode_messages``)."""
+    try:
+        if isinstance(rr, dict):
+            return f"{rr['type']} {rr['data']}"
+        return f"{rr[1]} {rr[3]}"
+    except (IndexError, TypeError, KeyError):
+        return str(rr)

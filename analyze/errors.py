@@ -36,9 +36,34 @@ class AppendMismatch(AnalyzeError):
     """cannot append: the existing capture directory was not made by `dnstrail import`"""
 
 
+class CaptureNotFound(AnalyzeError):
+    """no such capture directory or pcap file"""
+
+
+class NotACapture(AnalyzeError):
+    """not a dnstrail capture directory (no manifest.json) nor a pcap file"""
+
+
+class CaptureTooNew(AnalyzeError):
+    """the capture was written by a newer dnstrail: upgrade dnstrail to read it"""
+
+
+class CaptureDamaged(AnalyzeError):
+    """a capture file does not match the sha256 in its manifest: the capture was modified or damaged (--no-verify reads it anyway)"""
+
+
+class BadFilter(AnalyzeError):
+    """a filter value could not be understood"""
+
+
 __all__ = [
     "AnalyzeError",
     "AppendMismatch",
+    "BadFilter",
+    "CaptureDamaged",
+    "CaptureNotFound",
+    "CaptureTooNew",
+    "NotACapture",
     "OutputExists",
     "PcapError",
     "UnsupportedLinkType",

@@ -47,6 +47,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analyze.stages import ROLES
+
 DNS_PORTS: tuple[int, ...] = (53,)
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_SKEW_S = 0.001
@@ -54,8 +56,6 @@ DEFAULT_GAP_S = 1.0
 #: Identical wire copies closer than this are one packet seen on two interfaces.
 DEFAULT_DUP_S = 0.005
 
-ROLES = ("client_query", "client_response", "server_query", "server_response", "query",
-         "response")
 _SIDE_OF_ROLE = {"client_query": "client", "client_response": "client",
                  "server_query": "server", "server_response": "server",
                  "query": "wire", "response": "wire"}

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analyze.capture import Capture
+from analyze.decode import record_text
 
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 ELLIPSIS = "…"
@@ -78,13 +79,7 @@ def _answers_text(ips: Any, answers: Any) -> str:
     if isinstance(ips, (list, tuple, np.ndarray)) and len(ips):
         return ",".join(str(x) for x in ips)
     if isinstance(answers, (list, tuple, np.ndarray)) and len(answers):
-        parts = []
-        for rr in answers:
-            try:
-                parts.append(f"{rr[1]} {rr[3]}")
-            except (IndexError, TypeError):
-                parts.append(str(rr))
-        return ",".join(parts)
+        return ",".join(record_text(rr) for rr in answers)
     return ""
 
 

@@ -25,6 +25,11 @@ def ci_strict() -> bool:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    # the analyzer's cache of derived tables: one per test session, never the user's
+    if "DNSTRAIL_WORK_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["DNSTRAIL_WORK_DIR"] = tempfile.mkdtemp(prefix="dnstrail-work-")
     # leftovers of earlier crashed runs (only labs whose owner process is gone)
     if os.geteuid() == 0:
         cleanup_stale()

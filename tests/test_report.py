@@ -148,10 +148,15 @@ def test_json_report_matches_its_schema(hostile_capture: Any) -> None:
     assert text.isascii()
 
 
-def test_summary_shows_lost_events(hostile_capture: Any) -> None:
-    from dataclasses import replace
+def test_summary_shows_lost_events(hostile_capture: Any, tmp_path: Path) -> None:
+    import shutil
 
-    lossy = replace(hostile_capture, lost={"ringbuf_full": 17, "payload_unreadable": 0})
+    lossy_dir = tmp_path / "lossy"
+    shutil.copytree(hostile_capture.manifests[0]["path"], lossy_dir)
+    manifest = json.loads((lossy_dir / "manifest.json").read_text())
+    manifest["lost"] = {"ringbuf_full": 17, "payload_unreadable": 0}
+    (lossy_dir / "manifest.json").write_text(json.dumps(manifest))
+    lossy = load(lossy_dir)
     html = render(lossy, [], "html", plots=False)
     doc = html5lib.parse(html, namespaceHTMLElements=False)
     lost = [el for el in doc.iter() if el.get("class") == "lost"]

@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from analyze.decode import record_text
+
 #: Severities in increasing order.
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high")
 
@@ -216,11 +218,7 @@ def answer_text(row: Any) -> str:
     answers = row.get("answers")
     parts: list[str] = []
     if isinstance(answers, Iterable) and not isinstance(answers, (str, bytes)):
-        for a in list(answers)[:6]:
-            try:
-                parts.append(f"{a[1]} {a[3]}")
-            except (IndexError, TypeError, KeyError):
-                parts.append(str(a))
+        parts = [record_text(a) for a in list(answers)[:6]]
     return rcode + (": " + ", ".join(parts) if parts else "")
 
 

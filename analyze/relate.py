@@ -1,0 +1,277 @@
+"""Relate: ingested messages -> transactions, the message -> transaction map, and lookups.
+
+The stage reads the ingest entries of one or more captures through an embedded DuckDB (a
+Parquet scan with the columns it needs, spilling to the work directory) and writes the
+``transactions``, ``message_txn`` and ``lookups`` stage tables (``analyze.stages``) into its
+own cache entry, keyed by the ingest keys and the matching parameters.
+
+Matching is ``analyze.reconstruct.match_transactions``, unchanged, applied to one partition
+of the messages at a time: a query and its response have the same question name, and the
+name is part of the conversation key, so partitions by a hash of the name never split a
+transaction. Each partition's transactions are numbered afterwards in DuckDB by time and
+first message, exactly as one pass over everything would number them; so memory is bounded by
+a partition, not by the capture.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analyze import stages
+from analyze._frames import to_pandas
+from analyze.cache import WorkDir, digest
+from analyze.ingest import Ingested
+from analyze.reconstruct import (
+    _FROM_QUERY,
+    _FROM_RESPONSE,
+    DEFAULT_GAP_S,
+    DEFAULT_SKEW_S,
+    DEFAULT_TIMEOUT_S,
+    build_lookups,
+    match_transactions,
+)
+
+#: Eligible messages per matching partition (the pandas matcher holds one at a time).
+PART_ROWS = 600_000
+#: DuckDB's memory limit unless the caller gives one.
+MEMORY_LIMIT = "1GB"
+
+_MATCH_INPUT = tuple(dict.fromkeys(
+    ("msg_id", "role", "dns_id", "src_addr", "dst_addr", "src_port", "dst_port", "sock_id",
+     "fd", "tgid", "node", "protocol", "qname", "qtype", "ts", "payload")
+    + _FROM_QUERY + _FROM_RESPONSE + tuple(c for c in stages.TRANSACTIONS.names
+                                           if c in stages.MESSAGES.names)))
+
+
+@dataclass(frozen=True)
+class Related:
+    """Where the relate stage's tables of a set of captures are."""
+
+    key: str
+    entry: Path
+    transactions: int
+    lookups: int
+
+    def file(self, table: str) -> str:
+        return str(self.entry / f"{table}.parquet")
+
+
+def quote(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def connect(work: WorkDir, *, memory_limit: str | None = None,
+            threads: int | None = None) -> Any:
+    """A DuckDB connection of its own (no process-wide state) that spills into ``work``."""
+    import duckdb
+
+    spill = work.temp()
+    con = duckdb.connect(config={
+        "memory_limit": memory_limit or MEMORY_LIMIT,
+        "threads": threads or os.cpu_count() or 1,
+        "temp_directory": str(spill),
+        "preserve_insertion_order": False,
+        "enable_external_access": True,
+    })
+    return con
+
+
+def run(con: Any, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Execute a statement and fetch its (small) result, so the connection is free again."""
+    rows: list[tuple[Any, ...]] = con.execute(sql, params or []).fetchall()
+    return rows
+
+
+def arrow(con: Any, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+    """The result of a query as an Arrow table."""
+    rel = con.sql(sql, params=list(params)) if params else con.sql(sql)
+    fetch = getattr(rel, "to_arrow_table", None) or rel.arrow  # DuckDB 2 / 1
+    table = fetch()
+    return table.read_all() if hasattr(table, "read_all") else table
+
+
+def files_sql(paths: Sequence[str]) -> str:
+    return "[" + ", ".join(quote(p) for p in paths) + "]"
+
+
+def messages_sql(ingested: Sequence[Ingested], work: WorkDir,
+                 labels: Sequence[str] | None = None) -> str:
+    """A query over every capture's ingested messages: ``msg_id`` numbered across captures,
+    with ``node`` and ``capture`` columns."""
+    parts = []
+    offset = 0
+    for i, ing in enumerate(ingested):
+        label = labels[i] if labels is not None else ing.evidence
+        files = ing.files("messages") or [str(work.empty("messages", stages.MESSAGES))]
+        parts.append(
+            f"SELECT * REPLACE (msg_id + {offset} AS msg_id), {quote(ing.node)} AS node, "
+            f"{quote(label)} AS capture FROM read_parquet({files_sql(files)})")
+        offset += ing.messages
+    if not parts:
+        files = [str(work.empty("messages", stages.MESSAGES))]
+        return (f"SELECT *, NULL::VARCHAR AS node, NULL::VARCHAR AS capture "
+                f"FROM read_parquet({files_sql(files)})")
+    return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+
+
+def relate(ingested: Sequence[Ingested], *, work: WorkDir, labels: Sequence[str] | None = None,
+           timeout_s: float = DEFAULT_TIMEOUT_S, skew_s: float = DEFAULT_SKEW_S,
+           lookup_gap_s: float = DEFAULT_GAP_S, dns_ports: Sequence[int] = (53,),
+           memory_limit: str | None = None, threads: int | None = None) -> Related:
+    """Match the messages of ``ingested`` into transactions and lookups (or reuse the entry)."""
+    labels = list(labels) if labels is not None else [i.evidence for i in ingested]
+    key = digest({"stage": "relate", "version": stages.RELATE_VERSION,
+                  "ingest": [i.key for i in ingested], "labels": labels,
+                  "timeout": timeout_s, "skew": skew_s, "gap": lookup_gap_s,
+                  "ports": sorted(int(p) for p in dns_ports)})
+    info = work.lookup("relate", key)
+    if info is None:
+        tmp = work.building("relate", key)
+        try:
+            info = _build(tmp, ingested, labels, work=work, timeout_s=timeout_s, skew_s=skew_s,
+                          lookup_gap_s=lookup_gap_s, dns_ports=dns_ports,
+                          memory_limit=memory_limit, threads=threads)
+        except OSError as exc:
+            raise work.error(exc) from None
+        work.publish(tmp, "relate", key, info)
+    return Related(key=key, entry=work.entry("relate", key),
+                   transactions=int(info["transactions"]), lookups=int(info["lookups"]))
+
+
+def _build(tmp: Path, ingested: Sequence[Ingested], labels: Sequence[str], *, work: WorkDir,
+           timeout_s: float, skew_s: float, lookup_gap_s: float, dns_ports: Sequence[int],
+           memory_limit: str | None, threads: int | None) -> dict[str, Any]:
+    con = connect(work, memory_limit=memory_limit, threads=threads)
+    try:
+        run(con, f"CREATE TEMP VIEW messages AS {messages_sql(ingested, work, labels)}")
+        cols = ", ".join(f'"{c}"' for c in _MATCH_INPUT)
+        eligible = "role IS NOT NULL AND dns_id IS NOT NULL"
+        ((n,),) = run(con, f"SELECT count(*) FROM messages WHERE {eligible}")
+        parts = max(1, math.ceil(n / PART_ROWS))
+        txn_files, map_files = [], []
+        next_id = 0
+        for p in range(parts):
+            where = eligible if parts == 1 else f"{eligible} AND hash(qname) % {parts} = {p}"
+            table = arrow(con, f"SELECT {cols} FROM messages WHERE {where} ORDER BY msg_id")
+            if table.num_rows == 0:
+                continue
+            frame = to_pandas(table)
+            del table
+            frame["role"] = pd.Categorical(frame["role"], categories=list(stages.ROLES))
+            txns, txn_of_msg = match_transactions(frame, timeout_s=timeout_s, skew_s=skew_s,
+                                                  dns_ports=dns_ports)
+            if txns.empty:
+                continue
+            tmp_id = txns["txn_id"].to_numpy() + next_id
+            has = txn_of_msg >= 0
+            pq.write_table(pa.table({
+                "msg_id": pa.array(frame["msg_id"].to_numpy()[has], pa.int64()),
+                "tmp_id": pa.array(txn_of_msg[has] + next_id, pa.int64())}),
+                tmp / f"map-{p:05d}.parquet")
+            base = txns["query_msg_id"].fillna(txns["response_msg_id"])
+            out = _arrow_transactions(txns)
+            out = out.append_column("tmp_id", pa.array(tmp_id, pa.int64()))
+            out = out.append_column("base_msg_id", pa.array(base.to_numpy(dtype=np.int64)))
+            pq.write_table(out, tmp / f"txn-{p:05d}.parquet", row_group_size=131_072)
+            txn_files.append(str(tmp / f"txn-{p:05d}.parquet"))
+            map_files.append(str(tmp / f"map-{p:05d}.parquet"))
+            next_id += len(txns)
+            del frame, txns, txn_of_msg, out
+        n_txn = next_id
+        tx_cols = ", ".join(f't."{c}"' for c in stages.TRANSACTIONS.names if c != "txn_id")
+        if txn_files:
+            run(con, "CREATE TEMP TABLE ren AS SELECT tmp_id, (row_number() OVER "
+                        "(ORDER BY ts, base_msg_id) - 1)::BIGINT AS txn_id "
+                        f"FROM read_parquet({files_sql(txn_files)})")
+            run(
+                con, f"COPY (SELECT r.txn_id, {tx_cols} FROM read_parquet({files_sql(txn_files)}) t "
+                "JOIN ren r USING (tmp_id) ORDER BY r.txn_id) "
+                f"TO {quote(str(tmp / 'transactions.parquet'))} "
+                "(FORMAT parquet, ROW_GROUP_SIZE 131072)")
+            run(
+                con, f"COPY (SELECT m.msg_id, r.txn_id FROM read_parquet({files_sql(map_files)}) m "
+                "JOIN ren r USING (tmp_id) ORDER BY m.msg_id) "
+                f"TO {quote(str(tmp / 'message_txn.parquet'))} "
+                "(FORMAT parquet, ROW_GROUP_SIZE 131072)")
+            run(con, "DROP TABLE ren")
+            for f in txn_files + map_files:
+                os.unlink(f)
+        else:
+            pq.write_table(stages.TRANSACTIONS.empty_table(), tmp / "transactions.parquet")
+            pq.write_table(stages.MESSAGE_TXN.empty_table(), tmp / "message_txn.parquet")
+        n_lookups = _lookups(con, tmp, gap_s=lookup_gap_s, timeout_s=timeout_s)
+    finally:
+        con.close()
+    return {"transactions": n_txn, "lookups": n_lookups}
+
+
+def _arrow_transactions(txns: pd.DataFrame) -> pa.Table:
+    """The matcher's transactions (without txn_id) in the declared types."""
+    arrays = []
+    fields = []
+    for f in stages.TRANSACTIONS:
+        if f.name == "txn_id":
+            continue
+        s = txns[f.name]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            s = s.astype(object)
+        arr = pa.array(s, from_pandas=True)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if arr.type != f.type:
+            arr = arr.cast(f.type)
+        arrays.append(arr)
+        fields.append(f)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+_LOOKUP_INPUT = ("ts", "node", "tgid", "comm", "netns", "cgroup_id", "client_addr", "pod_uid",
+                 "namespace", "pod", "container", "container_id", "qos", "server_addr",
+                 "qname", "qtype", "txn_id", "rcode_name", "status", "answer_ips",
+                 "retransmissions", "side", "response_ts", "last_query_ts", "ancount", "tc")
+
+
+def _lookups(con: Any, tmp: Path, *, gap_s: float, timeout_s: float) -> int:
+    cols = ", ".join(f'"{c}"' for c in _LOOKUP_INPUT)
+    table = arrow(con,
+        f"SELECT {cols} FROM read_parquet({quote(str(tmp / 'transactions.parquet'))}) "
+        "WHERE side <> 'server' AND status <> 'unsolicited' ORDER BY txn_id")
+    tx = to_pandas(table)
+    del table
+    lk = build_lookups(tx, gap_s=gap_s, timeout_s=timeout_s)
+    del tx
+    out = lookups_arrow(lk)
+    pq.write_table(out, tmp / "lookups.parquet", row_group_size=131_072)
+    return out.num_rows
+
+
+def lookups_arrow(lk: pd.DataFrame) -> pa.Table:
+    arrays = []
+    for f in stages.LOOKUPS:
+        if f.name not in lk.columns or lk.empty:
+            arrays.append(pa.nulls(len(lk), f.type) if f.name not in lk.columns
+                          else pa.array([], f.type))
+            continue
+        s = lk[f.name]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            s = s.astype(object)
+        arr = pa.array(s, from_pandas=True)
+        if arr.type != f.type:
+            arr = arr.cast(f.type)
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=stages.LOOKUPS)
+
+
+__all__ = ["MEMORY_LIMIT", "PART_ROWS", "Related", "connect", "messages_sql", "quote",
+           "relate"]
