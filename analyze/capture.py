@@ -50,11 +50,6 @@ PCAP_SUFFIXES = (".pcap", ".pcapng", ".cap")
 TABLES = ("messages", "transactions", "lookups", "connects", "execs", "processes", "pods",
           "cgroups")
 
-#: Low-cardinality text columns materialized as pandas categoricals.
-_CATEGORIES = {"messages": ("node", "capture", "role"),
-               "transactions": ("node", "capture", "side", "status")}
-
-
 def _as_paths(path_or_paths: str | Path | Iterable[str | Path]) -> list[Path]:
     if isinstance(path_or_paths, (str, Path)):
         return [Path(path_or_paths)]
@@ -383,6 +378,16 @@ class Capture:
     def _arrow(self, table: str, columns: Sequence[str] | None = None) -> pa.Table:
         from analyze.relate import arrow
 
+        if table in ("transactions", "lookups") and not self._where.of(table)[1] \
+                and self._where.of(table)[0] == "TRUE":
+            # written in id order by relate: read as is, without the engine's buffers
+            import pyarrow.parquet as pq
+
+            path = self._ctx.related.file(table)
+            names = columns or pq.read_schema(path).names
+            return pq.read_table(path, columns=columns,
+                                 read_dictionary=[c for c in names if c in _DICTIONARY])
+
         sql, params = self.table_sql(table)
         cols = "*" if columns is None else ", ".join(f'"{c}"' for c in columns)
         order = {"messages": "msg_id", "transactions": "txn_id", "lookups": "lookup_id"}.get(
@@ -390,9 +395,10 @@ class Capture:
         query = f"SELECT {cols} FROM ({sql})" + (f" ORDER BY {order}" if order else "")
         cur = self._ctx.cursor()
         try:
-            return arrow(cur, query, params) if params else arrow(cur, query)
+            result = arrow(cur, query, params) if params else arrow(cur, query)
         finally:
             cur.close()
+        return declared_types(result, stages.STAGES[table])
 
     def _frame(self, table: str) -> pd.DataFrame:
         if table not in self._frames:
@@ -552,8 +558,9 @@ class Capture:
             ts = parse_time(value, start)
             filters[label] = ts
             op = ">=" if label == "since" else "<="
-            where = where.add(_FILTERED, "ts", f"coalesce(ts {op} ?::TIMESTAMPTZ, false)",
-                              ts.to_pydatetime())
+            # in nanoseconds: the stage tables keep the capture's nanosecond times
+            where = where.add(_FILTERED, "ts", f"coalesce(epoch_ns(ts) {op} ?, false)",
+                              int(ts.value))
         if rcode is not None:
             filters["rcode"] = rcode
             cond, params = _rcode_sql(rcode)
@@ -636,21 +643,79 @@ def _rcode_sql(rcode: Any) -> tuple[str, list[Any]]:
     return "coalesce(" + " OR ".join(parts) + ", false)", params
 
 
+#: Columns with few distinct values, materialized as pandas categoricals (as matching
+#: always made them).
+_CATEGORICAL = ("node", "capture")
+#: Columns read dictionary-encoded from the stage tables (few distinct, long values), then
+#: made plain strings one column at a time (pandas shares one object per distinct value).
+_DICTIONARY = _CATEGORICAL + ("cgroup_path", "comm") + ATTR_COLUMNS
+_FIXED_CATEGORIES = {"role": list(stages.ROLES), "side": ["client", "server", "wire"],
+                     "status": ["answered", "timeout", "unsolicited"]}
+
+
+#: Record lists stay in Arrow (``pd.ArrowDtype``): an element reads as a list of
+#: ``{name, type, ttl, data}`` dicts, but no Python object is made per row until then.
+_RECORD_LISTS = ("questions", "answers", "authority", "additional")
+
+
 def _pandas(table: pa.Table, name: str) -> pd.DataFrame:
-    """A stage table as the analyzer's pandas frame: low-cardinality text as categoricals."""
-    df = to_pandas(table)
-    for col in _CATEGORIES.get(name, ()):
-        if col in df.columns:
-            df[col] = df[col].astype("category")
-    if name == "transactions":
-        for col in ("side", "status"):
-            if col in df.columns:
-                cats = {"side": ["client", "server", "wire"],
-                        "status": ["answered", "timeout", "unsolicited"]}[col]
-                df[col] = pd.Categorical(df[col], categories=cats)
-    if name == "messages" and "role" in df.columns:
-        df["role"] = pd.Categorical(df["role"], categories=list(stages.ROLES))
-    return df
+    """A stage table as the analyzer's pandas frame: low-cardinality text as categoricals
+    (encoded in Arrow, so no Python string is made per row)."""
+    # transactions feed the detectors' group-bys: attribution as categoricals there; the
+    # messages, the notebook's raw table, keep plain strings (fillna("host") works)
+    categorical = _CATEGORICAL if name == "messages" else _DICTIONARY
+    cats = [c for c in table.column_names
+            if c in categorical or (c in _FIXED_CATEGORIES and name != "lookups")]
+    kept = [c for c in table.column_names if c in _RECORD_LISTS]
+    texts = [c for c in table.column_names if c in _DICTIONARY and c not in cats]
+    special = cats + kept + texts
+    plain = to_pandas(table.drop_columns(special)) if special else to_pandas(table)
+    if not special:
+        return plain
+    out: dict[str, Any] = {}
+    for col in table.column_names:
+        if col in texts:
+            out[col] = pd.Series(to_pandas(table.select([col]))[col].array, index=plain.index,
+                                 name=col)
+            continue
+        if col in kept:
+            column = table.column(col)
+            out[col] = pd.Series(pd.arrays.ArrowExtensionArray(column), index=plain.index,
+                                 name=col)
+            continue
+        if col not in cats:
+            out[col] = plain[col]
+            continue
+        column = table.column(col)
+        if col in _FIXED_CATEGORIES:
+            arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+            if pa.types.is_dictionary(arr.type):
+                arr = arr.cast(pa.string())
+            values = pd.Categorical.from_codes(
+                _codes_of(arr, _FIXED_CATEGORIES[col]), categories=_FIXED_CATEGORIES[col])
+        else:
+            if not pa.types.is_dictionary(column.type):
+                column = column.dictionary_encode()
+            values = pa.table({col: column}).to_pandas()[col].array
+        out[col] = pd.Series(values, index=plain.index, name=col)
+    return pd.DataFrame(out, index=plain.index)
+
+
+def declared_types(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with every column the stage declares in its declared type (the engine
+    hands back its own: microsecond ``Etc/UTC`` timestamps, for one)."""
+    for i, f in enumerate(table.schema):
+        j = schema.get_field_index(f.name)
+        if j >= 0 and schema.field(j).type != f.type:
+            table = table.set_column(i, f.name, table.column(i).cast(schema.field(j).type))
+    return table
+
+
+def _codes_of(arr: pa.Array, categories: list[str]) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    idx = pc.index_in(arr, value_set=pa.array(categories, pa.string()))
+    return np.asarray(idx.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 __all__ = [

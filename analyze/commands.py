@@ -30,11 +30,14 @@ from analyze.reconstruct import DEFAULT_TIMEOUT_S
 @click.option("--timeout", "timeout_s", type=float, default=DEFAULT_TIMEOUT_S,
               show_default=True, help="Seconds after which an unanswered query is a timeout.")
 @click.option("--no-verify", is_flag=True, help="Do not check file sha256 sums.")
+@click.option("--work-dir", type=click.Path(file_okay=False),
+              help="Cache of derived tables (default $DNSTRAIL_WORK_DIR, else "
+                   "$XDG_CACHE_HOME/dnstrail); the evidence is never written.")
 def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
            container: str | None, comm: str | None, pid: int | None, name: str | None,
            rcode: str | None, since: str | None, until: str | None, node: str | None,
            fmt: str, lookups: bool, messages: bool, width: int, timeout_s: float,
-           no_verify: bool) -> None:
+           no_verify: bool, work_dir: str | None) -> None:
     """Show the DNS timeline of one or more captures (directories or pcaps) in time order.
 
     \b
@@ -49,7 +52,7 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
 
     if lookups and messages:
         raise click.UsageError("--lookups and --messages exclude each other")
-    cap = load(list(captures), timeout_s=timeout_s, verify=not no_verify)
+    cap = load(list(captures), timeout_s=timeout_s, verify=not no_verify, work_dir=work_dir)
     given: dict[str, Any] = {
         "pod": pod, "namespace": namespace, "container": container, "comm": comm, "pid": pid,
         "name": name, "rcode": rcode, "since": since, "until": until, "node": node}

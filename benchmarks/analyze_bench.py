@@ -6,6 +6,10 @@ runs, alternating, each as its own process:
 
 - ``analyzer``: ``load(DIR)`` (read + sha256 verify + decode + role + attribute + match), then
   optionally ``.lookups``; the child reports its in-process phase times;
+- ``report_cold``: the whole ``dnstrail report CAPTURE --format json`` with an empty work
+  directory (verify, ingest, relate, findings, render), as a user runs it the first time;
+- ``report_warm``: the same command again on the work directory the cold run left (the
+  derived tables are reused; verification, findings and rendering run again);
 - ``tshark``: ``tshark -r X.pcap -T fields -e frame.time_epoch -e ip.src -e ip.dst -e dns.id
   -e dns.flags.response -e dns.qry.name -e dns.qry.type -e dns.flags.rcode -e dns.a
   -e dns.aaaa`` to /dev/null.
@@ -44,6 +48,14 @@ def tshark_argv(pcap: Path) -> list[str]:
     for f in TSHARK_FIELDS:
         argv += ["-e", f]
     return argv
+
+
+def report_argv(cap: Path, work_dir: Path) -> list[str]:
+    """The user's command: ``dnstrail report CAP --format json -o report.json``."""
+    return [sys.executable, "-c", ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from dnstrail.cli import main; main()"), str(REPO), "report", str(cap),
+            "--format", "json", "-o", str(work_dir.parent / "report.json"),
+            "--work-dir", str(work_dir)]
 
 
 def measure(argv: list[str], stdout: Any = subprocess.DEVNULL,
@@ -135,7 +147,16 @@ def run(cases: list[str], n: int, reps: int, workdir: Path, reuse: bool, lookups
         for rep in range(reps):
             order = tools if rep % 2 == 0 else list(reversed(tools))
             for tool in order:
-                if tool == "analyzer":
+                if tool in ("report_cold", "report_warm"):
+                    wd = workdir / f"work-{case}-{n}"
+                    if tool == "report_cold" or not wd.exists():
+                        import shutil
+
+                        shutil.rmtree(wd, ignore_errors=True)
+                    if tool == "report_warm" and not wd.exists():
+                        measure(report_argv(cap, wd))  # build the cache first (not counted)
+                    r = measure(report_argv(cap, wd))
+                elif tool == "analyzer":
                     argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(cap)]
                     if lookups:
                         argv.append("--lookups")
@@ -166,7 +187,12 @@ def _summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             for k in phases[0]:
                 if k.endswith("_s"):
                     s[tool][k] = statistics.median(p[k] for p in phases)
-    a, t = s.get("analyzer", {}), s.get("tshark", {})
+    t = s.get("tshark", {})
+    for tool in ("report_cold", "report_warm"):
+        r = s.get(tool, {})
+        if "wall_s" in r and "wall_s" in t:
+            s[f"{tool}_vs_tshark"] = round(t["wall_s"] / r["wall_s"], 2)
+    a = s.get("analyzer", {})
     if "wall_s" in a and "wall_s" in t:
         s["speedup_vs_tshark"] = round(t["wall_s"] / a["wall_s"], 2)
         # On a shared machine wall time depends on what else runs; both tools use one core,
@@ -181,14 +207,15 @@ def markdown(results: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for case, c in results["cases"].items():
         s = c["summary"]
-        for tool in ("analyzer", "tshark"):
+        for tool in ("report_cold", "report_warm", "analyzer", "tshark"):
             if tool not in s:
                 continue
             r = s[tool]
             if "error" in r:
                 lines.append(f"| {case} | {tool} | error: {r['error'][:80]} | | | | | | |")
                 continue
-            sp = s.get("speedup_vs_tshark", "-") if tool == "analyzer" else ""
+            sp = (s.get("speedup_vs_tshark", "-") if tool == "analyzer"
+                  else s.get(f"{tool}_vs_tshark", "") if tool != "tshark" else "")
             spc = s.get("cpu_speedup_vs_tshark", "-") if tool == "analyzer" else ""
             lines.append(f"| {case} | {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
                          f"{r['peak_rss_mb']:.0f} | {r.get('load_cpu_s', '')} | "
@@ -200,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--cases", default="normal,unique")
-    ap.add_argument("--tools", default="analyzer,tshark")
+    ap.add_argument("--tools", default="report_cold,report_warm,tshark",
+                    help="of report_cold, report_warm, analyzer (load() alone), tshark")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/dnstrail-bench"))
     ap.add_argument("--reuse", action="store_true", help="reuse generated inputs if present")
@@ -210,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return child(args.child, args.lookups)
-    if not 1 <= args.reps <= 10 or not 1 <= args.messages <= 20_000_000:
-        ap.error("--reps must be 1..10 and --messages 1..20,000,000")
+    if not 1 <= args.reps <= 10 or not 1 <= args.messages <= 100_000_000:
+        ap.error("--reps must be 1..10 and --messages 1..100,000,000")
     tools = args.tools.split(",")
     res = run(args.cases.split(","), args.messages, args.reps, args.workdir, args.reuse,
               args.lookups, tools)

@@ -89,7 +89,7 @@ def test_all_unique_gives_a_distinct_name_per_transaction(tmp_path: Path) -> Non
 
 
 def test_analyze_bench_runs_and_reports(tmp_path: Path) -> None:
-    tools = "analyzer,tshark" if shutil.which("tshark") else "analyzer"
+    tools = "analyzer,report_cold,report_warm" + (",tshark" if shutil.which("tshark") else "")
     out = tmp_path / "r.json"
     subprocess.run(
         [sys.executable, str(BENCH / "analyze_bench.py"), "--messages", "1500", "--reps", "1",
@@ -104,9 +104,14 @@ def test_analyze_bench_runs_and_reports(tmp_path: Path) -> None:
     assert run["child"]["messages"] == case["expected"]["messages"]
     assert run["child"]["nxdomain"] == case["expected"]["nxdomain_responses"]
     assert run["peak_rss_mb"] > 0 and run["wall_s"] > 0
+    for tool in ("report_cold", "report_warm"):
+        assert case["runs"][tool][0]["exit"] == 0, case["runs"][tool][0]["stderr"]
+    report = json.loads((tmp_path / "w" / "report.json").read_text())
+    assert report["summary"]["messages"] == case["expected"]["messages"]
     if "tshark" in tools:
         assert case["runs"]["tshark"][0]["exit"] == 0
         assert case["summary"]["speedup_vs_tshark"] > 0
+        assert case["summary"]["report_warm_vs_tshark"] > 0
 
 
 @pytest.mark.lab

@@ -51,9 +51,18 @@ class _Progress:
 @click.option("--min-severity", type=click.Choice(list(SEVERITIES)), default="info",
               show_default=True, help="Leave out findings below this severity.")
 @click.option("--no-plots", is_flag=True, help="HTML without plots (faster).")
+@click.option("--work-dir", type=click.Path(file_okay=False),
+              help="Cache of derived tables (default $DNSTRAIL_WORK_DIR, else "
+                   "$XDG_CACHE_HOME/dnstrail): a second report of the same evidence reuses "
+                   "it; the evidence is never written.")
+@click.option("--no-verify", is_flag=True, help="Do not check file sha256 sums.")
+@click.option("--skip-damaged", is_flag=True,
+              help="Name damaged evidence files in the report and analyze the rest (default: "
+                   "stop with an error).")
 def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
            baseline: tuple[str, ...], allow: str | None, fail_on: str | None,
-           min_severity: str, no_plots: bool) -> None:
+           min_severity: str, no_plots: bool, work_dir: str | None, no_verify: bool,
+           skip_damaged: bool) -> None:
     """Find problems and threats in CAPTURE... (directories or pcaps) and report them.
 
     \b
@@ -68,11 +77,13 @@ def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
     fmt = format_for(output, fmt)
     progress = _Progress()
     progress(f"loading {len(captures)} capture(s)")
-    capture = load(list(captures))
+    opts = {"work_dir": work_dir, "verify": not no_verify,
+            "on_damage": "skip" if skip_damaged else "raise"}
+    capture = load(list(captures), **opts)  # type: ignore[arg-type]
     base = None
     if baseline:
         progress("loading baseline")
-        base = load(list(baseline))
+        base = load(list(baseline), **opts)  # type: ignore[arg-type]
     findings = capture.findings(baseline=base, allow=allow, min_severity=min_severity,
                                 progress=lambda name: progress(f"finding: {name}"))
     progress(f"rendering {fmt}")

@@ -19,32 +19,47 @@ def _count(df: pd.DataFrame, column: str, value: Any) -> int:
     return int((df[column] == value).fillna(False).sum())
 
 
+def _overview(msgs: pd.DataFrame) -> dict[str, Any]:
+    """What ``Capture.overview`` counts, from a messages frame (any object with tables)."""
+    times = [t for t in (msgs["ts"].min(), msgs["ts"].max()) if present(t)] \
+        if not msgs.empty and "ts" in msgs.columns else []
+    return {
+        "messages": len(msgs),
+        "decode_errors": int(msgs["error"].notna().sum()) if "error" in msgs.columns else 0,
+        "truncated": int(msgs["truncated"].fillna(False).astype(bool).sum())
+        if "truncated" in msgs.columns else 0,
+        "start": min(times) if times else None, "end": max(times) if times else None,
+        "nodes": sorted({str(n) for n in msgs["node"].dropna().unique()})
+        if "node" in msgs.columns else [],
+    }
+
+
 def summarize(capture: Any, findings: list[Finding]) -> dict[str, Any]:
     """Plain-value summary of a capture and its findings (JSON-safe)."""
-    msgs = table(capture, "messages")
+    overview = getattr(capture, "overview", None)
+    if callable(overview):  # a Capture: counted in the engine, the messages stay on disk
+        ov = overview()
+    else:
+        ov = _overview(table(capture, "messages"))
     tx = table(capture, "transactions")
     try:
         lookups = len(table(capture, "lookups"))
     except Exception:  # noqa: BLE001 - a broken lookups build must not hide the report
         lookups = 0
     manifests = list(getattr(capture, "manifests", None) or [])
-    times = [t for t in (msgs["ts"].min(), msgs["ts"].max()) if present(t)] \
-        if not msgs.empty and "ts" in msgs.columns else []
-    start = min(times) if times else None
-    end = max(times) if times else None
+    start, end = ov["start"], ov["end"]
     lost = dict(getattr(capture, "lost", None) or {})
     if not lost:
         for m in manifests:
             for cause, n in (m.get("lost") or {}).items():
                 if isinstance(n, (int, float)):
                     lost[cause] = lost.get(cause, 0) + int(n)
-    nodes = sorted({str(n) for n in msgs["node"].dropna().unique()}) \
-        if "node" in msgs.columns else []
+    nodes = sorted(str(n) for n in ov["nodes"])
     if not nodes:
         nodes = sorted({str(m.get("host")) for m in manifests if m.get("host")})
-    errors = int(msgs["error"].notna().sum()) if "error" in msgs.columns else 0
-    truncated = int(msgs["truncated"].fillna(False).astype(bool).sum()) \
-        if "truncated" in msgs.columns else 0
+    errors = int(ov["decode_errors"])
+    truncated = int(ov["truncated"])
+    n_messages = int(ov["messages"])
     sev = Counter(f.severity for f in findings)
     kinds = Counter(f.kind for f in findings)
     return json_safe({
@@ -58,7 +73,7 @@ def summarize(capture: Any, findings: list[Finding]) -> dict[str, Any]:
         "duration_s": (end - start).total_seconds() if start is not None and end is not None
         else None,
         "nodes": nodes,
-        "messages": len(msgs),
+        "messages": n_messages,
         "decode_errors": errors,
         "truncated_payloads": truncated,
         "transactions": len(tx),

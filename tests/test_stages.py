@@ -1,0 +1,139 @@
+"""The staged analyzer: the work-directory cache, damaged evidence, stage contracts, SQL,
+filters pushed into the engine. On the bundled sample capture (real recorder output)."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from analyze import load
+from analyze.cache import WorkDirError
+from analyze.capture import glob_regex
+from analyze.errors import CaptureDamaged
+from analyze.stages import ContractError, check
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "incident"
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    out = tmp_path / "incident"
+    shutil.copytree(SAMPLE, out)
+    return out
+
+
+def _entries(work: Path, stage: str) -> set[str]:
+    d = work / stage
+    return {p.name for p in d.iterdir() if not p.name.startswith(".")} if d.exists() else set()
+
+
+def test_cache_is_reused_while_the_evidence_is_unchanged(sample: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    first = load(sample, work_dir=work)
+    n = len(first.transactions)
+    assert n > 0 and _entries(work, "ingest") and _entries(work, "relate")
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("*.parquet")}
+    again = load(sample, work_dir=work)
+    assert len(again.transactions) == n
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.parquet")} == before
+    # the evidence itself is only read
+    assert sorted(p.name for p in sample.iterdir()) == sorted(p.name for p in SAMPLE.iterdir())
+
+
+def test_changed_evidence_is_rebuilt_never_stale(sample: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    assert len(load(sample, work_dir=work, verify=False).transactions) > 0
+    keys = _entries(work, "ingest")
+    # without verification the key holds each file's size and mtime: touching one rebuilds
+    victim = next(sample.glob("messages-*.parquet"))
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert len(load(sample, work_dir=work, verify=False).transactions) > 0
+    assert len(_entries(work, "ingest") - keys) == 1
+    # with verification a changed byte is damage, not a cache hit
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CaptureDamaged, match="sha256"):
+        load(sample, work_dir=work)
+
+
+def test_a_damaged_file_is_named_and_skipped_and_the_rest_analyzed(sample: Path,
+                                                                   tmp_path: Path) -> None:
+    whole = load(sample, work_dir=tmp_path / "w1")
+    victim = next(sample.glob("connects-*.parquet"), None) or next(
+        sample.glob("messages-*.parquet"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    cap = load(sample, work_dir=tmp_path / "w2", on_damage="skip")
+    assert [s["path"] for s in cap.skipped_files] == [str(victim)]
+    assert any(victim.name in w and "skipped" in w for w in cap.warnings)
+    if victim.name.startswith("connects"):
+        assert len(cap.connects) < len(whole.connects) or len(whole.connects) == 0
+        assert len(cap.transactions) == len(whole.transactions)
+    doc = cap.report(format="json")
+    assert victim.name in doc
+
+
+def test_sql_runs_over_the_stage_tables_and_sees_the_filters(tmp_path: Path) -> None:
+    cap = load(SAMPLE, work_dir=tmp_path / "w")
+    n = cap.sql("SELECT count(*) AS n FROM transactions")["n"].iloc[0]
+    assert n == len(cap.transactions)
+    per = cap.sql("SELECT status, count(*) AS n FROM transactions GROUP BY status")
+    assert dict(zip(per["status"], per["n"])) == cap.transactions["status"].value_counts()[
+        lambda s: s > 0].to_dict()
+    joined = cap.sql("SELECT count(*) AS n FROM messages m JOIN transactions t USING (txn_id)")
+    assert joined["n"].iloc[0] == cap.messages["txn_id"].notna().sum()
+    pods = [p for p in cap.transactions["pod"].dropna().unique()]
+    assert pods, "the sample has pods"
+    one = cap.filter(pod=str(pods[0]))
+    got = one.sql("SELECT DISTINCT pod FROM transactions")["pod"].tolist()
+    assert got == [pods[0]]
+    assert one.count("transactions") == (cap.transactions["pod"] == pods[0]).sum()
+    assert len(one.transactions) == one.count("transactions")
+
+
+def test_filter_on_time_and_rcode_in_the_engine(tmp_path: Path) -> None:
+    cap = load(SAMPLE, work_dir=tmp_path / "w")
+    tx = cap.transactions
+    mid = tx["ts"].sort_values().iloc[len(tx) // 2]
+    assert len(cap.filter(since=mid).transactions) == (tx["ts"] >= mid).sum()
+    assert len(cap.filter(until=mid).transactions) == (tx["ts"] <= mid).sum()
+    nx = cap.filter(rcode="NXDOMAIN")
+    assert len(nx.transactions) == (tx["rcode_name"] == "NXDOMAIN").sum()
+    assert set(nx.messages["txn_id"]) == set(nx.transactions["txn_id"])
+    assert len(cap.filter(rcode="TIMEOUT").transactions) == (tx["status"] == "timeout").sum()
+
+
+@pytest.mark.parametrize("pattern", ["*.example.com", "a?c", "[ab]*", "[!a]*", "x[", "*",
+                                     "a*b*c", "*[.]svc", "a\\b", "(x)+"])
+def test_glob_regex_agrees_with_fnmatch(pattern: str) -> None:
+    import duckdb
+
+    values = ["www.example.com", "example.com", "abc", "adc", "bcd", "x[", "aXbYc", "a.svc",
+              "kube.svc", "a\\b", "(x)+", "", "\n"]
+    con = duckdb.connect()
+    got = [bool(con.execute("SELECT regexp_full_match(?, ?)", [v, glob_regex(pattern)])
+                .fetchone()[0]) for v in values]  # type: ignore[index]
+    assert got == [fnmatch.fnmatchcase(v, pattern) for v in values]
+
+
+def test_stage_contract_names_the_missing_column() -> None:
+    with pytest.raises(ContractError, match="message_txn.*txn_id"):
+        check(pa.table({"msg_id": pa.array([1], pa.int64())}), "message_txn")
+    with pytest.raises(ContractError, match="has nulls"):
+        check(pa.table({"msg_id": pa.array([None], pa.int64()),
+                        "txn_id": pa.array([1], pa.int64())}), "message_txn")
+
+
+def test_unusable_work_dir_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(WorkDirError, match="work directory"):
+        load(SAMPLE, work_dir=blocker / "cache")
