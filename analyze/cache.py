@@ -14,6 +14,7 @@ work_dir=...)`` and ``--work-dir`` choose another. ``DNSTRAIL_WORK_DIR`` overrid
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -49,6 +50,27 @@ def digest(obj: Any) -> str:
     """SHA-256 of a JSON-serialisable description (keys sorted): an entry's key."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def source_digest(*modules: str) -> str:
+    """SHA-256 over the source files of these modules and packages: a cached result made by
+    other code is never reused."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            h.update(name.encode())
+            continue
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.glob("*.py")) if origin.name == "__init__.py" \
+            else [origin]
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def is_disk_full(exc: BaseException) -> bool:

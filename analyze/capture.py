@@ -26,7 +26,9 @@ import pandas as pd
 import pyarrow as pa
 
 from analyze import stages
-from analyze._frames import to_pandas
+from analyze._frames import DICTIONARY_COLUMNS as _DICTIONARY
+from analyze._frames import declared_types, to_pandas
+from analyze._frames import stage_frame as _pandas
 from analyze.attribute import ATTR_COLUMNS
 from analyze.cache import WorkDir
 from analyze.errors import (
@@ -483,6 +485,26 @@ class Capture:
                 "nodes": [x for x in (nodes or []) if x is not None]}
         return self._stats
 
+    def transaction_counts(self) -> dict[str, int]:
+        """Transactions, answered, timeouts, unsolicited, NXDOMAIN and SERVFAIL, counted in
+        the engine (the transactions are not materialized)."""
+        from analyze.relate import run
+
+        sql, params = self.table_sql("transactions")
+        cur = self._ctx.cursor()
+        try:
+            ((n, ans, to, uns, nx, sf),) = run(cur, (
+                "SELECT count(*), count(*) FILTER (WHERE status = 'answered'), "
+                "count(*) FILTER (WHERE status = 'timeout'), "
+                "count(*) FILTER (WHERE status = 'unsolicited'), "
+                "count(*) FILTER (WHERE rcode_name = 'NXDOMAIN'), "
+                "count(*) FILTER (WHERE rcode_name = 'SERVFAIL') "
+                f"FROM ({sql})"), params)
+        finally:
+            cur.close()
+        return {"transactions": int(n), "answered": int(ans), "timeouts": int(to),
+                "unsolicited": int(uns), "nxdomain": int(nx), "servfail": int(sf)}
+
     @property
     def errors(self) -> int:
         """Number of messages whose payload did not decode."""
@@ -597,11 +619,71 @@ class Capture:
 
     # --- findings and reports (other packages, imported on use) ---------------------------
 
-    def findings(self, **kw: Any) -> list[Any]:
-        """Findings of ``analyze.findings.find`` on this capture."""
-        from analyze.findings import find
+    def findings(self, *, cache: bool = True, **kw: Any) -> list[Any]:
+        """Findings of ``analyze.findings.find`` on this capture (keyword arguments are
+        find's). They are kept in the work directory, keyed by the relate entry (so by the
+        evidence's SHA-256s), the filters, the arguments (a baseline by its own key, an allow
+        file by its SHA-256) and the detectors' source code: a second call with the same
+        inputs reads them back. ``cache=False`` computes them afresh and stores nothing."""
+        import json
 
-        return find(self, **kw)
+        from analyze.cache import digest
+        from analyze.findings import find
+        from analyze.findings._common import Finding
+
+        key = self._findings_key(kw) if cache else None
+        if key is not None:
+            info = self._ctx.work.lookup("findings", key)
+            if info is not None:
+                try:
+                    docs = json.loads((self._ctx.work.entry("findings", key)
+                                       / "findings.json").read_text())
+                    return [Finding.from_dict(d) for d in docs]
+                except (OSError, ValueError, TypeError):
+                    pass  # a damaged entry is rebuilt
+        found = find(self, **kw)
+        # the findings as they are stored: a first and a second report render the same text
+        docs = [f.to_dict() for f in found]
+        if key is not None:
+            try:
+                tmp = self._ctx.work.building("findings", key)
+                (tmp / "findings.json").write_text(json.dumps(docs, allow_nan=False))
+                self._ctx.work.publish(tmp, "findings", key,
+                                       {"findings": len(docs), "digest": digest(docs)})
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, OSError):
+                    raise self._ctx.work.error(exc) from None
+                raise
+        return [Finding.from_dict(d) for d in docs]
+
+    def _findings_key(self, kw: dict[str, Any]) -> str | None:
+        """The cache key of ``findings(**kw)``, or None when an argument cannot be keyed."""
+        from analyze.cache import digest, source_digest
+        from analyze.ingest import sha256_file
+
+        args: dict[str, Any] = {}
+        for name, value in sorted(kw.items()):
+            if name == "progress":
+                continue
+            if name == "baseline" and value is not None:
+                if not isinstance(value, Capture):
+                    return None
+                args[name] = [value._ctx.related.key, _keyable(value.filters)]
+            elif name == "allow" and value is not None:
+                try:
+                    args[name] = sha256_file(Path(value))
+                except OSError:
+                    return None
+            elif name == "kinds" and value is not None:
+                args[name] = sorted(value)
+            elif isinstance(value, (str, int, float, bool, type(None))):
+                args[name] = value
+            else:
+                return None
+        return digest({"stage": "findings", "relate": self._ctx.related.key,
+                       "filters": _keyable(self.filters), "args": args,
+                       "code": source_digest("analyze.findings", "analyze.reconstruct",
+                                             "analyze.names")})
 
     def report(self, path: str | Path | None = None, format: str | None = None,
                **kw: Any) -> Any:
@@ -612,6 +694,11 @@ class Capture:
         if findings is None:
             findings = self.findings()
         return render(self, findings, format, path, **kw)
+
+
+def _keyable(filters: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v)
+            for k, v in sorted(filters.items())}
 
 
 def _glob_sql(col: str, pattern: str | Sequence[str], *, lower: bool) -> tuple[str, list[Any]]:
@@ -641,81 +728,6 @@ def _rcode_sql(rcode: Any) -> tuple[str, list[Any]]:
         else:
             raise BadFilter(f"{w!r}: an rcode is a name (NXDOMAIN), a number or TIMEOUT")
     return "coalesce(" + " OR ".join(parts) + ", false)", params
-
-
-#: Columns with few distinct values, materialized as pandas categoricals (as matching
-#: always made them).
-_CATEGORICAL = ("node", "capture")
-#: Columns read dictionary-encoded from the stage tables (few distinct, long values), then
-#: made plain strings one column at a time (pandas shares one object per distinct value).
-_DICTIONARY = _CATEGORICAL + ("cgroup_path", "comm") + ATTR_COLUMNS
-_FIXED_CATEGORIES = {"role": list(stages.ROLES), "side": ["client", "server", "wire"],
-                     "status": ["answered", "timeout", "unsolicited"]}
-
-
-#: Record lists stay in Arrow (``pd.ArrowDtype``): an element reads as a list of
-#: ``{name, type, ttl, data}`` dicts, but no Python object is made per row until then.
-_RECORD_LISTS = ("questions", "answers", "authority", "additional")
-
-
-def _pandas(table: pa.Table, name: str) -> pd.DataFrame:
-    """A stage table as the analyzer's pandas frame: low-cardinality text as categoricals
-    (encoded in Arrow, so no Python string is made per row)."""
-    # transactions feed the detectors' group-bys: attribution as categoricals there; the
-    # messages, the notebook's raw table, keep plain strings (fillna("host") works)
-    categorical = _CATEGORICAL if name == "messages" else _DICTIONARY
-    cats = [c for c in table.column_names
-            if c in categorical or (c in _FIXED_CATEGORIES and name != "lookups")]
-    kept = [c for c in table.column_names if c in _RECORD_LISTS]
-    texts = [c for c in table.column_names if c in _DICTIONARY and c not in cats]
-    special = cats + kept + texts
-    plain = to_pandas(table.drop_columns(special)) if special else to_pandas(table)
-    if not special:
-        return plain
-    out: dict[str, Any] = {}
-    for col in table.column_names:
-        if col in texts:
-            out[col] = pd.Series(to_pandas(table.select([col]))[col].array, index=plain.index,
-                                 name=col)
-            continue
-        if col in kept:
-            column = table.column(col)
-            out[col] = pd.Series(pd.arrays.ArrowExtensionArray(column), index=plain.index,
-                                 name=col)
-            continue
-        if col not in cats:
-            out[col] = plain[col]
-            continue
-        column = table.column(col)
-        if col in _FIXED_CATEGORIES:
-            arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-            if pa.types.is_dictionary(arr.type):
-                arr = arr.cast(pa.string())
-            values = pd.Categorical.from_codes(
-                _codes_of(arr, _FIXED_CATEGORIES[col]), categories=_FIXED_CATEGORIES[col])
-        else:
-            if not pa.types.is_dictionary(column.type):
-                column = column.dictionary_encode()
-            values = pa.table({col: column}).to_pandas()[col].array
-        out[col] = pd.Series(values, index=plain.index, name=col)
-    return pd.DataFrame(out, index=plain.index)
-
-
-def declared_types(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with every column the stage declares in its declared type (the engine
-    hands back its own: microsecond ``Etc/UTC`` timestamps, for one)."""
-    for i, f in enumerate(table.schema):
-        j = schema.get_field_index(f.name)
-        if j >= 0 and schema.field(j).type != f.type:
-            table = table.set_column(i, f.name, table.column(i).cast(schema.field(j).type))
-    return table
-
-
-def _codes_of(arr: pa.Array, categories: list[str]) -> np.ndarray:
-    import pyarrow.compute as pc
-
-    idx = pc.index_in(arr, value_set=pa.array(categories, pa.string()))
-    return np.asarray(idx.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 __all__ = [

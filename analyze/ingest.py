@@ -351,9 +351,29 @@ def _build_in(tmp: Path, ev: _Evidence, *, work: WorkDir, key: str, node: str,
     return info
 
 
+def spawn_safe() -> bool:
+    """Whether worker processes can be started: a started worker imports the main module
+    again, so a script that calls ``load`` at its top level, without an
+    ``if __name__ == "__main__":`` guard, would run again in every worker. The REPL,
+    Jupyter, ``python -c``, ``-m`` and the ``dnstrail`` command are safe; so is a script with
+    the guard. Otherwise the decoding runs in this process (slower, same result)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        return True
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return False
+    return "__name__" in text and "__main__" in text
+
+
 def _run(tasks: list[_Task], workers: int) -> list[Any]:
     """Run the tasks (in worker processes when workers > 1); each result or its exception."""
-    if workers <= 1 or len(tasks) <= 1:
+    if workers <= 1 or len(tasks) <= 1 or not spawn_safe():
         out: list[Any] = []
         for t in tasks:
             try:

@@ -32,7 +32,6 @@ from analyze._frames import to_pandas
 from analyze.cache import WorkDir, digest
 from analyze.ingest import Ingested
 from analyze.reconstruct import (
-    _FROM_QUERY,
     _FROM_RESPONSE,
     DEFAULT_GAP_S,
     DEFAULT_SKEW_S,
@@ -46,11 +45,15 @@ PART_ROWS = 600_000
 #: DuckDB's memory limit unless the caller gives one.
 MEMORY_LIMIT = "1GB"
 
-_MATCH_INPUT = tuple(dict.fromkeys(
-    ("msg_id", "role", "dns_id", "src_addr", "dst_addr", "src_port", "dst_port", "sock_id",
-     "fd", "tgid", "node", "protocol", "qname", "qtype", "ts", "payload")
-    + _FROM_QUERY + _FROM_RESPONSE + tuple(c for c in stages.TRANSACTIONS.names
-                                           if c in stages.MESSAGES.names)))
+#: What the matcher reads of each message: the conversation key, the time, and the payload
+#: of wire messages (identical copies are duplicates). The columns a transaction takes from
+#: its query and response are joined afterwards in the engine, by message id.
+_MATCH_INPUT = ("msg_id", "role", "dns_id", "src_addr", "dst_addr", "src_port", "dst_port",
+                "sock_id", "fd", "tgid", "node", "protocol", "qname", "qtype", "ts")
+#: The columns the matcher itself computes (the rest come from the query or the response).
+_CORE = ("side", "status", "ts", "response_ts", "last_query_ts", "latency_s",
+         "retransmissions", "query_msg_id", "response_msg_id", "client_addr", "client_port",
+         "server_addr", "server_port")
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,8 @@ def _build(tmp: Path, ingested: Sequence[Ingested], labels: Sequence[str], *, wo
     con = connect(work, memory_limit=memory_limit, threads=threads)
     try:
         run(con, f"CREATE TEMP VIEW messages AS {messages_sql(ingested, work, labels)}")
-        cols = ", ".join(f'"{c}"' for c in _MATCH_INPUT)
+        cols = ", ".join(f'"{c}"' for c in _MATCH_INPUT) + (
+            ", CASE WHEN role IN ('query', 'response') THEN payload END AS payload")
         eligible = "role IS NOT NULL AND dns_id IS NOT NULL"
         ((n,),) = run(con, f"SELECT count(*) FROM messages WHERE {eligible}")
         parts = max(1, math.ceil(n / PART_ROWS))
@@ -189,14 +193,22 @@ def _build(tmp: Path, ingested: Sequence[Ingested], labels: Sequence[str], *, wo
             next_id += len(txns)
             del frame, txns, txn_of_msg, out
         n_txn = next_id
-        tx_cols = ", ".join(f't."{c}"' for c in stages.TRANSACTIONS.names if c != "txn_id")
+        def source(c: str) -> str:
+            if c in _CORE:
+                return f't."{c}"'
+            if c in _FROM_RESPONSE:
+                return f'p."{c}"'
+            return f'q."{c}"'
+
+        tx_cols = ", ".join(source(c) for c in stages.TRANSACTIONS.names if c != "txn_id")
         if txn_files:
             run(con, "CREATE TEMP TABLE ren AS SELECT tmp_id, (row_number() OVER "
                         "(ORDER BY ts, base_msg_id) - 1)::BIGINT AS txn_id "
                         f"FROM read_parquet({files_sql(txn_files)})")
             run(
                 con, f"COPY (SELECT r.txn_id, {tx_cols} FROM read_parquet({files_sql(txn_files)}) t "
-                "JOIN ren r USING (tmp_id) ORDER BY r.txn_id) "
+                "JOIN ren r USING (tmp_id) JOIN messages q ON q.msg_id = t.base_msg_id "
+                "LEFT JOIN messages p ON p.msg_id = t.response_msg_id ORDER BY r.txn_id) "
                 f"TO {quote(str(tmp / 'transactions.parquet'))} "
                 "(FORMAT parquet, ROW_GROUP_SIZE 131072)")
             run(
@@ -210,18 +222,34 @@ def _build(tmp: Path, ingested: Sequence[Ingested], labels: Sequence[str], *, wo
         else:
             pq.write_table(stages.TRANSACTIONS.empty_table(), tmp / "transactions.parquet")
             pq.write_table(stages.MESSAGE_TXN.empty_table(), tmp / "message_txn.parquet")
+        check_file(tmp / "transactions.parquet", "transactions")
+        check_file(tmp / "message_txn.parquet", "message_txn")
         n_lookups = _lookups(con, tmp, gap_s=lookup_gap_s, timeout_s=timeout_s)
     finally:
         con.close()
     return {"transactions": n_txn, "lookups": n_lookups}
 
 
+def check_file(path: Path, stage: str) -> None:
+    """The contract at the boundary, for a file the engine wrote: the declared columns, in
+    order, of the declared types (ContractError otherwise)."""
+    got = pq.read_schema(path)
+    want = stages.STAGES[stage]
+    if got.names != want.names:
+        raise stages.ContractError(f"stage {stage!r}: {path.name} has columns {got.names}, "
+                                   f"declared {want.names}")
+    for g, w in zip(got, want, strict=True):
+        if g.type != w.type:
+            raise stages.ContractError(f"stage {stage!r}: column {g.name!r} is {g.type}, "
+                                       f"declared {w.type}")
+
+
 def _arrow_transactions(txns: pd.DataFrame) -> pa.Table:
-    """The matcher's transactions (without txn_id) in the declared types."""
+    """The matcher's own columns of its transactions, in the declared types."""
     arrays = []
     fields = []
     for f in stages.TRANSACTIONS:
-        if f.name == "txn_id":
+        if f.name not in _CORE:
             continue
         s = txns[f.name]
         if isinstance(s.dtype, pd.CategoricalDtype):
@@ -243,11 +271,17 @@ _LOOKUP_INPUT = ("ts", "node", "tgid", "comm", "netns", "cgroup_id", "client_add
 
 
 def _lookups(con: Any, tmp: Path, *, gap_s: float, timeout_s: float) -> int:
-    cols = ", ".join(f'"{c}"' for c in _LOOKUP_INPUT)
-    table = arrow(con,
-        f"SELECT {cols} FROM read_parquet({quote(str(tmp / 'transactions.parquet'))}) "
-        "WHERE side <> 'server' AND status <> 'unsolicited' ORDER BY txn_id")
-    tx = to_pandas(table)
+    import pyarrow.compute as pc
+
+    from analyze._frames import DICTIONARY_COLUMNS, stage_frame
+
+    table = pq.read_table(tmp / "transactions.parquet", columns=list(_LOOKUP_INPUT),
+                          read_dictionary=[c for c in _LOOKUP_INPUT
+                                           if c in DICTIONARY_COLUMNS])
+    keep = pc.and_(pc.not_equal(table.column("side"), "server"),
+                   pc.not_equal(table.column("status"), "unsolicited"))
+    table = table.filter(pc.fill_null(keep, False))
+    tx = stage_frame(table, "transactions")
     del table
     lk = build_lookups(tx, gap_s=gap_s, timeout_s=timeout_s)
     del tx

@@ -137,3 +137,30 @@ def test_unusable_work_dir_is_a_one_line_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(WorkDirError, match="work directory"):
         load(SAMPLE, work_dir=blocker / "cache")
+
+
+def test_second_report_reads_the_findings_back_and_says_the_same(tmp_path: Path) -> None:
+    import json
+
+    work = tmp_path / "w"
+    first = load(SAMPLE, work_dir=work)
+    cold = {fmt: first.report(format=fmt, plots=False) for fmt in ("md", "json")}
+    assert len(_entries(work, "findings")) == 1
+    second = load(SAMPLE, work_dir=work)
+    warm = {fmt: second.report(format=fmt, plots=False) for fmt in ("md", "json")}
+    assert len(_entries(work, "findings")) == 1          # read back, not computed again
+    a, b = json.loads(cold["json"]), json.loads(warm["json"])
+    assert a["findings"] and a["findings"] == b["findings"] and a["summary"] == b["summary"]
+    strip = lambda t: "\n".join(ln for ln in t.splitlines() if "generated" not in ln)
+    assert strip(cold["md"]) == strip(warm["md"])
+    # what changes the findings changes the key: a filter, an argument, an allow file
+    second.filter(namespace="*").findings()
+    second.findings(min_severity="high")
+    allow = tmp_path / "allow"
+    allow.write_text("* *.example\n")
+    second.findings(allow=allow)
+    assert len(_entries(work, "findings")) == 4
+    allow.write_text("* *.example.org\n")
+    second.findings(allow=allow)
+    assert len(_entries(work, "findings")) == 5
+    assert [f.kind for f in second.findings(cache=False)] == [f["kind"] for f in a["findings"]]

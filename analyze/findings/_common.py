@@ -72,6 +72,11 @@ class Finding:
         """The finding as plain JSON-safe Python values (see docs/report.md)."""
         return json_safe(asdict(self))  # type: ignore[no-any-return]
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Finding:
+        """The finding ``to_dict`` gave (unknown keys are refused: TypeError)."""
+        return cls(**doc)
+
 
 def json_safe(value: Any) -> Any:
     """Convert numpy/pandas scalars, timestamps and bytes to JSON-safe values, recursively."""

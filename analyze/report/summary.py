@@ -37,15 +37,25 @@ def _overview(msgs: pd.DataFrame) -> dict[str, Any]:
 def summarize(capture: Any, findings: list[Finding]) -> dict[str, Any]:
     """Plain-value summary of a capture and its findings (JSON-safe)."""
     overview = getattr(capture, "overview", None)
-    if callable(overview):  # a Capture: counted in the engine, the messages stay on disk
+    if callable(overview):  # a Capture: counted in the engine, the tables stay on disk
         ov = overview()
+        counts = capture.transaction_counts()
+        lookups = capture.count("lookups")
+        n_connects, n_execs = capture.count("connects"), capture.count("execs")
     else:
         ov = _overview(table(capture, "messages"))
-    tx = table(capture, "transactions")
-    try:
-        lookups = len(table(capture, "lookups"))
-    except Exception:  # noqa: BLE001 - a broken lookups build must not hide the report
-        lookups = 0
+        tx = table(capture, "transactions")
+        counts = {"transactions": len(tx), "answered": _count(tx, "status", "answered"),
+                  "timeouts": _count(tx, "status", "timeout"),
+                  "unsolicited": _count(tx, "status", "unsolicited"),
+                  "nxdomain": _count(tx, "rcode_name", "NXDOMAIN"),
+                  "servfail": _count(tx, "rcode_name", "SERVFAIL")}
+        try:
+            lookups = len(table(capture, "lookups"))
+        except Exception:  # noqa: BLE001 - a broken lookups build must not hide the report
+            lookups = 0
+        n_connects = len(table(capture, "connects"))
+        n_execs = len(table(capture, "execs"))
     manifests = list(getattr(capture, "manifests", None) or [])
     start, end = ov["start"], ov["end"]
     lost = dict(getattr(capture, "lost", None) or {})
@@ -76,15 +86,10 @@ def summarize(capture: Any, findings: list[Finding]) -> dict[str, Any]:
         "messages": n_messages,
         "decode_errors": errors,
         "truncated_payloads": truncated,
-        "transactions": len(tx),
-        "answered": _count(tx, "status", "answered"),
-        "timeouts": _count(tx, "status", "timeout"),
-        "unsolicited": _count(tx, "status", "unsolicited"),
-        "nxdomain": _count(tx, "rcode_name", "NXDOMAIN"),
-        "servfail": _count(tx, "rcode_name", "SERVFAIL"),
+        **counts,
         "lookups": lookups,
-        "connects": len(table(capture, "connects")),
-        "execs": len(table(capture, "execs")),
+        "connects": n_connects,
+        "execs": n_execs,
         "pods": int(table(capture, "pods")["pod"].nunique())
         if "pod" in table(capture, "pods").columns else 0,
         "lost": lost,
