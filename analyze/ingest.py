@@ -44,7 +44,7 @@ from capture import schema
 CHUNK_ROWS = 500_000
 #: Captures with fewer messages than this are decoded in this process (starting workers costs
 #: about a second).
-POOL_MIN_ROWS = 400_000
+POOL_MIN_ROWS = 2_000_000
 #: Rows per row group of the derived files (the unit DuckDB skips by statistics).
 ROW_GROUP = 131_072
 

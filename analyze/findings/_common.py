@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analyze.decode import record_text
@@ -181,22 +182,28 @@ def with_client_key(df: pd.DataFrame, by: str = "pod") -> pd.DataFrame:
     if df.empty:
         df["_client"] = pd.Series(dtype=object)
         return df
-    n = len(df)
-    node = [v if present(v) else "" for v in col(df, "node")]
-    ns = [v if present(v) else "" for v in col(df, "namespace")]
-    pod = [v if present(v) else None for v in col(df, "pod")]
-    tgid = [v if present(v) else None for v in col(df, "tgid")]
-    comm = [v if present(v) else "" for v in col(df, "comm")]
-    addr = [v if present(v) else "" for v in col(df, "client_addr")]
+    # the key of each distinct (node, namespace, pod, tgid, comm, client_addr), made once
+    # per distinct combination and spread to its rows
+    parts = {c: col(df, c) for c in ("node", "namespace", "pod", "tgid", "comm",
+                                     "client_addr")}
+    frame = pd.DataFrame({c: v.to_numpy(dtype=object) for c, v in parts.items()},
+                         index=df.index)
+    group = frame.groupby(list(parts), dropna=False, sort=False).ngroup().to_numpy()
+    first = pd.Series(np.arange(len(group))).groupby(group).first().to_numpy()
+    reps = frame.iloc[first]
     keys = []
-    for i in range(n):
-        if by == "pod" and pod[i] is not None:
-            keys.append(f"{node[i]}|pod:{ns[i]}/{pod[i]}")
-        elif tgid[i] is not None:
-            keys.append(f"{node[i]}|pid:{int(tgid[i])}|{comm[i]}")  # type: ignore[arg-type]
+    for node_v, ns_v, pod_v, tgid_v, comm_v, addr_v in reps.itertuples(index=False):
+        node = node_v if present(node_v) else ""
+        if by == "pod" and present(pod_v):
+            ns = ns_v if present(ns_v) else ""
+            keys.append(f"{node}|pod:{ns}/{pod_v}")
+        elif present(tgid_v):
+            comm = comm_v if present(comm_v) else ""
+            keys.append(f"{node}|pid:{int(tgid_v)}|{comm}")
         else:
-            keys.append(f"{node[i]}|addr:{addr[i]}")
-    df["_client"] = keys
+            addr = addr_v if present(addr_v) else ""
+            keys.append(f"{node}|addr:{addr}")
+    df["_client"] = np.asarray(keys, dtype=object)[group]
     return df
 
 

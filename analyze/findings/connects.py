@@ -276,9 +276,12 @@ def _unresolved(df: pd.DataFrame, total: int, ident: dict, who: str, resolves: b
 def _first_asked(tx: pd.DataFrame) -> dict[str, pd.Timestamp]:
     if tx.empty or "qname" not in tx.columns:
         return {}
-    rd = tx["qname"].dropna().astype(str).map(lambda q: registered_domain(q) or q)
-    df = pd.DataFrame({"rd": rd, "ts": tx.loc[rd.index, "ts"]})
-    return {str(k): v for k, v in df.groupby("rd")["ts"].min().items()}
+    # the earliest time per name, then per registered domain (a name is looked up once)
+    named = tx[tx["qname"].notna()]
+    first = named.groupby(named["qname"].astype(str), sort=False)["ts"].min()
+    rd = first.index.map(lambda q: registered_domain(q) or q)
+    out = first.groupby(rd.to_numpy(dtype=object)).min()
+    return {str(k): v for k, v in out.items()}
 
 
 def _capture_start(capture: Any, *tables: pd.DataFrame) -> pd.Timestamp | None:
