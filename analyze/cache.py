@@ -74,7 +74,12 @@ def source_digest(*modules: str) -> str:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    """Whether ``exc`` says the disk (or quota) is full: an OSError's errno, or the text
+    Arrow and DuckDB put in their own errors."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 @dataclass(frozen=True)
@@ -153,12 +158,13 @@ class WorkDir:
             os.replace(tmp, path)
         return path
 
-    def error(self, exc: OSError) -> WorkDirError:
+    def error(self, exc: BaseException) -> WorkDirError:
         if is_disk_full(exc):
             return WorkDirFull(f"{self.root}: no space left in the work directory: free space "
                                "or choose another with --work-dir (the evidence is untouched)")
-        return WorkDirError(f"{self.root}: cannot write the work directory: "
-                            f"{exc.strerror or exc}")
+        reason = getattr(exc, "strerror", None) or (str(exc).splitlines()
+                                                     or [type(exc).__name__])[0]
+        return WorkDirError(f"{self.root}: cannot write the work directory: {reason}")
 
 
 __all__ = ["DONE", "WorkDir", "WorkDirError", "WorkDirFull", "default_root", "digest"]

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from analyze import stages
 from analyze._frames import to_pandas
-from analyze.cache import WorkDir, digest
+from analyze.cache import WorkDir, digest, is_disk_full
 from analyze.ingest import Ingested
 from analyze.reconstruct import (
     _FROM_RESPONSE,
@@ -145,8 +145,13 @@ def relate(ingested: Sequence[Ingested], *, work: WorkDir, labels: Sequence[str]
             info = _build(tmp, ingested, labels, work=work, timeout_s=timeout_s, skew_s=skew_s,
                           lookup_gap_s=lookup_gap_s, dns_ports=dns_ports,
                           memory_limit=memory_limit, threads=threads)
-        except OSError as exc:
-            raise work.error(exc) from None
+        except Exception as exc:  # OSError, or the engine's own I/O error
+            import duckdb
+
+            if isinstance(exc, OSError) or (isinstance(exc, duckdb.Error)
+                                            and is_disk_full(exc)):
+                raise work.error(exc) from None
+            raise
         work.publish(tmp, "relate", key, info)
     return Related(key=key, entry=work.entry("relate", key),
                    transactions=int(info["transactions"]), lookups=int(info["lookups"]))

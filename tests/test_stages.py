@@ -164,3 +164,34 @@ def test_second_report_reads_the_findings_back_and_says_the_same(tmp_path: Path)
     second.findings(allow=allow)
     assert len(_entries(work, "findings")) == 5
     assert [f.kind for f in second.findings(cache=False)] == [f["kind"] for f in a["findings"]]
+
+
+def test_a_full_work_dir_is_a_one_line_error_and_the_evidence_is_untouched(
+        sample: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from analyze.cache import WorkDirFull
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)  # fill it to the last block
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        before = {p.name: p.read_bytes() for p in sample.iterdir()}
+        with pytest.raises(WorkDirFull, match="no space left") as exc:
+            len(load(sample, work_dir=mnt / "cache").transactions)
+        assert "\n" not in str(exc.value)
+        assert {p.name: p.read_bytes() for p in sample.iterdir()} == before
+        # nothing half-built is left to be mistaken for an entry
+        assert not _entries(mnt / "cache", "ingest")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
