@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from capture import sched
 from capture import snapshot as snap
-from capture.errors import BccMissing, CaptureError, OutputNotEmpty
+from capture.errors import BccMissing, CaptureError, Interrupted, OutputNotEmpty
 from capture.preflight import PreflightPaths, preflight
 from capture.schema import EVENT_KINDS
 from capture.writer import (
@@ -370,7 +370,15 @@ def _run(
     started = time.monotonic()
     current_ids = set(resolution.cgroup_ids)
     probe = probe_cls(cfg)
-    probe.__enter__()  # compiles and attaches; raises LoadFailed & co. before any file exists
+    err.write("Compiling the BPF program (a few seconds) ...\n")
+    err.flush()
+    try:
+        probe.__enter__()  # compiles and attaches; raises LoadFailed & co. before any file exists
+    except CaptureError:
+        # Ctrl-C on a terminal reaches the loader child too, which then dies without an answer
+        if stop.is_set():
+            raise _interrupted(out_dir, options.append) from None
+        raise
     auto: sched.AutoPriority | None = None
     budget: sched.CpuBudget | None = None
     priority_log: list[dict[str, Any]] = []
@@ -393,6 +401,8 @@ def _run(
             }
         )
         state.start_rows = snap.scan_processes(resolver=state.resolver)
+        if stop.is_set():  # Ctrl-C / SIGTERM while loading: leave no capture behind
+            raise _interrupted(out_dir, options.append)
         writer.start()
         for kind, table in state.tables().items():
             writer.write_snapshot(kind, table)
@@ -503,6 +513,12 @@ def _arrived(probe: Any, lost: Mapping[str, int]) -> int:
     per_record = s["ring_bytes"] / records if records else _RECORD_BYTES_GUESS
     waiting = s["ring_pending_bytes"] / per_record if per_record > 0 else 0
     return int(s["messages"] + waiting + lost.get("ringbuf_full", 0))
+
+
+def _interrupted(out_dir: Path, append: bool) -> Interrupted:
+    """The error for a capture stopped before tracing began (nothing was written)."""
+    where = f"{out_dir} is unchanged" if append else f"{out_dir} was not created"
+    return Interrupted(f"interrupted before tracing began: nothing was recorded; {where}")
 
 
 def _iso_now() -> str:
