@@ -3,6 +3,7 @@ began, and the lines about CPU priority and drops."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -119,3 +120,171 @@ def test_ctrl_c_while_compiling_leaves_an_appended_capture_as_it_was(tmp_path: P
     assert rc == 130, text
     assert any("nothing was recorded" in ln and f"{out} is unchanged" in ln for ln in lines), text
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def _stat(path: Path, idle: int, busy: int) -> None:
+    # the first line of /proc/stat: user nice system idle iowait irq softirq steal guest ...
+    path.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\n")
+
+
+class _Node:
+    """A fake /proc/stat whose idle share the test sets interval by interval."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.idle, self.busy, self.t = path, 1000, 1000, 0.0
+        _stat(path, self.idle, self.busy)
+
+    def run(self, seconds: float, idle_share: float) -> None:
+        jiffies = round(seconds * 100_000)  # fine enough for 0.01 % steps
+        self.idle += round(jiffies * idle_share)
+        self.busy += jiffies - round(jiffies * idle_share)
+        self.t += seconds
+        _stat(self.path, self.idle, self.busy)
+
+
+def _flap(auto, node: _Node, saturated: float = 0.5,  # type: ignore[no-untyped-def]
+          spare: float = 3.0, seconds: float = 60.0) -> list[tuple[float, str]]:
+    """A node that swings: ``saturated`` s at 5 % idle, then ``spare`` s at 60 % idle, and
+    so on, sampled every 0.1 s for ``seconds``; returns the switches (time, level)."""
+    switches = []
+    auto.update(node.t)
+    period = saturated + spare
+    while node.t < seconds - 1e-9:
+        phase = node.t % period
+        node.run(0.1, 0.05 if phase < saturated - 1e-9 else 0.60)
+        changed = auto.update(node.t)
+        if changed:
+            switches.append((round(node.t, 1), changed))
+    return switches
+
+
+def test_auto_priority_does_not_flap_on_a_swinging_node(tmp_path: Path) -> None:
+    """Half a second of saturation every 3.5 s made the recorder switch twice per cycle
+    (every lowering after one interval, every raising after a second of idle CPU). Each
+    relapse soon after a raise now doubles the idle time needed to raise again."""
+    from capture.sched import AutoPriority
+
+    node = _Node(tmp_path / "stat")
+    auto = AutoPriority(str(node.path), apply=False)  # the recorder's defaults
+    switches = _flap(auto, node)
+    lows = [t for t, level in switches if level == "low"]
+    # without the hold: 2 switches per 3.5 s cycle, ~34 in a minute
+    assert 4 <= len(switches) <= 10, switches
+    assert auto.switches == len(switches) and auto.lowered == len(lows)
+    # the hold grew: 1, 2, 4, 8 s ... of idle CPU before each raise
+    raises = [t for t, level in switches if level == "normal"]
+    gaps = [r - lo for lo, r in zip(lows, raises, strict=False)]
+    assert all(b > a for a, b in itertools.pairwise(gaps)), (gaps, switches)
+    assert auto.hold > 1.0
+    # it still yields at once each time the node saturates while it is at nice 0
+    for t in lows:
+        assert t % 3.5 <= 0.5 + 1e-6, switches
+
+
+def test_auto_priority_hold_resets_after_a_long_spell_at_nice_0(tmp_path: Path) -> None:
+    """A saturation long after the last raise is a new event, not a relapse: 1 s again."""
+    from capture.sched import AutoPriority
+
+    node = _Node(tmp_path / "stat")
+    auto = AutoPriority(str(node.path), apply=False, relapse_window=30.0)
+    _flap(auto, node, seconds=20.0)
+    assert auto.hold >= 4.0
+    if auto.level == "low":  # end the swing with a long idle spell: raised, then 40 s spare
+        while auto.level == "low":
+            node.run(0.1, 0.9)
+            auto.update(node.t)
+    for _ in range(400):
+        node.run(0.1, 0.9)
+        assert auto.update(node.t) is None
+    node.run(0.1, 0.05)
+    assert auto.update(node.t) == "low"
+    assert auto.hold == pytest.approx(1.0)
+    for _ in range(10):
+        node.run(0.1, 0.9)
+        changed = auto.update(node.t)
+    assert changed == "normal" and auto.held == pytest.approx(1.0)
+
+
+def test_auto_priority_stays_capped_without_cap_sys_nice(tmp_path: Path) -> None:
+    """Switch counts only count switches that happened."""
+    from capture.sched import AutoPriority
+
+    node = _Node(tmp_path / "stat")
+    auto = AutoPriority(str(node.path), apply=False)
+    auto.update(node.t)
+    node.run(0.1, 0.0)
+    assert auto.update(node.t) == "low"
+    auto.can_raise = False
+    for _ in range(30):
+        node.run(0.1, 0.9)
+        assert auto.update(node.t) is None
+    assert auto.switches == 1 and auto.level == "low"
+
+
+@pytest.mark.parametrize(("share", "threshold", "shown"), [
+    (0.12, 0.20, "idle 12% < 20%"),
+    (0.196, 0.20, "idle 19.6% < 20.0%"),  # was "idle 20% < 20%"
+    (0.1996, 0.2, "idle 19.96% < 20.00%"),
+    (0.0, 0.23, "idle 0% < 23%"),
+])
+def test_low_line_is_short_and_its_numbers_satisfy_its_comparison(
+        tmp_path: Path, share: float, threshold: float, shown: str) -> None:
+    from capture.recorder import _priority_line
+    from capture.sched import AutoPriority
+
+    auto = AutoPriority(str(tmp_path / "none"), apply=False)
+    auto.share, auto.threshold = share, threshold
+    line = _priority_line("low", auto, 0.02)
+    assert line in (f"priority: low ({shown}): nice 19, at most 2% of one CPU; drops counted",
+                    f"priority: low ({shown}): at most 2% of one CPU; drops counted")
+    assert len(line) < 80
+    a, b = (float(x.rstrip("%")) for x in shown.split("idle ")[1].split(" < "))
+    assert a < b
+    assert "no CPU cap" in _priority_line("low", auto, 0.0)
+
+
+def test_normal_line_says_how_long_the_idle_cpu_lasted(tmp_path: Path) -> None:
+    from capture.recorder import _priority_line
+    from capture.sched import AutoPriority
+
+    node = _Node(tmp_path / "stat")
+    auto = AutoPriority(str(node.path), apply=False, cost_per_message=1e-6, cpus=2)
+    auto.update(node.t, 0)
+    node.run(0.1, 0.0)
+    assert auto.update(node.t, 0) == "low"
+    line = ""
+    for _ in range(10):
+        node.run(0.1, 0.2501)  # just over 25 % + 2 x 0 need
+        if auto.update(node.t, 0) == "normal":
+            line = _priority_line("normal", auto, 0.02)
+    assert line == "priority: normal (idle 25.01% > 25.00% for 1.0 s): nice 0, no CPU cap"
+    assert len(line) < 80
+
+
+@pytest.mark.parametrize("priority", ["auto", "low", "idle", "normal"])
+@pytest.mark.parametrize("budget", [0.02, 0.0])
+def test_start_lines_say_when_messages_may_be_dropped(priority: str, budget: float) -> None:
+    from capture.recorder import RecordOptions, _drops_lines
+
+    lines = _drops_lines(RecordOptions(output=Path("cap"), priority=priority,
+                                       cpu_budget=budget, ringbuf_mb=1024))
+    text = " ".join(lines)
+    assert lines and all(len(ln) < 80 for ln in lines), lines
+    assert "drop" in text and "count" in text
+    if priority == "normal":
+        assert "1024 MB ring buffer" in text and "--ringbuf-mb" in text
+    else:
+        assert "--priority normal" in text  # how to avoid the drops
+    if priority == "auto":
+        assert ("at most 2% of one CPU" in text) is (budget > 0)
+
+
+def test_summary_says_how_often_the_recorder_yielded() -> None:
+    from capture.recorder import RecordSummary
+
+    base = {"output": Path("cap"), "status": "complete", "elapsed_s": 60.0, "counts": {},
+            "files": [], "bytes": 0, "lost": {}}
+    assert not any(ln.startswith("Priority") for ln in RecordSummary(**base).lines())  # type: ignore[arg-type]
+    lines = RecordSummary(**base, priority_lowered=3, low_seconds=41.25).lines()  # type: ignore[arg-type]
+    assert "Priority: yielded the CPU 3 times, 41.2 s in all (manifest priority_log)" in lines
+    assert all(len(ln) < 80 for ln in lines)
