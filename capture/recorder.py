@@ -465,7 +465,10 @@ def _run(
                     current_ids = _refilter(options, state, probe, current_ids)
                 if tty and now >= next_status:
                     next_status = now + 0.5
-                    err.write("\r" + _status_line(writer, probe.lost(), now - started))
+                    remaining = deadline - now if deadline is not None else None
+                    err.write("\r" + _status_line(writer.stats().rows,
+                                                   probe.stats()["ring_bytes"], probe.lost(),
+                                                   now - started, remaining).ljust(79))
                     err.flush()
         except KeyboardInterrupt:
             pass  # Ctrl-C without our handler (handle_signals=False): end normally
@@ -665,16 +668,29 @@ def _drops_lines(options: RecordOptions) -> list[str]:
             "reading needs more than one CPU; a larger --ringbuf-mb rides out longer bursts."]
 
 
-def _status_line(writer: CaptureWriter, lost: Mapping[str, int], elapsed: float) -> str:
-    st = writer.stats()
-    events = sum(st.rows.values())
-    total_lost = sum(int(v) for v in lost.values())
-    h, rem = divmod(int(elapsed), 3600)
+def _clock(seconds: float) -> str:
+    h, rem = divmod(int(seconds), 3600)
     m, s = divmod(rem, 60)
-    return (
-        f"{events:>12,} events {_human(st.bytes):>10}  lost {total_lost:<8,} "
-        f"{h:02d}:{m:02d}:{s:02d}"
-    )
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def _status_line(rows: Mapping[str, int], read_bytes: int, lost: Mapping[str, int],
+                 elapsed: float, remaining: float | None = None) -> str:
+    """The line rewritten in place on a terminal (under 80 columns): events by kind, bytes
+    read from the ring buffer so far (they grow with every event, where the bytes on disk
+    grow by whole row groups), events lost, time elapsed and, with --duration, left."""
+    kinds = [f"{rows.get('messages', 0):,} msgs", f"{rows.get('connects', 0):,} connects",
+             f"{rows.get('execs', 0):,} execs"]
+    total_lost = sum(int(v) for v in lost.values())
+    tail = [f"{_human(read_bytes)} read", f"lost {total_lost:,}", _clock(elapsed)]
+    if remaining is not None:
+        tail.append(f"{_clock(max(0.0, remaining))} left")
+    line = ", ".join(kinds) + "  " + "  ".join(tail)
+    if len(line) >= 80:  # huge counts: the message count alone, then without the time left
+        line = kinds[0] + "  " + "  ".join(tail)
+    if len(line) >= 80:
+        line = kinds[0] + "  " + "  ".join(tail[:3])
+    return line
 
 
 def _isatty(stream: TextIO) -> bool:

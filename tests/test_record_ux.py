@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -288,3 +289,77 @@ def test_summary_says_how_often_the_recorder_yielded() -> None:
     lines = RecordSummary(**base, priority_lowered=3, low_seconds=41.25).lines()  # type: ignore[arg-type]
     assert "Priority: yielded the CPU 3 times, 41.2 s in all (manifest priority_log)" in lines
     assert all(len(ln) < 80 for ln in lines)
+
+
+def test_status_line_splits_events_and_shows_what_is_left() -> None:
+    from capture.recorder import _status_line
+
+    line = _status_line({"messages": 1234, "connects": 12, "execs": 3}, 123_456,
+                        {"ringbuf_full": 7, "payload_unreadable": 2}, 62.3, 237.7)
+    assert line == "1,234 msgs, 12 connects, 3 execs  120.6 KB read  lost 9  01:02  03:57 left"
+    assert "left" not in _status_line({}, 0, {}, 5.0)
+    big = _status_line({"messages": 12_345_678, "connects": 123_456, "execs": 12_345},
+                       1 << 30, {"ringbuf_full": 1_234_567}, 3723.0, 3500.0)
+    assert big == "12,345,678 msgs  1.0 GB read  lost 1,234,567  1:02:03  58:20 left"
+    assert _status_line({}, 0, {}, 1.0, -3.0).endswith("00:00 left")
+
+
+_STATUS = re.compile(r"([\d,]+) msgs.*?([\d.]+) (B|KB|MB|GB) read  lost ([\d,]+)  "
+                     r"(\d\d):(\d\d)  (\d\d):(\d\d) left")
+
+
+@pytest.mark.live
+def test_status_line_on_a_terminal_grows_with_the_traffic(tmp_path: Path) -> None:
+    """On a terminal the status line is rewritten in place: its message count and bytes
+    grow while DNS traffic flows, and the time left counts down."""
+    import pty
+
+    from tests.lab.require import require_root_bcc
+    from tests.test_record_live import dns_traffic
+
+    require_root_bcc()
+    master, slave = pty.openpty()
+    out = tmp_path / "cap"
+    proc = subprocess.Popen([str(DNSTRAIL), "record", "-o", str(out), "--duration", "40s"],
+                            stdout=subprocess.DEVNULL, stderr=slave, start_new_session=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def reader() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    threading.Thread(target=reader, daemon=True).start()
+
+    def statuses() -> list[tuple[int, float, int, int]]:
+        found = []
+        for m in _STATUS.finditer(b"".join(chunks).decode(errors="replace")):
+            unit = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[m.group(3)]
+            found.append((int(m.group(1).replace(",", "")), float(m.group(2)) * unit,
+                          int(m.group(4).replace(",", "")),
+                          int(m.group(7)) * 60 + int(m.group(8))))
+        return found
+
+    try:
+        assert _wait(lambda: len(statuses()) >= 2, 120), b"".join(chunks).decode()
+        first = statuses()[-1]
+        with dns_traffic(count=300, seconds=10, tag="status"):
+            pass
+        assert _wait(lambda: statuses()[-1][0] >= first[0] + 1200, 10), statuses()[-1]
+        last = statuses()[-1]
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0
+    assert last[1] > first[1]            # bytes read grew with the 1,200 messages
+    assert last[3] < first[3] <= 40      # the time left counts down from the duration
+    os.close(master)
