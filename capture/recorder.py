@@ -679,14 +679,17 @@ def _status_line(rows: Mapping[str, int], read_bytes: int, lost: Mapping[str, in
     """The line rewritten in place on a terminal (under 80 columns): events by kind, bytes
     read from the ring buffer so far (they grow with every event, where the bytes on disk
     grow by whole row groups), events lost, time elapsed and, with --duration, left."""
-    kinds = [f"{rows.get('messages', 0):,} msgs", f"{rows.get('connects', 0):,} connects",
+    kinds = [f"{rows.get('messages', 0):,} msgs", f"{rows.get('connects', 0):,} conns",
              f"{rows.get('execs', 0):,} execs"]
     total_lost = sum(int(v) for v in lost.values())
-    tail = [f"{_human(read_bytes)} read", f"lost {total_lost:,}", _clock(elapsed)]
+    tail = [f"{_human(read_bytes)} read", f"lost {total_lost:,} events", _clock(elapsed)]
     if remaining is not None:
         tail.append(f"{_clock(max(0.0, remaining))} left")
     line = ", ".join(kinds) + "  " + "  ".join(tail)
-    if len(line) >= 80:  # huge counts: the message count alone, then without the time left
+    if len(line) >= 80:  # big counts: shorter words, then the message count alone
+        tail[1] = f"lost {total_lost:,}"
+        line = ", ".join(kinds) + "  " + "  ".join(tail)
+    if len(line) >= 80:
         line = kinds[0] + "  " + "  ".join(tail)
     if len(line) >= 80:
         line = kinds[0] + "  " + "  ".join(tail[:3])

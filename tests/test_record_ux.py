@@ -296,15 +296,21 @@ def test_status_line_splits_events_and_shows_what_is_left() -> None:
 
     line = _status_line({"messages": 1234, "connects": 12, "execs": 3}, 123_456,
                         {"ringbuf_full": 7, "payload_unreadable": 2}, 62.3, 237.7)
-    assert line == "1,234 msgs, 12 connects, 3 execs  120.6 KB read  lost 9  01:02  03:57 left"
+    assert line == "1,234 msgs, 12 conns, 3 execs  120.6 KB read  lost 9 events  01:02  03:57 left"
     assert "left" not in _status_line({}, 0, {}, 5.0)
     big = _status_line({"messages": 12_345_678, "connects": 123_456, "execs": 12_345},
                        1 << 30, {"ringbuf_full": 1_234_567}, 3723.0, 3500.0)
     assert big == "12,345,678 msgs  1.0 GB read  lost 1,234,567  1:02:03  58:20 left"
     assert _status_line({}, 0, {}, 1.0, -3.0).endswith("00:00 left")
+    hour = _status_line({"messages": 1234, "connects": 12, "execs": 3}, 123_456_789,
+                        {"ringbuf_full": 12_345}, 3662.3, 237.7)
+    assert hour == "1,234 msgs, 12 conns, 3 execs  117.7 MB read  lost 12,345  1:01:02  03:57 left"
+    for n in (0, 9, 99_999, 10**9):
+        assert len(_status_line({"messages": n, "connects": n, "execs": n}, n * 300,
+                                {"x": n}, 360_000.0, 360_000.0)) < 80
 
 
-_STATUS = re.compile(r"([\d,]+) msgs.*?([\d.]+) (B|KB|MB|GB) read  lost ([\d,]+)  "
+_STATUS = re.compile(r"([\d,]+) msgs.*?([\d.]+) (B|KB|MB|GB) read  lost ([\d,]+) events  "
                      r"(\d\d):(\d\d)  (\d\d):(\d\d) left")
 
 
