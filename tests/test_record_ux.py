@@ -60,11 +60,12 @@ def _start(out: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str]]:
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("whom", ["terminal", "recorder"])
+@pytest.mark.parametrize("whom", ["terminal", "recorder", "sigterm"])
 def test_ctrl_c_while_compiling_records_nothing_and_fails(tmp_path: Path, whom: str) -> None:
     """SIGINT during the compile, to the whole process group as a terminal's Ctrl-C sends it
     (the loader child dies too) or to the recorder alone (`kill -INT`): one line says nothing
-    was recorded, the exit status is 130, and no capture directory is left behind."""
+    was recorded, the exit status is 130, and no capture directory is left behind. SIGTERM
+    (a service manager stopping it) is handled the same way."""
     from tests.lab.require import require_root_bcc
 
     require_root_bcc()
@@ -79,7 +80,7 @@ def test_ctrl_c_while_compiling_records_nothing_and_fails(tmp_path: Path, whom: 
         if whom == "terminal":
             os.killpg(proc.pid, signal.SIGINT)
         else:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM if whom == "sigterm" else signal.SIGINT)
         rc = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
