@@ -43,6 +43,12 @@ class OutputNotEmpty(CaptureError):
     """the output directory is not empty: choose a new directory or pass --append to continue that capture"""
 
 
+class Interrupted(CaptureError):
+    """interrupted before tracing began: nothing was recorded and no capture directory was written"""
+
+    exit_code = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+
+
 class DiskFull(CaptureError):
     """the disk is full: the capture stopped; finished files are kept and listed in manifest.json"""
 
@@ -54,6 +60,7 @@ __all__ = [
     "CaptureError",
     "DiskFull",
     "HeadersMissing",
+    "Interrupted",
     "LoadFailed",
     "NotPermitted",
     "OutputNotEmpty",

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from capture import sched
 from capture import snapshot as snap
-from capture.errors import BccMissing, CaptureError, OutputNotEmpty
+from capture.errors import BccMissing, CaptureError, Interrupted, OutputNotEmpty
 from capture.preflight import PreflightPaths, preflight
 from capture.schema import EVENT_KINDS
 from capture.writer import (
@@ -167,6 +167,9 @@ class RecordSummary:
     lost: dict[str, int]
     error: str | None = None
     pod_uids: list[str] = field(default_factory=list)
+    #: With --priority auto: how often the recorder yielded (went low) and for how long.
+    priority_lowered: int = 0
+    low_seconds: float = 0.0
 
     def lines(self) -> list[str]:
         """The end-of-capture report, under 80 columns."""
@@ -180,6 +183,10 @@ class RecordSummary:
             out.append("LOST events: " + ", ".join(f"{k} {v:,}" for k, v in lost.items()))
         else:
             out.append("Lost events: none")
+        if self.priority_lowered:
+            times = "once" if self.priority_lowered == 1 else f"{self.priority_lowered} times"
+            out.append(f"Priority: yielded the CPU {times}, {self.low_seconds:.1f} s in all "
+                       "(manifest priority_log)")
         if self.error:
             out.append(f"Error: {self.error}")
         return out
@@ -370,7 +377,15 @@ def _run(
     started = time.monotonic()
     current_ids = set(resolution.cgroup_ids)
     probe = probe_cls(cfg)
-    probe.__enter__()  # compiles and attaches; raises LoadFailed & co. before any file exists
+    err.write("Compiling the BPF program (a few seconds) ...\n")
+    err.flush()
+    try:
+        probe.__enter__()  # compiles and attaches; raises LoadFailed & co. before any file exists
+    except CaptureError:
+        # Ctrl-C on a terminal reaches the loader child too, which then dies without an answer
+        if stop.is_set():
+            raise _interrupted(out_dir, options.append) from None
+        raise
     auto: sched.AutoPriority | None = None
     budget: sched.CpuBudget | None = None
     priority_log: list[dict[str, Any]] = []
@@ -393,10 +408,13 @@ def _run(
             }
         )
         state.start_rows = snap.scan_processes(resolver=state.resolver)
+        if stop.is_set():  # Ctrl-C / SIGTERM while loading: leave no capture behind
+            raise _interrupted(out_dir, options.append)
         writer.start()
         for kind, table in state.tables().items():
             writer.write_snapshot(kind, table)
         err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
+        err.writelines(line + "\n" for line in _drops_lines(options))
         if filtering and not current_ids:
             err.write("No cgroup matches the filter yet; waiting for one to appear.\n")
         err.flush()
@@ -428,8 +446,9 @@ def _run(
                         priority_log.append({"at": _iso_now(), "level": changed,
                                              "lost": dict(lost)})
                         writer.update_info({"priority_log": list(priority_log)})
-                        err.write(("\n" if tty else "") + _priority_line(changed, auto, budget)
-                                  + "\n")
+                        # on a terminal it overwrites the status line, rewritten after it
+                        line = _priority_line(changed, auto, budget.share)
+                        err.write(("\r" + line.ljust(79) if tty else line) + "\n")
                         err.flush()
                     if auto.level == "low":
                         # saturated node: sleep off whatever went over the CPU cap; the ring
@@ -446,7 +465,10 @@ def _run(
                     current_ids = _refilter(options, state, probe, current_ids)
                 if tty and now >= next_status:
                     next_status = now + 0.5
-                    err.write("\r" + _status_line(writer, probe.lost(), now - started))
+                    remaining = deadline - now if deadline is not None else None
+                    err.write("\r" + _status_line(writer.stats().rows,
+                                                   probe.stats()["ring_bytes"], probe.lost(),
+                                                   now - started, remaining).ljust(79))
                     err.flush()
         except KeyboardInterrupt:
             pass  # Ctrl-C without our handler (handle_signals=False): end normally
@@ -482,6 +504,8 @@ def _run(
         bytes=stats.bytes,
         lost=writer.lost(),
         pod_uids=sorted(resolution.pod_uids),
+        priority_lowered=auto.lowered if auto is not None else 0,
+        low_seconds=auto.low_time(time.monotonic()) if auto is not None else 0.0,
     )
     err.writelines(line + "\n" for line in summary.lines())
     err.flush()
@@ -505,20 +529,38 @@ def _arrived(probe: Any, lost: Mapping[str, int]) -> int:
     return int(s["messages"] + waiting + lost.get("ringbuf_full", 0))
 
 
+def _interrupted(out_dir: Path, append: bool) -> Interrupted:
+    """The error for a capture stopped before tracing began (nothing was written)."""
+    where = f"{out_dir} is unchanged" if append else f"{out_dir} was not created"
+    return Interrupted(f"interrupted before tracing began: nothing was recorded; {where}")
+
+
 def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _priority_line(level: str, auto: sched.AutoPriority, budget: sched.CpuBudget) -> str:
+def _percents(lesser: float, greater: float) -> tuple[str, str] | None:
+    """Two shares as percentages with as few decimals as keep ``lesser < greater`` true
+    once rounded (0.196 and 0.2 read "19.6%" and "20%", never "20%" and "20%")."""
+    for digits in range(4):
+        a, b = round(lesser * 100, digits), round(greater * 100, digits)
+        if a < b:
+            return f"{a:.{digits}f}%", f"{b:.{digits}f}%"
+    return None
+
+
+def _priority_line(level: str, auto: sched.AutoPriority, cap: float) -> str:
+    """One short stderr line for a switch of --priority auto (under 80 columns).
+    ``cap``: the CPU cap while low, in CPUs (0: none)."""
     if level == "low":
-        cap = f" and at most {budget.share * 100:g}% of one CPU" if budget.share > 0 else ""
-        why = f"idle {auto.share:.0%} < {auto.low_below:.0%}" + (
-            f" + {auto.need:.0%} for reading the traffic" if auto.need >= 0.005 else "")
-        return (f"The node's CPUs are saturated ({why}): recording at "
-                f"nice 19{cap} from now on; what overflows the ring buffer is counted as lost "
-                "(--priority normal to compete for CPU instead).")
-    return ("The node has idle CPU again (enough for the recorder): recording at nice 0"
-            + (", no CPU cap." if budget.share > 0 else "."))
+        pair = _percents(auto.share, auto.threshold)
+        why = f"idle {pair[0]} < {pair[1]}" if pair else "no idle CPU to spare"
+        limit = f"nice 19, at most {cap * 100:g}% of one CPU" if cap > 0 else "nice 19, no CPU cap"
+        line = f"priority: low ({why}): {limit}; drops counted"
+        return line if len(line) < 80 else line.replace("nice 19, ", "")
+    pair = _percents(auto.threshold, auto.share)
+    why = f"idle {pair[1]} > {pair[0]}" if pair else "idle CPU again"
+    return f"priority: normal ({why} for {auto.held:.1f} s): nice 0, no CPU cap"
 
 
 def _bound_allocators() -> None:
@@ -604,16 +646,54 @@ def _start_line(options: RecordOptions, out_dir: Path, filtering: bool, ids: set
     return f"{'; '.join(parts)} into {out_dir} ... {until}"
 
 
-def _status_line(writer: CaptureWriter, lost: Mapping[str, int], elapsed: float) -> str:
-    st = writer.stats()
-    events = sum(st.rows.values())
-    total_lost = sum(int(v) for v in lost.values())
-    h, rem = divmod(int(elapsed), 3600)
+_KEEP_ALL = "--priority normal competes for CPU to keep everything."
+
+
+def _drops_lines(options: RecordOptions) -> list[str]:
+    """What the start line adds: when messages may be dropped, and how to avoid it
+    (lines under 80 columns)."""
+    if options.priority == "auto":
+        cap = (f"nice 19, at most {options.cpu_budget * 100:g}% of one CPU"
+               if options.cpu_budget > 0 else "nice 19")
+        return [f"When the node's CPUs saturate it yields ({cap}) and",
+                f"counts what it drops; {_KEEP_ALL}"]
+    if options.priority == "low":
+        return ["At nice 19 it drops (and counts) what overflows the ring buffer while the",
+                f"CPUs are busy; {_KEEP_ALL}"]
+    if options.priority == "idle":
+        return ["At SCHED_IDLE it reads only on idle CPU and drops (and counts) what overflows",
+                f"the ring buffer; {_KEEP_ALL}"]
+    ring = f"{options.ringbuf_mb} MB ring buffer"
+    return [f"It drops (and counts) only what overflows the {ring} when",
+            "reading needs more than one CPU; a larger --ringbuf-mb rides out longer bursts."]
+
+
+def _clock(seconds: float) -> str:
+    h, rem = divmod(int(seconds), 3600)
     m, s = divmod(rem, 60)
-    return (
-        f"{events:>12,} events {_human(st.bytes):>10}  lost {total_lost:<8,} "
-        f"{h:02d}:{m:02d}:{s:02d}"
-    )
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def _status_line(rows: Mapping[str, int], read_bytes: int, lost: Mapping[str, int],
+                 elapsed: float, remaining: float | None = None) -> str:
+    """The line rewritten in place on a terminal (under 80 columns): events by kind, bytes
+    read from the ring buffer so far (they grow with every event, where the bytes on disk
+    grow by whole row groups), events lost, time elapsed and, with --duration, left."""
+    kinds = [f"{rows.get('messages', 0):,} msgs", f"{rows.get('connects', 0):,} conns",
+             f"{rows.get('execs', 0):,} execs"]
+    total_lost = sum(int(v) for v in lost.values())
+    tail = [f"{_human(read_bytes)} read", f"lost {total_lost:,} events", _clock(elapsed)]
+    if remaining is not None:
+        tail.append(f"{_clock(max(0.0, remaining))} left")
+    line = ", ".join(kinds) + "  " + "  ".join(tail)
+    if len(line) >= 80:  # big counts: shorter words, then the message count alone
+        tail[1] = f"lost {total_lost:,}"
+        line = ", ".join(kinds) + "  " + "  ".join(tail)
+    if len(line) >= 80:
+        line = kinds[0] + "  " + "  ".join(tail)
+    if len(line) >= 80:
+        line = kinds[0] + "  " + "  ".join(tail[:3])
+    return line
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -9,7 +9,8 @@ the kernel side runs in the context of the process that moved the message and is
   it lowers itself to nice 19 and caps its own CPU time at ``--cpu-budget`` (default 2 % of
   one CPU, all its threads together: `CpuBudget`); once the idle share has stayed for a
   second above 25 % plus twice that reading share (`AutoPriority`), it goes back to nice 0
-  without a cap. So on a node with CPU to spare it records everything, and on a node whose
+  without a cap. Each relapse within 30 s of going back doubles that second (up to 64 s),
+  so a node swinging around the thresholds does not make it flap. So on a node with CPU to spare it records everything, and on a node whose
   CPUs are saturated it yields them to the workload and counts what it cannot keep (raising
   the priority again needs CAP_SYS_NICE; without it the recorder stays low once lowered).
   Idle alone is not the signal: a saturated client/server pair that waits on a recorder at
@@ -106,18 +107,28 @@ class AutoPriority:
     less than ``low_below`` + ``need`` idle: a node must keep ``low_below`` idle after paying
     for the recorder. (A saturated client/server pair that waits on a recorder running at
     nice 0 shows 20-30 % idle while losing half its throughput: idle alone did not see it.)
-    It is raised again once the idle share has stayed for ``raise_after`` intervals' worth of
-    time (1 s; a sample taken after a capped pause covers the pause) above
-    ``low_below`` + 5 points + 2 x ``need``, which leaves room for the reading it takes up
-    again at nice 0. Without message counts ``need`` is 0 and the thresholds are
-    ``low_below`` and ``normal_above``. ``level`` is the current one; ``share`` and ``need``
-    are the last interval's; ``switches`` counts the changes and ``low_seconds`` the time
-    spent low."""
+    It is raised again once the idle share has stayed for ``hold`` seconds (a sample taken
+    after a capped pause covers the pause) above ``low_below`` + 5 points + 2 x ``need``,
+    which leaves room for the reading it takes up again at nice 0. Without message counts
+    ``need`` is 0 and the thresholds are ``low_below`` and ``normal_above``.
+
+    Hysteresis against flapping: ``hold`` starts at ``raise_after`` intervals (1 s) and
+    doubles, up to ``max_hold`` seconds, each time the recorder is lowered again within
+    ``relapse_window`` seconds of being raised (the idle CPU did not last); a lowering after
+    a longer spell at nice 0 brings it back to the start. So a node that keeps swinging
+    around the thresholds sees at most two switches per ``max_hold`` once the hold is grown.
+
+    ``level`` is the current one; ``share`` and ``need`` are the last interval's, and
+    ``threshold`` the idle share the last sample was compared with (the lowering threshold
+    at nice 0, the raising one at nice 19); ``held`` is how long the idle share had stayed
+    above the raising threshold when the recorder was last raised. ``switches`` counts the
+    changes, ``lowered`` the switches to low, ``low_seconds`` the time spent low."""
 
     def __init__(self, stat_path: str = "/proc/stat", interval: float = 0.1,
                  low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 10,
                  apply: bool = True, cost_per_message: float = 1e-6,
-                 cpus: int | None = None) -> None:
+                 cpus: int | None = None, max_hold: float = 64.0,
+                 relapse_window: float = 30.0) -> None:
         self.stat_path = stat_path
         self.interval = interval
         self.low_below = low_below
@@ -126,14 +137,27 @@ class AutoPriority:
         self.apply = apply
         self.cost_per_message = cost_per_message
         self.cpus = cpus or os.cpu_count() or 1
+        self.max_hold = max_hold
+        self.relapse_window = relapse_window
         self.level = "normal"
         self.switches = 0
+        self.lowered = 0
+        self.hold = self._base_hold = raise_after * interval
+        self.threshold = low_below
+        self.held = 0.0
+        self._raised_at: float | None = None
         self.low_seconds = 0.0
         self.can_raise = True
         self.need = 0.0
         self.share = 1.0  # the idle share of the last interval
         self._last: tuple[float, int, int, int | None] | None = None
         self._high = 0.0  # seconds the idle share has stayed above the raise threshold
+
+    def low_time(self, now: float) -> float:
+        """Seconds spent low up to ``now`` (``low_seconds`` counts up to the last sample)."""
+        if self.level == "low" and self._last is not None:
+            return self.low_seconds + max(0.0, now - self._last[0])
+        return self.low_seconds
 
     def due(self, now: float) -> bool:
         """Whether ``update(now, ...)`` would take a sample (an interval has passed)."""
@@ -162,23 +186,35 @@ class AutoPriority:
             self.need = rate * self.cost_per_message / self.cpus
             lower_below = self.low_below + self.need
             raise_above = self.low_below + 0.05 + 2 * self.need
-        if self.level == "normal" and share < lower_below:
-            return self._switch("low")
-        if self.level == "low" and self.can_raise:
+        if self.level == "normal":
+            self.threshold = lower_below
+            if share < lower_below:
+                return self._switch("low", now)
+        elif self.can_raise:
+            self.threshold = raise_above
             # counted in time, not samples: a sample taken after a capped pause covers it
             self._high = self._high + (now - last[0]) if share > raise_above else 0.0
-            if self._high >= self.raise_after * self.interval - 1e-9:
-                return self._switch("normal")
+            if self._high >= self.hold - 1e-9:
+                return self._switch("normal", now)
         return None
 
-    def _switch(self, level: str) -> str | None:
-        self._high = 0.0
+    def _switch(self, level: str, now: float) -> str | None:
+        held, self._high = self._high, 0.0
         if self.apply:
             try:
                 _set_all(level)
             except OSError:  # raising needs CAP_SYS_NICE: stay low
                 self.can_raise = False
                 return None
+        if level == "low":
+            self.lowered += 1
+            relapse = (self._raised_at is not None
+                       and now - self._raised_at < self.relapse_window)
+            self.hold = (min(self.hold * 2, self.max_hold) if relapse
+                         else self._base_hold)
+        else:
+            self.held = held
+            self._raised_at = now
         self.level = level
         self.switches += 1
         return level
