@@ -19,7 +19,6 @@ What ingest writes (the ``messages``, ``connects``, ``execs``, ``processes``, ``
 from __future__ import annotations
 
 import functools
-import hashlib
 import multiprocessing
 import os
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from analyze._frames import to_pandas
 from analyze.cache import WorkDir, WorkDirError, digest, is_disk_full
 from analyze.errors import CaptureDamaged, CaptureTooNew, NotACapture
 from capture import schema
+from capture.writer import sha256_file
 
 #: Rows per decoding chunk (a chunk is whole row groups, so it may be somewhat larger).
 CHUNK_ROWS = 500_000
@@ -69,14 +69,6 @@ class Ingested:
     def files(self, kind: str) -> list[str]:
         """Paths of the derived Parquet files of a stage table (may be empty)."""
         return [str(self.entry / name) for name in self.parts.get(kind, ())]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

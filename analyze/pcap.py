@@ -19,7 +19,6 @@ summary, never dropped silently.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import socket
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 
 from analyze.errors import AppendMismatch, OutputExists, PcapError, UnsupportedLinkType
 from capture import schema
+from capture.writer import fsync_path, sha256_file
 
 #: Ports always imported as DNS.
 DNS_PORT = 53
@@ -471,14 +471,12 @@ def _write_parquet(directory: Path, name: str, table: pa.Table) -> dict[str, Any
     tmp = directory / f"{schema.TMP_PREFIX}{name}"
     pq.write_table(table, tmp, compression="zstd")
     os.chmod(tmp, 0o600)
-    digest = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    fsync_path(tmp)  # the bytes are on disk before the name is
+    digest = sha256_file(tmp)
     size = tmp.stat().st_size
     os.replace(tmp, directory / name)
     return {"name": name, "kind": schema.file_kind(name), "rows": table.num_rows,
-            "bytes": size, "sha256": digest.hexdigest()}
+            "bytes": size, "sha256": digest}
 
 
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
@@ -487,8 +485,11 @@ def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=False)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.chmod(tmp, 0o600)
     os.replace(tmp, directory / schema.MANIFEST_NAME)
+    fsync_path(directory, directory=True)
 
 
 def _prepare_dir(out: Path, append: bool) -> dict[str, Any] | None:

@@ -82,7 +82,13 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def fsync_path(path: str | Path, directory: bool = False) -> None:
+    """fsync a file (or, with ``directory``, a directory's entries) by path."""
+    _fsync_path(Path(path), directory)
+
+
 def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file, hex: the one hash of the capture format."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
