@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -106,9 +106,19 @@ def load(path_or_paths: str | Path | Iterable[str | Path], *,
                                    on_damage=on_damage))
         else:
             ingested.append(_ingest_pcap(p, work=work, dns_ports=dns_ports))
-    ctx = _Context(work=work, ingested=ingested, timeout_s=timeout_s, skew_s=skew_s,
+    # the same capture given twice (same files, same node) is read once, and said so
+    seen: dict[str, str] = {}
+    kept, notes = [], []
+    for p, ing in zip(paths, ingested, strict=True):
+        if ing.key in seen:
+            notes.append(f"{p}: the same capture as {seen[ing.key]} (identical files): "
+                         "read once, not counted twice")
+            continue
+        seen[ing.key] = str(p)
+        kept.append(ing)
+    ctx = _Context(work=work, ingested=kept, timeout_s=timeout_s, skew_s=skew_s,
                    lookup_gap_s=lookup_gap_s, dns_ports=tuple(dns_ports),
-                   memory_limit=memory_limit, threads=threads)
+                   memory_limit=memory_limit, threads=threads, notes=notes)
     return Capture(ctx)
 
 
@@ -138,6 +148,7 @@ class _Context:
     dns_ports: tuple[int, ...]
     memory_limit: str | None
     threads: int | None
+    notes: list[str] = field(default_factory=list)
     _related: Any = None
     _con: Any = None
 
@@ -181,12 +192,16 @@ class _Context:
 
 # --- time parsing for filters -----------------------------------------------------------
 
-_REL = re.compile(r"^\+(\d+(?:\.\d*)?)(ms|s|m|h|d)?$")
+_REL = re.compile(r"^([+-])(\d+(?:\.\d*)?)(ms|s|m|h|d)?$")
+_BARE = re.compile(r"^\d+(?:\.\d*)?(ms|s|m|h|d)$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def parse_time(value: Any, start: pd.Timestamp | None) -> pd.Timestamp:
-    """An ISO time, a datetime/Timestamp, or ``+10s`` / ``+2m`` / ``+500ms`` after ``start``."""
+def parse_time(value: Any, start: pd.Timestamp | None,
+               end: pd.Timestamp | None = None) -> pd.Timestamp:
+    """An ISO time, a datetime/Timestamp, ``+10s`` / ``+2m`` / ``+500ms`` after ``start``, or
+    ``-30s`` / ``-5m`` before ``end``. A bare duration (``10s``) is refused: it is not clear
+    from which end it counts."""
     if isinstance(value, pd.Timestamp):
         ts = value
     elif isinstance(value, datetime):
@@ -196,9 +211,17 @@ def parse_time(value: Any, start: pd.Timestamp | None) -> pd.Timestamp:
     elif isinstance(value, str):
         m = _REL.match(value.strip())
         if m:
-            if start is None:
-                raise BadFilter(f"{value!r}: a relative time needs a capture with a start")
-            return start + timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
+            delta = timedelta(seconds=float(m.group(2)) * _UNIT[m.group(3)])
+            if m.group(1) == "+":
+                if start is None:
+                    raise BadFilter(f"{value!r}: a relative time needs a capture with a start")
+                return start + delta
+            if end is None:
+                raise BadFilter(f"{value!r}: a time before the end needs a capture with messages")
+            return end - delta
+        if _BARE.match(value.strip()):
+            raise BadFilter(f"{value!r}: a duration needs a sign: +{value.strip()} after the "
+                            f"capture start, -{value.strip()} before its end")
         try:
             ts = pd.Timestamp(value.strip())
         except ValueError:
@@ -309,7 +332,7 @@ class Capture:
 
     @property
     def warnings(self) -> list[str]:
-        return [w for i in self._ctx.ingested for w in i.warnings]
+        return list(self._ctx.notes) + [w for i in self._ctx.ingested for w in i.warnings]
 
     @property
     def skipped_files(self) -> list[dict[str, str]]:
@@ -554,6 +577,9 @@ class Capture:
         filters = dict(self.filters)
         start = self.start if any(isinstance(v, str) and v.strip().startswith("+")
                                   for v in (since, until)) else None
+        end = Capture(self._ctx).overview()["end"] if any(
+            isinstance(v, str) and v.strip().startswith("-") for v in (since, until)) else None
+        bounds: dict[str, pd.Timestamp] = {}
         for col, pat in (("pod", pod), ("namespace", namespace), ("container", container),
                          ("comm", comm), ("node", node)):
             if pat is None:
@@ -577,7 +603,11 @@ class Capture:
         for label, value in (("since", since), ("until", until)):
             if value is None:
                 continue
-            ts = parse_time(value, start)
+            ts = parse_time(value, start, end)
+            bounds[label] = ts
+            if "since" in bounds and "until" in bounds and bounds["since"] > bounds["until"]:
+                raise BadFilter(f"since {bounds['since'].isoformat()} is after until "
+                                f"{bounds['until'].isoformat()}: nothing can match")
             filters[label] = ts
             op = ">=" if label == "since" else "<="
             # in nanoseconds: the stage tables keep the capture's nanosecond times
@@ -723,8 +753,14 @@ def _rcode_sql(rcode: Any) -> tuple[str, list[Any]]:
         elif isinstance(w, str) and w.strip().upper() == "TIMEOUT":
             parts.append("status = 'timeout'")
         elif isinstance(w, str) and w.strip():
+            from analyze.decode import RCODE_NAMES
+
+            name = w.strip().upper()
+            if name not in RCODE_NAMES.values() and not re.fullmatch(r"RCODE\d+", name):
+                raise BadFilter(f"{w!r}: not an rcode: one of TIMEOUT, "
+                                f"{', '.join(RCODE_NAMES.values())}, or a number")
             parts.append("rcode_name = ?")
-            params.append(w.strip().upper())
+            params.append(name)
         else:
             raise BadFilter(f"{w!r}: an rcode is a name (NXDOMAIN), a number or TIMEOUT")
     return "coalesce(" + " OR ".join(parts) + ", false)", params

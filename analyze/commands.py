@@ -18,8 +18,10 @@ from analyze.reconstruct import DEFAULT_TIMEOUT_S
 @click.option("--pid", type=int, help="Process id (tgid).")
 @click.option("--name", help="Query name glob (e.g. '*.example.com').")
 @click.option("--rcode", help="Response code name or number; TIMEOUT for unanswered.")
-@click.option("--since", help="ISO time, or +10s / +2m from the capture start.")
-@click.option("--until", help="ISO time, or +10s / +2m from the capture start.")
+@click.option("--since", help="ISO time, +10s / +2m from the capture start, or -30s / -5m "
+              "before its end.")
+@click.option("--until", help="ISO time, +10s / +2m from the capture start, or -30s / -5m "
+              "before its end.")
 @click.option("--node", help="Node (manifest host) glob.")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table",
               show_default=True, help="table fits --width columns; jsonl has every column.")
@@ -59,6 +61,12 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
     filters = {k: v for k, v in given.items() if v is not None}
     if filters:
         cap = cap.filter(**filters)
+        table = "lookups" if lookups else "messages" if messages else "transactions"
+        if cap.count(table) == 0:
+            shown = ", ".join(f"--{k} {v}" for k, v in given.items() if v is not None)
+            click.echo(f"no {table} match {shown}", err=True)
+    for w in cap.warnings:
+        click.echo(f"warning: {w}", err=True)
     try:
         for line in run(cap, format=fmt, lookups=lookups, messages=messages, width=width):
             click.echo(line)

@@ -60,6 +60,8 @@ _RCODE_NAMES = {
     16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
     22: "BADTRUNC", 23: "BADCOOKIE",
 }
+#: Response codes by number (the names the ``rcode_name`` column holds).
+RCODE_NAMES = _RCODE_NAMES
 _CLASS_NAMES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
 _TYPE_NAMES: dict[int, str] = {
     int(k): str(v) for k, v in QTYPE.forward.items()  # type: ignore[attr-defined]
@@ -566,12 +568,14 @@ __all__ = [
     "DECODED_COLUMNS",
     "MAX_POINTER_HOPS",
     "MAX_RECORDS",
+    "RCODE_NAMES",
     "class_name",
     "decode_message",
     "decode_messages",
     "decode_table",
     "present_labels",
     "rcode_name",
+    "record_text",
     "type_name",
 ]
 

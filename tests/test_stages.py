@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -195,3 +196,46 @@ def test_a_full_work_dir_is_a_one_line_error_and_the_evidence_is_untouched(
         assert not _entries(mnt / "cache", "ingest")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: even if still open
+
+
+def test_filters_are_validated_in_one_line(tmp_path: Path) -> None:
+    from analyze.errors import BadFilter
+
+    cap = load(SAMPLE, work_dir=tmp_path / "w")
+    for bad in ("10s", "5m"):
+        with pytest.raises(BadFilter, match=r"needs a sign: \+"):
+            cap.filter(since=bad)
+    with pytest.raises(BadFilter, match="not an rcode"):
+        cap.filter(rcode="BOGUS")
+    with pytest.raises(BadFilter, match="is after until"):
+        cap.filter(since="+5s", until="+2s")
+    # -D counts back from the last message
+    tx = cap.transactions
+    last = cap.filter(since="-2s").transactions
+    assert 0 < len(last) < len(tx)
+    assert (last["ts"] >= tx["ts"].max() - pd.Timedelta(seconds=2.5)).all()
+    assert len(cap.filter(rcode="servfail").transactions) == (
+        tx["rcode_name"] == "SERVFAIL").sum()
+
+
+def test_the_same_capture_twice_is_read_once_and_said(tmp_path: Path) -> None:
+    one = load(SAMPLE, work_dir=tmp_path / "w")
+    twice = load([SAMPLE, SAMPLE], work_dir=tmp_path / "w")
+    assert len(twice.transactions) == len(one.transactions)
+    assert any("same capture" in w for w in twice.warnings)
+    doc = twice.report(format="json", plots=False)
+    assert "same capture" in doc
+
+
+def test_replay_says_when_nothing_matches(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dnstrail.cli import main
+
+    r = CliRunner().invoke(main, ["replay", str(SAMPLE), "--work-dir", str(tmp_path / "w"),
+                                  "--pod", "no-such-pod-*"])
+    assert r.exit_code == 0
+    assert "no transactions match --pod no-such-pod-*" in r.stderr
+    bad = CliRunner().invoke(main, ["replay", str(SAMPLE), "--work-dir", str(tmp_path / "w"),
+                                    "--since", "10s"])
+    assert bad.exit_code == 1 and "needs a sign" in bad.output
