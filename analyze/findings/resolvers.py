@@ -65,7 +65,9 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
     hostns = host_netns(capture)
     netns = col(tx, "netns")
     loop = tx["server_addr"].astype(str).str.startswith("127.") | tx["server_addr"].eq("::1")
-    tx["_ns"] = [int(n) if (lp and present(n)) else None for lp, n in zip(loop, netns)]
+    # Int64: a list of ints and Nones would become floats (a netns printed as 4026532174.0)
+    tx["_ns"] = pd.array([int(n) if (lp and present(n)) else None
+                          for lp, n in zip(loop, netns)], dtype="Int64")
     out: list[Finding] = []
     for (server, ns), g in tx.groupby(["server_addr", "_ns"], sort=False, dropna=False):
         out.extend(_judge(str(server), clean(ns), g, hostns, th))
