@@ -237,6 +237,9 @@ def test_stub_resolver_from_a_pod_namespace(scenario: Scenario) -> None:
     assert len(hits) == 1
     assert "127.0.0.53" in hits[0].explanation and hits[0].severity == "high"
     assert hits[0].metrics["queries"] >= 3 and hits[0].metrics["answered"] == 0
+    ns = hits[0].metrics["netns"]  # an inode number, never a float like 4026532174.0
+    assert isinstance(ns, int) and not isinstance(ns, bool)
+    assert f"from network namespace {ns}, " in hits[0].explanation
 
 
 def test_high_rate_client(scenario: Scenario) -> None:
