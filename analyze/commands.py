@@ -8,21 +8,39 @@ import click
 
 from analyze.reconstruct import DEFAULT_TIMEOUT_S
 
+FILTERS = ("pod", "namespace", "container", "comm", "pid", "name", "rcode", "since", "until",
+           "node")
+
+
+def filter_options(command: Any) -> Any:
+    """The filter options of ``replay`` and ``report`` (one definition, ``Capture.filter``)."""
+    options = [
+        click.option("--pod", help="Pod name glob (e.g. 'web-*')."),
+        click.option("--namespace", "-n", help="Namespace glob."),
+        click.option("--container", help="Container name glob."),
+        click.option("--comm", help="Process name glob."),
+        click.option("--pid", type=int, help="Process id (tgid)."),
+        click.option("--name", help="Query name glob (e.g. '*.example.com')."),
+        click.option("--rcode", help="Response code name or number; TIMEOUT for unanswered."),
+        click.option("--since", help="ISO time, +10s / +2m from the capture start, or -30s / "
+                     "-5m before its end."),
+        click.option("--until", help="ISO time, +10s / +2m from the capture start, or -30s / "
+                     "-5m before its end."),
+        click.option("--node", help="Node (manifest host) glob."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def given_filters(values: dict[str, Any]) -> dict[str, Any]:
+    """The filter options that were given, by name."""
+    return {k: values[k] for k in FILTERS if values.get(k) is not None}
+
 
 @click.command("replay")
 @click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
-@click.option("--pod", help="Pod name glob (e.g. 'web-*').")
-@click.option("--namespace", "-n", help="Namespace glob.")
-@click.option("--container", help="Container name glob.")
-@click.option("--comm", help="Process name glob.")
-@click.option("--pid", type=int, help="Process id (tgid).")
-@click.option("--name", help="Query name glob (e.g. '*.example.com').")
-@click.option("--rcode", help="Response code name or number; TIMEOUT for unanswered.")
-@click.option("--since", help="ISO time, +10s / +2m from the capture start, or -30s / -5m "
-              "before its end.")
-@click.option("--until", help="ISO time, +10s / +2m from the capture start, or -30s / -5m "
-              "before its end.")
-@click.option("--node", help="Node (manifest host) glob.")
+@filter_options
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table",
               show_default=True, help="table fits --width columns; jsonl has every column.")
 @click.option("--lookups", is_flag=True, help="One line per resolver call (search-list "
@@ -55,15 +73,14 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
     if lookups and messages:
         raise click.UsageError("--lookups and --messages exclude each other")
     cap = load(list(captures), timeout_s=timeout_s, verify=not no_verify, work_dir=work_dir)
-    given: dict[str, Any] = {
+    filters = given_filters({
         "pod": pod, "namespace": namespace, "container": container, "comm": comm, "pid": pid,
-        "name": name, "rcode": rcode, "since": since, "until": until, "node": node}
-    filters = {k: v for k, v in given.items() if v is not None}
+        "name": name, "rcode": rcode, "since": since, "until": until, "node": node})
     if filters:
         cap = cap.filter(**filters)
         table = "lookups" if lookups else "messages" if messages else "transactions"
         if cap.count(table) == 0:
-            shown = ", ".join(f"--{k} {v}" for k, v in given.items() if v is not None)
+            shown = ", ".join(f"--{k} {v}" for k, v in filters.items())
             click.echo(f"no {table} match {shown}", err=True)
     for w in cap.warnings:
         click.echo(f"warning: {w}", err=True)

@@ -239,3 +239,31 @@ def test_replay_says_when_nothing_matches(tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, ["replay", str(SAMPLE), "--work-dir", str(tmp_path / "w"),
                                     "--since", "10s"])
     assert bad.exit_code == 1 and "needs a sign" in bad.output
+
+
+def test_a_filtered_report_says_it_is_filtered(tmp_path: Path) -> None:
+    import json
+
+    import html5lib
+    from click.testing import CliRunner
+
+    from dnstrail.cli import main
+
+    base = ["report", str(SAMPLE), "--work-dir", str(tmp_path / "w")]
+    whole = json.loads(CliRunner().invoke(main, base + ["--format", "json"]).stdout)
+    r = CliRunner().invoke(main, base + ["--format", "json", "--rcode", "NXDOMAIN"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["summary"]["filters"] == {"rcode": "NXDOMAIN"}
+    assert doc["summary"]["transactions"] == doc["summary"]["nxdomain"] > 0
+    assert doc["summary"]["transactions"] < whole["summary"]["transactions"]
+    assert whole["summary"]["filters"] == {}
+    md = CliRunner().invoke(main, base + ["--format", "md", "--pod", "<b>*"]).stdout
+    assert "> **Filtered report (pod=&lt;b&gt;\\*): only what matches" in md
+    assert "<b>" not in md
+    page = CliRunner().invoke(main, base + ["--format", "html", "--no-plots", "--pod",
+                                            "<b>*"]).stdout
+    tree = html5lib.parse(page, namespaceHTMLElements=False)
+    banner = [el for el in tree.iter() if el.get("class") == "filtered"]
+    assert banner and "pod=<b>*" in "".join(banner[0].itertext())
+    assert not [el for el in tree.iter() if el.tag == "b"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
+from analyze.commands import filter_options, given_filters
 from analyze.findings._common import SEVERITIES, severity_rank
 
 #: Exit status when --fail-on is given and a finding at or above that severity exists.
@@ -35,6 +37,7 @@ class _Progress:
 
 @click.command("report")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True))
+@filter_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
               help="Write the report here (format from the suffix .html/.md/.json). "
                    "Without it the report goes to stdout.")
@@ -62,7 +65,7 @@ class _Progress:
 def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
            baseline: tuple[str, ...], allow: str | None, fail_on: str | None,
            min_severity: str, no_plots: bool, work_dir: str | None, no_verify: bool,
-           skip_damaged: bool) -> None:
+           skip_damaged: bool, **filters: Any) -> None:
     """Find problems and threats in CAPTURE... (directories or pcaps) and report them.
 
     \b
@@ -80,6 +83,9 @@ def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
     opts = {"work_dir": work_dir, "verify": not no_verify,
             "on_damage": "skip" if skip_damaged else "raise"}
     capture = load(list(captures), **opts)  # type: ignore[arg-type]
+    chosen = given_filters(filters)
+    if chosen:  # the report says it is filtered (summary.filters, a banner)
+        capture = capture.filter(**chosen)
     base = None
     if baseline:
         progress("loading baseline")

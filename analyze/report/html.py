@@ -94,6 +94,10 @@ def render_html(capture: Any, findings: list[Finding], summary: dict[str, Any],
     sev = s["findings_by_severity"]
     sev_html = " ".join(f'<span class="sev {x}">{x}: {int(sev.get(x, 0))}</span>'
                         for x in reversed(SEVERITIES))
+    if s.get("filters"):
+        shown = ", ".join(f"{k}={v}" for k, v in s["filters"].items())
+        parts.append(f'<p class="filtered"><strong>Filtered report ({h(shown)}): only what '
+                     "matches, not the node's whole DNS.</strong></p>")
     parts.append("<h2>Summary</h2>")
     parts.append(f"<p>{sev_html}</p>")
     parts.append(_kv_table([

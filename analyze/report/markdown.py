@@ -33,6 +33,10 @@ def render_markdown(findings: list[Finding], summary: dict[str, Any],
         lost = ", ".join(f"{k}: {v}" for k, v in s["lost"].items() if v)
         lines += [(f"> **Events were lost during the capture ({s['lost_total']}: {md(lost)}). "
                    "The capture is incomplete.**"), ""]
+    if s.get("filters"):
+        shown = ", ".join(f"{k}={v}" for k, v in s["filters"].items())
+        lines += [(f"> **Filtered report ({md(shown)}): only what matches, not the node's "
+                  "whole DNS.**"), ""]
     sev = s["findings_by_severity"]
     lines += ["## Summary", "",
               "Findings: " + ", ".join(f"**{x}** {int(sev.get(x, 0))}"

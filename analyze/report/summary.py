@@ -95,6 +95,8 @@ def summarize(capture: Any, findings: list[Finding]) -> dict[str, Any]:
         "lost": lost,
         "lost_total": int(sum(lost.values())),
         "warnings": list(getattr(capture, "warnings", None) or [])[:50],
+        "filters": {str(k): (v.isoformat() if isinstance(v, pd.Timestamp) else str(v))
+                    for k, v in (getattr(capture, "filters", None) or {}).items()},
         "findings_by_severity": {s: int(sev.get(s, 0)) for s in reversed(SEVERITIES)},
         "findings_by_kind": dict(sorted(kinds.items())),
     })
