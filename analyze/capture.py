@@ -130,7 +130,8 @@ def _ingest_pcap(path: Path, *, work: WorkDir, dns_ports: Sequence[int]) -> Any:
     try:
         out = tmp / "capture"
         import_pcap(path, out, ports=tuple(dns_ports))
-        return ingest(out, work=work, verify=False, dns_ports=dns_ports, label=str(path))
+        # the import just wrote the hashes; checking them is cheap and keeps `verified` true
+        return ingest(out, work=work, verify=True, dns_ports=dns_ports, label=str(path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

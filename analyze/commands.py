@@ -82,6 +82,10 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
         if cap.count(table) == 0:
             shown = ", ".join(f"--{k} {v}" for k, v in filters.items())
             click.echo(f"no {table} match {shown}", err=True)
+    from analyze.completeness import completeness
+
+    for problem in completeness(cap)["problems"]:
+        click.echo(f"incomplete: {problem}", err=True)
     for w in cap.warnings:
         click.echo(f"warning: {w}", err=True)
     try:

@@ -267,3 +267,79 @@ def test_a_filtered_report_says_it_is_filtered(tmp_path: Path) -> None:
     banner = [el for el in tree.iter() if el.get("class") == "filtered"]
     assert banner and "pod=<b>*" in "".join(banner[0].itertext())
     assert not [el for el in tree.iter() if el.tag == "b"]
+
+
+def _edit_manifest(directory: Path, **changes: object) -> None:
+    import json
+
+    m = json.loads((directory / "manifest.json").read_text())
+    m.update(changes)
+    (directory / "manifest.json").write_text(json.dumps(m))
+
+
+def test_incomplete_evidence_is_said_first_in_every_output(sample: Path, tmp_path: Path) -> None:
+    import json
+
+    import html5lib
+    from click.testing import CliRunner
+
+    from dnstrail.cli import main
+
+    _edit_manifest(sample, status="running")           # the recorder died
+    (next(sample.glob("connects-*.parquet"))).unlink()  # a file is gone
+    base = ["--work-dir", str(tmp_path / "w")]
+    r = CliRunner().invoke(main, ["report", str(sample), "--format", "json", *base])
+    assert r.exit_code == 0, r.output
+    comp = json.loads(r.stdout)["summary"]["completeness"]
+    assert comp["complete"] is False and comp["verified"] is True
+    text = "\n".join(comp["problems"])
+    assert "still says 'running'" in text
+    assert "connects-000001.parquet is listed in the manifest but missing" in text
+    assert "untracked_socket_io" in text and "recorded with filters (pods" in text
+    md = CliRunner().invoke(main, ["report", str(sample), "--format", "md", *base]).stdout
+    first = md.splitlines()[2]
+    assert first.startswith("> **Incomplete evidence:**")
+    assert "still says 'running'" in md.split("## Summary")[0]
+    page = CliRunner().invoke(main, ["report", str(sample), "--format", "html", "--no-plots",
+                                     *base]).stdout
+    tree = html5lib.parse(page, namespaceHTMLElements=False)
+    body = tree.find("body")
+    assert body is not None
+    blocks = [el for el in body if el.tag != "h1"]
+    assert blocks[0].get("class") == "incomplete"       # before anything else
+    assert "missing" in "".join(blocks[0].itertext())
+    rp = CliRunner().invoke(main, ["replay", str(sample), *base])
+    assert rp.exit_code == 0
+    assert "incomplete: " in rp.stderr and "running" in rp.stderr
+    # --fail-on incomplete: exit 4; a complete capture exits 0
+    fail = CliRunner().invoke(main, ["report", str(sample), "--format", "json",
+                                     "--fail-on", "incomplete", *base])
+    assert fail.exit_code == 4
+
+
+def test_complete_evidence_has_no_banner_and_hostile_strings_stay_inert(
+        sample: Path, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from dnstrail.cli import main
+
+    m = json.loads((sample / "manifest.json").read_text())
+    filters = dict(m["filters"], pods=[], pod_uids=[])
+    _edit_manifest(sample, lost={}, filters=filters)
+    base = ["--work-dir", str(tmp_path / "w")]
+    r = CliRunner().invoke(main, ["report", str(sample), "--format", "json",
+                                  "--fail-on", "incomplete", *base])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["summary"]["completeness"] == {
+        "complete": True, "verified": True, "problems": [], "problems_total": 0}
+    md = CliRunner().invoke(main, ["report", str(sample), "--format", "md", *base]).stdout
+    assert "Incomplete evidence" not in md
+    _edit_manifest(sample, status="failed", error="disk \x1b[31mfull\x07 <script>x</script>")
+    rp = CliRunner().invoke(main, ["replay", str(sample), *base])
+    assert "\x1b" not in rp.stderr and "\x07" not in rp.stderr
+    assert "\\x1b[31mfull" in rp.stderr
+    page = CliRunner().invoke(main, ["report", str(sample), "--format", "html", "--no-plots",
+                                     *base]).stdout
+    assert "<script>x" not in page and "&lt;script&gt;x" in page

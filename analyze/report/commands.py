@@ -49,8 +49,11 @@ class _Progress:
 @click.option("--allow", type=click.Path(exists=True, dir_okay=False),
               help="Allow file: lines 'WORKLOAD-GLOB DOMAIN-GLOB' (docs/report.md); "
                    "report domains it does not allow (new_domain).")
-@click.option("--fail-on", type=click.Choice(list(SEVERITIES)),
-              help="Exit with status 3 when a finding at or above this severity exists.")
+@click.option("--fail-on", type=click.Choice([*SEVERITIES, "incomplete"]),
+              help="Exit with status 3 when a finding at or above this severity exists; "
+                   "'incomplete': exit 4 when the evidence is incomplete (a capture that "
+                   "died, damaged or missing files, lost events, record-time filters, "
+                   "--no-verify).")
 @click.option("--min-severity", type=click.Choice(list(SEVERITIES)), default="info",
               show_default=True, help="Leave out findings below this severity.")
 @click.option("--no-plots", is_flag=True, help="HTML without plots (faster).")
@@ -72,7 +75,8 @@ def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
     dnstrail report cap/ -o report.html     self-contained HTML with plots
     dnstrail report cap/ --format json      versioned JSON on stdout
     dnstrail report cap/ --baseline last-week/ --fail-on high
-    Exit status: 0 done, 1 error, 3 a finding at or above --fail-on.
+    Exit status: 0 done, 1 error, 3 a finding at or above --fail-on,
+    4 incomplete evidence with --fail-on incomplete.
     """
     from analyze.capture import load  # direct: works even if `analyze` resolves as a namespace
     from analyze.report import format_for, render
@@ -101,5 +105,10 @@ def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
         counts = {s: sum(f.severity == s for f in findings) for s in reversed(SEVERITIES)}
         click.echo(f"{Path(output)}: {len(findings)} findings ("
                    + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")", err=True)
-    if fail_on is not None and any(f.rank >= severity_rank(fail_on) for f in findings):
+    if fail_on == "incomplete":
+        from analyze.completeness import EXIT_INCOMPLETE, completeness
+
+        if not completeness(capture)["complete"]:
+            sys.exit(EXIT_INCOMPLETE)
+    elif fail_on is not None and any(f.rank >= severity_rank(fail_on) for f in findings):
         sys.exit(EXIT_FINDINGS)

@@ -21,6 +21,8 @@ white-space:pre-wrap}
 .sev{display:inline-block;padding:1px 8px;border-radius:3px;color:#fff;font-weight:bold}
 .high{background:#b00020}.medium{background:#d96c00}.low{background:#b59a00}.info{background:#607d8b}
 .lost{background:#fde0e0;border:2px solid #b00020;padding:.5em;font-weight:bold}
+.incomplete{background:#fff3cd;border:2px solid #b00020;padding:.5em}
+.filtered{background:#e8f0fe;padding:.5em}
 .finding{border:1px solid #ddd;border-radius:4px;padding:.6em;margin:.8em 0}
 .explanation{margin:.4em 0}
 details{margin:.3em 0}
@@ -86,6 +88,12 @@ def render_html(capture: Any, findings: list[Finding], summary: dict[str, Any],
         f"<title>dnstrail report {h(s.get('start'))}</title><style>{_CSS}</style></head><body>",
         "<h1>dnstrail report</h1>",
     ]
+    comp = s.get("completeness") or {}
+    if comp and not comp.get("complete"):
+        parts.append('<div class="incomplete"><strong>Incomplete evidence:</strong> absence '
+                     "of evidence here is not evidence of absence.<ul>"
+                     + "".join(f"<li>{h(p)}</li>" for p in comp.get("problems", []))
+                     + "</ul></div>")
     if s.get("lost_total"):
         lost = ", ".join(f"{k}: {v}" for k, v in s["lost"].items() if v)
         parts.append(f'<p class="lost">Events were lost during the capture ({s["lost_total"]} '

@@ -29,6 +29,12 @@ def render_markdown(findings: list[Finding], summary: dict[str, Any],
                     meta: dict[str, Any]) -> str:
     s = summary
     lines = ["# dnstrail report", ""]
+    comp = s.get("completeness") or {}
+    if comp and not comp.get("complete"):
+        lines += [("> **Incomplete evidence:** absence of evidence here is not evidence of "
+                  "absence."), ">"]
+        lines += [f"> - {md(p)}" for p in comp.get("problems", [])]
+        lines += [""]
     if s.get("lost_total"):
         lost = ", ".join(f"{k}: {v}" for k, v in s["lost"].items() if v)
         lines += [(f"> **Events were lost during the capture ({s['lost_total']}: {md(lost)}). "

@@ -56,6 +56,17 @@ REPORT_SCHEMA: dict[str, Any] = {
                          "decode_errors", "lost", "lost_total", "findings_by_severity"],
             "properties": {
                 "lost": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "completeness": {
+                    "type": "object",
+                    "required": ["complete", "verified", "problems"],
+                    "properties": {
+                        "complete": {"type": "boolean"},
+                        "verified": {"type": "boolean"},
+                        "problems": {"type": "array", "items": {"type": "string"}},
+                        "problems_total": {"type": "integer"},
+                    },
+                },
+                "filters": {"type": "object", "additionalProperties": {"type": "string"}},
                 "findings_by_severity": {
                     "type": "object",
                     "required": list(SEVERITIES),

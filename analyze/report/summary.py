@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from analyze.completeness import completeness
 from analyze.findings._common import SEVERITIES, Finding, json_safe, present, table
 
 #: Version of the JSON report layout (docs/report.md). Bump on incompatible changes.
@@ -95,6 +96,7 @@ def summarize(capture: Any, findings: list[Finding]) -> dict[str, Any]:
         "lost": lost,
         "lost_total": int(sum(lost.values())),
         "warnings": list(getattr(capture, "warnings", None) or [])[:50],
+        "completeness": completeness(capture),
         "filters": {str(k): (v.isoformat() if isinstance(v, pd.Timestamp) else str(v))
                     for k, v in (getattr(capture, "filters", None) or {}).items()},
         "findings_by_severity": {s: int(sev.get(s, 0)) for s in reversed(SEVERITIES)},
