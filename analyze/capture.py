@@ -581,7 +581,11 @@ class Capture:
         end = Capture(self._ctx).overview()["end"] if any(
             isinstance(v, str) and v.strip().startswith("-") for v in (since, until)) else None
         bounds: dict[str, pd.Timestamp] = {}
-        for col, pat in (("pod", pod), ("namespace", namespace), ("container", container),
+        if pod is not None:
+            filters["pod"] = pod
+            cond, params = _pod_sql(pod)
+            where = where.add(_FILTERED, "pod", cond, *params)
+        for col, pat in (("namespace", namespace), ("container", container),
                          ("comm", comm), ("node", node)):
             if pat is None:
                 continue
@@ -730,6 +734,36 @@ class Capture:
 def _keyable(filters: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v)
             for k, v in sorted(filters.items())}
+
+
+_POD_UID = re.compile(r"^[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}"
+                      r"[-_][0-9a-fA-F]{12}$")
+
+
+def _pod_sql(pattern: str | Sequence[str]) -> tuple[str, list[Any]]:
+    """``--pod``: a name glob, ``namespace/name`` (globs both), or a pod UID."""
+    pats = [pattern] if isinstance(pattern, str) else list(pattern)
+    if not pats:
+        raise BadFilter("pod: an empty list of patterns")
+    parts: list[str] = []
+    params: list[Any] = []
+    for p in pats:
+        if not isinstance(p, str) or not p:
+            raise BadFilter(f"{p!r}: a pod is a name glob, namespace/name or a pod UID")
+        if _POD_UID.match(p):
+            parts.append("lower(replace(pod_uid, '_', '-')) = ?")
+            params.append(p.lower().replace("_", "-"))
+        elif "/" in p:
+            ns, name = p.split("/", 1)
+            a, pa_ = _glob_sql("namespace", ns, lower=False)
+            b, pb = _glob_sql("pod", name, lower=False)
+            parts.append(f"({a} AND {b})")
+            params.extend(pa_ + pb)
+        else:
+            c, pc_ = _glob_sql("pod", p, lower=False)
+            parts.append(c)
+            params.extend(pc_)
+    return "coalesce(" + " OR ".join(parts) + ", false)", params
 
 
 def _glob_sql(col: str, pattern: str | Sequence[str], *, lower: bool) -> tuple[str, list[Any]]:

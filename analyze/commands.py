@@ -15,7 +15,8 @@ FILTERS = ("pod", "namespace", "container", "comm", "pid", "name", "rcode", "sin
 def filter_options(command: Any) -> Any:
     """The filter options of ``replay`` and ``report`` (one definition, ``Capture.filter``)."""
     options = [
-        click.option("--pod", help="Pod name glob (e.g. 'web-*')."),
+        click.option("--pod", help="Pod name glob (e.g. 'web-*'), NAMESPACE/NAME (globs), or "
+                     "a pod UID."),
         click.option("--namespace", "-n", help="Namespace glob."),
         click.option("--container", help="Container name glob."),
         click.option("--comm", help="Process name glob."),

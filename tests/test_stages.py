@@ -343,3 +343,17 @@ def test_complete_evidence_has_no_banner_and_hostile_strings_stay_inert(
     page = CliRunner().invoke(main, ["report", str(sample), "--format", "html", "--no-plots",
                                      *base]).stdout
     assert "<script>x" not in page and "&lt;script&gt;x" in page
+
+
+def test_pod_filter_takes_a_name_namespace_slash_name_or_a_uid(tmp_path: Path) -> None:
+    cap = load(SAMPLE, work_dir=tmp_path / "w")
+    tx = cap.transactions
+    row = tx.dropna(subset=["pod"]).iloc[0]
+    want = int((tx["pod"] == row["pod"]).sum())
+    assert len(cap.filter(pod=str(row["pod"])).transactions) == want
+    assert len(cap.filter(pod=f"{row['namespace']}/{row['pod']}").transactions) == want
+    assert len(cap.filter(pod=f"{row['namespace']}/*").transactions) == int(
+        (tx["namespace"] == row["namespace"]).sum())
+    assert len(cap.filter(pod=str(row["pod_uid"]).upper()).transactions) == int(
+        (tx["pod_uid"] == row["pod_uid"]).sum())
+    assert len(cap.filter(pod=f"not-{row['namespace']}/{row['pod']}").transactions) == 0
