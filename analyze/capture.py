@@ -152,6 +152,7 @@ class _Context:
     notes: list[str] = field(default_factory=list)
     _related: Any = None
     _con: Any = None
+    _whole: Any = None
 
     @property
     def related(self) -> Any:
@@ -172,11 +173,40 @@ class _Context:
             self._con = connect(self.work, memory_limit=self.memory_limit, threads=self.threads)
         return self._con.cursor()
 
-    def base_sql(self, table: str) -> str:
-        """The unfiltered query of a stage table, across every capture."""
+    def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """A (small) query's rows, on a cursor of its own."""
+        from analyze.relate import run
+
+        cur = self.cursor()
+        try:
+            return run(cur, sql, params)
+        finally:
+            cur.close()
+
+    def arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """A query's result as Arrow, on a cursor of its own."""
+        from analyze.relate import arrow
+
+        cur = self.cursor()
+        try:
+            return arrow(cur, sql, params)
+        finally:
+            cur.close()
+
+    def whole(self) -> Capture:
+        """The unfiltered Capture (its overview is computed once, for every filter)."""
+        if self._whole is None:
+            self._whole = Capture(self)
+        return self._whole
+
+    def base_sql(self, table: str, *, with_txn: bool = True) -> str:
+        """The unfiltered query of a stage table, across every capture (``with_txn``:
+        messages with their ``txn_id``, which needs the relate stage)."""
         from analyze.relate import files_sql, messages_sql, quote
 
         if table == "messages":
+            if not with_txn:
+                return messages_sql(self.ingested, self.work)
             rel = self.related
             return (f"SELECT m.*, t.txn_id FROM ({messages_sql(self.ingested, self.work)}) m "
                     f"LEFT JOIN read_parquet({quote(rel.file('message_txn'))}) t "
@@ -283,6 +313,9 @@ class _Where:
     def add(self, tables: tuple[str, ...], column: str, sql: str, *params: Any) -> _Where:
         return _Where(self.clauses + ((tables, column, sql, params),))
 
+    def uses(self, column: str) -> bool:
+        return any(c == column for _, c, _, _ in self.clauses)
+
     def of(self, table: str) -> tuple[str, list[Any]]:
         parts: list[str] = []
         params: list[Any] = []
@@ -361,14 +394,15 @@ class Capture:
 
     # --- SQL --------------------------------------------------------------------------------
 
-    def table_sql(self, table: str) -> tuple[str, list[Any]]:
+    def table_sql(self, table: str, *, with_txn: bool = True) -> tuple[str, list[Any]]:
         """The query (and its parameters) of one table with this Capture's filters."""
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}: one of {', '.join(TABLES)}")
         if table == "lookups" and self.filters:
             raise ValueError("filtered lookups are rebuilt from the filtered transactions")
         cond, params = self._where.of(table)
-        return f"SELECT * FROM ({self._ctx.base_sql(table)}) WHERE {cond}", params
+        base = self._ctx.base_sql(table, with_txn=with_txn or self._where.uses("txn_id"))
+        return f"SELECT * FROM ({base}) WHERE {cond}", params
 
     def _cursor(self) -> Any:
         """A cursor with one temp view per table (this Capture's filtered rows)."""
@@ -393,19 +427,13 @@ class Capture:
 
         cur = self._cursor()
         try:
-            if params:
-                table = arrow(cur, query, params)
-            else:
-                table = arrow(cur, query)
+            table = arrow(cur, query, params)
         finally:
             cur.close()
         return to_pandas(table)
 
     def _arrow(self, table: str, columns: Sequence[str] | None = None) -> pa.Table:
-        from analyze.relate import arrow
-
-        if table in ("transactions", "lookups") and not self._where.of(table)[1] \
-                and self._where.of(table)[0] == "TRUE":
+        if table in ("transactions", "lookups") and self._where.of(table)[0] == "TRUE":
             # written in id order by relate: read as is, without the engine's buffers
             import pyarrow.parquet as pq
 
@@ -419,12 +447,7 @@ class Capture:
         order = {"messages": "msg_id", "transactions": "txn_id", "lookups": "lookup_id"}.get(
             table)
         query = f"SELECT {cols} FROM ({sql})" + (f" ORDER BY {order}" if order else "")
-        cur = self._ctx.cursor()
-        try:
-            result = arrow(cur, query, params) if params else arrow(cur, query)
-        finally:
-            cur.close()
-        return declared_types(result, stages.STAGES[table])
+        return declared_types(self._ctx.arrow(query, params), stages.STAGES[table])
 
     def _frame(self, table: str) -> pd.DataFrame:
         if table not in self._frames:
@@ -477,31 +500,19 @@ class Capture:
             return len(self._frames[table])
         if table == "lookups" and self.filters:
             return len(self.lookups)
-        from analyze.relate import run
-
-        sql, params = self.table_sql(table)
-        cur = self._ctx.cursor()
-        try:
-            ((n,),) = run(cur, f"SELECT count(*) FROM ({sql})", params)
-        finally:
-            cur.close()
+        sql, params = self.table_sql(table, with_txn=False)
+        ((n,),) = self._ctx.rows(f"SELECT count(*) FROM ({sql})", params)
         return int(n)
 
     def overview(self) -> dict[str, Any]:
         """Messages, decode errors, truncated payloads, first and last message time and the
         nodes, computed in the engine (the messages are not materialized)."""
         if self._stats is None:
-            from analyze.relate import run
-
-            sql, params = self.table_sql("messages")
-            cur = self._ctx.cursor()
-            try:
-                ((n, err, trunc, t0, t1, nodes),) = run(cur, (
-                    "SELECT count(*), count(error), count(*) FILTER (WHERE truncated), "
-                    "min(ts), max(ts), list(DISTINCT node ORDER BY node) "
-                    f"FROM ({sql})"), params)
-            finally:
-                cur.close()
+            sql, params = self.table_sql("messages", with_txn=False)
+            ((n, err, trunc, t0, t1, nodes),) = self._ctx.rows(
+                "SELECT count(*), count(error), count(*) FILTER (WHERE truncated), "
+                "min(ts), max(ts), list(DISTINCT node ORDER BY node) "
+                f"FROM ({sql})", params)
             self._stats = {
                 "messages": int(n), "decode_errors": int(err), "truncated": int(trunc),
                 "start": pd.Timestamp(t0).tz_convert("UTC") if t0 is not None else None,
@@ -512,20 +523,14 @@ class Capture:
     def transaction_counts(self) -> dict[str, int]:
         """Transactions, answered, timeouts, unsolicited, NXDOMAIN and SERVFAIL, counted in
         the engine (the transactions are not materialized)."""
-        from analyze.relate import run
-
         sql, params = self.table_sql("transactions")
-        cur = self._ctx.cursor()
-        try:
-            ((n, ans, to, uns, nx, sf),) = run(cur, (
-                "SELECT count(*), count(*) FILTER (WHERE status = 'answered'), "
-                "count(*) FILTER (WHERE status = 'timeout'), "
-                "count(*) FILTER (WHERE status = 'unsolicited'), "
-                "count(*) FILTER (WHERE rcode_name = 'NXDOMAIN'), "
-                "count(*) FILTER (WHERE rcode_name = 'SERVFAIL') "
-                f"FROM ({sql})"), params)
-        finally:
-            cur.close()
+        ((n, ans, to, uns, nx, sf),) = self._ctx.rows(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'answered'), "
+            "count(*) FILTER (WHERE status = 'timeout'), "
+            "count(*) FILTER (WHERE status = 'unsolicited'), "
+            "count(*) FILTER (WHERE rcode_name = 'NXDOMAIN'), "
+            "count(*) FILTER (WHERE rcode_name = 'SERVFAIL') "
+            f"FROM ({sql})", params)
         return {"transactions": int(n), "answered": int(ans), "timeouts": int(to),
                 "unsolicited": int(uns), "nxdomain": int(nx), "servfail": int(sf)}
 
@@ -544,7 +549,7 @@ class Capture:
                     cands.append(parse_time(m["started_at"], None))
                 except BadFilter:
                     pass
-        first = Capture(self._ctx).overview()["start"]
+        first = self._ctx.whole().overview()["start"]
         if first is not None:
             cands.append(first)
         cands = [c for c in cands if c is not pd.NaT and pd.notna(c)]
@@ -578,7 +583,7 @@ class Capture:
         filters = dict(self.filters)
         start = self.start if any(isinstance(v, str) and v.strip().startswith("+")
                                   for v in (since, until)) else None
-        end = Capture(self._ctx).overview()["end"] if any(
+        end = self._ctx.whole().overview()["end"] if any(
             isinstance(v, str) and v.strip().startswith("-") for v in (since, until)) else None
         bounds: dict[str, pd.Timestamp] = {}
         if pod is not None:
@@ -632,8 +637,6 @@ class Capture:
         cols = ["node", "namespace", "pod", "comm", "transactions", "nxdomain", "timeouts",
                 "distinct_names", "median_latency_s"]
         sql, params = self.table_sql("transactions")
-        from analyze.relate import arrow
-
         query = (
             "SELECT coalesce(node, '') AS node, coalesce(namespace, '') AS namespace, "
             "coalesce(pod, '') AS pod, "
@@ -644,12 +647,7 @@ class Capture:
             "count(DISTINCT qname) AS distinct_names, "
             "quantile_cont(latency_s, 0.5) AS median_latency_s "
             f"FROM ({sql}) GROUP BY ALL ORDER BY transactions DESC, node, namespace, pod, comm")
-        cur = self._ctx.cursor()
-        try:
-            table = arrow(cur, query, params) if params else arrow(cur, query)
-        finally:
-            cur.close()
-        out = table.to_pandas()
+        out = self._ctx.arrow(query, params).to_pandas()
         return out[cols] if len(out) else pd.DataFrame(columns=cols)
 
     # --- findings and reports (other packages, imported on use) ---------------------------
