@@ -392,6 +392,29 @@ class Capture:
                 f"{self.count('transactions')} transactions, lost={sum(self.lost.values())}"
                 + (f", filtered by {', '.join(self.filters)}" if self.filters else "") + ">")
 
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """Run one engine query (built from ``table_sql``) and return its result as Arrow:
+        no views are made, so nothing is materialized but the result."""
+        return self._ctx.arrow(sql, params)
+
+    def query_rows(self, sql: str,
+                   params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """``query`` for a small result, as Python tuples."""
+        return self._ctx.rows(sql, params)
+
+    def restricted(self, hashes: Sequence[int]) -> Capture:
+        """This Capture narrowed to the transactions, lookups and connects whose identity
+        hash (``analyze.findings.partition.identity_sql``) is one of ``hashes``: one part of
+        the findings' partition plan. The snapshots and messages are left whole."""
+        from analyze.findings.partition import identity_sql
+
+        where = self._where
+        for table in ("transactions", "lookups", "connects"):
+            where = where.add((table,), "node",
+                              f"{identity_sql(table)} IN (SELECT unnest(?::UBIGINT[]))",
+                              [int(h) for h in hashes])
+        return Capture(self._ctx, where, self.filters)
+
     # --- SQL --------------------------------------------------------------------------------
 
     def table_sql(self, table: str, *, with_txn: bool = True) -> tuple[str, list[Any]]:

@@ -350,3 +350,41 @@ def test_payload_in_the_second_level_label(tmp_path: Path) -> None:
     hits = [f for f in find(cap) if f.kind == "tunneling"]
     assert [(f.domain, f.severity, f.comm) for f in hits] == [("*.com", "medium", "sync-agent")]
     assert hits[0].metrics["long_random_second_level_labels"] == 45
+
+
+def _docs(findings: list[Finding]) -> list[str]:
+    import json
+
+    return sorted(json.dumps(f.to_dict(), sort_keys=True) for f in findings)
+
+
+def test_findings_are_the_same_when_the_capture_is_split(busy_capture: Any,
+                                                          tmp_path: Path) -> None:
+    """The detectors run on one part of a big capture at a time (analyze.findings.partition):
+    split into the smallest parts there are, every finding (kind, subject, metrics, evidence)
+    equals the whole capture's, with a tunnel, a DGA, a new domain connected to and a
+    baseline in the mix."""
+    from analyze.findings.partition import plan
+
+    rng = random.Random(31)
+    wire = Wire()
+    busy_node(wire, rng)
+    tunnel_client(wire, rng, "t.exfil-example.com", T0 + 5 * 10**9)
+    dga_client(wire, rng, T0 + 3 * 10**9)
+    t = T0 + 60 * 10**9
+    wire.exchange(BROWSER, t, "c2.evil-new.com", "A", answers=[A("203.0.113.77")], ttl=60)
+    wire.connect(BROWSER, t + 50_000_000, "203.0.113.77", 443)
+    cap = load(wire.write(tmp_path / "cap"))
+    layout = plan(cap, target=1)
+    assert layout is not None and len(layout) >= 5  # really split, by client
+    flat = [h for part in layout for h in part]
+    assert len(flat) == len(set(flat))  # no identity in two parts
+    for kw in ({}, {"baseline": busy_capture}):
+        whole = find(cap, partition_rows=0, **kw)
+        split = find(cap, partition_rows=1, **kw)
+        assert {f.kind for f in whole} >= {"tunneling", "nxdomain_storm",
+                                           "new_domain_connect", "dns_to_connect"}
+        assert _docs(split) == _docs(whole)
+    # every transaction is in exactly one part
+    total = sum(cap.restricted(part).count("transactions") for part in layout)
+    assert total == cap.count("transactions")

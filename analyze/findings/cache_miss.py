@@ -43,7 +43,7 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
         return []
     tx = with_client_key(tx, by="process")
     keys = ["_client", "qname", "qtype"]
-    tx = tx.sort_values([*keys, "ts"])
+    tx = tx.sort_values([*keys, "ts"], kind="stable")
     sizes = tx.groupby(keys, sort=False)["ts"].transform("size")
     tx = tx[sizes >= th.min_queries].copy()
     if tx.empty:
@@ -81,7 +81,7 @@ def _finding(st: pd.DataFrame, rows: pd.DataFrame, per_min: float, severity: str
     by_name = st.groupby("qname", sort=False).agg(
         queries=("queries", "sum"), ttl=("ttl", "min"), median=("median", "min"),
         span=("span", "max"), saved=("saved", "sum"), per_min=("per_min", "sum"),
-    ).sort_values("per_min", ascending=False)
+    ).sort_values("per_min", ascending=False, kind="stable")
     top = by_name.index[0]
     t = by_name.iloc[0]
     qtypes = [str(q) for q in st.loc[st["qname"] == top, "qtype"]]
@@ -103,7 +103,7 @@ def _finding(st: pd.DataFrame, rows: pd.DataFrame, per_min: float, severity: str
             for n, r in by_name.head(20).iterrows()
         },
     }
-    ev_rows = rows[rows["qname"].isin(by_name.index[:3])].sort_values("ts")
+    ev_rows = rows[rows["qname"].isin(by_name.index[:3])].sort_values("ts", kind="stable")
     return Finding(
         kind="cache_miss",
         severity=severity,

@@ -28,7 +28,6 @@ from analyze.findings._common import (
     client_queries,
     col,
     group_identity,
-    present,
     quantile,
     spread,
     table,
@@ -105,12 +104,12 @@ def _answers(tx: pd.DataFrame) -> pd.DataFrame:
     }).explode("ip")
     df = df[df["ip"].notna()]
     df["ip"] = df["ip"].astype(str).map(_norm)
-    return df.sort_values("answer_ts").reset_index(drop=True)
+    return df.sort_values("answer_ts", kind="stable").reset_index(drop=True)
 
 
 def _join(cn: pd.DataFrame, answers: pd.DataFrame, max_age_s: float) -> pd.DataFrame:
     """Each connect with the latest earlier answer of its owner holding its address."""
-    cn = cn.sort_values("ts").reset_index(drop=True)
+    cn = cn.sort_values("ts", kind="stable").reset_index(drop=True)
     tol = pd.Timedelta(seconds=max_age_s)
     right = answers[["_owner", "ip", "answer_ts", "qname", "qtype"]].rename(
         columns={"_owner": "_aowner"})
@@ -131,13 +130,18 @@ def _join(cn: pd.DataFrame, answers: pd.DataFrame, max_age_s: float) -> pd.DataF
 
 def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = None,
            allow: Any | None = None, cluster_domain: str = "cluster.local",
-           **_: Any) -> list[Finding]:
+           scope: Any | None = None, **_: Any) -> list[Finding]:
+    """``scope``: the whole capture's facts (``analyze.findings.partition.Scope``) when
+    ``capture`` is one part of it; by default the capture's own."""
+    from analyze.findings.partition import Scope
+
     th = th or Thresholds()
+    scope = scope if scope is not None else Scope(capture)
     cn = table(capture, "connects")
     if cn.empty or "dst_addr" not in cn.columns:
         return []
     tx = client_queries(capture)
-    dns_servers = set(col(tx, "server_addr").dropna().astype(str)) if not tx.empty else set()
+    dns_servers = scope.dns_servers()
     cn = cn[cn["dst_addr"].notna()].copy()
     cn["_ip"] = cn["dst_addr"].astype(str).map(_norm)
     skip = {a: _skip_addr(a, dns_servers) for a in pd.unique(cn["_ip"])}
@@ -153,9 +157,9 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
     else:
         joined = _join(cn, answers, th.max_answer_age_s)
     owners_with_answers = set(answers["_owner"]) if not answers.empty else set()
-    first_asked = _first_asked(tx)
-    start = _capture_start(capture, tx, cn)
-    known = _baseline_domains(baseline)
+    first_asked = scope.first_asked()
+    start = scope.memo("connects.start", lambda: _capture_start(scope, dns_servers))
+    known = scope.memo("connects.baseline", lambda: _baseline_domains(baseline))
     # joined per process, reported per workload (pod, else program, else client)
     joined["_group"] = _groups(joined)
     findings: list[Finding] = []
@@ -273,21 +277,18 @@ def _unresolved(df: pd.DataFrame, total: int, ident: dict, who: str, resolves: b
     )
 
 
-def _first_asked(tx: pd.DataFrame) -> dict[str, pd.Timestamp]:
-    if tx.empty or "qname" not in tx.columns:
-        return {}
-    # the earliest time per name, then per registered domain (a name is looked up once)
-    named = tx[tx["qname"].notna()]
-    first = named.groupby(named["qname"].astype(str), sort=False)["ts"].min()
-    rd = first.index.map(lambda q: registered_domain(q) or q)
-    out = first.groupby(rd.to_numpy(dtype=object)).min()
-    return {str(k): v for k, v in out.items()}
-
-
-def _capture_start(capture: Any, *tables: pd.DataFrame) -> pd.Timestamp | None:
-    starts = [t["ts"].min() for t in tables if not t.empty and "ts" in t.columns]
-    starts = [s for s in starts if present(s)]
-    return min(starts) if starts else None
+def _capture_start(scope: Any, dns_servers: set[str]) -> pd.Timestamp | None:
+    """The first client query, or the first connect the detector judges (not to a skipped
+    address or port 53), of the whole capture."""
+    first = scope.start_of_queries()
+    csql, params = scope.capture.table_sql("connects")
+    rows = scope.capture.query(f"SELECT dst_addr, dst_port, min(ts) AS ts FROM ({csql}) WHERE dst_addr IS NOT NULL "
+        "GROUP BY ALL", params).to_pandas()
+    for addr, port, ts in zip(rows["dst_addr"], rows["dst_port"], rows["ts"]):
+        if _skip_addr(_norm(str(addr)), dns_servers) or (0 if pd.isna(port) else port) == 53:
+            continue
+        first = ts if first is None or ts < first else first
+    return None if first is None else pd.Timestamp(first)
 
 
 def _baseline_domains(baseline: Any | None) -> set[str] | None:

@@ -44,7 +44,7 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
     lk = lk[(n_names >= 2) & (final.isna() | base.isna() | (final == base)).fillna(True)]
     if lk.empty:
         return []
-    lk = with_client_key(lk).sort_values("ts")
+    lk = with_client_key(lk).sort_values("ts", kind="stable")
     if "pod" in lk.columns:
         pod_key = lk["namespace"].astype(str) + "/" + lk["pod"].astype(str)
         lk["_group"] = pod_key.where(lk["pod"].notna(), lk["_client"])

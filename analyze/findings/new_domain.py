@@ -90,8 +90,25 @@ def allowed(rules: list[tuple[str, str]], workload: str, qname: str) -> bool:
     return False
 
 
+def _baseline_known(baseline: Any) -> tuple[dict[str, set[str]], set[str]]:
+    """Per workload name, the registered domains the baseline saw it ask; and all of them."""
+    known: dict[str, set[str]] = {}
+    anyone: set[str] = set()
+    bt = client_queries(baseline)
+    if not bt.empty and "qname" in bt.columns:
+        bt = bt[bt["qname"].notna()]
+        for _, r in bt.iterrows():
+            rd = registered_domain(str(r["qname"])) or str(r["qname"])
+            known.setdefault(workload_name(r), set()).add(rd)
+            anyone.add(rd)
+    return known, anyone
+
+
 def detect(capture: Any, baseline: Any | None = None, allow: str | Path | None = None,
-           cluster_domain: str = "cluster.local", **_: Any) -> list[Finding]:
+           cluster_domain: str = "cluster.local", scope: Any | None = None,
+           **_: Any) -> list[Finding]:
+    """``scope``: an ``analyze.findings.partition.Scope`` that computes the baseline's
+    domains once for every part of a partitioned capture."""
     if baseline is None and allow is None:
         return []
     rules = read_allow(allow) if allow is not None else None
@@ -108,16 +125,10 @@ def detect(capture: Any, baseline: Any | None = None, allow: str | Path | None =
     known: dict[str, set[str]] | None = None
     anyone: set[str] = set()
     if baseline is not None:
-        known = {}
-        bt = client_queries(baseline)
-        if not bt.empty and "qname" in bt.columns:
-            bt = bt[bt["qname"].notna()]
-            for _, r in bt.iterrows():
-                rd = registered_domain(str(r["qname"])) or str(r["qname"])
-                known.setdefault(workload_name(r), set()).add(rd)
-                anyone.add(rd)
+        known, anyone = (scope.memo("new_domain.baseline", lambda: _baseline_known(baseline))
+                         if scope is not None else _baseline_known(baseline))
     out: list[Finding] = []
-    for (wl, rd), g in tx.sort_values("ts").groupby(["_workload", "_rd"], sort=False):
+    for (wl, rd), g in tx.sort_values("ts", kind="stable").groupby(["_workload", "_rd"], sort=False):
         if known is not None and rd in known.get(str(wl), set()):
             continue
         if rules is not None:

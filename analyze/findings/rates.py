@@ -72,7 +72,7 @@ def _sld(qname: str) -> str:
 def _window_max(ts: pd.Series, window_s: float) -> int:
     if ts.empty:
         return 0
-    s = pd.Series(1, index=pd.DatetimeIndex(ts.sort_values()))
+    s = pd.Series(1, index=pd.DatetimeIndex(ts.sort_values(kind="stable")))
     return int(s.rolling(f"{int(window_s * 1000)}ms").sum().max())
 
 
@@ -93,7 +93,7 @@ def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cl
     tx = client_queries(capture)
     if tx.empty or "ts" not in tx.columns:
         return []
-    tx = tx.sort_values("ts")
+    tx = tx.sort_values("ts", kind="stable")
     by_process = with_client_key(tx, by="process")
     tx = with_client_key(tx)
     out: list[Finding] = []

@@ -18,14 +18,8 @@ from typing import Any
 import pandas as pd
 
 from analyze.findings._common import (
+    MAX_EVIDENCE,
     Finding,
-    clean,
-    client_queries,
-    col,
-    group_identity,
-    present,
-    quantile,
-    spread,
     table,
     txn_evidence,
 )
@@ -54,48 +48,94 @@ def host_netns(capture: Any) -> int | None:
     return int(init["netns"].iloc[0])
 
 
+#: Per nameserver: the server address, and the network namespace of a loopback one.
+_NS = ("CASE WHEN (starts_with(server_addr, '127.') OR server_addr = '::1') "
+       "AND netns IS NOT NULL THEN CAST(netns AS BIGINT) END")
+_BAD = "status = 'timeout' OR rcode_name IN ('SERVFAIL', 'REFUSED')"
+
+
+def _one(column: str) -> str:
+    """The column's value when every row of the group that has one agrees, else NULL."""
+    return f"CASE WHEN count(DISTINCT {column}) = 1 THEN any_value({column}) END"
+
+
+class _Server:
+    """One nameserver's client transactions: its numbers in one aggregate query, and sample
+    rows on demand (``spread`` of a subset, in transaction order)."""
+
+    def __init__(self, capture: Any, sql: str, params: list[Any], row: dict[str, Any]):
+        self.capture, self.sql, self.params, self.row = capture, sql, params, row
+
+    def rows(self, where: str, count: int, order: str = "txn_id") -> pd.DataFrame:
+        from analyze._frames import stage_frame
+
+        if count <= 0:
+            return pd.DataFrame()
+        if count <= MAX_EVIDENCE:
+            positions = list(range(count))
+        else:
+            step = (count - 1) / (MAX_EVIDENCE - 1)
+            positions = sorted({round(i * step) for i in range(MAX_EVIDENCE)})
+        query = (f"SELECT * FROM ({self.sql}) WHERE server_addr = ? "
+                 f"AND {_NS} IS NOT DISTINCT FROM ? AND ({where}) "
+                 f"QUALIFY row_number() OVER (ORDER BY {order}) - 1 IN "
+                 f"({', '.join(str(p) for p in positions)}) ORDER BY {order}")
+        table = self.capture.query(query, [*self.params, self.row["server"], self.row["ns"]])
+        return stage_frame(table, "transactions")
+
+
 def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding]:
     th = th or Thresholds()
-    tx = client_queries(capture)
-    if tx.empty or "server_addr" not in tx.columns or "status" not in tx.columns:
-        return []
-    tx = tx[tx["server_addr"].notna() & tx["status"].isin(["answered", "timeout"])].copy()
-    if tx.empty:
+    base, params = capture.table_sql("transactions")
+    sql = (f"SELECT * FROM ({base}) WHERE side IN ('client', 'wire') "
+           "AND server_addr IS NOT NULL AND status IN ('answered', 'timeout')")
+    answered = "status = 'answered'"
+    def lat(fn: str, *args: str) -> str:
+        return f"{fn}({', '.join(('latency_s', *args))}) FILTER (WHERE {answered})"
+    query = (
+        f"SELECT server_addr AS server, {_NS} AS ns, count(*) AS queries, "
+        f"count(*) FILTER (WHERE {answered}) AS answered, "
+        "count(*) FILTER (WHERE status = 'timeout') AS timeouts, "
+        f"count(*) FILTER (WHERE {answered} AND rcode_name = 'SERVFAIL') AS servfail, "
+        f"count(*) FILTER (WHERE {answered} AND rcode_name = 'REFUSED') AS refused, "
+        f"count(*) FILTER (WHERE {_BAD}) AS bad, {lat('count')} AS latencies, "
+        f"{lat('quantile_cont', '0.5')} AS p50, {lat('quantile_cont', '0.95')} AS p95, "
+        f"{lat('quantile_cont', '0.99')} AS p99, "
+        "count(DISTINCT tgid) AS tgids, count(DISTINCT client_addr) AS addrs, "
+        f"{_one('namespace')} AS namespace, {_one('pod')} AS pod, "
+        f"{_one('container')} AS container, {_one('comm')} AS comm, "
+        f"{_one('tgid')} AS pid, {_one('client_addr')} AS client "
+        f"FROM ({sql}) GROUP BY ALL ORDER BY min(txn_id)")
+    groups = capture.query(query, params).to_pylist()
+    if not groups:
         return []
     hostns = host_netns(capture)
-    netns = col(tx, "netns")
-    loop = tx["server_addr"].astype(str).str.startswith("127.") | tx["server_addr"].eq("::1")
-    # Int64: a list of ints and Nones would become floats (a netns printed as 4026532174.0)
-    tx["_ns"] = pd.array([int(n) if (lp and present(n)) else None
-                          for lp, n in zip(loop, netns)], dtype="Int64")
     out: list[Finding] = []
-    for (server, ns), g in tx.groupby(["server_addr", "_ns"], sort=False, dropna=False):
-        out.extend(_judge(str(server), clean(ns), g, hostns, th))
+    for row in groups:
+        out.extend(_judge(_Server(capture, sql, params, row), hostns, th))
     return out
 
 
-def _judge(server: str, ns: Any, g: pd.DataFrame, hostns: int | None,
-           th: Thresholds) -> list[Finding]:
-    n = len(g)
-    answered = g[g["status"] == "answered"]
-    timeouts = int((g["status"] == "timeout").sum())
-    rcodes = answered["rcode_name"].astype(str).value_counts() if "rcode_name" in g else {}
-    servfail = int(rcodes.get("SERVFAIL", 0))
-    refused = int(rcodes.get("REFUSED", 0))
-    lat = answered["latency_s"].dropna().astype(float) if "latency_s" in g else pd.Series()
+def _judge(srv: _Server, hostns: int | None, th: Thresholds) -> list[Finding]:
+    r = srv.row
+    server, ns = str(r["server"]), r["ns"]
+    n, answered, timeouts = r["queries"], r["answered"], r["timeouts"]
+    servfail, refused = r["servfail"], r["refused"]
     metrics = {
         "queries": n,
-        "answered": len(answered),
+        "answered": answered,
         "timeouts": timeouts,
         "servfail": servfail,
         "refused": refused,
-        "latency_p50_ms": _ms(quantile(lat, 0.5)),
-        "latency_p95_ms": _ms(quantile(lat, 0.95)),
-        "latency_p99_ms": _ms(quantile(lat, 0.99)),
-        "clients": int(col(g, "tgid").nunique() or col(g, "client_addr").nunique()),
+        "latency_p50_ms": _ms(r["p50"]),
+        "latency_p95_ms": _ms(r["p95"]),
+        "latency_p99_ms": _ms(r["p99"]),
+        "clients": int(r["tgids"] or r["addrs"]),
         "netns": ns,
     }
-    ident = group_identity(g)
+    ident = {name: (str(r[name]) if r[name] is not None else None)
+             for name in ("namespace", "pod", "container", "comm", "client")}
+    ident["pid"] = int(r["pid"]) if r["pid"] is not None else None
     out: list[Finding] = []
     label = server + (f" (netns {ns})" if ns is not None else "")
     if server in STUB_ADDRS and ns is not None and (
@@ -103,7 +143,7 @@ def _judge(server: str, ns: Any, g: pd.DataFrame, hostns: int | None,
     ):
         out.append(Finding(
             kind="resolver_unreachable",
-            severity="high" if len(answered) == 0 else "medium",
+            severity="high" if answered == 0 else "medium",
             explanation=(
                 f"{n} queries went to the systemd-resolved stub {server} from network namespace "
                 f"{ns}, which is not the host's ({hostns if hostns is not None else 'unknown'}). "
@@ -113,31 +153,31 @@ def _judge(server: str, ns: Any, g: pd.DataFrame, hostns: int | None,
             ),
             domain=None,
             metrics=metrics,
-            evidence=txn_evidence(spread(g)),
+            evidence=txn_evidence(srv.rows("TRUE", n)),
             **ident,
         ))
         return out
     if n < th.min_queries:
         return out
-    share = len(answered) / n
+    share = answered / n
     if share < th.unreachable_answer_share:
         out.append(Finding(
             kind="resolver_unreachable",
             severity="high" if share == 0 else "medium",
             explanation=(
-                f"Nameserver {label} answered {len(answered)} of {n} queries; {timeouts} timed "
+                f"Nameserver {label} answered {answered} of {n} queries; {timeouts} timed "
                 "out. A nameserver that does not answer is usually a stale resolv.conf entry "
                 "or a blocked path; each timeout stalls the client for the resolver timeout "
                 "(glibc: 5 s) before it tries the next server."
             ),
             metrics=metrics,
-            evidence=txn_evidence(spread(g[g["status"] == "timeout"])),
+            evidence=txn_evidence(srv.rows("status = 'timeout'", timeouts)),
             **ident,
         ))
         return out
     errors = servfail + refused
     err_share = errors / n
-    p95 = quantile(lat, 0.95)
+    p95 = r["p95"]
     severity = None
     reasons = []
     if errors >= th.min_queries and err_share >= th.error_share_low:
@@ -147,21 +187,21 @@ def _judge(server: str, ns: Any, g: pd.DataFrame, hostns: int | None,
     if timeouts and timeouts / n >= th.error_share_low:
         severity = severity or "low"
         reasons.append(f"{timeouts} queries timed out")
-    if p95 is not None and len(lat) >= th.min_queries and p95 >= th.slow_p95_low_s:
+    if p95 is not None and r["latencies"] >= th.min_queries and p95 >= th.slow_p95_low_s:
         slow = "medium" if p95 >= th.slow_p95_medium_s else "low"
         severity = slow if severity is None or slow == "medium" else severity
         reasons.append(f"95% of answers took up to {p95 * 1000:.0f} ms "
-                       f"(median {(quantile(lat, 0.5) or 0.0) * 1000:.0f} ms)")
+                       f"(median {(r['p50'] or 0.0) * 1000:.0f} ms)")
     if severity is None:
         return out
-    bad = g[(g["status"] == "timeout") | g["rcode_name"].isin(["SERVFAIL", "REFUSED"])]
-    ev = bad if len(bad) else g.sort_values("latency_s", ascending=False)
+    ev = (srv.rows(_BAD, r["bad"]) if r["bad"] else
+          srv.rows("TRUE", n, order="latency_s DESC NULLS LAST, txn_id"))
     out.append(Finding(
         kind="resolver_errors",
         severity=severity,
         explanation=f"Nameserver {label}: " + "; ".join(reasons) + ".",
         metrics=metrics,
-        evidence=txn_evidence(spread(ev)),
+        evidence=txn_evidence(ev),
         **ident,
     ))
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from analyze.findings._common import SEVERITIES, Finding, severity_rank
+from analyze.findings.partition import TARGET_ROWS, Scope, parts
 
 #: Finding kinds and the module that raises each.
 KINDS: dict[str, str] = {
@@ -25,6 +26,9 @@ KINDS: dict[str, str] = {
     "new_domain": "new_domain",
 }
 
+#: Detectors that group rows of many clients, run on the whole capture (in SQL).
+WHOLE = frozenset({"resolvers"})
+
 
 def find(
     capture: Any,
@@ -35,6 +39,7 @@ def find(
     min_severity: str = "info",
     cluster_domain: str = "cluster.local",
     progress: Callable[[str], None] | None = None,
+    partition_rows: int = TARGET_ROWS,
 ) -> list[Finding]:
     """Every finding in the capture, highest severity first.
 
@@ -42,6 +47,8 @@ def find(
     domains a workload resolves that the baseline never saw. allow: path of an allow file
     (docs/report.md). kinds: restrict to these finding kinds. min_severity: drop findings
     below this severity. progress: called with the name of each detector as it starts.
+    partition_rows: client transactions per part of a big capture
+    (``analyze.findings.partition``; 0: never split); the findings do not depend on it.
     """
     wanted = set(kinds) if kinds is not None else set(KINDS)
     unknown = wanted - set(KINDS)
@@ -50,14 +57,26 @@ def find(
     floor = severity_rank(min_severity)
     modules = list(dict.fromkeys(KINDS[k] for k in KINDS if k in wanted))
     findings: list[Finding] = []
-    for name in modules:
+    scope = Scope(capture)
+    kw = {"baseline": baseline, "allow": allow, "cluster_domain": cluster_domain,
+          "scope": scope}
+    # the nameserver detector groups every client's queries of one server: whole capture
+    for name in [m for m in modules if m in WHOLE]:
         if progress is not None:
             progress(name)
-        module = importlib.import_module(f"analyze.findings.{name}")
-        found = module.detect(
-            capture, baseline=baseline, allow=allow, cluster_domain=cluster_domain
-        )
+        found = importlib.import_module(f"analyze.findings.{name}").detect(capture, **kw)
         findings.extend(f for f in found if f.kind in wanted)
+    # the others judge one client's rows: one part of the capture at a time
+    per_part = [m for m in modules if m not in WHOLE]
+    said: set[str] = set()
+    for part in parts(capture, partition_rows):
+        for name in per_part:
+            if progress is not None and name not in said:
+                progress(name)
+                said.add(name)
+            found = importlib.import_module(f"analyze.findings.{name}").detect(part, **kw)
+            findings.extend(f for f in found if f.kind in wanted)
+        del part  # its tables go before the next part's are read
     _combine(findings)
     findings = [f for f in findings if f.rank >= floor]
     findings.sort(key=lambda f: (-f.rank, f.kind, f.workload, f.domain or ""))

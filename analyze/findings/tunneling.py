@@ -124,15 +124,26 @@ def _candidates(agg: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
 def pair_table(capture: Any, cluster_domain: str = "cluster.local",
                limit: int = 2000) -> pd.DataFrame:
     """Features of the (client, registered domain) pairs with the most distinct subdomains
-    (at most `limit`), with `flagged` set when the pair raises a tunneling finding."""
-    agg, _tx = _prepared(capture, cluster_domain)
+    (at most `limit`), with `flagged` set when the pair raises a tunneling finding. A big
+    capture is read one part at a time (``analyze.findings.partition``)."""
+    from analyze.findings.partition import parts
+
     cols = ["registered_domain", "distinct_subdomains", "entropy_bits_per_char", "flagged"]
+    tables = [_pair_table(part, cluster_domain, limit, cols) for part in parts(capture)]
+    out = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    return out.sort_values("distinct_subdomains", ascending=False, kind="stable") \
+        .head(limit).reset_index(drop=True)
+
+
+def _pair_table(capture: Any, cluster_domain: str, limit: int,
+                cols: list[str]) -> pd.DataFrame:
+    agg, _tx = _prepared(capture, cluster_domain)
     if agg.empty:
         return pd.DataFrame(columns=cols)
     th = Thresholds()
     named = agg[agg["_sub"] != ""]
     counts = named.groupby(["_client", "_rd"], sort=False)["_sub"].nunique()
-    top = counts.sort_values(ascending=False).head(limit)
+    top = counts.sort_values(ascending=False, kind="stable").head(limit)
     keys = pd.DataFrame(list(top.index), columns=["_client", "_rd"])
     rows = []
     for (_client, rd), g in agg.merge(keys, on=["_client", "_rd"]).groupby(
@@ -159,7 +170,7 @@ def pair_features(g: pd.DataFrame) -> dict[str, Any]:
     pooled = "".join(s.replace(".", "") for s in distinct)
     templates = {_DIGITS.sub("0", x) for x in distinct}
     qtypes = g.groupby(g["qtype"].astype(str), sort=False)["_n"].sum() \
-        .sort_values(ascending=False)
+        .sort_values(ascending=False, kind="stable")
     bulk = int(sum(c for t, c in qtypes.items() if _is_bulk(t)))
     name_len = float((g["qname"].astype(str).str.len() * g["_n"]).sum() / n_q) if n_q else 0.0
     return {
@@ -239,7 +250,7 @@ def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, tx: pd.DataFrame,
     severity, reasons = _assess(m, th)
     if severity is None:
         return None
-    rows = tx[(tx["_client"] == client) & (tx["_rd"] == rd)].sort_values("ts")
+    rows = tx[(tx["_client"] == client) & (tx["_rd"] == rd)].sort_values("ts", kind="stable")
     ident = group_identity(rows)
     who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
     explanation = (
@@ -286,7 +297,7 @@ def _second_level(agg: pd.DataFrame, tx: pd.DataFrame, th: Thresholds) -> list[F
             "entropy_bits_per_char": round(ent, 3),
             "nxdomain_share": round(nx, 3),
         }
-        mine = tx[(tx["_client"] == client) & tx["_rd"].isin(g["_rd"])].sort_values("ts")
+        mine = tx[(tx["_client"] == client) & tx["_rd"].isin(g["_rd"])].sort_values("ts", kind="stable")
         ident = group_identity(mine)
         out.append(Finding(
             kind="tunneling",
