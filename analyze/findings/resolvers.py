@@ -133,8 +133,9 @@ def _judge(srv: _Server, hostns: int | None, th: Thresholds) -> list[Finding]:
         "clients": int(r["tgids"] or r["addrs"]),
         "netns": ns,
     }
-    ident = {name: (str(r[name]) if r[name] is not None else None)
-             for name in ("namespace", "pod", "container", "comm", "client")}
+    ident: dict[str, Any] = {
+        name: (str(r[name]) if r[name] is not None else None)
+        for name in ("namespace", "pod", "container", "comm", "client")}
     ident["pid"] = int(r["pid"]) if r["pid"] is not None else None
     out: list[Finding] = []
     label = server + (f" (netns {ns})" if ns is not None else "")
