@@ -25,17 +25,9 @@ from typing import Any
 
 import pandas as pd
 
-from analyze.findings._common import (
-    Finding,
-    client_queries,
-    col,
-    group_identity,
-    shannon,
-    spread,
-    txn_evidence,
-    with_client_key,
-)
+from analyze.findings._common import Finding, shannon, spread, txn_evidence
 from analyze.findings._names import is_internal, public_suffix, registered_domain, subdomain
+from analyze.findings._sql import Rows, client_key_sql, client_rows
 
 #: Record types whose answers can carry a tunnel's downstream data.
 BULK_TYPES = frozenset({"TXT", "NULL", "MX", "CNAME", "KEY", "ANY", "SRV", "PRIVATE"})
@@ -70,46 +62,51 @@ def _is_bulk(qtype: Any) -> bool:
     return q in BULK_TYPES or q.startswith("TYPE")
 
 
-def _prepared(capture: Any, cluster_domain: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(agg, tx): client queries outside internal zones, and one row per (client,
-    registered domain, name, type) with the query count `_n`, first/last time and NXDOMAINs."""
-    tx = client_queries(capture)
-    if tx.empty or "qname" not in tx.columns:
-        return pd.DataFrame(), pd.DataFrame()
-    tx = tx[tx["qname"].notna()]
-    names = tx["qname"].astype(str)
+def _prepared(capture: Any, cluster_domain: str) -> pd.DataFrame:
+    """One row per (client, registered domain, name, type) of the client queries outside
+    internal zones, with the query count `_n`, first/last time and NXDOMAINs (`_nx`): an
+    aggregate query, in the order the names were first asked."""
+    agg = client_rows(capture).where("qname IS NOT NULL").frame(
+        f"{client_key_sql()} AS _client, qname, qtype, count(*) AS _n, min(ts) AS _first, "
+        "max(ts) AS _last, count(*) FILTER (WHERE rcode_name = 'NXDOMAIN') AS _nx",
+        "GROUP BY ALL ORDER BY min(txn_id)")
+    if agg.empty:
+        return agg
+    names = agg["qname"].astype(str)
     uniq = pd.unique(names)
-    internal = {u: is_internal(u, cluster_domain) for u in uniq}
-    rds = {u: (None if internal[u] else registered_domain(u)) for u in uniq}
-    rd = names.map(rds)
-    keep = rd.notna()
-    tx = tx[keep].copy()
-    if tx.empty:
-        return pd.DataFrame(), pd.DataFrame()
-    tx["_rd"] = rd[keep]
-    tx = with_client_key(tx)
-    tx["_isnx"] = col(tx, "rcode_name").eq("NXDOMAIN").fillna(False).astype(bool)
-    if "qtype" not in tx.columns:
-        tx["qtype"] = None
-    agg = tx.groupby(["_client", "_rd", "qname", "qtype"], sort=False, dropna=False).agg(
-        _n=("ts", "size"), _first=("ts", "min"), _last=("ts", "max"), _nx=("_isnx", "sum"),
-    ).reset_index()
+    rds = {u: (None if is_internal(u, cluster_domain) else registered_domain(u)) for u in uniq}
+    agg["_rd"] = names.map(rds)
+    agg = agg[agg["_rd"].notna()].reset_index(drop=True)
     agg["_sub"] = [subdomain(str(q), str(r)) for q, r in zip(agg["qname"], agg["_rd"])]
-    return agg, tx
+    return agg
+
+
+def _client_names(capture: Any, client: str, names: Any) -> Rows:
+    """The client queries of one client for these names."""
+    return client_rows(capture).where(
+        f"{client_key_sql()} = ? AND qname IN (SELECT unnest(?::VARCHAR[]))",
+        client, [str(q) for q in pd.unique(names)])
+
+
+def _first_per(rows: Rows, key: Any) -> pd.DataFrame:
+    """Evidence: the first query (in time) of each value of ``key(qname)``, spread out."""
+    slim = rows.frame("txn_id, ts, qname", "ORDER BY ts, txn_id")
+    slim = slim.assign(_k=[key(str(q)) for q in slim["qname"]]).drop_duplicates("_k")
+    return rows.by_ids(list(spread(slim)["txn_id"]))
 
 
 def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cluster.local",
            **_: Any) -> list[Finding]:
     th = th or Thresholds()
-    agg, tx = _prepared(capture, cluster_domain)
+    agg = _prepared(capture, cluster_domain)
     if agg.empty:
         return []
     findings: list[Finding] = []
     for (client, rd), g in _candidates(agg, th).groupby(["_client", "_rd"], sort=False):
-        f = _judge_pair(g, str(rd), th, tx, str(client))
+        f = _judge_pair(g, str(rd), th, capture, str(client))
         if f is not None:
             findings.append(f)
-    findings.extend(_second_level(agg, tx, th))
+    findings.extend(_second_level(agg, capture, th))
     return findings
 
 
@@ -137,7 +134,7 @@ def pair_table(capture: Any, cluster_domain: str = "cluster.local",
 
 def _pair_table(capture: Any, cluster_domain: str, limit: int,
                 cols: list[str]) -> pd.DataFrame:
-    agg, _tx = _prepared(capture, cluster_domain)
+    agg = _prepared(capture, cluster_domain)
     if agg.empty:
         return pd.DataFrame(columns=cols)
     th = Thresholds()
@@ -244,14 +241,14 @@ def _assess(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
     return None, reasons
 
 
-def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, tx: pd.DataFrame,
+def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, capture: Any,
                 client: str) -> Finding | None:
     m = pair_features(g)
     severity, reasons = _assess(m, th)
     if severity is None:
         return None
-    rows = tx[(tx["_client"] == client) & (tx["_rd"] == rd)].sort_values("ts", kind="stable")
-    ident = group_identity(rows)
+    rows = _client_names(capture, client, g["qname"])
+    ident = rows.identity()
     who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
     explanation = (
         f"{who} sent {m['queries']} queries for {m['distinct_subdomains']} distinct "
@@ -267,12 +264,12 @@ def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, tx: pd.DataFrame,
         domain=rd,
         registered_domain=rd,
         metrics=m,
-        evidence=txn_evidence(spread(rows.drop_duplicates("qname"))),
+        evidence=txn_evidence(_first_per(rows, lambda q: q)),
         **ident,
     )
 
 
-def _second_level(agg: pd.DataFrame, tx: pd.DataFrame, th: Thresholds) -> list[Finding]:
+def _second_level(agg: pd.DataFrame, capture: Any, th: Thresholds) -> list[Finding]:
     """Payload in the registered domain itself: many distinct long random second-level labels."""
     out: list[Finding] = []
     rds = pd.unique(agg["_rd"].astype(str))
@@ -297,8 +294,8 @@ def _second_level(agg: pd.DataFrame, tx: pd.DataFrame, th: Thresholds) -> list[F
             "entropy_bits_per_char": round(ent, 3),
             "nxdomain_share": round(nx, 3),
         }
-        mine = tx[(tx["_client"] == client) & tx["_rd"].isin(g["_rd"])].sort_values("ts", kind="stable")
-        ident = group_identity(mine)
+        mine = _client_names(capture, str(client), g["qname"])
+        ident = mine.identity()
         out.append(Finding(
             kind="tunneling",
             severity=severity,
@@ -312,7 +309,7 @@ def _second_level(agg: pd.DataFrame, tx: pd.DataFrame, th: Thresholds) -> list[F
             domain=f"*.{ps}",
             registered_domain=None,
             metrics=metrics,
-            evidence=txn_evidence(spread(mine.drop_duplicates("_rd"))),
+            evidence=txn_evidence(_first_per(mine, lambda q: registered_domain(q))),
             **ident,
         ))
     return out

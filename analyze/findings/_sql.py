@@ -1,0 +1,119 @@
+"""The detectors' reads in the engine: client transactions as a query, never a whole table.
+
+``client_rows(capture)`` is a ``Rows``: the capture's client transactions (a process's own
+queries, or a pcap's) as SQL. A detector aggregates over it (``frame``), narrows it to one
+group (``where``) and reads back only what a finding shows: who (``identity``) and a few
+sample rows (``spread``). ``client_key_sql`` is the one definition of a client in SQL (the
+strings ``_common.with_client_key`` gives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from analyze.findings._common import MAX_EVIDENCE
+
+#: Client transactions: the rows the detectors judge.
+CLIENT_SIDES = "side IN ('client', 'wire')"
+
+
+def client_key_sql(by: str = "pod", addr: str = "client_addr") -> str:
+    """One string per client: ``node|pod:NS/POD`` (``by="pod"`` and the pod is known), else
+    ``node|pid:TGID|COMM``, else ``node|addr:ADDRESS``."""
+    pod = ("WHEN pod IS NOT NULL THEN 'pod:' || coalesce(CAST(namespace AS VARCHAR), '') "
+           "|| '/' || CAST(pod AS VARCHAR) ") if by == "pod" else ""
+    return (
+        "coalesce(CAST(node AS VARCHAR), '') || '|' || CASE " + pod
+        + "WHEN tgid IS NOT NULL THEN 'pid:' || CAST(CAST(tgid AS BIGINT) AS VARCHAR) || '|' "
+        "|| coalesce(CAST(comm AS VARCHAR), '') "
+        f"ELSE 'addr:' || coalesce(CAST({addr} AS VARCHAR), '') END")
+
+
+def _one(column: str) -> str:
+    """The column's value when every row that has one agrees, else NULL."""
+    return f"CASE WHEN count(DISTINCT {column}) = 1 THEN any_value({column}) END"
+
+
+def positions(count: int, limit: int = MAX_EVIDENCE) -> list[int]:
+    """The row positions ``_common.spread`` keeps of ``count`` rows."""
+    if count <= limit:
+        return list(range(count))
+    step = (count - 1) / (limit - 1)
+    return sorted({round(i * step) for i in range(limit)})
+
+
+class Rows:
+    """A query over a capture's transactions (with its parameters)."""
+
+    def __init__(self, capture: Any, sql: str, params: Sequence[Any]) -> None:
+        self.capture = capture
+        self.sql = sql
+        self.params = list(params)
+
+    def where(self, condition: str, *params: Any) -> Rows:
+        return Rows(self.capture, f"SELECT * FROM ({self.sql}) WHERE {condition}",
+                    [*self.params, *params])
+
+    def arrow(self, select: str, tail: str = "") -> Any:
+        """``SELECT {select} FROM (rows) {tail}`` (tail: GROUP BY, ORDER BY ...)."""
+        return self.capture.query(f"SELECT {select} FROM ({self.sql}) _r {tail}",
+                                  self.params)
+
+    def frame(self, select: str, tail: str = "") -> pd.DataFrame:
+        from analyze._frames import to_pandas
+
+        return to_pandas(self.arrow(select, tail))
+
+    def count(self) -> int:
+        return int(self.arrow("count(*) AS n").column(0)[0].as_py())
+
+    def identity(self) -> dict[str, Any]:
+        """``_common.group_identity`` of the rows: each field every row agrees on, else None."""
+        t = self.arrow(", ".join([
+            *(f"{_one(c)} AS {c}" for c in ("namespace", "pod", "container", "comm")),
+            f"{_one('tgid')} AS pid", f"{_one('client_addr')} AS client"])).to_pylist()[0]
+        ident: dict[str, Any] = {c: (str(t[c]) if t[c] is not None else None)
+                                 for c in ("namespace", "pod", "container", "comm", "client")}
+        ident["pid"] = int(t["pid"]) if t["pid"] is not None else None
+        return ident
+
+    def spread(self, order: str = "txn_id", *, first_of: str | None = None,
+               count: int | None = None, limit: int = MAX_EVIDENCE) -> pd.DataFrame:
+        """``_common.spread`` of the rows in ``order`` (``first_of``: only the first row, in
+        that order, of each value of this column), as transaction rows."""
+        from analyze._frames import stage_frame
+
+        rows = self
+        if first_of is not None:
+            rows = Rows(self.capture, f"SELECT * FROM ({self.sql}) QUALIFY row_number() OVER "
+                        f"(PARTITION BY {first_of} ORDER BY {order}) = 1", self.params)
+        n = rows.count() if count is None else count
+        if n <= 0:
+            return pd.DataFrame()
+        keep = ", ".join(str(p) for p in positions(n, limit))
+        table = self.capture.query(
+            f"SELECT * FROM ({rows.sql}) QUALIFY row_number() OVER (ORDER BY {order}) - 1 "
+            f"IN ({keep}) ORDER BY {order}", rows.params)
+        return stage_frame(table, "transactions")
+
+    def by_ids(self, ids: Sequence[int]) -> pd.DataFrame:
+        """The full rows of these transactions, in the order given."""
+        from analyze._frames import stage_frame
+
+        if not len(ids):
+            return pd.DataFrame()
+        table = self.capture.query(
+            f"SELECT r.* FROM ({self.sql}) r JOIN (SELECT unnest(?::BIGINT[]) AS txn_id, "
+            "generate_subscripts(?::BIGINT[], 1) AS _pos) k USING (txn_id) ORDER BY k._pos",
+            [*self.params, [int(i) for i in ids], [int(i) for i in ids]])
+        return stage_frame(table.drop_columns(["_pos"]) if "_pos" in table.column_names
+                           else table, "transactions")
+
+
+def client_rows(capture: Any) -> Rows:
+    """The capture's client transactions."""
+    sql, params = capture.table_sql("transactions")
+    return Rows(capture, f"SELECT * FROM ({sql}) WHERE {CLIENT_SIDES}", params)
