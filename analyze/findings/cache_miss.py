@@ -13,14 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from analyze.findings._common import (
-    Finding,
-    client_queries,
-    group_identity,
-    spread,
-    txn_evidence,
-    with_client_key,
-)
+from analyze.findings._common import Finding, txn_evidence
+from analyze.findings._sql import Rows, client_key_sql, client_rows
 
 
 @dataclass(frozen=True)
@@ -34,35 +28,23 @@ class Thresholds:
 
 def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding]:
     th = th or Thresholds()
-    tx = client_queries(capture)
-    needed = {"qname", "qtype", "min_ttl", "rcode_name", "ts"}
-    if tx.empty or not needed <= set(tx.columns):
+    rows = client_rows(capture).where(
+        "rcode_name = 'NOERROR' AND min_ttl IS NOT NULL AND qname IS NOT NULL "
+        "AND qtype IS NOT NULL")
+    key = client_key_sql(by="process")
+    # per process, name and type: the intervals between its queries, in the engine
+    stats = _stats(rows, key, th)
+    if stats.empty:
         return []
-    tx = tx[tx["rcode_name"].eq("NOERROR") & tx["min_ttl"].notna() & tx["qname"].notna()]
-    if tx.empty:
-        return []
-    tx = with_client_key(tx, by="process")
-    keys = ["_client", "qname", "qtype"]
-    tx = tx.sort_values([*keys, "ts"], kind="stable")
-    sizes = tx.groupby(keys, sort=False)["ts"].transform("size")
-    tx = tx[sizes >= th.min_queries].copy()
-    if tx.empty:
-        return []
-    tx["_gap"] = tx.groupby(keys, sort=False)["ts"].diff().dt.total_seconds()
-    tx["_ttl"] = tx["min_ttl"].astype("int64")
-    stats = tx.groupby(keys, sort=False).agg(
-        queries=("ts", "size"), first=("ts", "min"), last=("ts", "max"),
-        ttl=("_ttl", "min"), median=("_gap", "median"), min_gap=("_gap", "min"),
-    ).reset_index()
+    groups = stats[["_client", "qname", "qtype"]].copy()
     stats = stats[(stats["ttl"] >= th.min_ttl_s)
-                  & (stats["median"] < th.interval_ratio * stats["ttl"])]
+                  & (stats["median"] < th.interval_ratio * stats["ttl"])].copy()
     if stats.empty:
         return []
     stats["span"] = (stats["last"] - stats["first"]).dt.total_seconds()
     stats["needed"] = (stats["span"] // stats["ttl"]).astype("int64") + 1
     stats["saved"] = (stats["queries"] - stats["needed"]).clip(lower=0)
     stats["per_min"] = stats["saved"] / stats["span"].clip(lower=1.0) * 60.0
-    rows_of = dict(tuple(tx.groupby("_client", sort=False)))
     out: list[Finding] = []
     for client, st in stats.groupby("_client", sort=False):
         per_min = float(st["per_min"].sum())
@@ -72,11 +54,31 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
             severity = "low"
         else:
             continue  # a few extra queries: not worth a finding
-        out.append(_finding(st, rows_of[client], per_min, severity))
+        mine = groups[groups["_client"] == client]
+        judged = rows.where(
+            f"{key} = ? AND qname || chr(0) || qtype IN (SELECT unnest(?::VARCHAR[]))",
+            client, [f"{q}\0{t}" for q, t in zip(mine["qname"], mine["qtype"])])
+        out.append(_finding(st, judged, per_min, severity))
     return out
 
 
-def _finding(st: pd.DataFrame, rows: pd.DataFrame, per_min: float, severity: str) -> Finding:
+def _stats(rows: Rows, key: str, th: Thresholds) -> pd.DataFrame:
+    """Per (process, name, type) asked at least ``min_queries`` times: count, first and last
+    time, the lowest TTL, the median and least interval between queries (s)."""
+    gaps = Rows(rows.capture,
+                f"SELECT {key} AS _client, qname, qtype, ts, txn_id, min_ttl, "
+                "registered_domain, (epoch_ns(ts) - lag(epoch_ns(ts)) OVER (PARTITION BY "
+                f"{key}, qname, qtype ORDER BY ts, txn_id)) / 1e9 AS _gap FROM ({rows.sql})",
+                rows.params)
+    return gaps.frame(
+        "_client, qname, qtype, count(*) AS queries, min(ts) AS first, max(ts) AS last, "
+        "min(min_ttl) AS ttl, median(_gap) AS median, min(_gap) AS min_gap, "
+        "any_value(registered_domain) FILTER (WHERE registered_domain IS NOT NULL) AS rd",
+        f"GROUP BY ALL HAVING count(*) >= {int(th.min_queries)} "
+        "ORDER BY _client, qname, qtype")
+
+
+def _finding(st: pd.DataFrame, rows: Rows, per_min: float, severity: str) -> Finding:
     """One finding per process: every name it re-asked inside the TTL, worst first."""
     by_name = st.groupby("qname", sort=False).agg(
         queries=("queries", "sum"), ttl=("ttl", "min"), median=("median", "min"),
@@ -85,7 +87,7 @@ def _finding(st: pd.DataFrame, rows: pd.DataFrame, per_min: float, severity: str
     top = by_name.index[0]
     t = by_name.iloc[0]
     qtypes = [str(q) for q in st.loc[st["qname"] == top, "qtype"]]
-    ident = group_identity(rows)
+    ident = rows.identity()
     who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
     more = len(by_name) - 1
     metrics = {
@@ -103,7 +105,8 @@ def _finding(st: pd.DataFrame, rows: pd.DataFrame, per_min: float, severity: str
             for n, r in by_name.head(20).iterrows()
         },
     }
-    ev_rows = rows[rows["qname"].isin(by_name.index[:3])].sort_values("ts", kind="stable")
+    ev_rows = rows.where("qname IN (SELECT unnest(?::VARCHAR[]))",
+                         [str(q) for q in by_name.index[:3]])
     return Finding(
         kind="cache_miss",
         severity=severity,
@@ -117,14 +120,13 @@ def _finding(st: pd.DataFrame, rows: pd.DataFrame, per_min: float, severity: str
             f"about {per_min:.0f} queries per minute."
         ),
         domain=str(top),
-        registered_domain=_rd(rows[rows["qname"] == top]),
+        registered_domain=_rd(st[st["qname"] == top]),
         metrics=metrics,
-        evidence=txn_evidence(spread(ev_rows)),
+        evidence=txn_evidence(ev_rows.spread("ts, qname, qtype, txn_id")),
         **ident,
     )
 
 
-def _rd(g: pd.DataFrame) -> str | None:
-    if "registered_domain" in g.columns and g["registered_domain"].notna().any():
-        return str(g["registered_domain"].dropna().iloc[0])
-    return None
+def _rd(st: pd.DataFrame) -> str | None:
+    rd = st["rd"].dropna()
+    return str(rd.iloc[0]) if len(rd) else None
