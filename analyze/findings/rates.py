@@ -16,18 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from analyze.findings._common import (
-    Finding,
-    client_queries,
-    col,
-    group_identity,
-    shannon,
-    spread,
-    table,
-    txn_evidence,
-    with_client_key,
-)
+from analyze.findings._common import Finding, col, shannon, spread, table, txn_evidence
 from analyze.findings._names import is_internal, public_suffix, registered_domain
+from analyze.findings._sql import Rows, client_key_sql, client_rows
 
 #: Programs whose job is to send many queries (resolvers forwarding for the whole node).
 RESOLVERS = frozenset({"coredns", "dnsmasq", "unbound", "named", "systemd-resolve",
@@ -77,7 +68,8 @@ def _window_max(ts: pd.Series, window_s: float) -> int:
 
 
 def _search_txn_ids(capture: Any) -> set[int]:
-    """Transactions that were search-list attempts of a lookup that later succeeded."""
+    """Transactions that were search-list attempts of a lookup that later succeeded (of a
+    filtered capture, whose lookups are rebuilt in memory)."""
     lk = table(capture, "lookups")
     if lk.empty or "txn_ids" not in lk.columns:
         return set()
@@ -87,36 +79,77 @@ def _search_txn_ids(capture: Any) -> set[int]:
     return {int(t) for t in ids}
 
 
+def _not_search(capture: Any) -> tuple[str, list[Any]] | None:
+    """SQL keeping the transactions that were not search-list attempts of a lookup that later
+    succeeded, or None when the capture is filtered (``_search_txn_ids`` then)."""
+    if capture.filters:
+        return None
+    sql, params = capture.table_sql("lookups")
+    keep = ("txn_id NOT IN (SELECT t FROM (SELECT unnest(txn_ids) AS t FROM "
+            f"({sql}) WHERE len(names) >= 2 AND final_name IS NOT NULL) WHERE t IS NOT NULL)")
+    return keep, params
+
+
+#: A query's position in time (ties in transaction order).
+_POS = "row_number() OVER (ORDER BY ts, txn_id)"
+
+
+def _top_names(rows: Rows, limit: int | None = None) -> pd.Series:
+    """``qname.value_counts()`` of the rows in time order: most asked first, ties in the
+    order first asked."""
+    ranked = Rows(rows.capture, f"SELECT *, {_POS} AS _pos FROM ({rows.sql})", rows.params)
+    t = ranked.frame("CAST(qname AS VARCHAR) AS qname, count(*) AS n",
+                     "GROUP BY 1 ORDER BY n DESC, min(_pos)"
+                     + (f" LIMIT {int(limit)}" if limit else ""))
+    return pd.Series(t["n"].to_numpy(), index=t["qname"].fillna("nan").astype(str),
+                     dtype="int64")
+
+
+def _window_max_sql(rows: Rows, window_s: float) -> int:
+    """``_window_max`` in the engine: the most rows in any window (t - window, t]."""
+    ns = int(window_s * 1000) * 1_000_000 - 1
+    t = rows.capture.query(
+        f"SELECT max(c) AS m FROM (SELECT count(*) OVER (ORDER BY epoch_ns(ts) RANGE "
+        f"BETWEEN {ns} PRECEDING AND CURRENT ROW) AS c FROM ({rows.sql}))", rows.params)
+    return int(t.column(0)[0].as_py() or 0)
+
+
 def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cluster.local",
            **_: Any) -> list[Finding]:
     th = th or Thresholds()
-    tx = client_queries(capture)
-    if tx.empty or "ts" not in tx.columns:
-        return []
-    tx = tx.sort_values("ts", kind="stable")
-    by_process = with_client_key(tx, by="process")
-    tx = with_client_key(tx)
+    rows = client_rows(capture)
     out: list[Finding] = []
-    out.extend(_nxdomain(capture, tx, th, cluster_domain))
-    out.extend(_rate(by_process, th))  # a rate is a process's, even inside a pod
-    out.extend(_unknown_binary(capture, tx))
+    out.extend(_nxdomain(capture, rows, th, cluster_domain))
+    out.extend(_rate(rows, th))  # a rate is a process's, even inside a pod
+    out.extend(_unknown_binary(capture, rows))
     return out
 
 
-def _nxdomain(capture: Any, tx: pd.DataFrame, th: Thresholds,
+def _nxdomain(capture: Any, rows: Rows, th: Thresholds,
               cluster_domain: str) -> list[Finding]:
-    if "rcode_name" not in tx.columns:
-        return []
-    search = _search_txn_ids(capture)
+    key = client_key_sql()
+    clients = rows.frame(f"{key} AS _client, count(*) AS n",
+                         "GROUP BY 1 ORDER BY min(ts), min(txn_id)")
+    nx_rows = rows.where("rcode_name = 'NXDOMAIN'")
+    keep = _not_search(capture)
+    search: set[int] = set()
+    if keep is not None:
+        nx_rows = nx_rows.where(keep[0], *keep[1])
+    else:
+        search = _search_txn_ids(capture)
+    slim = nx_rows.frame(f"{key} AS _client, txn_id, ts, CAST(qname AS VARCHAR) AS qname",
+                         "ORDER BY ts, txn_id")
+    if search:
+        slim = slim[~slim["txn_id"].isin(search)]
+    slim = slim[pd.Series([not is_internal(str(q), cluster_domain) for q in slim["qname"]],
+                          index=slim.index, dtype=bool)]
+    by_client = dict(tuple(slim.groupby("_client", sort=False)))
     out: list[Finding] = []
-    for _client, g in tx.groupby("_client", sort=False):
-        nx = g[g["rcode_name"].eq("NXDOMAIN")]
-        if "txn_id" in nx.columns and search:
-            nx = nx[~nx["txn_id"].isin(search)]
-        nx = nx[[not is_internal(str(q), cluster_domain) for q in nx["qname"]]]
-        if len(nx) < th.nx_min:
+    for client, n_all in zip(clients["_client"], clients["n"]):
+        nx = by_client.get(client)
+        if nx is None or len(nx) < th.nx_min:
             continue
-        share = len(nx) / len(g)
+        share = len(nx) / int(n_all)
         if share < th.nx_share:
             continue
         names = nx["qname"].astype(str)
@@ -129,7 +162,7 @@ def _nxdomain(capture: Any, tx: pd.DataFrame, th: Thresholds,
             severity = "medium"
         else:
             severity = "low"
-        ident = group_identity(g)
+        ident = rows.where(f"{key} = ?", client).identity()
         who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
         out.append(Finding(
             kind="nxdomain_storm",
@@ -146,48 +179,53 @@ def _nxdomain(capture: Any, tx: pd.DataFrame, th: Thresholds,
             domain=str(names.value_counts().index[0]),
             registered_domain=None,
             metrics={
-                "queries": len(g), "nxdomain": len(nx), "nxdomain_share": round(share, 3),
+                "queries": int(n_all), "nxdomain": len(nx), "nxdomain_share": round(share, 3),
                 "distinct_names": int(names.nunique()),
                 "distinct_registered_domains": int(rds.nunique()),
                 "random_looking_registered_domains": len(random_rds),
                 "max_nxdomain_per_window": burst, "window_s": th.window_s,
             },
-            evidence=txn_evidence(spread(nx)),
+            evidence=txn_evidence(rows.by_ids(list(spread(nx)["txn_id"]))),
             **ident,
         ))
     return out
 
 
-def _rate(tx: pd.DataFrame, th: Thresholds) -> list[Finding]:
+def _rate(rows: Rows, th: Thresholds) -> list[Finding]:
+    key = client_key_sql(by="process")
     out: list[Finding] = []
-    for _client, g in tx.groupby("_client", sort=False):
-        if len(g) < th.rate_qps * th.window_s:
-            continue
-        peak = _window_max(g["ts"], th.window_s) / th.window_s
+    busy = rows.frame(f"{key} AS _client, count(*) AS n, min(ts) AS first, max(ts) AS last",
+                      f"GROUP BY 1 HAVING count(*) >= {th.rate_qps * th.window_s} "
+                      "ORDER BY min(ts), min(txn_id)")
+    for client, n, first, last in zip(busy["_client"], busy["n"], busy["first"],
+                                      busy["last"]):
+        g = rows.where(f"{key} = ?", client)
+        n = int(n)
+        peak = _window_max_sql(g, th.window_s) / th.window_s
         if peak < th.rate_qps:
             continue
-        span = max((g["ts"].max() - g["ts"].min()).total_seconds(), 1e-9)
-        ident = group_identity(g)
+        span = max((last - first).total_seconds(), 1e-9)
+        ident = g.identity()
         comm = str(ident["comm"] or "")
         is_resolver = comm in RESOLVERS
         severity = "low" if is_resolver else "medium"
-        top = g["qname"].astype(str).value_counts().head(5)
+        top = _top_names(g, 5)
         who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
         out.append(Finding(
             kind="high_rate",
             severity=severity,
             explanation=(
                 f"{who} sent up to {peak:.0f} queries/s over {th.window_s:.0f} s "
-                f"({len(g)} queries in {span:.1f} s; threshold {th.rate_qps:.0f}/s)"
+                f"({n} queries in {span:.1f} s; threshold {th.rate_qps:.0f}/s)"
                 + (", expected of a resolver forwarding for others" if is_resolver else
                    ": a retry loop, a missing cache or a scan")
                 + f". Most asked: {', '.join(top.index[:3])}."
             ),
             domain=str(top.index[0]) if len(top) else None,
-            metrics={"queries": len(g), "span_s": round(span, 3),
-                     "peak_qps": round(peak, 1), "mean_qps": round(len(g) / span, 1),
+            metrics={"queries": n, "span_s": round(span, 3),
+                     "peak_qps": round(peak, 1), "mean_qps": round(n / span, 1),
                      "top_names": {str(k): int(v) for k, v in top.items()}},
-            evidence=txn_evidence(spread(g)),
+            evidence=txn_evidence(g.spread("ts, txn_id", count=n)),
             **ident,
         ))
     return out
@@ -210,37 +248,40 @@ def _binary_state(rows: pd.DataFrame) -> tuple[str, str | None]:
     return "unknown", None
 
 
-def _unknown_binary(capture: Any, tx: pd.DataFrame) -> list[Finding]:
+def _unknown_binary(capture: Any, rows: Rows) -> list[Finding]:
     pr = table(capture, "processes")
-    if pr.empty or "tgid" not in tx.columns or tx["tgid"].isna().all():
+    if pr.empty or "tgid" not in pr.columns:
         return []
     procs = dict(tuple(pr.groupby("tgid", sort=False)))
+    states = {int(t): _binary_state(p) for t, p in procs.items() if pd.notna(t)}
+    suspects = [t for t, (state, _exe) in states.items() if state != "known"]
+    if not suspects:
+        return []
+    asked = rows.where("tgid IN (SELECT unnest(?::BIGINT[]))", suspects).frame(
+        "CAST(tgid AS BIGINT) AS tgid, count(*) AS n", "GROUP BY 1 ORDER BY min(ts), min(txn_id)")
     out: list[Finding] = []
-    for tgid, g in tx[tx["tgid"].notna()].groupby("tgid", sort=False):
-        tgid = int(tgid)
-        if tgid not in procs:
-            continue
-        state, exe = _binary_state(procs[tgid])
-        if state == "known":
-            continue
+    for tgid, n in zip(asked["tgid"], asked["n"]):
+        tgid, n = int(tgid), int(n)
+        state, exe = states[tgid]
         deleted = state == "deleted"
-        ident = group_identity(g)
+        g = rows.where("tgid = ?", tgid)
+        ident = g.identity()
         cmdlines = col(procs[tgid], "cmdline").dropna()
         cmdline = str(cmdlines.iloc[-1]) if len(cmdlines) else None
         out.append(Finding(
             kind="unknown_binary",
             severity="medium" if deleted else "low",
             explanation=(
-                f"{ident['comm'] or 'process'}[{tgid}] sent {len(g)} DNS queries "
+                f"{ident['comm'] or 'process'}[{tgid}] sent {n} DNS queries "
                 + (f"from a binary deleted after it started ({exe}): malware often deletes "
                    "itself after launch" if deleted else
                    "but its executable could not be read (it exited, or is a kernel or "
                    "foreign-namespace task)")
                 + "."
             ),
-            domain=str(g["qname"].astype(str).value_counts().index[0]),
-            metrics={"queries": len(g), "exe": exe, "cmdline": cmdline},
-            evidence=txn_evidence(spread(g)),
+            domain=str(_top_names(g, 1).index[0]),
+            metrics={"queries": n, "exe": exe, "cmdline": cmdline},
+            evidence=txn_evidence(g.spread("ts, txn_id", count=n)),
             **ident,
         ))
     return out
