@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -342,12 +343,16 @@ class Capture:
     """
 
     def __init__(self, ctx: _Context, where: _Where | None = None,
-                 filters: dict[str, Any] | None = None) -> None:
+                 filters: dict[str, Any] | None = None,
+                 tables: dict[str, str] | None = None) -> None:
         self._ctx = ctx
         self._where = where or _Where()
+        #: engine tables holding this Capture's rows of some stage tables (``materialized``)
+        self._tables: dict[str, str] = dict(tables or {})
         self.filters: dict[str, Any] = dict(filters or {})
         self._frames: dict[str, pd.DataFrame] = {}
         self._stats: dict[str, Any] | None = None
+        self._lookups_path: Path | None = None
 
     # --- what the evidence says ------------------------------------------------------------
 
@@ -402,6 +407,28 @@ class Capture:
         """``query`` for a small result, as Python tuples."""
         return self._ctx.rows(sql, params)
 
+    @contextmanager
+    def materialized(self, tables: Sequence[str] = ("transactions", "lookups",
+                                                    "connects")) -> Iterator[Capture]:
+        """This Capture with its rows of ``tables`` copied once into engine tables, for
+        many queries in a row (the findings of one part of a capture): each then reads the
+        copy, not the evidence's Parquet. The copies are dropped on leaving the block; the
+        engine spills them to the work directory past its memory limit."""
+        import uuid
+
+        names: dict[str, str] = {}
+        tag = uuid.uuid4().hex[:12]
+        try:
+            for table in tables:
+                sql, params = self.table_sql(table)
+                name = f"_part_{tag}_{table}"
+                self._ctx.rows(f"CREATE TABLE {name} AS {sql}", params)
+                names[table] = name
+            yield Capture(self._ctx, self._where, self.filters, names)
+        finally:
+            for name in names.values():
+                self._ctx.rows(f"DROP TABLE IF EXISTS {name}")
+
     def restricted(self, hashes: Sequence[int]) -> Capture:
         """This Capture narrowed to the transactions, lookups and connects whose identity
         hash (``analyze.findings.partition.identity_sql``) is one of ``hashes``: one part of
@@ -421,11 +448,36 @@ class Capture:
         """The query (and its parameters) of one table with this Capture's filters."""
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}: one of {', '.join(TABLES)}")
-        if table == "lookups" and self.filters:
-            raise ValueError("filtered lookups are rebuilt from the filtered transactions")
+        if table in self._tables:
+            return f"SELECT * FROM {self._tables[table]}", []
         cond, params = self._where.of(table)
+        if table == "lookups" and self.filters:
+            from analyze.relate import quote
+
+            path = quote(str(self._lookups_file()))
+            return f"SELECT * FROM read_parquet({path}) WHERE {cond}", params
         base = self._ctx.base_sql(table, with_txn=with_txn or self._where.uses("txn_id"))
         return f"SELECT * FROM ({base}) WHERE {cond}", params
+
+    def _lookups_file(self) -> Path:
+        """The lookups rebuilt from this (filtered) Capture's transactions, as a Parquet
+        file in the work directory's spill area (removed with the Capture)."""
+        if self._lookups_path is None:
+            import weakref
+
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(self.lookups, preserve_index=False)
+            table = pa.Table.from_arrays(
+                [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c
+                 for c in table.columns], names=table.column_names)
+            fd, name = tempfile.mkstemp(prefix="lookups-", suffix=".parquet",
+                                        dir=self._ctx.work.temp())
+            with open(fd, "wb") as f:
+                pq.write_table(declared_types(table, stages.LOOKUPS), f)
+            self._lookups_path = Path(name)
+            weakref.finalize(self, Path(name).unlink, missing_ok=True)
+        return self._lookups_path
 
     def _cursor(self) -> Any:
         """A cursor with one temp view per table (this Capture's filtered rows)."""
@@ -474,7 +526,13 @@ class Capture:
 
     def _frame(self, table: str) -> pd.DataFrame:
         if table not in self._frames:
-            if table == "lookups" and self.filters:
+            if table in self._tables:
+                order = {"transactions": " ORDER BY txn_id",
+                         "lookups": " ORDER BY lookup_id"}.get(table, "")
+                df = _pandas(declared_types(
+                    self._ctx.arrow(f"SELECT * FROM {self._tables[table]}{order}"),
+                    stages.STAGES[table]), table)
+            elif table == "lookups" and self.filters:
                 df = build_lookups(self.transactions, gap_s=self.lookup_gap_s,
                                    timeout_s=self.timeout_s)
             else:

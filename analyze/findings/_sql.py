@@ -46,16 +46,18 @@ def positions(count: int, limit: int = MAX_EVIDENCE) -> list[int]:
 
 
 class Rows:
-    """A query over a capture's transactions (with its parameters)."""
+    """A query over a capture's stage table (with its parameters)."""
 
-    def __init__(self, capture: Any, sql: str, params: Sequence[Any]) -> None:
+    def __init__(self, capture: Any, sql: str, params: Sequence[Any],
+                 table: str = "transactions") -> None:
         self.capture = capture
         self.sql = sql
         self.params = list(params)
+        self.table = table  #: the stage table the rows are of (their types when read back)
 
     def where(self, condition: str, *params: Any) -> Rows:
         return Rows(self.capture, f"SELECT * FROM ({self.sql}) WHERE {condition}",
-                    [*self.params, *params])
+                    [*self.params, *params], self.table)
 
     def arrow(self, select: str, tail: str = "") -> Any:
         """``SELECT {select} FROM (rows) {tail}`` (tail: GROUP BY, ORDER BY ...)."""
@@ -63,9 +65,19 @@ class Rows:
                                   self.params)
 
     def frame(self, select: str, tail: str = "") -> pd.DataFrame:
-        from analyze._frames import to_pandas
+        """The query's result as pandas: columns named like the stage table's in their
+        declared types, every other time in the stage's (nanoseconds, UTC)."""
+        import pyarrow as pa
 
-        return to_pandas(self.arrow(select, tail))
+        from analyze import stages
+        from analyze._frames import declared_types, to_pandas
+
+        table = declared_types(self.arrow(select, tail), stages.STAGES[self.table])
+        ts = stages.TRANSACTIONS.field("ts").type
+        for i, f in enumerate(table.schema):
+            if pa.types.is_timestamp(f.type) and f.type != ts:
+                table = table.set_column(i, f.name, table.column(i).cast(ts))
+        return to_pandas(table)
 
     def count(self) -> int:
         return int(self.arrow("count(*) AS n").column(0)[0].as_py())
@@ -89,7 +101,8 @@ class Rows:
         rows = self
         if first_of is not None:
             rows = Rows(self.capture, f"SELECT * FROM ({self.sql}) QUALIFY row_number() OVER "
-                        f"(PARTITION BY {first_of} ORDER BY {order}) = 1", self.params)
+                        f"(PARTITION BY {first_of} ORDER BY {order}) = 1", self.params,
+                        self.table)
         n = rows.count() if count is None else count
         if n <= 0:
             return pd.DataFrame()
@@ -97,7 +110,7 @@ class Rows:
         table = self.capture.query(
             f"SELECT * FROM ({rows.sql}) QUALIFY row_number() OVER (ORDER BY {order}) - 1 "
             f"IN ({keep}) ORDER BY {order}", rows.params)
-        return stage_frame(table, "transactions")
+        return stage_frame(table, self.table)
 
     def by_ids(self, ids: Sequence[int]) -> pd.DataFrame:
         """The full rows of these transactions, in the order given."""
@@ -111,6 +124,12 @@ class Rows:
             [*self.params, [int(i) for i in ids], [int(i) for i in ids]])
         return stage_frame(table.drop_columns(["_pos"]) if "_pos" in table.column_names
                            else table, "transactions")
+
+
+def lookup_rows(capture: Any) -> Rows:
+    """The capture's lookups."""
+    sql, params = capture.table_sql("lookups")
+    return Rows(capture, sql, params, "lookups")
 
 
 def client_rows(capture: Any) -> Rows:

@@ -33,6 +33,7 @@ from analyze.findings._common import (
     table,
 )
 from analyze.findings._names import is_internal, registered_domain
+from analyze.findings._sql import client_rows
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,10 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
     cn = table(capture, "connects")
     if cn.empty or "dst_addr" not in cn.columns:
         return []
-    tx = client_queries(capture)
+    # the answers only, and only the columns that join them to connects
+    tx = client_rows(capture).where("len(answer_ips) > 0").frame(
+        "txn_id, node, tgid, client_addr, answer_ips, response_ts, ts, qname, qtype",
+        "ORDER BY txn_id")
     dns_servers = scope.dns_servers()
     cn = cn[cn["dst_addr"].notna()].copy()
     cn["_ip"] = cn["dst_addr"].astype(str).map(_norm)

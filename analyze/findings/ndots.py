@@ -13,15 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from analyze.findings._common import (
-    Finding,
-    clean,
-    col,
-    group_identity,
-    spread,
-    table,
-    with_client_key,
-)
+from analyze.findings._common import Finding, clean
+from analyze.findings._sql import Rows, client_key_sql, lookup_rows
 
 
 @dataclass(frozen=True)
@@ -34,34 +27,29 @@ class Thresholds:
 
 def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding]:
     th = th or Thresholds()
-    lk = table(capture, "lookups")
-    if lk.empty or "names" not in lk.columns or "n_queries" not in lk.columns:
-        return []
-    n_names = lk["names"].map(lambda v: 0 if isinstance(v, str) or not hasattr(v, "__len__")
-                              else len(v))
-    final = col(lk, "final_name")
-    base = col(lk, "base_name")
-    lk = lk[(n_names >= 2) & (final.isna() | base.isna() | (final == base)).fillna(True)]
-    if lk.empty:
-        return []
-    lk = with_client_key(lk).sort_values("ts", kind="stable")
-    if "pod" in lk.columns:
-        pod_key = lk["namespace"].astype(str) + "/" + lk["pod"].astype(str)
-        lk["_group"] = pod_key.where(lk["pod"].notna(), lk["_client"])
-    else:
-        lk["_group"] = lk["_client"]
+    # expanded lookups: two or more names tried, ending (if at all) at the name meant
+    lk = lookup_rows(capture).where(
+        "len(names) >= 2 AND (final_name IS NULL OR base_name IS NULL "
+        "OR final_name = base_name)")
+    group = ("CASE WHEN pod IS NOT NULL THEN coalesce(CAST(namespace AS VARCHAR), 'nan') "
+             f"|| '/' || CAST(pod AS VARCHAR) ELSE {client_key_sql()} END")
+    lk = Rows(capture, f"SELECT *, {group} AS _group, row_number() OVER "
+              f"(ORDER BY ts, lookup_id) AS _pos FROM ({lk.sql})", lk.params, "lookups")
+    groups = lk.arrow(
+        "_group, count(*) AS n, sum(n_queries) AS queries, sum(n_nxdomain) AS nx, "
+        "sum(len(names)) AS names, "
+        "sum((len(names) - 1) * coalesce(greatest(len(qtypes), 1), 1)) AS wasted, "
+        "epoch_ns(max(ts)) - epoch_ns(min(ts)) AS span_ns",
+        f"GROUP BY 1 HAVING count(*) >= {int(th.min_lookups)} ORDER BY min(_pos)").to_pylist()
     out: list[Finding] = []
-    for _key, g in lk.groupby("_group", sort=False):
-        if len(g) < th.min_lookups:
-            continue
-        queries = int(g["n_queries"].sum())
-        nx = int(g["n_nxdomain"].sum()) if "n_nxdomain" in g.columns else 0
-        names_per = [len(n) for n in g["names"]]
-        qtypes_per = [max(len(q), 1) if hasattr(q, "__len__") else 1
-                      for q in g.get("qtypes", pd.Series([["A"]] * len(g)))]
-        wasted = int(sum((n - 1) * q for n, q in zip(names_per, qtypes_per)))
-        span = float((g["ts"].max() - g["ts"].min()).total_seconds())
-        per_lookup = queries / len(g)
+    for grp in groups:
+        g = lk.where("_group = ?", grp["_group"])
+        n = int(grp["n"])
+        queries = int(grp["queries"] or 0)
+        nx = int(grp["nx"] or 0)
+        wasted = int(grp["wasted"] or 0)
+        span = int(grp["span_ns"] or 0) / 1e9
+        per_lookup = queries / n
         wasted_per_min = wasted / max(span, 60.0) * 60.0
         if per_lookup >= th.medium_queries_per_lookup or wasted_per_min >= th.medium_wasted_per_min:
             severity = "medium"
@@ -69,24 +57,26 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
             severity = "low"
         else:
             severity = "info"
-        bases = g["base_name"].dropna().astype(str) if "base_name" in g.columns else pd.Series()
-        top = bases.value_counts().head(5)
+        top_t = g.where("base_name IS NOT NULL").frame(
+            "CAST(base_name AS VARCHAR) AS name, count(*) AS c",
+            "GROUP BY 1 ORDER BY c DESC, min(_pos) LIMIT 5")
+        top = pd.Series(top_t["c"].to_numpy(), index=top_t["name"].astype(str), dtype="int64")
         example = str(top.index[0]) if len(top) else "the name"
-        ident = group_identity(g)
+        ident = g.identity()
         who = (f"{ident['namespace']}/{ident['pod']}" if ident["pod"]
                else ident["comm"] or ident["client"] or "a client")
         metrics = {
-            "expanded_lookups": len(g),
+            "expanded_lookups": n,
             "queries": queries,
             "nxdomain": nx,
             "queries_per_lookup": round(per_lookup, 2),
             "wasted_queries": wasted,
             "wasted_queries_per_min": round(wasted_per_min, 1),
-            "mean_names_tried": round(sum(names_per) / len(names_per), 2),
+            "mean_names_tried": round(int(grp["names"]) / n, 2),
             "top_names": {str(k): int(v) for k, v in top.items()},
         }
         evidence = []
-        for _, r in spread(g).iterrows():
+        for _, r in g.spread("_pos", count=n).iterrows():
             names = [str(n) for n in r["names"]]
             evidence.append({
                 "ts": clean(r.get("ts")),
@@ -99,7 +89,7 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
             kind="ndots_amplification",
             severity=severity,
             explanation=(
-                f"{who}: {len(g)} lookups went through the search list before the name the "
+                f"{who}: {n} lookups went through the search list before the name the "
                 f"application meant: {queries} queries ({per_lookup:.1f} per lookup), {nx} of "
                 f"them NXDOMAIN, about {wasted} wasted. Fix: write external names fully "
                 f"qualified with a trailing dot ('{example}.'), or lower ndots in the pod spec "

@@ -70,13 +70,16 @@ def find(
     per_part = [m for m in modules if m not in WHOLE]
     said: set[str] = set()
     for part in parts(capture, partition_rows):
-        for name in per_part:
-            if progress is not None and name not in said:
-                progress(name)
-                said.add(name)
-            found = importlib.import_module(f"analyze.findings.{name}").detect(part, **kw)
-            findings.extend(f for f in found if f.kind in wanted)
-        del part  # its tables go before the next part's are read
+        # many small queries per part: each reads the part's rows copied once in the engine
+        with part.materialized() as rows:
+            for name in per_part:
+                if progress is not None and name not in said:
+                    progress(name)
+                    said.add(name)
+                found = importlib.import_module(f"analyze.findings.{name}").detect(rows,
+                                                                                     **kw)
+                findings.extend(f for f in found if f.kind in wanted)
+            del rows  # its tables go before the next part's are read
     _combine(findings)
     findings = [f for f in findings if f.rank >= floor]
     findings.sort(key=lambda f: (-f.rank, f.kind, f.workload, f.domain or ""))
