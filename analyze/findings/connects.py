@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from analyze.attribute import ATTR_COLUMNS
 from analyze.findings._common import (
     Finding,
     clean,
@@ -30,7 +31,6 @@ from analyze.findings._common import (
     group_identity,
     quantile,
     spread,
-    table,
 )
 from analyze.findings._names import is_internal, registered_domain
 from analyze.findings._sql import client_rows
@@ -129,6 +129,49 @@ def _join(cn: pd.DataFrame, answers: pd.DataFrame, max_age_s: float) -> pd.DataF
     return pd.concat(parts, ignore_index=True) if parts else cn
 
 
+#: ``_owners`` of a transaction in SQL (node|pid:N, else node|addr:A, else ANY_OWNER).
+_OWNER_SQL = ("CASE WHEN tgid IS NOT NULL THEN coalesce(CAST(node AS VARCHAR), '') || '|pid:' "
+              "|| CAST(CAST(tgid AS BIGINT) AS VARCHAR) WHEN client_addr IS NOT NULL THEN "
+              "coalesce(CAST(node AS VARCHAR), '') || '|addr:' || client_addr "
+              f"ELSE '{ANY_OWNER}' END")
+
+#: The connects' columns the detector reads (the rest stay in the engine).
+_CONNECT_COLUMNS = ("ts", "node", "tgid", "comm", "dst_addr", "dst_port", "result",
+                    *ATTR_COLUMNS)
+
+
+def _connects(capture: Any) -> pd.DataFrame:
+    """The capture's connects (the columns the detector reads), in time order."""
+    from analyze._frames import stage_frame
+
+    sql, params = capture.table_sql("connects")
+    have = capture.query(f"SELECT * FROM ({sql}) LIMIT 0", params).column_names
+    cols = [c for c in (*_CONNECT_COLUMNS, "src_addr") if c in have]
+    table = capture.query(f"SELECT {', '.join(cols)} FROM ({sql}) ORDER BY ts, tgid, "
+                          f"{'seq' if 'seq' in have else 'ts'}", params)
+    return stage_frame(table, "connects")
+
+
+def _answer_rows(capture: Any, ips: set[str]) -> pd.DataFrame:
+    """The client answers, one row per transaction (in order), whose addresses include one
+    of ``ips`` (compared normalized, as ``_norm`` does)."""
+    from analyze._frames import stage_frame
+
+    rows = client_rows(capture).where("len(answer_ips) > 0")
+    raw = [str(r[0]) for r in capture.query_rows(
+        f"SELECT DISTINCT unnest(answer_ips) FROM ({rows.sql})", rows.params)]
+    wanted = [a for a in raw if _norm(a) in ips]
+    if not wanted:
+        return pd.DataFrame()
+    table = capture.query(
+        "SELECT txn_id, node, tgid, client_addr, answer_ips, response_ts, ts, qname, qtype "
+        f"FROM ({rows.sql}) WHERE txn_id IN (SELECT txn_id FROM (SELECT txn_id, "
+        f"unnest(answer_ips) AS ip FROM ({rows.sql})) WHERE ip IN "
+        "(SELECT unnest(?::VARCHAR[]))) ORDER BY txn_id",
+        [*rows.params, *rows.params, wanted])
+    return stage_frame(table, "transactions")
+
+
 def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = None,
            allow: Any | None = None, cluster_domain: str = "cluster.local",
            scope: Any | None = None, **_: Any) -> list[Finding]:
@@ -138,13 +181,9 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
 
     th = th or Thresholds()
     scope = scope if scope is not None else Scope(capture)
-    cn = table(capture, "connects")
-    if cn.empty or "dst_addr" not in cn.columns:
+    if capture.count("connects") == 0:
         return []
-    # the answers only, and only the columns that join them to connects
-    tx = client_rows(capture).where("len(answer_ips) > 0").frame(
-        "txn_id, node, tgid, client_addr, answer_ips, response_ts, ts, qname, qtype",
-        "ORDER BY txn_id")
+    cn = _connects(capture)
     dns_servers = scope.dns_servers()
     cn = cn[cn["dst_addr"].notna()].copy()
     cn["_ip"] = cn["dst_addr"].astype(str).map(_norm)
@@ -155,12 +194,15 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
     if cn.empty:
         return []
     cn["_owner"] = _owners(cn, ("src_addr",))
-    answers = _answers(tx)
+    # only the answers holding an address something connected to can explain a connect
+    answers = _answers(_answer_rows(capture, set(cn["_ip"])))
     if answers.empty:
         joined = cn.assign(answer_ts=pd.NaT, qname=None, qtype=None, ip=None)
     else:
         joined = _join(cn, answers, th.max_answer_age_s)
-    owners_with_answers = set(answers["_owner"]) if not answers.empty else set()
+    rows = client_rows(capture).where("len(answer_ips) > 0")
+    owners_with_answers = {str(r[0]) for r in capture.query_rows(
+        f"SELECT DISTINCT {_OWNER_SQL} FROM ({rows.sql})", rows.params)}
     first_asked = scope.first_asked()
     start = scope.memo("connects.start", lambda: _capture_start(scope, dns_servers))
     known = scope.memo("connects.baseline", lambda: _baseline_domains(baseline))
