@@ -445,10 +445,40 @@ def base_names(names: pd.Series, suffixes: set[str]) -> pd.Series:
 
 
 def build_lookups(transactions: pd.DataFrame, *, gap_s: float = DEFAULT_GAP_S,
-                  timeout_s: float = DEFAULT_TIMEOUT_S) -> pd.DataFrame:
+                  timeout_s: float = DEFAULT_TIMEOUT_S,
+                  suffixes: set[str] | None = None) -> pd.DataFrame:
     """Group client-side (and wire) transactions into resolver calls; see the module doc.
+    ``suffixes``: the search suffixes to strip (``lookup_suffixes`` of the whole capture when
+    its processes are grouped in parts); by default inferred from ``transactions``.
     (The garbage collector is left alone: the library changes no process-wide state.)"""
-    return _build_lookups(transactions, gap_s=gap_s, timeout_s=timeout_s)
+    return _build_lookups(transactions, gap_s=gap_s, timeout_s=timeout_s, suffixes=suffixes)
+
+
+def _lookup_rows(transactions: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The client and wire transactions lookups are made of, their process code and their
+    time (ns)."""
+    keep = ((transactions["side"] != "server")
+            & (transactions["status"] != "unsolicited")).to_numpy(dtype=bool)
+    tx = transactions.loc[keep, [c for c in _LOOKUP_INPUT if c in transactions.columns]]
+    tx = tx.reset_index(drop=True)
+    wire = (tx["side"] == "wire").to_numpy()
+    client_codes, _ = _codes(tx["client_addr"])
+    proc = _combine_key([
+        tx["node"], np.where(wire, -1, _num(tx["tgid"])), np.where(wire, client_codes, -1),
+    ])
+    return tx, proc, _ns(tx["ts"])
+
+
+def lookup_suffixes(transactions: pd.DataFrame) -> set[str]:
+    """The search suffixes ``build_lookups`` infers from these transactions (the union over
+    parts that keep each process whole is the suffix set of the whole)."""
+    tx, proc, ts = _lookup_rows(transactions)
+    if tx.empty:
+        return set()
+    order0 = np.lexsort((tx["txn_id"].to_numpy(), ts, proc))
+    suffixes, _ = _infer_suffixes(tx["qname"].iloc[order0], proc[order0],
+                                  set(tx["namespace"].dropna().unique()))
+    return suffixes
 
 
 _LOOKUP_FIRST = ("ts", "node", "tgid", "comm", "netns", "cgroup_id", "client_addr", "pod_uid",
@@ -460,7 +490,7 @@ _LOOKUP_INPUT = tuple(dict.fromkeys(
 
 
 def _build_lookups(transactions: pd.DataFrame, *, gap_s: float,
-                   timeout_s: float) -> pd.DataFrame:
+                   timeout_s: float, suffixes: set[str] | None = None) -> pd.DataFrame:
     """Group client-side (and wire) transactions into resolver calls; see the module doc.
 
     Vectorized: transactions are keyed by process and base name (search suffix removed),
@@ -470,21 +500,13 @@ def _build_lookups(transactions: pd.DataFrame, *, gap_s: float,
     name and type are asked again after a final answer (NOERROR/NXDOMAIN, not truncated):
     the application asked again.
     """
-    keep = ((transactions["side"] != "server")
-            & (transactions["status"] != "unsolicited")).to_numpy(dtype=bool)
-    tx = transactions.loc[keep, [c for c in _LOOKUP_INPUT if c in transactions.columns]]
+    tx, proc, ts = _lookup_rows(transactions)
     if tx.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in LOOKUP_COLUMNS})
-    tx = tx.reset_index(drop=True)
-    wire = (tx["side"] == "wire").to_numpy()
-    client_codes, _ = _codes(tx["client_addr"])
-    proc = _combine_key([
-        tx["node"], np.where(wire, -1, _num(tx["tgid"])), np.where(wire, client_codes, -1),
-    ])
-    ts = _ns(tx["ts"])
-    order0 = np.lexsort((tx["txn_id"].to_numpy(), ts, proc))
-    namespaces = set(tx["namespace"].dropna().unique())
-    suffixes, _ = _infer_suffixes(tx["qname"].iloc[order0], proc[order0], namespaces)
+    if suffixes is None:
+        order0 = np.lexsort((tx["txn_id"].to_numpy(), ts, proc))
+        namespaces = set(tx["namespace"].dropna().unique())
+        suffixes, _ = _infer_suffixes(tx["qname"].iloc[order0], proc[order0], namespaces)
     base = base_names(tx["qname"], suffixes)
     base_codes, _ = _codes(base)
     name_codes, _ = _codes(tx["qname"])

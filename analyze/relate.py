@@ -42,6 +42,8 @@ from analyze.reconstruct import (
 
 #: Eligible messages per matching partition (the pandas matcher holds one at a time).
 PART_ROWS = 600_000
+#: Client transactions per part of the lookups build (each part holds whole processes).
+LOOKUP_PART_ROWS = PART_ROWS
 #: DuckDB's memory limit unless the caller gives one.
 MEMORY_LIMIT = "1GB"
 
@@ -275,24 +277,66 @@ _LOOKUP_INPUT = ("ts", "node", "tgid", "comm", "netns", "cgroup_id", "client_add
                  "retransmissions", "side", "response_ts", "last_query_ts", "ancount", "tc")
 
 
+#: A lookup's process in build_lookups: the node and tgid, or the client address on the wire.
+_PROC_SQL = ("hash(node, CASE WHEN side = 'wire' THEN NULL ELSE tgid END, "
+             "CASE WHEN side = 'wire' THEN client_addr END)")
+
+
 def _lookups(con: Any, tmp: Path, *, gap_s: float, timeout_s: float) -> int:
-    import pyarrow.compute as pc
+    """Build the lookups from the transactions file. Up to ``LOOKUP_PART_ROWS`` rows in one
+    go; more in parts of whole processes (a lookup is one process's), with the search
+    suffixes inferred from every part first, then renumbered in time order."""
+    from analyze._frames import DICTIONARY_COLUMNS, declared_types, stage_frame
+    from analyze.reconstruct import lookup_suffixes
 
-    from analyze._frames import DICTIONARY_COLUMNS, stage_frame
+    src = f"read_parquet({quote(str(tmp / 'transactions.parquet'))})"
+    rows = f"SELECT * FROM {src} WHERE side <> 'server' AND status <> 'unsolicited'"
+    ((n,),) = run(con, f"SELECT count(*) FROM ({rows})")
+    parts = max(1, math.ceil(n / LOOKUP_PART_ROWS))
+    cols = ", ".join(f'"{c}"' for c in _LOOKUP_INPUT)
 
-    table = pq.read_table(tmp / "transactions.parquet", columns=list(_LOOKUP_INPUT),
-                          read_dictionary=[c for c in _LOOKUP_INPUT
-                                           if c in DICTIONARY_COLUMNS])
-    keep = pc.and_(pc.not_equal(table.column("side"), "server"),
-                   pc.not_equal(table.column("status"), "unsolicited"))
-    table = table.filter(pc.fill_null(keep, False))
-    tx = stage_frame(table, "transactions")
-    del table
-    lk = build_lookups(tx, gap_s=gap_s, timeout_s=timeout_s)
-    del tx
-    out = lookups_arrow(lk)
-    pq.write_table(out, tmp / "lookups.parquet", row_group_size=131_072)
-    return out.num_rows
+    def part(p: int, columns: str = cols) -> pd.DataFrame:
+        where = "" if parts == 1 else f" WHERE {_PROC_SQL} % {parts} = {p}"
+        table = declared_types(
+            arrow(con, f"SELECT {columns} FROM ({rows}){where} ORDER BY txn_id"),
+            stages.TRANSACTIONS)
+        table = pa.Table.from_arrays(
+            [c.dictionary_encode() if name in DICTIONARY_COLUMNS and
+             not pa.types.is_dictionary(c.type) else c
+             for name, c in zip(table.column_names, table.columns)],
+            names=table.column_names)
+        return stage_frame(table, "transactions")
+
+    if parts == 1:
+        lk = build_lookups(part(0), gap_s=gap_s, timeout_s=timeout_s)
+        out = lookups_arrow(lk)
+        pq.write_table(out, tmp / "lookups.parquet", row_group_size=131_072)
+        return out.num_rows
+    suffixes: set[str] = set()
+    for p in range(parts):
+        suffixes |= lookup_suffixes(part(p, "ts, node, tgid, client_addr, side, status, "
+                                            "txn_id, qname, namespace"))
+    files = []
+    for p in range(parts):
+        lk = build_lookups(part(p), gap_s=gap_s, timeout_s=timeout_s, suffixes=suffixes)
+        if lk.empty:
+            continue
+        path = tmp / f"lookups-{p:05d}.parquet"
+        pq.write_table(lookups_arrow(lk), path, row_group_size=131_072)
+        files.append(str(path))
+        del lk
+    if not files:
+        pq.write_table(stages.LOOKUPS.empty_table(), tmp / "lookups.parquet")
+        return 0
+    names = ", ".join(f'"{c}"' for c in stages.LOOKUPS.names if c != "lookup_id")
+    run(con, f"COPY (SELECT (row_number() OVER (ORDER BY ts, txn_ids[1]) - 1)::BIGINT "
+             f"AS lookup_id, {names} FROM read_parquet({files_sql(files)}) "
+             "ORDER BY lookup_id) "
+             f"TO {quote(str(tmp / 'lookups.parquet'))} (FORMAT parquet, ROW_GROUP_SIZE 131072)")
+    for f in files:
+        os.unlink(f)
+    ((total,),) = run(con, f"SELECT count(*) FROM read_parquet({quote(str(tmp / 'lookups.parquet'))})")
+    return int(total)
 
 
 def lookups_arrow(lk: pd.DataFrame) -> pa.Table:

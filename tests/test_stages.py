@@ -357,3 +357,23 @@ def test_pod_filter_takes_a_name_namespace_slash_name_or_a_uid(tmp_path: Path) -
     assert len(cap.filter(pod=str(row["pod_uid"]).upper()).transactions) == int(
         (tx["pod_uid"] == row["pod_uid"]).sum())
     assert len(cap.filter(pod=f"not-{row['namespace']}/{row['pod']}").transactions) == 0
+
+
+def test_lookups_built_in_parts_of_whole_processes_are_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big capture's lookups are built a part of its processes at a time (the search
+    suffixes inferred from every part first): the same lookups as in one go."""
+    from analyze import relate
+
+    whole = load(SAMPLE, work_dir=tmp_path / "whole").lookups
+    monkeypatch.setattr(relate, "LOOKUP_PART_ROWS", 40)
+    cap = load(SAMPLE, work_dir=tmp_path / "parts")
+    n = cap.count("transactions")
+    assert n > 4 * 40  # really several parts
+    split = cap.lookups
+    assert len(split) == len(whole) > 20
+    assert split["lookup_id"].tolist() == list(range(len(split)))
+    assert split.drop(columns="lookup_id").astype(str).equals(
+        whole.drop(columns="lookup_id").astype(str))
+    # expanded lookups (the search walk) are among them, so the suffixes mattered
+    assert (split["names"].map(len) >= 2).any()
