@@ -1,4 +1,5 @@
-"""The report's plots as base64 PNG (matplotlib, Agg backend; nothing is fetched)."""
+"""The report's plots as base64 PNG (matplotlib figures drawn by the Agg canvas without
+pyplot, so no backend is chosen for the process; nothing is fetched)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,13 @@ import base64
 import io
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from analyze.findings._common import Finding, client_queries, col
+from analyze.findings._common import Finding
+from analyze.findings._sql import client_rows
 from analyze.report._text import plot_label
 
 _RC: Any = {"font.size": 9, "figure.dpi": 96}
@@ -23,44 +22,48 @@ _RC: Any = {"font.size": 9, "figure.dpi": 96}
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _who(df: pd.DataFrame) -> pd.Series:
-    pod = col(df, "pod")
-    ns = col(df, "namespace")
-    comm = col(df, "comm")
-    addr = col(df, "client_addr")
-    out = []
-    for p, n, c, a in zip(pod, ns, comm, addr):
-        if isinstance(p, str) and p:
-            out.append(f"{n}/{p}" if isinstance(n, str) else p)
-        elif isinstance(c, str) and c:
-            out.append(c)
-        else:
-            out.append(str(a) if isinstance(a, str) else "?")
-    return pd.Series(out, index=df.index)
+#: Who asked, as the plots label it: namespace/pod, else the program, else the address.
+_WHO_SQL = ("CASE WHEN coalesce(CAST(pod AS VARCHAR), '') <> '' THEN "
+            "CASE WHEN namespace IS NOT NULL THEN CAST(namespace AS VARCHAR) || '/' "
+            "|| CAST(pod AS VARCHAR) ELSE CAST(pod AS VARCHAR) END "
+            "WHEN coalesce(CAST(comm AS VARCHAR), '') <> '' THEN CAST(comm AS VARCHAR) "
+            "ELSE coalesce(client_addr, '?') END")
+
+#: Points of a latency CDF (the answers' latencies are summarized by this many quantiles).
+CDF_POINTS = 1000
 
 
 def queries_over_time(capture: Any, top: int = 8) -> str | None:
-    tx = client_queries(capture)
-    if tx.empty or "ts" not in tx.columns:
+    """Queries per second of the busiest clients, in about 60 bins (counted in the engine)."""
+    rows = client_rows(capture)
+    first = rows.arrow("count(*) AS n, epoch_ns(min(ts)) AS a, epoch_ns(max(ts)) AS b") \
+        .to_pylist()[0]
+    n, t0, t1 = first["n"], first["a"], first["b"]
+    if not n:
         return None
-    who = _who(tx)
-    counts = who.value_counts()
-    keep = list(counts.index[:top])
-    span = (tx["ts"].max() - tx["ts"].min()).total_seconds()
+    span = (t1 - t0) / 1e9
     bin_s = max(span / 60.0, 0.001)
-    with plt.rc_context(_RC):
-        fig, ax = plt.subplots(figsize=(8, 3.2))
-        t0 = tx["ts"].min()
+    edges = np.arange(0, span + bin_s * 1.001, bin_s) if span > 0 else np.array([0, 1])
+    nbins = len(edges) - 1
+    busiest = rows.frame(f"{_WHO_SQL} AS who, count(*) AS n",
+                         f"GROUP BY 1 ORDER BY n DESC, who LIMIT {int(top)}")
+    keep = [str(w) for w in busiest["who"]]
+    counts = rows.where(f"{_WHO_SQL} IN (SELECT unnest(?::VARCHAR[]))", keep).frame(
+        f"{_WHO_SQL} AS who, least(greatest(floor((epoch_ns(ts) - {int(t0)}) / 1e9 / "
+        f"{bin_s!r}), 0), {nbins - 1})::BIGINT AS bin, count(*) AS n", "GROUP BY 1, 2")
+    with mpl.rc_context(_RC):
+        fig = Figure(figsize=(8, 3.2))
+        ax = fig.subplots()
         for name in keep:
-            sec = (tx.loc[who == name, "ts"] - t0).dt.total_seconds().to_numpy()
-            edges = np.arange(0, span + bin_s * 1.001, bin_s) if span > 0 else np.array([0, 1])
-            hist, edges = np.histogram(sec, bins=edges)
+            mine = counts[counts["who"] == name]
+            hist = np.zeros(nbins)
+            hist[mine["bin"].to_numpy(dtype=np.int64)] = mine["n"].to_numpy(dtype=float)
             ax.step(edges[:-1], hist / bin_s, where="post", label=plot_label(name, 40))
-        ax.set_xlabel(f"seconds since {t0.isoformat()}")
+        start = pd.Timestamp(int(t0), tz="UTC")
+        ax.set_xlabel(f"seconds since {start.isoformat()}")
         ax.set_ylabel("queries/s")
         ax.set_title(f"Queries over time (top {len(keep)} clients)")
         ax.legend(fontsize=7, loc="upper right")
@@ -68,20 +71,20 @@ def queries_over_time(capture: Any, top: int = 8) -> str | None:
 
 
 def latency_cdf(capture: Any, top: int = 8) -> str | None:
-    tx = client_queries(capture)
-    if tx.empty or "latency_s" not in tx.columns or "server_addr" not in tx.columns:
+    """Latency CDF of the busiest nameservers, from ``CDF_POINTS`` quantiles each."""
+    rows = client_rows(capture).where("latency_s IS NOT NULL AND server_addr IS NOT NULL")
+    qs = ", ".join(f"{(i + 1) / CDF_POINTS!r}" for i in range(CDF_POINTS))
+    servers = rows.arrow(f"server_addr AS s, count(*) AS n, quantile_disc(latency_s, [{qs}]) "
+                         "AS q", f"GROUP BY 1 ORDER BY n DESC, s LIMIT {int(top)}").to_pylist()
+    if not servers:
         return None
-    tx = tx[tx["latency_s"].notna() & tx["server_addr"].notna()]
-    if tx.empty:
-        return None
-    servers = tx["server_addr"].astype(str).value_counts().index[:top]
-    with plt.rc_context(_RC):
-        fig, ax = plt.subplots(figsize=(8, 3.2))
-        for s in servers:
-            lat = np.sort(tx.loc[tx["server_addr"].astype(str) == s, "latency_s"]
-                          .astype(float).to_numpy() * 1000)
+    with mpl.rc_context(_RC):
+        fig = Figure(figsize=(8, 3.2))
+        ax = fig.subplots()
+        for srv in servers:
+            lat = np.asarray(srv["q"], dtype=float) * 1000
             y = np.arange(1, len(lat) + 1) / len(lat)
-            ax.step(lat, y, where="post", label=f"{plot_label(s)} (n={len(lat)})")
+            ax.step(lat, y, where="post", label=f"{plot_label(str(srv['s']))} (n={srv['n']})")
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("fraction of answers")
@@ -96,8 +99,9 @@ def connect_delays(findings: list[Finding]) -> str | None:
     if not delays:
         return None
     ms = np.array(delays, dtype=float) * 1000
-    with plt.rc_context(_RC):
-        fig, ax = plt.subplots(figsize=(8, 3.0))
+    with mpl.rc_context(_RC):
+        fig = Figure(figsize=(8, 3.0))
+        ax = fig.subplots()
         lo = max(ms.min(), 1e-3)
         bins = np.logspace(np.log10(lo), np.log10(max(ms.max(), lo * 10)), 40)
         ax.hist(np.clip(ms, lo, None), bins=list(bins))
@@ -114,8 +118,9 @@ def tunneling_scatter(capture: Any, findings: list[Finding]) -> str | None:
     pairs = pair_table(capture)
     if pairs.empty:
         return None
-    with plt.rc_context(_RC):
-        fig, ax = plt.subplots(figsize=(8, 3.6))
+    with mpl.rc_context(_RC):
+        fig = Figure(figsize=(8, 3.6))
+        ax = fig.subplots()
         hit_s = pairs["flagged"].astype(bool)
         ok = pairs[~hit_s]
         bad = pairs[hit_s]
