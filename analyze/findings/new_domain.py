@@ -21,15 +21,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from analyze.errors import AnalyzeError
-from analyze.findings._common import (
-    Finding,
-    client_queries,
-    group_identity,
-    spread,
-    txn_evidence,
-)
+from analyze.findings._common import Finding, group_identity, txn_evidence
 from analyze.findings._names import is_internal, registered_domain
+from analyze.findings._sql import Rows, client_rows
 
 _REPLICA = re.compile(r"-(?:[0-9a-f]{6,10}-[0-9a-z]{5}|[0-9a-z]{5}|\d+)$")
 
@@ -90,17 +87,42 @@ def allowed(rules: list[tuple[str, str]], workload: str, qname: str) -> bool:
     return False
 
 
+#: The columns that name who asked (a workload, an instance and a Finding's identity).
+_WHO = ("pod", "namespace", "comm", "client_addr", "container", "tgid")
+_KEY = f"hash({', '.join(_WHO)}, qname)"
+
+
+def _asked(capture: Any) -> pd.DataFrame:
+    """One row per (who, name) of the client queries: count, first time, first position."""
+    rows = client_rows(capture).where("qname IS NOT NULL")
+    ranked = Rows(capture, f"SELECT *, row_number() OVER (ORDER BY ts, txn_id) AS _pos "
+                  f"FROM ({rows.sql})", rows.params)
+    return ranked.frame(f"{', '.join(_WHO)}, CAST(qname AS VARCHAR) AS qname, "
+                        f"{_KEY} AS _key, count(*) AS _n, min(ts) AS _first, "
+                        "min(_pos) AS _pos", "GROUP BY ALL ORDER BY _pos")
+
+
+def _names(df: pd.DataFrame, fn: Any) -> list[str]:
+    """``fn(row)`` per row, computed once per distinct (pod, namespace, comm, client)."""
+    memo: dict[tuple[Any, ...], str] = {}
+    out = []
+    for pod, ns, comm, addr in zip(df["pod"], df["namespace"], df["comm"], df["client_addr"]):
+        k = (pod, ns, comm, addr)
+        if k not in memo:
+            memo[k] = fn({"pod": pod, "namespace": ns, "comm": comm, "client_addr": addr})
+        out.append(memo[k])
+    return out
+
+
 def _baseline_known(baseline: Any) -> tuple[dict[str, set[str]], set[str]]:
     """Per workload name, the registered domains the baseline saw it ask; and all of them."""
     known: dict[str, set[str]] = {}
     anyone: set[str] = set()
-    bt = client_queries(baseline)
-    if not bt.empty and "qname" in bt.columns:
-        bt = bt[bt["qname"].notna()]
-        for _, r in bt.iterrows():
-            rd = registered_domain(str(r["qname"])) or str(r["qname"])
-            known.setdefault(workload_name(r), set()).add(rd)
-            anyone.add(rd)
+    bt = _asked(baseline)
+    for wl, q in zip(_names(bt, workload_name), bt["qname"]):
+        rd = registered_domain(str(q)) or str(q)
+        known.setdefault(wl, set()).add(rd)
+        anyone.add(rd)
     return known, anyone
 
 
@@ -112,27 +134,30 @@ def detect(capture: Any, baseline: Any | None = None, allow: str | Path | None =
     if baseline is None and allow is None:
         return []
     rules = read_allow(allow) if allow is not None else None
-    tx = client_queries(capture)
-    if tx.empty or "qname" not in tx.columns:
-        return []
-    tx = tx[tx["qname"].notna()]
-    tx = tx[[not is_internal(str(q), cluster_domain) for q in tx["qname"]]].copy()
+    tx = _asked(capture)
     if tx.empty:
         return []
-    tx["_workload"] = [workload_name(r) for _, r in tx.iterrows()]
-    tx["_instance"] = [instance_name(r) for _, r in tx.iterrows()]
+    tx = tx[pd.Series([not is_internal(str(q), cluster_domain) for q in tx["qname"]],
+                      index=tx.index, dtype=bool)].copy()
+    if tx.empty:
+        return []
+    tx["_workload"] = _names(tx, workload_name)
+    tx["_instance"] = _names(tx, instance_name)
     tx["_rd"] = [registered_domain(str(q)) or str(q) for q in tx["qname"]]
     known: dict[str, set[str]] | None = None
     anyone: set[str] = set()
     if baseline is not None:
         known, anyone = (scope.memo("new_domain.baseline", lambda: _baseline_known(baseline))
                          if scope is not None else _baseline_known(baseline))
+    rows = client_rows(capture).where("qname IS NOT NULL")
     out: list[Finding] = []
-    for (wl, rd), g in tx.sort_values("ts", kind="stable").groupby(["_workload", "_rd"], sort=False):
+    for (wl, rd), g in tx.groupby(["_workload", "_rd"], sort=False):
         if known is not None and rd in known.get(str(wl), set()):
             continue
         if rules is not None:
-            g = g[[not allowed(rules, i, str(q)) for i, q in zip(g["_instance"], g["qname"])]]
+            g = g[pd.Series([not allowed(rules, i, str(q))
+                             for i, q in zip(g["_instance"], g["qname"])],
+                            index=g.index, dtype=bool)]
             if g.empty:
                 continue
         reasons = []
@@ -142,22 +167,28 @@ def detect(capture: Any, baseline: Any | None = None, allow: str | Path | None =
         if rules is not None:
             reasons.append("not allowed by the allow file")
         severity = "medium" if (known is not None and rd not in anyone) else "low"
-        names = g["qname"].astype(str).value_counts()
+        # the names most asked first, ties in the order first asked (value_counts' order)
+        names = g.groupby("qname", sort=False)["_n"].sum().sort_values(
+            ascending=False, kind="stable")
+        n = int(g["_n"].sum())
         ident = group_identity(g)
+        mine = rows.where(f"{_KEY} IN (SELECT unnest(?::UBIGINT[]))",
+                          [int(k) for k in g["_key"]])
         out.append(Finding(
             kind="new_domain",
             severity=severity,
             explanation=(
-                f"{wl} resolved {rd} ({', '.join(names.index[:3])}) {len(g)} times: "
+                f"{wl} resolved {rd} ({', '.join(names.index[:3])}) {n} times: "
                 + " and ".join(reasons)
                 + ". A workload that starts resolving a domain it never used may be "
                 "compromised or newly deployed; confirm the change."
             ),
             domain=str(names.index[0]),
             registered_domain=str(rd),
-            metrics={"queries": len(g), "names": {str(k): int(v) for k, v in names.head(10).items()},
-                     "workload": str(wl), "first_seen": g["ts"].min()},
-            evidence=txn_evidence(spread(g)),
+            metrics={"queries": n, "names": {str(k): int(v) for k, v in names.head(10).items()},
+                     "workload": str(wl), "first_seen": g["_first"].min()},
+            evidence=txn_evidence(mine.spread("ts, txn_id", count=n)),
             **ident,
         ))
     return out
+
