@@ -408,18 +408,36 @@ def _work(task: _Task) -> int:
         _write(stages.check(attributed, task.kind), Path(task.out))
         return attributed.num_rows
     f = pq.ParquetFile(task.source)
-    table = schema.conform(f.read_row_groups(list(task.row_groups)), "messages")
-    pos = task.first_row + np.arange(table.num_rows, dtype=np.int64)
     tcp_pos, emit_pos = _positions(task.tcp_pos), _positions(task.emit_pos)
-    if len(tcp_pos):
-        udp = ~np.isin(pos, tcp_pos)
-        table = table.filter(pa.array(udp))
-        pos = pos[udp]
-    msg_id = pos - np.searchsorted(tcp_pos, pos, "left") + np.searchsorted(emit_pos, pos, "left")
-    table = table.append_column("stream_error", pa.nulls(table.num_rows, pa.string()))
-    part = _messages_part(table, msg_id, snaps, task.node, task.dns_ports)
-    _write(part, Path(task.out))
-    return part.num_rows
+    first = task.first_row
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        # in batches of at most CHUNK_ROWS, however big the source's row groups are
+        for batch in f.iter_batches(batch_size=CHUNK_ROWS, row_groups=list(task.row_groups)):
+            table = schema.conform(pa.Table.from_batches([batch]), "messages")
+            pos = first + np.arange(table.num_rows, dtype=np.int64)
+            first += table.num_rows
+            if len(tcp_pos):
+                udp = ~np.isin(pos, tcp_pos)
+                table = table.filter(pa.array(udp))
+                pos = pos[udp]
+            msg_id = (pos - np.searchsorted(tcp_pos, pos, "left")
+                      + np.searchsorted(emit_pos, pos, "left"))
+            table = table.append_column("stream_error", pa.nulls(table.num_rows, pa.string()))
+            part = _messages_part(table, msg_id, snaps, task.node, task.dns_ports)
+            if writer is None:
+                writer = pq.ParquetWriter(task.out, part.schema, compression="zstd",
+                                          compression_level=1)
+            writer.write_table(part, row_group_size=ROW_GROUP)
+            rows += part.num_rows
+            del table, part
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no rows at all
+        _write(stages.MESSAGES.empty_table(), Path(task.out))
+    return rows
 
 
 def _messages_part(table: pa.Table, msg_id: np.ndarray, snaps: dict[str, pd.DataFrame],

@@ -112,6 +112,46 @@ class Rows:
             f"IN ({keep}) ORDER BY {order}", rows.params)
         return stage_frame(table, self.table)
 
+    def grouped(self, key: str, keys: Sequence[Any], groups: Sequence[int],
+                key_type: str = "VARCHAR") -> Rows:
+        """The rows whose ``key`` (an SQL expression) is one of ``keys``, with a column
+        ``_g``: the group given for that key (many findings' rows, read in one query)."""
+        return Rows(self.capture,
+                    f"SELECT _r.*, _m._g FROM ({self.sql}) _r JOIN (SELECT "
+                    f"unnest(?::{key_type}[]) AS _k, unnest(?::BIGINT[]) AS _g) _m "
+                    f"ON {key} = _m._k",
+                    [*self.params, list(keys), [int(g) for g in groups]], self.table)
+
+    def identities(self) -> dict[int, dict[str, Any]]:
+        """``identity`` of each group of ``grouped`` rows."""
+        out: dict[int, dict[str, Any]] = {}
+        for t in self.arrow(", ".join([
+                "_g", *(f"{_one(c)} AS {c}" for c in ("namespace", "pod", "container", "comm")),
+                f"{_one('tgid')} AS pid", f"{_one('client_addr')} AS client"]),
+                "GROUP BY _g").to_pylist():
+            ident: dict[str, Any] = {c: (str(t[c]) if t[c] is not None else None)
+                                     for c in ("namespace", "pod", "container", "comm",
+                                               "client")}
+            ident["pid"] = int(t["pid"]) if t["pid"] is not None else None
+            out[int(t["_g"])] = ident
+        return out
+
+    def spreads(self, order: str, limit: int = MAX_EVIDENCE) -> dict[int, pd.DataFrame]:
+        """``spread`` of each group of ``grouped`` rows, in ``order`` (one query)."""
+        from analyze._frames import stage_frame
+
+        pick = " OR ".join(f"_rn = round({i} * (_cnt - 1) / {limit - 1}.0)"
+                           for i in range(limit))
+        table = self.capture.query(
+            f"SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY _g ORDER BY {order}) "
+            f"- 1 AS _rn, count(*) OVER (PARTITION BY _g) AS _cnt FROM ({self.sql})) "
+            f"WHERE _cnt <= {limit} OR {pick} ORDER BY _g, _rn", self.params)
+        groups = table.column("_g").to_pylist()
+        frame = stage_frame(table.drop_columns(["_rn", "_cnt"]), self.table)
+        return {int(g): part.drop(columns="_g").reset_index(drop=True)
+                for g, part in frame.groupby(pd.Series(groups, index=frame.index),
+                                             sort=False)}
+
     def by_ids(self, ids: Sequence[int]) -> pd.DataFrame:
         """The full rows of these transactions, in the order given."""
         from analyze._frames import stage_frame

@@ -45,7 +45,7 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
     stats["needed"] = (stats["span"] // stats["ttl"]).astype("int64") + 1
     stats["saved"] = (stats["queries"] - stats["needed"]).clip(lower=0)
     stats["per_min"] = stats["saved"] / stats["span"].clip(lower=1.0) * 60.0
-    out: list[Finding] = []
+    judged: list[tuple[pd.DataFrame, pd.DataFrame, float, str]] = []
     for client, st in stats.groupby("_client", sort=False):
         per_min = float(st["per_min"].sum())
         if per_min >= th.medium_saved_per_min:
@@ -54,12 +54,32 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
             severity = "low"
         else:
             continue  # a few extra queries: not worth a finding
-        mine = groups[groups["_client"] == client]
-        judged = rows.where(
-            f"{key} = ? AND qname || chr(0) || qtype IN (SELECT unnest(?::VARCHAR[]))",
-            client, [f"{q}\0{t}" for q, t in zip(mine["qname"], mine["qtype"])])
-        out.append(_finding(st, judged, per_min, severity))
-    return out
+        judged.append((st, _by_name(st), per_min, severity))
+    if not judged:
+        return []
+    # who each process is (over its judged names) and its evidence: two queries for all
+    clients = [str(st["_client"].iloc[0]) for st, *_ in judged]
+    mine = groups[groups["_client"].isin(clients)]
+    gid = {c: i for i, c in enumerate(clients)}
+    idents = rows.grouped(
+        f"{key} || chr(0) || qname || chr(0) || qtype",
+        [f"{c}\0{q}\0{t}" for c, q, t in zip(mine["_client"], mine["qname"], mine["qtype"])],
+        [gid[c] for c in mine["_client"]]).identities()
+    top3 = [(i, c, str(q)) for i, (c, (_st, by_name, *_)) in enumerate(zip(clients, judged))
+            for q in by_name.index[:3]]
+    evidence = rows.grouped(f"{key} || chr(0) || qname", [f"{c}\0{q}" for _i, c, q in top3],
+                            [i for i, _c, _q in top3]).spreads("ts, qname, qtype, txn_id")
+    return [_finding(st, by_name, idents[i], evidence.get(i, pd.DataFrame()), per_min,
+                     severity)
+            for i, (st, by_name, per_min, severity) in enumerate(judged)]
+
+
+def _by_name(st: pd.DataFrame) -> pd.DataFrame:
+    """One process's names, worst first."""
+    return st.groupby("qname", sort=False).agg(
+        queries=("queries", "sum"), ttl=("ttl", "min"), median=("median", "min"),
+        span=("span", "max"), saved=("saved", "sum"), per_min=("per_min", "sum"),
+    ).sort_values("per_min", ascending=False, kind="stable")
 
 
 def _stats(rows: Rows, key: str, th: Thresholds) -> pd.DataFrame:
@@ -78,16 +98,12 @@ def _stats(rows: Rows, key: str, th: Thresholds) -> pd.DataFrame:
         "ORDER BY _client, qname, qtype")
 
 
-def _finding(st: pd.DataFrame, rows: Rows, per_min: float, severity: str) -> Finding:
+def _finding(st: pd.DataFrame, by_name: pd.DataFrame, ident: dict[str, Any],
+             ev_rows: pd.DataFrame, per_min: float, severity: str) -> Finding:
     """One finding per process: every name it re-asked inside the TTL, worst first."""
-    by_name = st.groupby("qname", sort=False).agg(
-        queries=("queries", "sum"), ttl=("ttl", "min"), median=("median", "min"),
-        span=("span", "max"), saved=("saved", "sum"), per_min=("per_min", "sum"),
-    ).sort_values("per_min", ascending=False, kind="stable")
     top = by_name.index[0]
     t = by_name.iloc[0]
     qtypes = [str(q) for q in st.loc[st["qname"] == top, "qtype"]]
-    ident = rows.identity()
     who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
     more = len(by_name) - 1
     metrics = {
@@ -105,8 +121,6 @@ def _finding(st: pd.DataFrame, rows: Rows, per_min: float, severity: str) -> Fin
             for n, r in by_name.head(20).iterrows()
         },
     }
-    ev_rows = rows.where("qname IN (SELECT unnest(?::VARCHAR[]))",
-                         [str(q) for q in by_name.index[:3]])
     return Finding(
         kind="cache_miss",
         severity=severity,
@@ -122,7 +136,7 @@ def _finding(st: pd.DataFrame, rows: Rows, per_min: float, severity: str) -> Fin
         domain=str(top),
         registered_domain=_rd(st[st["qname"] == top]),
         metrics=metrics,
-        evidence=txn_evidence(ev_rows.spread("ts, qname, qtype, txn_id")),
+        evidence=txn_evidence(ev_rows),
         **ident,
     )
 
