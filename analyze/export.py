@@ -22,6 +22,7 @@ import csv
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import re
 import tempfile
@@ -29,7 +30,7 @@ import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -117,7 +118,7 @@ def _iso_ns(ns: int | None) -> str | None:
     if ns is None:
         return None
     sec, frac = divmod(int(ns), 1_000_000_000)
-    stamp = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{frac:09d}Z"
 
 
@@ -146,7 +147,7 @@ def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
     for name in _TIMES:
         row[name] = _iso_ns(row[name])
     lat = row.get("latency_s")
-    if isinstance(lat, float) and lat != lat:  # NaN
+    if isinstance(lat, float) and math.isnan(lat):
         row["latency_s"] = None
     return row
 
@@ -297,7 +298,7 @@ def _zeek_line(r: dict[str, Any]) -> str:
     if answers is not None and not answers:
         answers = None  # Zeek leaves answers and TTLs unset when there are none
     lat = r.get("latency_s")
-    rtt = f"{lat:.6f}" if answered and lat is not None and lat == lat else "-"
+    rtt = f"{lat:.6f}" if answered and lat is not None and not math.isnan(lat) else "-"
     counts = (r.get("r_ancount"), r.get("r_nscount"), r.get("r_arcount"))
     rejected = (answered and all(c is not None for c in counts) and not any(counts))
     cells = [
@@ -343,7 +344,7 @@ def _zeek_sql(cap: Capture) -> tuple[str, list[Any]]:
 
 
 def _write_zeek(cap: Capture, f: IO[bytes]) -> int:
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
+    now = datetime.now(UTC).strftime("%Y-%m-%d-%H-%M-%S")
     header = ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)",
               "#unset_field\t-", "#path\tdns", f"#open\t{now}",
               "#fields\t" + "\t".join(ZEEK_FIELDS), "#types\t" + "\t".join(ZEEK_TYPES)]
@@ -355,7 +356,7 @@ def _write_zeek(cap: Capture, f: IO[bytes]) -> int:
         if lines:
             f.write(("\n".join(lines) + "\n").encode("ascii"))
         n += len(lines)
-    f.write(f"#close\t{datetime.now(timezone.utc).strftime('%Y-%m-%d-%H-%M-%S')}\n"
+    f.write(f"#close\t{datetime.now(UTC).strftime('%Y-%m-%d-%H-%M-%S')}\n"
             .encode("ascii"))
     return n
 
