@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 from dnslib import AAAA, QTYPE, RR, TXT, A, DNSLabel, DNSQuestion, DNSRecord
 
-from analyze import load
 from analyze import export as export_mod
+from analyze import load
 from analyze.export import COLUMNS, ZEEK_FIELDS, UnknownFormat, csv_cell, export, printable
 from analyze.pcap import write_capture
 from dnstrail.cli import main
@@ -33,15 +33,15 @@ T0 = 1_790_000_000_000_000_000
 #: Names from the wire that try to be live in some output (HTML, Markdown, a terminal, a
 #: spreadsheet) or are not UTF-8.
 HOSTILE_LABELS = [
-    [b"<script>alert(1)</script>", b"evil", b"com"],
-    [b"[x](javascript:alert(1))", b"a|b", b"evil", b"com"],
-    [b"=cmd|' /C calc'!A0", b"evil", b"com"],
-    [b"+1+1", b"evil", b"com"],
-    [b"-2", b"evil", b"com"],
-    [b"@sum(1)", b"evil", b"com"],
-    [b"\x1b[31mred\x1b[0m", b"\x1b]0;owned\x07", b"evil", b"com"],
-    [b"\xff\xfe\xc3(", b"evil", b"com"],
-    [b"\tTAB", b"\rCR", b"evil", b"com"],
+    [b"<script>alert(1)</script>", b"com"],
+    [b"[x](javascript:alert(1))", b"a|b", b"com"],
+    [b"=cmd|' /C calc'!A0", b"com"],
+    [b"+1+1", b"com"],
+    [b"-2", b"com"],
+    [b"@sum(1)", b"com"],
+    [b"\x1b[31mred\x1b[0m", b"\x1b]0;owned\x07", b"com"],
+    [b"\xff\xfe\xc3(", b"com"],
+    [b"\tTAB", b"\rCR", b"com"],
 ]
 HOSTILE_TXT = [b"\x1b]0;owned\x07", b"<img src=x onerror=alert(1)>",
                b"[x](javascript:alert(1)) | a | b", b"=HYPERLINK(\"http://x\")", b"\xff\xfe"]
