@@ -55,6 +55,10 @@ class UnknownFormat(ExportError):
     """unknown export format: one of pcapng, zeek, jsonl, csv"""
 
 
+class BadOutput(ExportError):
+    """the export's output must be a file in an existing directory"""
+
+
 @dataclass(frozen=True)
 class Exported:
     """What ``export`` wrote: the file, its format and how many records (packets or lines)."""
@@ -69,8 +73,13 @@ def export(cap: Capture, path: str | Path, format: str) -> Exported:
     if format not in FORMATS:
         raise UnknownFormat(f"{format!r}: unknown export format: one of {', '.join(FORMATS)}")
     out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise BadOutput(f"{out}: is a directory: give a file name")
+    if not parent.is_dir():
+        raise BadOutput(f"{parent}: no such directory for the export")
     writer: Callable[[Capture, IO[bytes]], int] = _WRITERS[format]
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as f:
             n = writer(cap, f)
@@ -531,5 +540,5 @@ _WRITERS: dict[str, Callable[[Capture, IO[bytes]], int]] = {
     "pcapng": _write_pcapng, "zeek": _write_zeek, "jsonl": _write_jsonl, "csv": _write_csv}
 
 
-__all__ = ["COLUMNS", "FORMATS", "ZEEK_FIELDS", "ExportError", "Exported", "UnknownFormat",
+__all__ = ["COLUMNS", "FORMATS", "ZEEK_FIELDS", "BadOutput", "ExportError", "Exported", "UnknownFormat",
            "csv_cell", "export", "printable"]

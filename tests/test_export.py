@@ -22,7 +22,15 @@ from dnslib import AAAA, QTYPE, RR, TXT, A, DNSLabel, DNSQuestion, DNSRecord
 
 from analyze import export as export_mod
 from analyze import load
-from analyze.export import COLUMNS, ZEEK_FIELDS, UnknownFormat, csv_cell, export, printable
+from analyze.export import (
+    COLUMNS,
+    ZEEK_FIELDS,
+    BadOutput,
+    UnknownFormat,
+    csv_cell,
+    export,
+    printable,
+)
 from analyze.pcap import write_capture
 from dnstrail.cli import main
 
@@ -313,6 +321,11 @@ def test_cli_filters_and_errors(tmp_path: Path, work: Path) -> None:
     assert not (tmp_path / "x.csv").exists()
     with pytest.raises(UnknownFormat):
         export(cap, tmp_path / "y", "xml")
+    res = runner.invoke(main, ["export", str(SAMPLE), "--format", "zeek", "-o",
+                               str(tmp_path / "missing" / "dns.log"), "--work-dir", str(work)])
+    assert res.exit_code == 1 and "no such directory for the export" in res.output
+    with pytest.raises(BadOutput):
+        export(cap, tmp_path, "csv")
     assert list(tmp_path.glob(".*tmp")) == []  # no half-written file left behind
 
 
