@@ -19,6 +19,7 @@ place when complete.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import ipaddress
 import json
@@ -431,7 +432,10 @@ def _comment(r: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _address(text: Any, v6: bool) -> bytes:
+@functools.lru_cache(maxsize=65536)
+def _address(text: str | None, v6: bool) -> bytes:
+    """The packed address (an IPv4 one mapped into IPv6 in an IPv6 packet); zeros when
+    unknown. Cached: a capture has few distinct addresses."""
     if text is None:
         return b"\0" * (16 if v6 else 4)
     try:
@@ -470,9 +474,7 @@ class _TcpSeq:
         return seq, ack
 
 
-def _packet(r: dict[str, Any], tcp: _TcpSeq) -> bytes:
-    import dpkt
-
+def _packet(r: dict[str, Any], tcp: _TcpSeq, dpkt: Any) -> bytes:
     payload = bytes(r.get("payload") or b"")
     v6 = _is_v6(r.get("src_addr")) or _is_v6(r.get("dst_addr"))
     src, dst = _address(r.get("src_addr"), v6), _address(r.get("dst_addr"), v6)
@@ -497,6 +499,7 @@ def _packet(r: dict[str, Any], tcp: _TcpSeq) -> bytes:
 
 
 def _write_pcapng(cap: Capture, f: IO[bytes]) -> int:
+    import dpkt
     from dpkt import pcapng as P
 
     msql, params = cap.table_sql("messages")
@@ -520,7 +523,7 @@ def _write_pcapng(cap: Capture, f: IO[bytes]) -> int:
     n = 0
     for batch in cap.query_batches(query, params, rows=BATCH_ROWS):
         for r in batch.to_pylist():
-            raw = _packet(r, tcp)
+            raw = _packet(r, tcp, dpkt)
             payload_len = len(r.get("payload") or b"")
             missing = max(0, int(r.get("orig_len") or 0) - payload_len) \
                 if r.get("protocol") == "udp" else 0
