@@ -151,8 +151,8 @@ def export(captures: tuple[str, ...], fmt: str, output: str, timeout_s: float,
     dnstrail export cap/ --format pcapng -o cap.pcapng   open in Wireshark
     dnstrail export cap/ --format zeek -o dns.log --namespace shop
     dnstrail export cap/ --format csv -o dns.csv --rcode NXDOMAIN
-    pcapng has one packet per DNS message, one interface per network namespace; the
-    others one line per transaction. See docs/export.md.
+    pcapng: one packet per DNS message, one interface per network namespace;
+    the others: one line per transaction. See docs/export.md.
     """
     from analyze.capture import load
     from analyze.completeness import completeness
