@@ -96,6 +96,13 @@ def test_html_report_has_no_live_markup(hostile: dict[str, Path]) -> None:
     p.feed(html)
     names = {t for t, _ in p.tags}
     assert "script" not in names and "iframe" not in names and "a" not in names
+    # only the tags dnstrail ships: those of the bundled sample's report (findings, plots)
+    shipped = hostile["base"] / "sample.html"
+    _run(["report", str(Path(__file__).resolve().parent.parent / "samples" / "incident"),
+          "-o", str(shipped), "--work-dir", str(hostile["work"])])
+    q = _Html()
+    q.feed(shipped.read_text(encoding="utf-8"))
+    assert names <= {t for t, _ in q.tags}, names - {t for t, _ in q.tags}
     for tag, attrs in p.tags:
         for key, value in attrs:
             assert not key.startswith("on"), (tag, key)
