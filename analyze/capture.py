@@ -407,6 +407,19 @@ class Capture:
         """``query`` for a small result, as Python tuples."""
         return self._ctx.rows(sql, params)
 
+    def query_batches(self, sql: str, params: Sequence[Any] | None = None, *,
+                      rows: int = 65536) -> Iterator[pa.RecordBatch]:
+        """``query`` streamed: Arrow record batches of at most ``rows`` rows, fetched from
+        the engine as they are consumed (for exports larger than memory)."""
+        cur = self._ctx.cursor()
+        try:
+            rel = cur.sql(sql, params=list(params)) if params else cur.sql(sql)
+            # DuckDB 2 names it to_arrow_reader, DuckDB 1 fetch_arrow_reader
+            fetch = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader
+            yield from fetch(rows)
+        finally:
+            cur.close()
+
     @contextmanager
     def materialized(self, tables: Sequence[str] = ("transactions", "lookups",
                                                     "connects")) -> Iterator[Capture]:

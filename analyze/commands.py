@@ -128,4 +128,47 @@ def import_(file: str, output: str, ports: tuple[int, ...], append: bool) -> Non
         click.echo(f"warning: {s['file_damaged']}")
 
 
-__all__ = ["import_", "replay"]
+@click.command("export", short_help="Write captures as pcapng, a Zeek dns.log, JSON Lines or CSV.")
+@click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
+@filter_options
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["pcapng", "zeek", "jsonl", "csv"]),
+              help="pcapng: packets with who sent them as comments (Wireshark); zeek: dns.log; "
+                   "jsonl/csv: one transaction per line.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="File to write (replaced when complete).")
+@click.option("--timeout", "timeout_s", type=float, default=DEFAULT_TIMEOUT_S,
+              show_default=True, help="Seconds after which an unanswered query is a timeout.")
+@click.option("--no-verify", is_flag=True, help="Do not check file sha256 sums.")
+@click.option("--work-dir", type=click.Path(file_okay=False),
+              help="Cache of derived tables (default $DNSTRAIL_WORK_DIR, else "
+                   "$XDG_CACHE_HOME/dnstrail); the evidence is never written.")
+def export(captures: tuple[str, ...], fmt: str, output: str, timeout_s: float,
+           no_verify: bool, work_dir: str | None, **filters: Any) -> None:
+    """Write CAPTURE... (directories or pcaps) as pcapng, a Zeek dns.log, JSON Lines or CSV.
+
+    \b
+    dnstrail export cap/ --format pcapng -o cap.pcapng   open in Wireshark
+    dnstrail export cap/ --format zeek -o dns.log --namespace shop
+    dnstrail export cap/ --format csv -o dns.csv --rcode NXDOMAIN
+    pcapng: one packet per DNS message, one interface per network namespace;
+    the others: one line per transaction. See docs/export.md.
+    """
+    from analyze.capture import load
+    from analyze.completeness import completeness
+    from analyze.export import export as run
+
+    cap = load(list(captures), timeout_s=timeout_s, verify=not no_verify, work_dir=work_dir)
+    given = given_filters(filters)
+    if given:
+        cap = cap.filter(**given)
+    for problem in completeness(cap)["problems"]:
+        click.echo(f"incomplete: {problem}", err=True)
+    for w in cap.warnings:
+        click.echo(f"warning: {w}", err=True)
+    done = run(cap, output, fmt)
+    unit = "packets" if fmt == "pcapng" else "transactions"
+    click.echo(f"{done.records} {unit} -> {done.path}", err=True)
+
+
+__all__ = ["export", "import_", "replay"]

@@ -27,6 +27,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("analyze.commands", "replay"),
     "report": ("analyze.report.commands", "report"),
     "verify": ("analyze.verify_command", "verify"),
+    "export": ("analyze.commands", "export"),
 }
 
 
@@ -80,5 +81,6 @@ def main(ctx: click.Context, verbose: bool) -> None:
     dnstrail replay CAPTURE_DIR              timeline of DNS messages and lookups
     dnstrail report CAPTURE_DIR -o r.html    findings as HTML, Markdown or JSON
     dnstrail import FILE.pcap -o CAPTURE_DIR turn a pcap into a capture
+    dnstrail export CAPTURE_DIR --format pcapng -o F   pcapng, zeek, jsonl or csv
     """
     ctx.meta["dnstrail.verbose"] = verbose
