@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from analyze.reconstruct import (
 #: Eligible messages per matching partition (the pandas matcher holds one at a time).
 PART_ROWS = 600_000
 #: Client transactions per part of the lookups build (each part holds whole processes).
-LOOKUP_PART_ROWS = PART_ROWS
+LOOKUP_PART_ROWS = 250_000
 #: DuckDB's memory limit unless the caller gives one.
 MEMORY_LIMIT = "1GB"
 
@@ -294,12 +295,22 @@ def _lookups(con: Any, tmp: Path, *, gap_s: float, timeout_s: float) -> int:
     ((n,),) = run(con, f"SELECT count(*) FROM ({rows})")
     parts = max(1, math.ceil(n / LOOKUP_PART_ROWS))
     cols = ", ".join(f'"{c}"' for c in _LOOKUP_INPUT)
+    split = tmp / "_lookup_parts"
+    if parts > 1:
+        # one pass over the transactions: each part's rows in files of their own
+        run(con, f"COPY (SELECT {cols}, ({_PROC_SQL} % {parts})::INTEGER AS _p FROM ({rows})) "
+                 f"TO {quote(str(split))} (FORMAT parquet, PARTITION_BY (_p))")
 
     def part(p: int, columns: str = cols) -> pd.DataFrame:
-        where = "" if parts == 1 else f" WHERE {_PROC_SQL} % {parts} = {p}"
-        table = declared_types(
-            arrow(con, f"SELECT {columns} FROM ({rows}){where} ORDER BY txn_id"),
-            stages.TRANSACTIONS)
+        if parts == 1:
+            query = f"SELECT {columns} FROM ({rows}) ORDER BY txn_id"
+        else:
+            files = sorted((split / f"_p={p}").glob("*.parquet"))
+            if not files:
+                return stage_frame(stages.TRANSACTIONS.empty_table(), "transactions")
+            query = (f"SELECT {columns} FROM read_parquet({files_sql([str(f) for f in files])}) "
+                     "ORDER BY txn_id")
+        table = declared_types(arrow(con, query), stages.TRANSACTIONS)
         table = pa.Table.from_arrays(
             [c.dictionary_encode() if name in DICTIONARY_COLUMNS and
              not pa.types.is_dictionary(c.type) else c
@@ -326,6 +337,7 @@ def _lookups(con: Any, tmp: Path, *, gap_s: float, timeout_s: float) -> int:
         files.append(str(path))
         del lk
     if not files:
+        shutil.rmtree(split, ignore_errors=True)
         pq.write_table(stages.LOOKUPS.empty_table(), tmp / "lookups.parquet")
         return 0
     names = ", ".join(f'"{c}"' for c in stages.LOOKUPS.names if c != "lookup_id")
@@ -335,6 +347,7 @@ def _lookups(con: Any, tmp: Path, *, gap_s: float, timeout_s: float) -> int:
              f"TO {quote(str(tmp / 'lookups.parquet'))} (FORMAT parquet, ROW_GROUP_SIZE 131072)")
     for f in files:
         os.unlink(f)
+    shutil.rmtree(split, ignore_errors=True)
     ((total,),) = run(con, f"SELECT count(*) FROM read_parquet({quote(str(tmp / 'lookups.parquet'))})")
     return int(total)
 
