@@ -90,6 +90,7 @@ def connect(work: WorkDir, *, memory_limit: str | None = None,
         "preserve_insertion_order": False,
         "enable_external_access": True,
     })
+    con.execute("SET enable_progress_bar = false")  # a library prints nothing of its own
     return con
 
 
