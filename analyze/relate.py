@@ -90,7 +90,10 @@ def connect(work: WorkDir, *, memory_limit: str | None = None,
         "preserve_insertion_order": False,
         "enable_external_access": True,
     })
-    con.execute("SET enable_progress_bar = false")  # a library prints nothing of its own
+    try:  # a library prints nothing of its own
+        con.execute("SET enable_progress_bar = false")
+    except duckdb.Error:
+        pass  # in Jupyter without ipywidgets DuckDB refuses to touch the setting at all
     return con
 
 
