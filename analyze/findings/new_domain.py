@@ -151,6 +151,8 @@ def detect(capture: Any, baseline: Any | None = None, allow: str | Path | None =
                          if scope is not None else _baseline_known(baseline))
     rows = client_rows(capture).where("qname IS NOT NULL")
     out: list[Finding] = []
+    keys: list[int] = []
+    groups: list[int] = []
     for (wl, rd), g in tx.groupby(["_workload", "_rd"], sort=False):
         if known is not None and rd in known.get(str(wl), set()):
             continue
@@ -172,8 +174,8 @@ def detect(capture: Any, baseline: Any | None = None, allow: str | Path | None =
             ascending=False, kind="stable")
         n = int(g["_n"].sum())
         ident = group_identity(g)
-        mine = rows.where(f"{_KEY} IN (SELECT unnest(?::UBIGINT[]))",
-                          [int(k) for k in g["_key"]])
+        keys.extend(int(k) for k in g["_key"])
+        groups.extend([len(out)] * len(g))
         out.append(Finding(
             kind="new_domain",
             severity=severity,
@@ -187,8 +189,12 @@ def detect(capture: Any, baseline: Any | None = None, allow: str | Path | None =
             registered_domain=str(rd),
             metrics={"queries": n, "names": {str(k): int(v) for k, v in names.head(10).items()},
                      "workload": str(wl), "first_seen": g["_first"].min()},
-            evidence=txn_evidence(mine.spread("ts, txn_id", count=n)),
             **ident,
         ))
+    # every finding's evidence in one query: a (who, name) belongs to one finding only
+    if out:
+        spreads = rows.grouped(_KEY, keys, groups, key_type="UBIGINT").spreads("ts, txn_id")
+        for i, f in enumerate(out):
+            f.evidence = txn_evidence(spreads.get(i, pd.DataFrame()))
     return out
 
