@@ -19,7 +19,6 @@ summary, never dropped silently.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 import struct
@@ -34,7 +33,7 @@ import pyarrow.parquet as pq
 
 from analyze.errors import AppendMismatch, OutputExists, PcapError, UnsupportedLinkType
 from capture import schema
-from capture.writer import fsync_path, sha256_file
+from capture.writer import fsync_path, sha256_file, write_manifest_file
 
 #: Ports always imported as DNS.
 DNS_PORT = 53
@@ -480,16 +479,8 @@ def _write_parquet(directory: Path, name: str, table: pa.Table) -> dict[str, Any
 
 
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    tmp = directory / f"{schema.TMP_PREFIX}{schema.MANIFEST_NAME}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, directory / schema.MANIFEST_NAME)
-    fsync_path(directory, directory=True)
+    # indent=2: the layout `dnstrail import` has always written (the evidence id hashes it)
+    write_manifest_file(directory, manifest, indent=2)
 
 
 def _prepare_dir(out: Path, append: bool) -> dict[str, Any] | None:

@@ -96,6 +96,27 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def write_manifest_file(directory: str | Path, manifest: Mapping[str, Any],
+                        indent: int = 1) -> None:
+    """Write manifest.json atomically: temporary file (mode 0600), fsync, rename, fsync the
+    directory. The one way a capture's manifest reaches the disk (recorder and importer)."""
+    directory = Path(directory)
+    text = json.dumps(manifest, indent=indent, default=str) + "\n"
+    tmp = directory / (TMP_PREFIX + MANIFEST_NAME)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        view = memoryview(text.encode())
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, directory / MANIFEST_NAME)
+    _fsync_path(directory, directory=True)
+
+
 def _create_private(path: Path) -> None:
     """Create (or truncate a leftover) file with mode 0600 before pyarrow opens it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
@@ -660,21 +681,7 @@ class CaptureWriter:
         return {k: m[k] for k in MANIFEST_KEYS}
 
     def _write_manifest(self) -> None:
-        text = json.dumps(self._manifest_dict(), indent=1, default=str) + "\n"
-        tmp = self.directory / (TMP_PREFIX + MANIFEST_NAME)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        try:
-            os.fchmod(fd, FILE_MODE)
-            data = text.encode()
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.directory / MANIFEST_NAME)
-        _fsync_path(self.directory, directory=True)
+        write_manifest_file(self.directory, self._manifest_dict(), indent=1)
 
     # -- faults ---------------------------------------------------------------------------
 

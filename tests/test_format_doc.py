@@ -63,3 +63,10 @@ def test_file_kind_ignores_temporary_files() -> None:
     assert schema.file_kind("pods.parquet") == "pods"
     assert schema.file_kind(".tmp-messages-000002.parquet") is None
     assert schema.file_kind("notes.txt") is None
+
+
+def test_importer_manifest_keys_are_the_documented_ones() -> None:
+    """`dnstrail import` writes exactly the manifest keys the recorder writes and the doc names."""
+    from analyze.pcap import _base_manifest
+
+    assert set(_base_manifest(["dnstrail", "import"], [53])) == set(schema.MANIFEST_KEYS)
