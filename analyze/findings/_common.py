@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from analyze.decode import record_text
@@ -156,55 +155,6 @@ def col(df: pd.DataFrame, name: str) -> pd.Series:
     if name in df.columns:
         return df[name]
     return pd.Series([None] * len(df), index=df.index, dtype=object)
-
-
-def client_queries(capture: Any) -> pd.DataFrame:
-    """Transactions asked by clients: side client (a process's own query) or wire (pcap)."""
-    tx = table(capture, "transactions")
-    if tx.empty:
-        return tx
-    if "side" in tx.columns:
-        tx = tx[tx["side"].isin(["client", "wire"])]
-    return tx
-
-
-#: Columns naming who sent a query, in the order they identify a client.
-IDENTITY = ("node", "namespace", "pod", "container", "comm", "tgid", "client_addr")
-
-
-def with_client_key(df: pd.DataFrame, by: str = "pod") -> pd.DataFrame:
-    """Add a ``_client`` column: one string per client.
-
-    ``by="pod"``: the pod when attribution knows it, else the process (node + tgid), else the
-    client address (pcaps). ``by="process"``: the process even inside a pod.
-    """
-    df = df.copy()
-    if df.empty:
-        df["_client"] = pd.Series(dtype=object)
-        return df
-    # the key of each distinct (node, namespace, pod, tgid, comm, client_addr), made once
-    # per distinct combination and spread to its rows
-    parts = {c: col(df, c) for c in ("node", "namespace", "pod", "tgid", "comm",
-                                     "client_addr")}
-    frame = pd.DataFrame({c: v.to_numpy(dtype=object) for c, v in parts.items()},
-                         index=df.index)
-    group = frame.groupby(list(parts), dropna=False, sort=False).ngroup().to_numpy()
-    first = pd.Series(np.arange(len(group))).groupby(group).first().to_numpy()
-    reps = frame.iloc[first]
-    keys = []
-    for node_v, ns_v, pod_v, tgid_v, comm_v, addr_v in reps.itertuples(index=False):
-        node = node_v if present(node_v) else ""
-        if by == "pod" and present(pod_v):
-            ns = ns_v if present(ns_v) else ""
-            keys.append(f"{node}|pod:{ns}/{pod_v}")
-        elif present(tgid_v):
-            comm = comm_v if present(comm_v) else ""
-            keys.append(f"{node}|pid:{int(tgid_v)}|{comm}")
-        else:
-            addr = addr_v if present(addr_v) else ""
-            keys.append(f"{node}|addr:{addr}")
-    df["_client"] = np.asarray(keys, dtype=object)[group]
-    return df
 
 
 def identity(row: Any) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 ``client_rows(capture)`` is a ``Rows``: the capture's client transactions (a process's own
 queries, or a pcap's) as SQL. A detector aggregates over it (``frame``), narrows it to one
 group (``where``) and reads back only what a finding shows: who (``identity``) and a few
-sample rows (``spread``). ``client_key_sql`` is the one definition of a client in SQL (the
-strings ``_common.with_client_key`` gives).
+sample rows (``spread``). ``client_key_sql`` is the one definition of a client: the pod when
+attribution knows it, else the process, else the client address.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from analyze.attribute import ATTR_COLUMNS
 from analyze.findings._common import (
     Finding,
     clean,
-    client_queries,
     col,
     group_identity,
     quantile,
@@ -338,12 +337,12 @@ def _capture_start(scope: Any, dns_servers: set[str]) -> pd.Timestamp | None:
 
 
 def _baseline_domains(baseline: Any | None) -> set[str] | None:
+    """The registered domains (the name itself without one) the baseline's clients asked."""
     if baseline is None:
         return None
-    tx = client_queries(baseline)
-    if tx.empty:
-        return set()
-    return {registered_domain(q) or q for q in tx["qname"].dropna().astype(str)}
+    names = client_rows(baseline).where("qname IS NOT NULL").frame(
+        "DISTINCT CAST(qname AS VARCHAR) AS qname")
+    return {registered_domain(q) or q for q in names["qname"].astype(str)}
 
 
 def _new_domain_connect(hit: pd.DataFrame, ident: dict, who: str, first_asked: dict,

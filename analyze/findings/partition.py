@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from analyze.findings._names import registered_domain
+from analyze.findings._sql import CLIENT_SIDES
 from analyze.findings.new_domain import workload_name
 
 #: Client transactions per part: ~1 KB of tables per transaction while the detectors run.
@@ -36,8 +37,6 @@ TARGET_ROWS = 250_000
 _ADDR = {"transactions": "client_addr", "lookups": "client_addr",
          "connects": "CAST(NULL AS VARCHAR)"}
 
-#: Client transactions: the rows the detectors judge (a process's own queries, or a pcap's).
-CLIENT_SIDES = "side IN ('client', 'wire')"
 
 
 def identity_sql(table: str) -> str:
