@@ -34,6 +34,28 @@ def filter_options(command: Any) -> Any:
     return command
 
 
+def evidence_options(*, timeout: bool = True) -> Any:
+    """How ``replay``, ``report`` and ``export`` read the evidence (one definition of
+    ``--timeout``, ``--no-verify`` and ``--work-dir``, the keywords of ``load``)."""
+    options = [
+        click.option("--no-verify", is_flag=True, help="Do not check file sha256 sums."),
+        click.option("--work-dir", type=click.Path(file_okay=False),
+                     help="Cache of derived tables (default $DNSTRAIL_WORK_DIR, else "
+                          "$XDG_CACHE_HOME/dnstrail): a second run on the same evidence "
+                          "reuses it; the evidence is never written."),
+    ]
+    if timeout:
+        options.insert(0, click.option(
+            "--timeout", "timeout_s", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
+            help="Seconds after which an unanswered query is a timeout."))
+
+    def apply(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
 def given_filters(values: dict[str, Any]) -> dict[str, Any]:
     """The filter options that were given, by name."""
     return {k: values[k] for k in FILTERS if values.get(k) is not None}
@@ -48,12 +70,7 @@ def given_filters(values: dict[str, Any]) -> dict[str, Any]:
               "walk, A+AAAA, retries) instead of per transaction.")
 @click.option("--messages", is_flag=True, help="One line per DNS message.")
 @click.option("--width", type=int, default=80, show_default=True, help="Table width.")
-@click.option("--timeout", "timeout_s", type=float, default=DEFAULT_TIMEOUT_S,
-              show_default=True, help="Seconds after which an unanswered query is a timeout.")
-@click.option("--no-verify", is_flag=True, help="Do not check file sha256 sums.")
-@click.option("--work-dir", type=click.Path(file_okay=False),
-              help="Cache of derived tables (default $DNSTRAIL_WORK_DIR, else "
-                   "$XDG_CACHE_HOME/dnstrail); the evidence is never written.")
+@evidence_options()
 def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
            container: str | None, comm: str | None, pid: int | None, name: str | None,
            rcode: str | None, since: str | None, until: str | None, node: str | None,
@@ -137,12 +154,7 @@ def import_(file: str, output: str, ports: tuple[int, ...], append: bool) -> Non
                    "jsonl/csv: one transaction per line.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="File to write (replaced when complete).")
-@click.option("--timeout", "timeout_s", type=float, default=DEFAULT_TIMEOUT_S,
-              show_default=True, help="Seconds after which an unanswered query is a timeout.")
-@click.option("--no-verify", is_flag=True, help="Do not check file sha256 sums.")
-@click.option("--work-dir", type=click.Path(file_okay=False),
-              help="Cache of derived tables (default $DNSTRAIL_WORK_DIR, else "
-                   "$XDG_CACHE_HOME/dnstrail); the evidence is never written.")
+@evidence_options()
 def export(captures: tuple[str, ...], fmt: str, output: str, timeout_s: float,
            no_verify: bool, work_dir: str | None, **filters: Any) -> None:
     """Write CAPTURE... (directories or pcaps) as pcapng, a Zeek dns.log, JSON Lines or CSV.

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from analyze.commands import filter_options, given_filters
+from analyze.commands import evidence_options, filter_options, given_filters
 from analyze.findings._common import SEVERITIES, severity_rank
 
 #: Exit status when --fail-on is given and a finding at or above that severity exists.
@@ -57,11 +57,7 @@ class _Progress:
 @click.option("--min-severity", type=click.Choice(list(SEVERITIES)), default="info",
               show_default=True, help="Leave out findings below this severity.")
 @click.option("--no-plots", is_flag=True, help="HTML without plots (faster).")
-@click.option("--work-dir", type=click.Path(file_okay=False),
-              help="Cache of derived tables (default $DNSTRAIL_WORK_DIR, else "
-                   "$XDG_CACHE_HOME/dnstrail): a second report of the same evidence reuses "
-                   "it; the evidence is never written.")
-@click.option("--no-verify", is_flag=True, help="Do not check file sha256 sums.")
+@evidence_options(timeout=False)
 @click.option("--skip-damaged", is_flag=True,
               help="Name damaged evidence files in the report and analyze the rest (default: "
                    "stop with an error).")
