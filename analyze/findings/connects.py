@@ -144,10 +144,8 @@ def _connects(capture: Any) -> pd.DataFrame:
     from analyze._frames import stage_frame
 
     sql, params = capture.table_sql("connects")
-    have = capture.query(f"SELECT * FROM ({sql}) LIMIT 0", params).column_names
-    cols = [c for c in (*_CONNECT_COLUMNS, "src_addr") if c in have]
-    table = capture.query(f"SELECT {', '.join(cols)} FROM ({sql}) ORDER BY ts, tgid, "
-                          f"{'seq' if 'seq' in have else 'ts'}", params)
+    table = capture.query(f"SELECT {', '.join(_CONNECT_COLUMNS)} FROM ({sql}) "
+                          "ORDER BY ts, tgid, seq", params)
     return stage_frame(table, "connects")
 
 

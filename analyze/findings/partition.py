@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from analyze.findings._names import registered_domain
-from analyze.findings._sql import CLIENT_SIDES
+from analyze.findings._sql import CLIENT_SIDES, client_rows
 from analyze.findings.new_domain import workload_name
 
 #: Client transactions per part: ~1 KB of tables per transaction while the detectors run.
@@ -143,9 +143,9 @@ class Scope:
     capture: Any
     _memo: dict[str, Any] = field(default_factory=dict)
 
-    def _client_sql(self, capture: Any) -> tuple[str, list[Any]]:
-        sql, params = capture.table_sql("transactions")
-        return f"SELECT * FROM ({sql}) WHERE {CLIENT_SIDES}", params
+    def _client_sql(self) -> tuple[str, list[Any]]:
+        rows = client_rows(self.capture)
+        return rows.sql, rows.params
 
     def _once(self, name: str, make: Any) -> Any:
         if name not in self._memo:
@@ -155,7 +155,7 @@ class Scope:
     def dns_servers(self) -> set[str]:
         """Every nameserver address the capture's clients asked."""
         def make() -> set[str]:
-            sql, params = self._client_sql(self.capture)
+            sql, params = self._client_sql()
             return {str(r[0]) for r in self.capture.query_rows(f"SELECT DISTINCT server_addr FROM ({sql}) WHERE server_addr IS NOT NULL",
                 params)}
         return self._once("dns_servers", make)  # type: ignore[no-any-return]
@@ -163,7 +163,7 @@ class Scope:
     def first_asked(self) -> dict[str, pd.Timestamp]:
         """The earliest client query per registered domain (the name itself without one)."""
         def make() -> dict[str, pd.Timestamp]:
-            sql, params = self._client_sql(self.capture)
+            sql, params = self._client_sql()
             t = self.capture.query(f"SELECT qname, min(ts) AS ts FROM ({sql}) WHERE qname IS NOT NULL "
                 "GROUP BY qname", params).to_pandas()
             if t.empty:
@@ -176,7 +176,7 @@ class Scope:
     def start_of_queries(self) -> pd.Timestamp | None:
         """The first client query of the capture."""
         def make() -> pd.Timestamp | None:
-            sql, params = self._client_sql(self.capture)
+            sql, params = self._client_sql()
             first = self.capture.query(f"SELECT min(ts) AS ts FROM ({sql})", params).to_pandas()["ts"].iloc[0]
             return None if pd.isna(first) else pd.Timestamp(first)
         return self._once("start_of_queries", make)  # type: ignore[no-any-return]

@@ -17,12 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from analyze.findings._common import (
-    MAX_EVIDENCE,
-    Finding,
-    table,
-    txn_evidence,
-)
+from analyze.findings._common import Finding, table, txn_evidence
+from analyze.findings._sql import Rows, client_rows
 
 STUB_ADDRS = frozenset({"127.0.0.53", "127.0.0.54"})
 
@@ -54,46 +50,30 @@ _NS = ("CASE WHEN (starts_with(server_addr, '127.') OR server_addr = '::1') "
 _BAD = "status = 'timeout' OR rcode_name IN ('SERVFAIL', 'REFUSED')"
 
 
-def _one(column: str) -> str:
-    """The column's value when every row of the group that has one agrees, else NULL."""
-    return f"CASE WHEN count(DISTINCT {column}) = 1 THEN any_value({column}) END"
-
-
 class _Server:
-    """One nameserver's client transactions: its numbers in one aggregate query, and sample
-    rows on demand (``spread`` of a subset, in transaction order)."""
+    """One nameserver: its numbers (a row of the aggregate query) and its client
+    transactions (``Rows``), read back as sample rows for the evidence."""
 
-    def __init__(self, capture: Any, sql: str, params: list[Any], row: dict[str, Any]):
-        self.capture, self.sql, self.params, self.row = capture, sql, params, row
+    def __init__(self, rows: Rows, row: dict[str, Any]):
+        self.row = row
+        self.all = rows.where(f"server_addr = ? AND {_NS} IS NOT DISTINCT FROM ?",
+                              row["server"], row["ns"])
 
     def rows(self, where: str, count: int, order: str = "txn_id") -> pd.DataFrame:
-        from analyze._frames import stage_frame
-
-        if count <= 0:
-            return pd.DataFrame()
-        if count <= MAX_EVIDENCE:
-            positions = list(range(count))
-        else:
-            step = (count - 1) / (MAX_EVIDENCE - 1)
-            positions = sorted({round(i * step) for i in range(MAX_EVIDENCE)})
-        query = (f"SELECT * FROM ({self.sql}) WHERE server_addr = ? "
-                 f"AND {_NS} IS NOT DISTINCT FROM ? AND ({where}) "
-                 f"QUALIFY row_number() OVER (ORDER BY {order}) - 1 IN "
-                 f"({', '.join(str(p) for p in positions)}) ORDER BY {order}")
-        table = self.capture.query(query, [*self.params, self.row["server"], self.row["ns"]])
-        return stage_frame(table, "transactions")
+        """``spread`` of the transactions matching ``where``, in ``order``."""
+        return self.all.where(where).spread(order, count=count)
 
 
 def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding]:
     th = th or Thresholds()
-    base, params = capture.table_sql("transactions")
-    sql = (f"SELECT * FROM ({base}) WHERE side IN ('client', 'wire') "
-           "AND server_addr IS NOT NULL AND status IN ('answered', 'timeout')")
+    rows = client_rows(capture).where(
+        "server_addr IS NOT NULL AND status IN ('answered', 'timeout')")
     answered = "status = 'answered'"
+
     def lat(fn: str, *args: str) -> str:
         return f"{fn}({', '.join(('latency_s', *args))}) FILTER (WHERE {answered})"
-    query = (
-        f"SELECT server_addr AS server, {_NS} AS ns, count(*) AS queries, "
+    groups = rows.arrow(
+        f"server_addr AS server, {_NS} AS ns, count(*) AS queries, "
         f"count(*) FILTER (WHERE {answered}) AS answered, "
         "count(*) FILTER (WHERE status = 'timeout') AS timeouts, "
         f"count(*) FILTER (WHERE {answered} AND rcode_name = 'SERVFAIL') AS servfail, "
@@ -101,18 +81,14 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
         f"count(*) FILTER (WHERE {_BAD}) AS bad, {lat('count')} AS latencies, "
         f"{lat('quantile_cont', '0.5')} AS p50, {lat('quantile_cont', '0.95')} AS p95, "
         f"{lat('quantile_cont', '0.99')} AS p99, "
-        "count(DISTINCT tgid) AS tgids, count(DISTINCT client_addr) AS addrs, "
-        f"{_one('namespace')} AS namespace, {_one('pod')} AS pod, "
-        f"{_one('container')} AS container, {_one('comm')} AS comm, "
-        f"{_one('tgid')} AS pid, {_one('client_addr')} AS client "
-        f"FROM ({sql}) GROUP BY ALL ORDER BY min(txn_id)")
-    groups = capture.query(query, params).to_pylist()
+        "count(DISTINCT tgid) AS tgids, count(DISTINCT client_addr) AS addrs",
+        "GROUP BY ALL ORDER BY min(txn_id)").to_pylist()
     if not groups:
         return []
     hostns = host_netns(capture)
     out: list[Finding] = []
     for row in groups:
-        out.extend(_judge(_Server(capture, sql, params, row), hostns, th))
+        out.extend(_judge(_Server(rows, row), hostns, th))
     return out
 
 
@@ -133,10 +109,7 @@ def _judge(srv: _Server, hostns: int | None, th: Thresholds) -> list[Finding]:
         "clients": int(r["tgids"] or r["addrs"]),
         "netns": ns,
     }
-    ident: dict[str, Any] = {
-        name: (str(r[name]) if r[name] is not None else None)
-        for name in ("namespace", "pod", "container", "comm", "client")}
-    ident["pid"] = int(r["pid"]) if r["pid"] is not None else None
+    ident = srv.all.identity()
     out: list[Finding] = []
     label = server + (f" (netns {ns})" if ns is not None else "")
     if server in STUB_ADDRS and ns is not None and (
