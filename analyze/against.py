@@ -167,7 +167,7 @@ def questions(capture: Any, *, limit: int | None = None) -> tuple[list[Question]
         WITH t AS (
             SELECT qname, qtype, ts,
                    CASE WHEN status = 'timeout' THEN 'TIMEOUT' ELSE rcode_name END AS outcome,
-                   list_sort(list_transform(answers, x -> x.type || ' ' || x.data)) AS recs
+                   list_sort(list_transform(answers, lambda x: x.type || ' ' || x.data)) AS recs
             FROM ({sql}) WHERE status IN ('answered', 'timeout')
               AND side IN ('client', 'wire') AND qname IS NOT NULL AND qtype IS NOT NULL)
         SELECT qname, qtype, min(ts) AS first_ts, count(*) AS n,
@@ -534,16 +534,22 @@ def against(capture: Any, target: str | Target, *, rate: float = DEFAULT_RATE,
 
 def format_against(result: AgainstResult, *, width: int = 80) -> Iterator[str]:
     """The summary line and a table (STATUS NAME TYPE CAPTURED NOW DETAIL) fitting ``width``."""
+    import textwrap
+
     from analyze.replay import fit_table
 
     c = result.counts()
-    yield (f"{result.target}: {result.sent} queries sent ({result.tcp} over TCP) for "
-           f"{len(result.results)} of {result.questions_total} questions in "
-           f"{result.duration_s:.1f} s, {result.answered} answered, {result.timeouts} timed out"
-           + (f"; {result.not_sent} not sent (--max-queries {result.max_queries})"
-              if result.not_sent else "")
-           + (f"; {result.unsendable} names not sendable" if result.unsendable else ""))
-    yield ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in c.items())
+    summary = [
+        (f"{result.target}: {result.sent} queries sent ({result.tcp} over TCP) in "
+         f"{result.duration_s:.1f} s, {result.answered} answered, {result.timeouts} timed out."),
+        f"{len(result.results)} of the capture's {result.questions_total} questions asked"
+        + (f"; {result.not_sent} not sent (--max-queries {result.max_queries})"
+           if result.not_sent else "")
+        + (f"; {result.unsendable} names not sendable" if result.unsendable else "") + ".",
+        ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in c.items()) + ".",
+    ]
+    for text in summary:
+        yield from (textwrap.wrap(text, width) if width > 0 else [text])
     head = ("STATUS", "NAME", "TYPE", "CAPTURED", "NOW", "DETAIL")
     rows = []
     for r in result.results:
@@ -559,8 +565,27 @@ def format_against(result: AgainstResult, *, width: int = 80) -> Iterator[str]:
     yield from fit_table(head, rows, width=width, flexible=(1, 5), last_free=True)
 
 
-__all__ = ["DEFAULT_MAX_QUERIES", "DEFAULT_QUERY_TIMEOUT_S", "DEFAULT_RATE", "QUERY_CEILING",
-           "RATE_CEILING", "STATUSES", "AgainstError", "AgainstResult", "BadTarget",
-           "Comparison", "OverCeiling", "Outcome", "Question", "Target", "against", "ask",
-           "check_limits", "compare", "format_against", "parse_target", "question_wire",
-           "questions"]
+__all__ = [
+    "DEFAULT_MAX_QUERIES",
+    "DEFAULT_QUERY_TIMEOUT_S",
+    "DEFAULT_RATE",
+    "QUERY_CEILING",
+    "RATE_CEILING",
+    "STATUSES",
+    "AgainstError",
+    "AgainstResult",
+    "BadTarget",
+    "Comparison",
+    "Outcome",
+    "OverCeiling",
+    "Question",
+    "Target",
+    "against",
+    "ask",
+    "check_limits",
+    "compare",
+    "format_against",
+    "parse_target",
+    "question_wire",
+    "questions",
+]

@@ -268,16 +268,16 @@ def format_table(table: pd.DataFrame, *, kind: str = "transactions", width: int 
             days = {ts.min().date(), ts.max().date()}
     with_date = len(days) > 1
     time_head = "TIME UTC" if with_date or not days else f"{min(days).isoformat()} UTC"
-    head = (time_head, *head[1:])
+    columns: tuple[str, ...] = (time_head, *head[1:])
     if proc:
-        head = (*head[:2], "PROC", *head[2:])
+        columns = (*columns[:2], "PROC", *columns[2:])
 
     def cells(r: Any) -> tuple[str, ...]:
         c = cells_of(r, with_date)
         return (*c[:2], _proc(r), *c[2:]) if proc else c
 
     flexible = (1, 2, 3, 6, 7) if proc else (1, 2, 5, 6)
-    yield from fit_table(head, (cells(r) for r in table.itertuples(index=False)),
+    yield from fit_table(columns, (cells(r) for r in table.itertuples(index=False)),
                          width=width, flexible=flexible, header=header)
 
 
