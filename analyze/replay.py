@@ -176,8 +176,8 @@ _HEAD_LOOKUP = ("TIME", "WHO", "NAME", "TYPES", "RESULT", "MS, QUERIES", "ANSWER
 SAMPLE_ROWS = 2000
 #: Narrowest a shrinking column gets, by header (the time, type and rcode columns are never
 #: shrunk).
-_MIN_WIDTH = {"WHO": 13, "PROC": 10, "QUERY": 15, "NAME": 15, "ANSWER": 10, "DETAIL": 16,
-              "MS": 9, "MS, QUERIES": 12, "ID": 5}
+_MIN_WIDTH = {"WHO": 13, "PROC": 10, "QUERY": 15, "NAME": 15, "ANSWER": 12, "DETAIL": 16,
+              "MS": 8, "MS, QUERIES": 12, "ID": 5}
 
 
 def terminal_width() -> int:
@@ -192,7 +192,8 @@ def column_widths(head: Sequence[str], sample: Sequence[Sequence[str]], width: i
                   flexible: Sequence[int]) -> list[int]:
     """Widths for columns holding ``sample`` (sanitized cells): each its natural width when
     they fit ``width`` (0: no limit), else the ``flexible`` columns cut to one common ceiling
-    (water-filling: the short ones keep their width), none below its minimum."""
+    (water-filling: the short ones keep their width), none below its minimum, the last
+    column given what the others leave."""
     natural = [len(h) for h in head]
     for row in sample:
         for i, c in enumerate(row):
@@ -203,11 +204,12 @@ def column_widths(head: Sequence[str], sample: Sequence[Sequence[str]], width: i
     flex = [i for i in flexible if i < len(head)]
     mins = {i: min(natural[i], _MIN_WIDTH.get(head[i], 8)) for i in flex}
     room = width - spaces - sum(w for i, w in enumerate(natural) if i not in mins)
+    last = len(head) - 1
 
     def used(level: int) -> int:
         return sum(max(mins[i], min(natural[i], level)) for i in flex)
 
-    lo, hi = 0, max(natural[i] for i in flex) if flex else 0
+    lo, hi = 0, max((natural[i] for i in flex), default=0)
     while lo < hi:  # the highest ceiling whose columns fit the room
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if used(mid) <= room else (lo, mid - 1)
@@ -216,10 +218,12 @@ def column_widths(head: Sequence[str], sample: Sequence[Sequence[str]], width: i
         widths[i] = max(mins[i], min(natural[i], lo))
     spare = room - used(lo)
     for i in flex:  # what the ceiling left over goes to the columns it cut, left first
-        if spare > 0 and widths[i] < natural[i]:
+        if spare > 0 and i != last and widths[i] < natural[i]:
             add = min(spare, natural[i] - widths[i])
             widths[i] += add
             spare -= add
+    if last in mins and spare > 0:  # the last column runs to the line's end
+        widths[last] += spare
     return widths
 
 
