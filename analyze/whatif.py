@@ -35,10 +35,10 @@ def node_cache(capture: Any, *, top: int = TOP_NAMES) -> dict[str, Any]:
     """The queries a TTL-honouring cache on each node would have answered (module doc)."""
     tx, tparams = capture.table_sql("transactions")
     msgs, mparams = capture.table_sql("messages", with_txn=False)
+    key = "hash(coalesce(node, ''), qname, qtype)"
     sql = f"""
         WITH t AS (
-            SELECT node, qname, qtype, ts, response_ts, status, rcode_name, min_ttl,
-                   response_msg_id
+            SELECT {key} AS k, ts, response_ts, status, rcode_name, min_ttl, response_msg_id
             FROM ({tx}) WHERE {_CLIENT} AND status IN ('answered', 'timeout')
               AND qname IS NOT NULL AND qtype IS NOT NULL),
         neg AS (
@@ -50,54 +50,52 @@ def node_cache(capture: Any, *, top: int = TOP_NAMES) -> dict[str, Any]:
             FROM ({msgs})
             WHERE msg_id IN (SELECT response_msg_id FROM t
                              WHERE min_ttl IS NULL AND rcode_name IN ('NXDOMAIN', 'NOERROR')))
-        SELECT coalesce(t.node, '') AS node, t.qname, t.qtype,
-               epoch_ns(t.ts) AS ts_ns, epoch_ns(t.response_ts) AS resp_ns,
+        SELECT t.k, epoch_ns(t.ts) AS ts_ns, epoch_ns(t.response_ts) AS resp_ns,
                t.status = 'timeout' AS timed_out,
                CASE WHEN t.status <> 'answered' THEN NULL
                     WHEN t.rcode_name = 'NOERROR' AND t.min_ttl IS NOT NULL THEN t.min_ttl
                     WHEN t.rcode_name IN ('NXDOMAIN', 'NOERROR') THEN neg.neg_ttl
                END AS ttl
         FROM t LEFT JOIN neg ON neg.msg_id = t.response_msg_id
-        ORDER BY node, t.qname, t.qtype, ts_ns"""
+        ORDER BY t.k, ts_ns"""
     queries = hits = timeouts_answered = 0
-    best: list[tuple[int, str, str]] = []  # a heap of the names with the most hits
-    key: tuple[str, str, str] | None = None
-    key_hits = 0
-    expiry = inserted = 0
+    best: list[tuple[int, int]] = []  # a heap of (hits, key): the names with the most hits
+    current: int | None = None
+    key_hits = expiry = inserted = 0
 
-    def close(k: tuple[str, str, str] | None, n: int) -> None:
+    def close(k: int | None, n: int) -> None:
         if k is not None and n:
-            item = (n, k[1], k[2])
-            if len(best) < top:
-                heapq.heappush(best, item)
-            else:
-                heapq.heappushpop(best, item)
+            (heapq.heappush if len(best) < top else heapq.heappushpop)(best, (n, k))
 
     for batch in capture.query_batches(sql, [*tparams, *mparams]):
-        cols = batch.to_pydict()
-        for node, qname, qtype, ts, resp, timed_out, ttl in zip(
-                cols["node"], cols["qname"], cols["qtype"], cols["ts_ns"], cols["resp_ns"],
-                cols["timed_out"], cols["ttl"]):
-            queries += 1
-            k = (node, qname, qtype)
-            if k != key:
-                close(key, key_hits)
-                key, key_hits, expiry, inserted = k, 0, 0, 0
+        cols = batch.to_pydict()  # plain ints and bools: the loop below stays cheap
+        queries += batch.num_rows
+        for k, ts, resp, timed_out, ttl in zip(cols["k"], cols["ts_ns"], cols["resp_ns"],
+                                               cols["timed_out"], cols["ttl"]):
+            if k != current:
+                close(current, key_hits)
+                current, key_hits, expiry, inserted = k, 0, 0, 0
             if inserted <= ts < expiry:
                 hits += 1
                 key_hits += 1
                 timeouts_answered += bool(timed_out)
-                continue
-            if ttl is not None and ttl > 0 and resp is not None:
+            elif ttl is not None and ttl > 0 and resp is not None:
                 inserted, expiry = resp, resp + int(ttl) * 1_000_000_000
-    close(key, key_hits)
+    close(current, key_hits)
+    names: dict[int, tuple[str, str]] = {}
+    if best:
+        for k, qname, qtype in capture.query_rows(
+                f"SELECT DISTINCT {key}, qname, qtype FROM ({tx}) WHERE {_CLIENT} "
+                f"AND {key} IN (SELECT unnest(?::UBIGINT[]))", [*tparams, [k for _, k in best]]):
+            names[int(k)] = (str(qname), str(qtype))
+    ranked = sorted(((n, *names.get(k, ("?", "?"))) for n, k in best),
+                    key=lambda x: (-x[0], x[1], x[2]))
     return {
         "queries": queries,
         "saved": hits,
         "saved_share": round(hits / queries, 4) if queries else 0.0,
         "timeouts_answered": timeouts_answered,
-        "top_names": [{"qname": q, "qtype": t, "saved": n}
-                      for n, q, t in sorted(best, key=lambda x: (-x[0], x[1], x[2]))],
+        "top_names": [{"qname": q, "qtype": t, "saved": n} for n, q, t in ranked],
     }
 
 
