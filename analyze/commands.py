@@ -133,22 +133,22 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
            no_verify: bool, work_dir: str | None,
            against_addr: str | None, rate: float, max_queries: int, query_timeout: float,
            exceed_ceiling: bool) -> None:
-    """Show the DNS timeline of one or more captures (directories or pcaps) in time order,
-    or ask a resolver the captured questions again (--against).
+    """Show the DNS timeline of one or more captures (directories or pcaps) in time
+    order, or ask a resolver the captured questions again (--against).
 
     \b
-    One line per transaction by default: a query and its response (MS is the latency in
-    milliseconds, 'no answer' for a TIMEOUT, then the retries), or an unsolicited
-    response (!RCODE). Times are UTC, the date in the header (on each line when the
-    capture spans days). WHO is namespace/pod, or comm[pid] for host processes, or the
-    client address (pcaps); from --width 110 a PROC column shows comm[pid].
-    Wire strings are sanitized in the table; --format jsonl keeps everything.
+    One line per transaction by default: a query and its response (MS is the
+    latency in ms, then any retries), a TIMEOUT (MS: its retries), or an
+    unsolicited response (!RCODE). Times are UTC, the date in the header (on each
+    line when the capture spans days). WHO is namespace/pod, comm[pid] for host
+    processes, or the client address (pcaps); from --width 110 a PROC column
+    shows comm[pid]. Wire strings are sanitized; --format jsonl keeps everything.
 
     \b
-    --against 10.96.0.10 sends each distinct name and type once to that address only
-    (--rate, --max-queries, --query-timeout) and says per name: same, changed,
-    newly answering (a fix that works), now failing, or hijacked (the capture saw a
-    private address the resolver does not give). See docs/replay.md.
+    --against 10.96.0.10 sends each distinct name and type once, to that address
+    only (--rate, --max-queries, --query-timeout), and says per name: same,
+    changed, newly answering (a fix that works), now failing, or hijacked (the
+    capture saw a private address the resolver does not give). docs/replay.md.
     """
     from analyze.capture import load
     from analyze.replay import replay as run
@@ -157,6 +157,8 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
         raise click.UsageError("--lookups and --messages exclude each other")
     if fmt == "json" and against_addr is None:
         raise click.UsageError("--format json is for --against; the timeline has jsonl")
+    if against_addr is not None and (lookups or messages):
+        raise click.UsageError("--against asks each question once: no --lookups/--messages")
     cap = load(list(captures), timeout_s=timeout_s, verify=not no_verify, work_dir=work_dir)
     filters = given_filters({
         "pod": pod, "namespace": namespace, "container": container, "comm": comm, "pid": pid,

@@ -171,6 +171,7 @@ CASES = [
     ("slow.example.com", "A", None, []),
     ("big.example.com", "TXT", "NOERROR", ["v=spf1 -all"]),
     ("servfail.example.com", "A", "SERVFAIL", []),
+    ("evil.example.com", "TXT", "NOERROR", ["\x1b]0;pwn\x07\u202e"]),
 ]
 ZONE = Zone(records={
     ("same.example.com", "A"): ["198.51.100.10"],
@@ -178,6 +179,7 @@ ZONE = Zone(records={
     ("fixed.example.com", "A"): ["198.51.100.40"],
     ("bank.example.com", "A"): ["93.184.216.34"],
     ("big.example.com", "TXT"): ["v=spf1 -all"],
+    ("evil.example.com", "TXT"): ["\x1b[2J"],
 }, silent={"slow.example.com"}, truncate={"big.example.com"})
 
 
@@ -196,6 +198,7 @@ def test_each_verdict_against_a_real_server(tmp_path: Path, serve: list[Server])
         "slow.example.com": "same",             # timed out then, times out now
         "big.example.com": "same",              # truncated over UDP, asked again over TCP
         "servfail.example.com": "changed",      # SERVFAIL -> NXDOMAIN
+        "evil.example.com": "changed",
     }
     assert by["moved.example.com"].added == ["A 198.51.100.21"]
     assert by["moved.example.com"].removed == ["A 198.51.100.20"]
@@ -214,8 +217,11 @@ def test_each_verdict_against_a_real_server(tmp_path: Path, serve: list[Server])
         sorted((n, t) for n, t, _, _ in CASES)
     assert result.timeouts == 1 and result.not_sent == 0
     lines = list(format_against(result, width=100))
-    assert lines[0].startswith(f"127.0.0.1:{server.port}: 9 queries sent (1 over TCP)")
-    assert "1 hijacked, 1 now failing, 2 changed, 1 newly answering, 3 same." in lines
+    assert lines[0].startswith(f"127.0.0.1:{server.port}: 10 queries sent (1 over TCP)")
+    assert "1 hijacked, 1 now failing, 3 changed, 1 newly answering, 3 same." in lines
+    text = "\n".join(lines)
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert any(ln.startswith("CHANGED") and "evil.example.com" in ln for ln in lines)
     assert max(map(len, lines)) <= 100
     assert any(ln.startswith("HIJACKED") and "bank.example.com" in ln for ln in lines)
 
@@ -261,6 +267,8 @@ def test_limits_and_targets_are_checked_before_sending(tmp_path: Path,
     r = runner.invoke(main, [*base, "localhost"])                 # a name needs a resolver
     assert r.exit_code == 1 and "IP address" in r.output
     r = runner.invoke(main, [*base, f"127.0.0.1:{server.port}", "--format", "jsonl"])
+    assert r.exit_code == 2
+    r = runner.invoke(main, [*base, f"127.0.0.1:{server.port}", "--lookups"])
     assert r.exit_code == 2
     assert server.received == []                                   # nothing was sent
     r = runner.invoke(main, [*base, f"127.0.0.1:{server.port}", "--max-queries", "20000",
