@@ -304,9 +304,8 @@ def ask(target: Target, qs: Sequence[Question], *, rate: float = DEFAULT_RATE,
                 while dns_id in pending:
                     dns_id = secrets.randbelow(65536)
                 try:
-                    sock.send(_query(dns_id, wires[i] or b""))
-                except OSError as exc:  # an ICMP error from an earlier datagram
-                    out.refused += 1
+                    _send(sock, _query(dns_id, wires[i] or b""), out)
+                except OSError as exc:
                     out.outcomes[i] = Outcome("ERROR", error=exc.strerror or str(exc))
                 else:
                     out.sent += 1
@@ -325,6 +324,16 @@ def ask(target: Target, qs: Sequence[Question], *, rate: float = DEFAULT_RATE,
     finally:
         sock.close()
     return out
+
+
+def _send(sock: socket.socket, msg: bytes, out: Sent) -> None:
+    """Send one datagram. A refused earlier datagram (ICMP port unreachable) is reported by
+    the next send, which the kernel then does not transmit: count it and send once more."""
+    try:
+        sock.send(msg)
+    except ConnectionRefusedError:
+        out.refused += 1
+        sock.send(msg)
 
 
 def _receive(sock: socket.socket, target: Target, qs: Sequence[Question],
