@@ -119,6 +119,7 @@ def test_the_report_says_what_if(tmp_path: Path) -> None:
     assert "## What if" in md
     assert "128 of 480 client queries (26.7 %)" in md
     assert "| 2 | 18 | 0 | 18 |" in md
+    assert "With ndots:2 the clients would have sent 18 fewer queries of 480" in md
     out = tmp_path / "r.html"
     r = CliRunner().invoke(main, ["report", str(SAMPLE), "-o", str(out), "--no-plots",
                                   "--work-dir", work])

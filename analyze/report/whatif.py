@@ -28,6 +28,16 @@ def _cache_sentence(c: dict[str, Any]) -> str:
     return text + "."
 
 
+def _ndots_sentence(rows: list[dict[str, Any]], queries: int | None) -> str:
+    best = max(rows, key=lambda r: (int(r["net_saved"]), int(r["ndots"])))
+    if int(best["net_saved"]) <= 0:
+        return "A lower ndots would have saved no queries."
+    of = f" of {queries:,}" if queries else ""
+    return (f"With ndots:{int(best['ndots'])} the clients would have sent "
+            f"{int(best['net_saved']):,} fewer queries{of} "
+            f"({int(best['lookups_shortened']):,} lookups shortened).")
+
+
 def whatif_markdown(w: dict[str, Any] | None) -> list[str]:
     """Markdown lines of the section (none when there is no what-if)."""
     if not w:
@@ -43,7 +53,8 @@ def whatif_markdown(w: dict[str, Any] | None) -> list[str]:
             lines += [""]
     rows = w.get("ndots") or []
     if rows:
-        lines += ["A lower ndots:", "", "| " + " | ".join(_NDOTS_HEAD) + " |",
+        lines += [md(_ndots_sentence(rows, c.get("queries"))), "",
+                  "| " + " | ".join(_NDOTS_HEAD) + " |",
                   "|" + "---|" * len(_NDOTS_HEAD)]
         lines += ["| " + " | ".join(str(int(r[k])) for k in _NDOTS_KEYS) + " |" for r in rows]
         lines += ["", f"_{md(_NDOTS_NOTE)}_", ""]
@@ -65,7 +76,7 @@ def whatif_html(w: dict[str, Any] | None) -> str:
                                    for n in c["top_names"]) + "</table>")
     rows = w.get("ndots") or []
     if rows:
-        parts.append("<p>A lower ndots:</p><table><tr>"
+        parts.append(f"<p>{h(_ndots_sentence(rows, c.get('queries')))}</p><table><tr>"
                      + "".join(f"<th>{h(x)}</th>" for x in _NDOTS_HEAD) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{int(r[k])}</td>" for k in _NDOTS_KEYS)
                                + "</tr>" for r in rows)
