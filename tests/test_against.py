@@ -49,16 +49,16 @@ class Zone:
 class Server:
     """A DNS server on 127.0.0.1 (UDP and TCP on one random port) that logs every query."""
 
-    def __init__(self, zone: Zone) -> None:
+    def __init__(self, zone: Zone, addr: str = "127.0.0.1", port: int = 0) -> None:
         self.zone = zone
         self.received: list[tuple[float, str, str, str, str]] = []  # time, proto, src, name, type
         self.lock = threading.Lock()
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
+        self.udp.bind((addr, port))
         self.port = self.udp.getsockname()[1]
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.bind((addr, self.port))
         self.tcp.listen(8)
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._serve_udp, daemon=True),
@@ -194,7 +194,8 @@ ZONE = Zone(records={
 
 def test_each_verdict_against_a_real_server(tmp_path: Path, serve: list[Server]) -> None:
     server = Server(ZONE)
-    serve.append(server)
+    decoy = Server(ZONE, "127.0.0.2", server.port)     # the same port on another address
+    serve += [server, decoy]
     cap = load(_capture(tmp_path, CASES), work_dir=tmp_path / "work")
     result = against(cap, f"127.0.0.1:{server.port}", rate=200, timeout_s=0.5)
     by = {r.qname: r for r in result.results}
@@ -222,6 +223,7 @@ def test_each_verdict_against_a_real_server(tmp_path: Path, serve: list[Server])
     assert result.tcp == 1 and [x[3] for x in server.received if x[1] == "tcp"] == \
         ["big.example.com"]
     assert {x[2] for x in server.received} == {"127.0.0.1"}
+    assert decoy.received == []
     assert sorted((x[3], x[4]) for x in server.received if x[1] == "udp") == \
         sorted((n, t) for n, t, _, _ in CASES)
     assert result.timeouts == 1 and result.not_sent == 0
