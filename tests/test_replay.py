@@ -112,6 +112,8 @@ def test_replay_filters_and_modes(lab_dir: Path) -> None:
     assert len(r.output.splitlines()) == 3
     r = runner.invoke(main, ["replay", str(lab_dir), "--lookups", "--messages"])
     assert r.exit_code != 0
+    r = runner.invoke(main, ["replay", str(lab_dir), "--format", "json"])
+    assert r.exit_code == 2 and "--against" in r.output
 
 
 def test_replay_jsonl_is_full_fidelity(lab_dir: Path) -> None:
