@@ -8,6 +8,7 @@ from typing import Any
 from analyze.findings._common import SEVERITIES, Finding, json_safe
 from analyze.report._text import h
 from analyze.report.plots import all_plots
+from analyze.report.whatif import whatif_html
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;
@@ -79,7 +80,7 @@ def _finding(f: Finding, n: int) -> str:
 
 
 def render_html(capture: Any, findings: list[Finding], summary: dict[str, Any],
-                meta: dict[str, Any]) -> str:
+                meta: dict[str, Any], *, whatif: dict[str, Any] | None = None) -> str:
     s = summary
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -135,6 +136,8 @@ def render_html(capture: Any, findings: list[Finding], summary: dict[str, Any],
         if group:
             parts.append(f"<h2>{h(sevname)} ({len(group)})</h2>")
             parts.extend(_finding(f, i) for i, f in enumerate(group))
+    if whatif:
+        parts.append(whatif_html(whatif))
     if meta.get("plots", True):
         parts.append("<h2>Plots</h2>")
         for title, png in all_plots(capture, findings):

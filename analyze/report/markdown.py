@@ -7,6 +7,7 @@ from typing import Any
 
 from analyze.findings._common import SEVERITIES, Finding, json_safe
 from analyze.report._text import md
+from analyze.report.whatif import whatif_markdown
 
 
 def _cell(v: Any) -> str:
@@ -26,7 +27,7 @@ def _table(keys: list[str], rows: list[dict[str, Any]]) -> list[str]:
 
 
 def render_markdown(findings: list[Finding], summary: dict[str, Any],
-                    meta: dict[str, Any]) -> str:
+                    meta: dict[str, Any], *, whatif: dict[str, Any] | None = None) -> str:
     s = summary
     lines = ["# dnstrail report", ""]
     comp = s.get("completeness") or {}
@@ -81,6 +82,7 @@ def render_markdown(findings: list[Finding], summary: dict[str, Any],
             for row in f.evidence:
                 keys.extend(k for k in row if k not in keys)
             lines += _table(keys, f.evidence) + [""]
+    lines += whatif_markdown(whatif)
     lines += [(f"_dnstrail {md(meta.get('dnstrail_version'))}, generated "
                f"{md(meta.get('generated_at'))}_"), ""]
     return "\n".join(lines)
