@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from analyze.findings._common import Finding
 from analyze.findings._sql import client_rows
 from analyze.report._text import plot_label
+from analyze.report.summary import WHO_SQL
 
 _RC: Any = {"font.size": 9, "figure.dpi": 96}
 
@@ -25,12 +26,7 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-#: Who asked, as the plots label it: namespace/pod, else the program, else the address.
-_WHO_SQL = ("CASE WHEN coalesce(CAST(pod AS VARCHAR), '') <> '' THEN "
-            "CASE WHEN namespace IS NOT NULL THEN CAST(namespace AS VARCHAR) || '/' "
-            "|| CAST(pod AS VARCHAR) ELSE CAST(pod AS VARCHAR) END "
-            "WHEN coalesce(CAST(comm AS VARCHAR), '') <> '' THEN CAST(comm AS VARCHAR) "
-            "ELSE coalesce(client_addr, '?') END")
+_WHO_SQL = WHO_SQL
 
 #: Points of a latency CDF (the answers' latencies are summarized by this many quantiles).
 CDF_POINTS = 1000
