@@ -115,7 +115,7 @@ def test_markdown_escapes_wire_strings(hostile_capture: Any) -> None:
     rows = [ln for ln in md.splitlines() if ln.startswith("|") and "pipe" in ln]
     assert rows
     assert all("pipe\\|\\`code\\`\\*em\\*\\[l\\](u)" in ln for ln in rows)
-    assert any(ln.startswith("| ts | query | answer") for ln in md.splitlines())
+    assert any(ln.startswith("| time (UTC) | query | answer") for ln in md.splitlines())
 
 
 def test_markdown_table_rows_keep_their_width(hostile_capture: Any) -> None:
