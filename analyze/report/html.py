@@ -27,7 +27,7 @@ white-space:pre-wrap}
 .finding{border:1px solid #ddd;border-radius:4px;padding:.6em;margin:.8em 0}
 .explanation{margin:.4em 0}
 details{margin:.3em 0}
-img{max-width:100%}
+img{width:100%;max-width:1056px;height:auto}
 """
 
 
