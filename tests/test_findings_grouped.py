@@ -46,3 +46,53 @@ def test_cache_miss_is_one_finding_per_workload(tmp_path: Path) -> None:
     assert "per name (8):" in md
     assert "| name | types | queries | ttl | median interval | saved queries per min |" in md
     assert "| cache.shop.svc.cluster.local | A | 294 | 30 s |" in md
+
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "incident"
+
+
+def test_a_single_label_name_that_never_resolves_is_an_unknown_service(tmp_path: Path) -> None:
+    cap = load(SAMPLE, work_dir=tmp_path / "work")
+    found = find(cap)
+    (svc,) = [f for f in found if f.kind == "unknown_service"]
+    assert svc.domain == "paymnets-api" and svc.pod == "frontend-6d8f7c9b5-x2kqp"
+    assert svc.severity == "medium"
+    assert "typo" in svc.explanation and "missing" in svc.explanation
+    assert "trailing dot" in svc.explanation and "would not" in svc.explanation
+    assert svc.metrics["lookups"] == 12 and svc.metrics["nxdomain"] == 96
+    assert all(e["answer"] == "NXDOMAIN for every name tried, 8 queries"
+               for e in svc.evidence)
+    # not an ndots finding: the search list is how a service name is meant to resolve
+    assert not [f for f in found if f.kind == "ndots_amplification"
+                and f.domain == "paymnets-api"]
+    assert [f.domain for f in found if f.kind == "ndots_amplification"] == ["api.stripe.com"]
+    for fmt in ("md", "html", "json"):
+        assert "for None" not in render(cap, found, fmt, plots=False)
+
+
+def test_similar_services_that_resolved_are_named(tmp_path: Path) -> None:
+    wire = Wire()
+    app = Proc(7001, "node", "10.244.4.4")
+    other = Proc(7002, "curl", "10.244.4.5")
+    t = T0
+    wire.exchange(other, t, "payments-api.shop.svc.cluster.local", answers=[A("10.96.3.3")])
+    for _ in range(4):
+        t += 1_000_000_000
+        for suffix in (".shop.svc.cluster.local", ".svc.cluster.local", ".cluster.local", ""):
+            for qtype in ("A", "AAAA"):
+                wire.exchange(app, t, "paymnets-api" + suffix, qtype, rcode="NXDOMAIN")
+                t += 300_000
+    cap = load(wire.write(tmp_path / "cap"), work_dir=tmp_path / "work")
+    (svc,) = find(cap, kinds=["unknown_service"])
+    assert svc.comm == "node" and svc.domain == "paymnets-api"
+    assert svc.metrics["similar_services"] == ["payments-api.shop"]
+    assert "payments-api (namespace shop)" in svc.explanation
+    assert "the client's search domains" in svc.explanation
+
+
+def test_connect_results_are_named(tmp_path: Path) -> None:
+    cap = load(SAMPLE, work_dir=tmp_path / "work")
+    (f,) = [f for f in find(cap, kinds=["unresolved_connect"])]
+    assert {e["result"] for e in f.evidence} == {"EINPROGRESS"}
+    md = render(cap, [f], "md")
+    assert "EINPROGRESS" in md and "-115" not in md
