@@ -17,8 +17,9 @@ h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.
 table{border-collapse:collapse;margin:.4em 0;font-size:.85em}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}
-td.wire{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all;
+td.wire{font-family:ui-monospace,Menlo,Consolas,monospace;overflow-wrap:anywhere;
 white-space:pre-wrap}
+td.short{white-space:nowrap}
 .sev{display:inline-block;padding:1px 8px;border-radius:3px;color:#fff;font-weight:bold}
 .high{background:#b00020}.medium{background:#d96c00}.low{background:#b59a00}.info{background:#607d8b}
 .lost{background:#fde0e0;border:2px solid #b00020;padding:.5em;font-weight:bold}
@@ -32,7 +33,8 @@ img{width:100%;max-width:1056px;height:auto}
 
 
 def _kv_table(rows: list[tuple[str, Any]]) -> str:
-    body = "".join(f"<tr><th>{h(k)}</th><td>{h(_fmt(v))}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><th>{h(k)}</th><td>{h(v if isinstance(v, str) else _fmt(v, k))}"
+                   "</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 
 
@@ -40,11 +42,17 @@ def _fmt(v: Any, key: str = "", day: str | None = None) -> str:
     return hu.value(json_safe(v), key=key, day=day)
 
 
-def _grid(head: list[str], rows: list[list[str]], wire: bool = True) -> str:
-    cls = ' class="wire"' if wire else ""
+#: Cells up to this long never wrap (times, addresses, counts); longer ones wrap anywhere.
+_SHORT = 24
+
+
+def _grid(head: list[str], rows: list[list[str]]) -> str:
+    def cell(c: str) -> str:
+        return f'<td class="wire{" short" if len(c) <= _SHORT else ""}">{h(c)}</td>'
+
     return ("<table><tr>" + "".join(f"<th>{h(k)}</th>" for k in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td{cls}>{h(c)}</td>" for c in r) + "</tr>"
-                      for r in rows) + "</table>")
+            + "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
+            + "</table>")
 
 
 def _evidence(ev: list[dict[str, Any]], day: str | None) -> str:
