@@ -110,7 +110,8 @@ def render_html(capture: Any, findings: list[Finding], summary: dict[str, Any],
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
          "img-src data:; style-src 'unsafe-inline'\">"),
-        f"<title>dnstrail report {h(s.get('start'))}</title><style>{_CSS}</style></head><body>",
+        (f"<title>dnstrail report {h(hu.when(s.get('start')))}</title><style>{_CSS}</style>"
+        "</head><body>"),
         "<h1>dnstrail report</h1>",
     ]
     comp = s.get("completeness") or {}
