@@ -36,6 +36,37 @@ struct dnstrail_drain {
     int64_t error;         /* 0, or the errno of a failed write (nothing consumed past it) */
 };
 
+/* The cgroup ids the drain has seen (an open-addressing set; 0 marks a free slot) and those
+ * it saw for the first time in this call, for the recorder to name while they exist. */
+struct dnstrail_ids {
+    uint64_t *slots;
+    uint64_t mask;   /* slots - 1 (a power of two) */
+    uint64_t used;
+    uint64_t *fresh; /* new ids of this call */
+    uint64_t cap;
+    uint64_t n;
+};
+
+/* offset of cgroup_id in every record's common header (capture/probe.py _COMMON_FIELDS) */
+#define OFF_CGROUP 32
+
+static void note_id(struct dnstrail_ids *ids, uint64_t id) {
+    if (!ids || !id || ids->n >= ids->cap || ids->used * 4 >= (ids->mask + 1) * 3)
+        return; /* full: the id comes back as new in a later call */
+    uint64_t h = (id * 0x9E3779B97F4A7C15ull) & ids->mask;
+    for (uint64_t probe = 0; probe <= ids->mask; probe++) {
+        uint64_t *slot = &ids->slots[(h + probe) & ids->mask];
+        if (*slot == id)
+            return;
+        if (*slot == 0) {
+            *slot = id;
+            ids->used++;
+            ids->fresh[ids->n++] = id;
+            return;
+        }
+    }
+}
+
 static inline uint64_t load_acq64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline uint32_t load_acq32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 
@@ -113,7 +144,8 @@ static uint64_t keep_written(const uint8_t *data, uint64_t mask, uint64_t end, c
 int dnstrail_spool_drain(const uint8_t *data, uint64_t mask, uint64_t *cons_pos,
                          const uint64_t *prod_pos, int spool_fd, uint8_t *buf, uint64_t bufsize,
                          uint8_t *side, uint64_t sidesize, uint32_t msg_hdr, uint32_t snaplen,
-                         uint64_t max_records, struct dnstrail_drain *out) {
+                         uint64_t max_records, struct dnstrail_drain *out,
+                         struct dnstrail_ids *ids) {
     memset(out, 0, sizeof(*out));
     uint64_t cons = load_acq64(cons_pos);
     uint64_t start = cons;
@@ -168,6 +200,9 @@ int dnstrail_spool_drain(const uint8_t *data, uint64_t mask, uint64_t *cons_pos,
             uint32_t h[2] = {(uint32_t)keep, 0};
             memcpy(buf + fill, h, 8);
             ring_copy(buf + fill + 8, data, mask, cons + RB_HDR, keep);
+            uint64_t cg;
+            memcpy(&cg, buf + fill + 8 + OFF_CGROUP, 8);
+            note_id(ids, cg);
             memset(buf + fill + 8 + keep, 0, need - 8 - keep);
             fill += need;
             now.messages++;

@@ -114,6 +114,9 @@ _CONNECT_DTYPE = np.dtype(_COMMON_FIELDS + [
 ])
 _EXEC_DTYPE = np.dtype(_COMMON_FIELDS + [("ppid", "<i4"), ("_pad", "<u4"), ("filename", "V256")])
 assert _MSG_DTYPE.itemsize == 112 and _CONNECT_DTYPE.itemsize == 96
+# capture/_spool.c reads these at fixed offsets (OFF_CGROUP; cap_len just before the payload)
+assert _MSG_DTYPE.fields is not None and _MSG_DTYPE.fields["cgroup_id"][1] == 32
+assert _MSG_DTYPE.fields["cap_len"][1] == 108
 assert _EXEC_DTYPE.itemsize == 320
 
 #: Arrow binary_view (pyarrow >= 16) lets payloads be cast out of the ring in one C++ pass.

@@ -397,17 +397,12 @@ def _run(
     try:
         sched.apply_priority(options.priority)  # after loading: compiling is not steady state
         spooling = options.spool and _spool_available(err)
-        if options.priority == "auto":
-            # spooling: the drain stays at nice 0 (it is cheap, and at nice 19 a saturated node
-            # would starve it); what auto lowers is the Parquet conversion, deferred while the
-            # node has no CPU to spare. Without the spool: nice 19 and the CPU cap.
-            auto = sched.AutoPriority(apply=not spooling,
-                                      cost_per_message=_SPOOL_COST if spooling else 1e-6)
-            if not spooling:
-                budget = sched.CpuBudget(options.cpu_budget)
-            # the baseline sample now: the snapshots below take longer than an interval, so
-            # the first pass of the loop already knows whether the node is saturated
-            auto.update(time.monotonic(), _arrived(probe, probe.lost()))
+        if options.priority == "auto" and not spooling:
+            # without the spool: nice 19 and a CPU cap while the node is saturated. With it,
+            # the drain is cheap enough to run at nice 0 always (at nice 19 a saturated node
+            # would starve it), and the conversion runs in its own process at nice 19.
+            auto = sched.AutoPriority()
+            budget = sched.CpuBudget(options.cpu_budget)
         filters = options.filters()
         filters["pod_uids"] = sorted(resolution.pod_uids)
         writer.update_info(
@@ -428,9 +423,11 @@ def _run(
             from capture.spool import Spooler
 
             spooler = Spooler(writer, probe, lambda b: _consume(b, writer, state),
+                              state.resolver.resolve,
                               max_bytes=options.max_file_bytes,
                               max_seconds=options.rotate_seconds, clock=time.monotonic,
-                              poll_ms=options.poll_ms)
+                              poll_ms=options.poll_ms,
+                              converter_policy=_CONVERTER_POLICY[options.priority])
         err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
         err.writelines(line + "\n" for line in _drops_lines(options))
         if filtering and not current_ids:
@@ -450,10 +447,9 @@ def _run(
                 # capped (auto, low): one chunk per poll (~25 ms of work), so that sleeping
                 # off each poll stays within the 2 s longest pause below and the cap holds
                 if spooler is not None:
-                    # the spool's thread drains the rings; this one converts when it may
-                    convert = auto is None or auto.level == "normal"
-                    if not spooler.service(convert, _CONVERT_CHUNKS):  # nothing converted
-                        stop.wait(min(timeout, _SERVICE_MS) / 1000)
+                    # the spool's thread drains the rings, its process converts them
+                    spooler.service()
+                    stop.wait(min(timeout, _SERVICE_MS) / 1000)
                 else:
                     capped = (auto is not None and auto.level == "low"
                               and options.cpu_budget > 0)
@@ -473,9 +469,8 @@ def _run(
                                              "lost": dict(lost)})
                         writer.update_info({"priority_log": list(priority_log)})
                         # on a terminal it overwrites the status line, rewritten after it
-                        line = (_spool_line(changed, auto, spooler) if spooler is not None
-                                else _priority_line(changed, auto,
-                                                     budget.share if budget else 0.0))
+                        line = _priority_line(changed, auto,
+                                              budget.share if budget else 0.0)
                         err.write(("\r" + line.ljust(79) if tty else line) + "\n")
                         err.flush()
                     if auto.level == "low" and budget is not None:
@@ -520,26 +515,28 @@ def _run(
                 spooler.stop()
             except BaseException as also:  # noqa: BLE001  (the first error is the one raised)
                 err.write(f"warning: stopping the spool: {type(also).__name__}: {also}\n")
+            spooler.abandon()  # what is not converted stays spooled, listed and readable
         _detach(probe, err)
         if writer.started and not writer.closed:  # DiskFull has closed it already
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             writer.close("failed", error=reason)
         raise
     _detach(probe, err)
-    if spooler is not None and (spooler.backlog_messages or spooler.backlog_segments):
+    if spooler is not None:
         backlog = spooler.backlog_messages
         if backlog > _CONVERT_NOTICE:
-            err.write(f"Converting {backlog:,} spooled messages to Parquet ...\n")
+            err.write(f"Converting {backlog:,} spooled messages to Parquet "
+                      f"({'at nice 19, ' if options.priority != 'normal' else ''}"
+                      "Ctrl-C leaves them spooled, readable) ...\n")
             err.flush()
         try:
             spooler.finish()
         except BaseException as exc:  # the spool stays, listed and readable
+            spooler.abandon()
             if writer.started and not writer.closed:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 writer.close("failed", error=f"converting the spool: {reason}")
             raise
-    elif spooler is not None:
-        spooler.finish()
     state.end_rows = snap.scan_processes(resolver=state.resolver)
     try:  # pods that started during the capture
         state.pods = list(dict.fromkeys(state.pods + snap.scan_pods(options.pods_root,
@@ -569,13 +566,12 @@ def _run(
 _RECORD_BYTES_GUESS = 384
 
 
-#: Spool chunks (16384 records each) converted per pass of the loop while the node has CPU
-#: to spare: ~10 ms each, so the ring is drained again well before it can fill.
-_CONVERT_CHUNKS = 2
-#: How often the recorder's thread looks at the spool while it has nothing to convert (ms).
+#: How often the recorder's thread looks at the spool (side records, closed segments, the
+#: converter's answers), in ms.
 _SERVICE_MS = 50
-#: The work per message auto counts against the idle share while spooling (the conversion).
-_SPOOL_COST = 0.7e-6
+#: The spool converter's priority for each --priority: with auto it always yields to the
+#: workload (nice 19); normal competes; low and idle as the recorder.
+_CONVERTER_POLICY = {"auto": "low", "normal": "normal", "low": "low", "idle": "idle"}
 #: A backlog above this many messages at the end is announced before it is converted.
 _CONVERT_NOTICE = 200_000
 
@@ -588,16 +584,6 @@ def _spool_available(err: TextIO) -> bool:
     err.write("warning: the compiled spool routine is missing (reinstall dnstrail with pip); "
               "parsing every poll at once, which keeps fewer messages on a busy node\n")
     return False
-
-
-def _spool_line(level: str, auto: sched.AutoPriority, spooler: Any) -> str:
-    """One short line per change of auto's level while spooling."""
-    idle = f"idle CPU {auto.share:.0%}"
-    if level == "low":
-        return (f"Node saturated ({idle}): spooling only, Parquet conversion deferred "
-                f"(nothing is dropped for it).")
-    return (f"CPU to spare again ({idle}): converting the spool "
-            f"({spooler.backlog_messages:,} messages waiting).")
 
 
 def _arrived(probe: Any, lost: Mapping[str, int]) -> int:

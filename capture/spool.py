@@ -70,6 +70,16 @@ class _Drain(ctypes.Structure):
         ("error", ctypes.c_int64)]
 
 
+class _Ids(ctypes.Structure):
+    _fields_ = [("slots", ctypes.c_void_p), ("mask", ctypes.c_uint64), ("used", ctypes.c_uint64),
+                ("fresh", ctypes.c_void_p), ("cap", ctypes.c_uint64), ("n", ctypes.c_uint64)]
+
+
+#: Slots of the drain's set of cgroup ids seen (it takes 3/4 of them; later ids are named
+#: by the recorder's periodic walks instead).
+_ID_SLOTS = 1 << 14
+_ID_FRESH = 1024
+
 _LIB: Any = None
 
 
@@ -100,7 +110,7 @@ def _lib() -> Any:
     u64, p = ctypes.c_uint64, ctypes.c_void_p
     lib.dnstrail_spool_drain.argtypes = [p, u64, p, p, ctypes.c_int, p, u64, p, u64,
                                          ctypes.c_uint32, ctypes.c_uint32, u64,
-                                         ctypes.POINTER(_Drain)]
+                                         ctypes.POINTER(_Drain), ctypes.POINTER(_Ids)]
     lib.dnstrail_spool_drain.restype = ctypes.c_int
     lib.dnstrail_spool_index.argtypes = [p, u64, p, p, u64, ctypes.POINTER(u64)]
     lib.dnstrail_spool_index.restype = u64
@@ -218,6 +228,12 @@ class SpoolSink:
         self._side = np.zeros(mmap.PAGESIZE + _pow2_at_least(side_bytes + 4096), dtype=np.uint8)
         self._side_cap = side_bytes
         self._rings = probe.ring_addresses()
+        self._id_slots = np.zeros(_ID_SLOTS, dtype=np.uint64)
+        self._id_fresh = np.zeros(_ID_FRESH, dtype=np.uint64)
+        self._ids = _Ids(self._id_slots.ctypes.data, _ID_SLOTS - 1, 0,
+                         self._id_fresh.ctypes.data, _ID_FRESH, 0)
+        #: cgroup ids of spooled messages seen for the first time (taken by the caller)
+        self.fresh_ids: list[int] = []
         self.fd: int | None = None
         self.messages = 0
         self.payload_bytes = 0
@@ -242,7 +258,10 @@ class SpoolSink:
                 rc = self._lib.dnstrail_spool_drain(
                     data, mask, cons, prod, self.fd, self._stage.ctypes.data, len(self._stage),
                     side.ctypes.data, self._side_cap, self.msg_hdr, self.snaplen, max_records,
-                    ctypes.byref(res))
+                    ctypes.byref(res), ctypes.byref(self._ids))
+                if self._ids.n:
+                    self.fresh_ids.extend(int(v) for v in self._id_fresh[:self._ids.n])
+                    self._ids.n = 0
                 if rc != 0:
                     break  # a producer position out of range: leave the ring alone
                 spooled += res.messages
@@ -274,21 +293,151 @@ class _Segment:
     messages: int = 0
 
 
+#: Arrow bytes of messages per row group of a converted file (the writer's row group size).
+_ROW_GROUP_BYTES = 2 * 1024 * 1024
+
+
+def convert_segment(path: str | Path, out: str | Path) -> int:
+    """Write the messages of a spool segment (seq from its header's first) as a messages
+    Parquet file at ``out``, with the options of every capture file; return the rows."""
+    from capture.schema import MESSAGES_SCHEMA
+    from capture.writer import _create_private, _parquet_writer, conform_batch, parquet_options
+
+    first = read_header(path).first_seq
+    _create_private(Path(out))
+    sink = pa.OSFile(str(out), "wb")
+    writer = _parquet_writer(sink, MESSAGES_SCHEMA, **parquet_options(MESSAGES_SCHEMA))
+    rows = 0
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    seq_at = MESSAGES_SCHEMA.get_field_index("seq")
+
+    def flush() -> None:
+        nonlocal size
+        if pending:
+            table = pa.Table.from_batches(pending, schema=MESSAGES_SCHEMA)
+            writer.write_table(table, row_group_size=max(1, table.num_rows))
+            pending.clear()
+            size = 0
+
+    try:
+        for part in read_segment(path):
+            for batch in part["messages"]:
+                n = batch.num_rows
+                seq = pa.Array.from_buffers(pa.uint64(), n, [None, pa.py_buffer(
+                    np.arange(first + rows, first + rows + n, dtype=np.uint64))])
+                batch = conform_batch(batch.set_column(seq_at, "seq", seq), "messages")
+                pending.append(batch)
+                size += batch.nbytes
+                rows += n
+                if size >= _ROW_GROUP_BYTES:
+                    flush()
+        flush()
+    finally:
+        writer.close()
+        sink.close()
+    return rows
+
+
+def _converter_main(policy: str) -> int:
+    """The converter process: lower itself (``policy``: low = nice 19, idle = SCHED_IDLE,
+    normal = as started), then convert the segments named on stdin (one JSON object a line:
+    {"segment", "out"}), answering each on stdout ({"ok", "rows"} or {"ok": false, "error"})."""
+    import json
+    import sys
+
+    from capture.sched import _set_all
+
+    if policy in ("low", "idle"):
+        _set_all(policy)  # every thread the imports started, and those started later
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            answer: dict[str, Any] = {"ok": True,
+                                      "rows": convert_segment(job["segment"], job["out"])}
+        except Exception as exc:  # noqa: BLE001  (reported to the recorder, which decides)
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                      "disk_full": isinstance(exc, OSError) and exc.errno in (28, 122)}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+class _Converter:
+    """The converter process, one segment at a time."""
+
+    def __init__(self, policy: str) -> None:
+        import subprocess
+        import sys
+
+        env = dict(os.environ, ARROW_DEFAULT_MEMORY_POOL="system")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "capture.spool", "--converter", policy],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            cwd=str(Path(__file__).resolve().parents[1]))
+        self.busy: tuple[Path, Path, str, int] | None = None  # segment, tmp, name, messages
+
+    def submit(self, segment: Path, tmp: Path, name: str, messages: int) -> None:
+        import json
+
+        assert self.busy is None and self.proc.stdin is not None
+        self.busy = (segment, tmp, name, messages)
+        self.proc.stdin.write(json.dumps({"segment": str(segment), "out": str(tmp)}) + "\n")
+        self.proc.stdin.flush()
+
+    def result(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        """The answer for the busy segment, once there is one."""
+        import json
+        import select
+
+        assert self.proc.stdout is not None
+        if self.busy is None:
+            return None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            return {"ok": False, "error": f"the converter process exited ({code})"}
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+            self.proc.wait()
+        pid = self.proc.pid
+        self.pid = pid
+
+
 class Spooler:
-    """The recorder's spool: a drain thread moves the rings into spool segments and rotates
-    them by size or age; the recorder's thread (``service``) writes the side records, lists
-    each closed segment in the manifest with its hash, and turns segments into messages
-    Parquet files (``convert``) when there is CPU to spare; ``finish`` stops the drain thread
-    and converts what is left.
+    """The recorder's spool.
 
-    The drain thread touches only the rings, the open segment's file and two queues: the
-    hashing, fsyncs and manifest rewrites that take the recorder's thread tens of
-    milliseconds and more on a busy disk never hold the ring up. ``on_batches`` receives every
-    parsed batch dict (side records, and messages as they are converted) on the recorder's
-    thread and writes it (the recorder's ``_consume``)."""
+    - A drain thread moves the rings into spool segments (the compiled routine, no GIL) and
+      rotates them by size or age. It touches only the rings, the open segment's file and
+      queues: the hashing, fsyncs and manifest rewrites that take tens of milliseconds and
+      more on a busy disk never hold the ring up.
+    - A converter process (nice 19 with --priority auto, so the workload always comes first)
+      turns closed segments into messages Parquet files, one at a time.
+    - The recorder's thread (``service``) writes the side records (connects, execs), names new
+      cgroup ids, lists each closed segment with its hash, hands segments to the converter and
+      commits what it wrote. ``stop`` ends the drain (before the rings are unmapped),
+      ``finish`` waits for the conversion of what is left.
 
-    def __init__(self, writer: Any, probe: Any, on_batches: Any, *,
-                 max_bytes: int, max_seconds: float, clock: Any, poll_ms: int = 100) -> None:
+    ``on_batches`` receives the side records' batch dicts; ``on_ids`` the cgroup ids of
+    spooled messages seen for the first time."""
+
+    def __init__(self, writer: Any, probe: Any, on_batches: Any, on_ids: Any, *,
+                 max_bytes: int, max_seconds: float, clock: Any, poll_ms: int = 100,
+                 converter_policy: str = "low") -> None:
         import queue
         import threading
 
@@ -297,33 +446,36 @@ class Spooler:
         self.writer = writer
         self.probe = probe
         self.on_batches = on_batches
+        self.on_ids = on_ids
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
         self.clock = clock
         self.poll_ms = poll_ms
         self.msg_hdr = int(_MSG_DTYPE.itemsize)
         header = SpoolHeader(self.msg_hdr, probe.cfg.snaplen, int(probe.boot_time_ns), 0)
-        # parsers of their own: the probe's ring attributes are never swapped under a reader
+        # a parser of its own: the probe's ring attributes are never swapped under a reader
         self.sink = SpoolSink(probe, probe.cfg.snaplen, self.msg_hdr, parser=_parser(header))
-        self._parser = _parser(header)
         self._pending: list[tuple[Path, int]] = []  # listed segments, oldest first
-        self._pending_messages = 0
-        self._converting: Iterator[dict[str, list[pa.RecordBatch]]] | None = None
+        self._queued_messages = 0  # in closed segments not committed yet
         self._side: queue.SimpleQueue[dict[str, list[pa.RecordBatch]]] = queue.SimpleQueue()
+        self._ids: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
         self._closed: queue.SimpleQueue[_Segment] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._segment: _Segment | None = None
         self.converted_segments = 0
+        self.converted_messages = 0
         self.spooled = 0  # messages in segments (open or closed, converted or not)
+        self._converter = _Converter(converter_policy)
+        self._seq_base = int(writer.next_seq["messages"])  # rows of a capture appended to
         self._segment = self._new_segment()
         self._thread = threading.Thread(target=self._run, name="dnstrail-spool", daemon=True)
         self._thread.start()
 
     # -- the drain thread --
     def _new_segment(self) -> _Segment:
-        first = self.writer.next_seq["messages"] + self._pending_messages + (
-            self._segment.messages if self._segment is not None else 0)
+        # the seq of its first message: after every message spooled before it
+        first = self._seq_base + self.spooled
         header = SpoolHeader(self.msg_hdr, self.probe.cfg.snaplen, int(self.probe.boot_time_ns),
                              first)
         fd, path = self.writer.spool_create(header.pack())
@@ -352,6 +504,7 @@ class Spooler:
             # what a failed write left half-written after the last whole write: cut it off
             seg.bytes += self.sink.spool_bytes - before_bytes
             seg.messages += self.sink.messages - before_messages
+            self.spooled += self.sink.messages - before_messages
             try:
                 os.ftruncate(seg.fd, seg.bytes)
             except OSError:
@@ -360,36 +513,66 @@ class Spooler:
         spooled = self.sink.messages - before_messages
         seg.bytes += self.sink.spool_bytes - before_bytes
         seg.messages += spooled
-        self.spooled += spooled
         if any(side.values()):
             self._side.put(side)
+        if self.sink.fresh_ids:
+            self._ids.put(self.sink.fresh_ids)
+            self.sink.fresh_ids = []
+        self.spooled += spooled
         if seg.messages and (seg.bytes >= self.max_bytes
                              or self.clock() - seg.opened_at >= self.max_seconds):
-            self._segment = self._new_segment()  # counts seg's messages in its first seq
-            self._pending_messages += seg.messages
+            self._segment = self._new_segment()
             self._closed.put(seg)
         return spooled
 
     # -- the recorder's thread --
-    def service(self, convert: bool, max_chunks: int = 2) -> int:
-        """Write the side records, list closed segments, and (``convert``) turn up to
-        max_chunks chunks of spooled messages into Parquet rows; returns the messages
-        converted. Raises what stopped the drain thread (DiskFull for a full disk)."""
+    def service(self, wait: float = 0.0) -> None:
+        """Write the side records, name new cgroup ids, list closed segments, keep the
+        converter busy and commit what it finished (waiting up to ``wait`` seconds for it).
+        Raises what stopped the drain thread (DiskFull for a full disk) or the converter."""
         self._take_side()
         self._list_closed()
         if self._error is not None:
             self._raise()
-        return self.convert(max_chunks) if convert else 0
+        self._convert(wait)
 
     def _take_side(self) -> None:
         while not self._side.empty():
             self.on_batches(self._side.get())
+        while not self._ids.empty():
+            self.on_ids(self._ids.get())
 
     def _list_closed(self) -> None:
         while not self._closed.empty():
             seg = self._closed.get()
             self.writer.spool_closed(seg.fd, seg.path, seg.messages)
             self._pending.append((seg.path, seg.messages))
+            self._queued_messages += seg.messages
+
+    def _convert(self, wait: float) -> None:
+        conv = self._converter
+        if conv.busy is not None:
+            answer = conv.result(wait)
+            if answer is None:
+                return
+            segment, tmp, name, messages = conv.busy
+            conv.busy = None
+            if not answer.get("ok"):
+                tmp.unlink(missing_ok=True)
+                error = str(answer.get("error"))
+                if answer.get("disk_full"):
+                    self.writer.disk_full(OSError(28, f"converting {segment.name}: {error}"))
+                # the segment stays listed (readable, hashed); the capture goes on
+                raise SpoolDamaged(f"converting {segment.name} failed: {error}")
+            self.writer.spool_converted(segment, tmp, name, int(answer["rows"]), messages)
+            self._pending.pop(0)
+            self._queued_messages -= messages
+            self.converted_segments += 1
+            self.converted_messages += int(answer["rows"])
+        if conv.busy is None and self._pending:
+            segment, messages = self._pending[0]
+            name, tmp = self.writer.next_event_file("messages")
+            conv.submit(segment, tmp, name, messages)
 
     def _raise(self) -> None:
         exc = self._error
@@ -406,34 +589,13 @@ class Spooler:
         """Messages spooled and not yet in Parquet files (closed and open segments)."""
         return self.spooled - self.converted_messages
 
-    converted_messages = 0
-
     @property
     def backlog_segments(self) -> int:
         return len(self._pending) + self._closed.qsize()
 
-    def convert(self, max_chunks: int = 1) -> int:
-        """Turn up to max_chunks chunks (READ_RECORDS records each) of the oldest listed
-        segment into messages rows. Returns the messages converted."""
-        done = 0
-        for _ in range(max_chunks):
-            if self._converting is None:
-                if not self._pending:
-                    break
-                self._converting = read_segment(self._pending[0][0], parser=self._parser)
-            batch = next(self._converting, None)
-            if batch is None:
-                path, messages = self._pending.pop(0)
-                self._converting = None
-                self._pending_messages -= messages
-                self.writer.spool_converted(path)
-                self.converted_segments += 1
-                continue
-            self.on_batches(batch)
-            n = sum(b.num_rows for b in batch["messages"])
-            self.converted_messages += n
-            done += n
-        return done
+    @property
+    def converter_pid(self) -> int:
+        return int(self._converter.proc.pid)
 
     def stop(self) -> None:
         """Stop the drain thread after a last drain of the rings (before they are unmapped).
@@ -445,21 +607,33 @@ class Spooler:
         if self._error is not None:
             self._raise()
 
-    def finish(self) -> None:
-        """After ``stop``: close the open segment and convert every segment left."""
+    def finish(self, progress: Any = None) -> None:
+        """After ``stop``: close the open segment and convert every segment left.
+        ``progress(messages_left)`` is called after each converted segment."""
         seg = self._segment
         if seg is not None:
             self._segment = None
             self.sink.fd = None
             if seg.messages:
-                self._pending_messages += seg.messages
                 self.writer.spool_closed(seg.fd, seg.path, seg.messages)
                 self._pending.append((seg.path, seg.messages))
+                self._queued_messages += seg.messages
             else:  # an empty segment: nothing to keep
                 self.writer.spool_closed(seg.fd, seg.path, 0, listed=False)
                 seg.path.unlink(missing_ok=True)
-        while self._pending or self._converting is not None:
-            self.convert(max_chunks=64)
+        try:
+            while self._pending or self._converter.busy is not None:
+                before = self.converted_segments
+                self._convert(wait=1.0)
+                if progress is not None and self.converted_segments != before:
+                    progress(self.spooled - self.converted_messages)
+        finally:
+            self._converter.close()
+
+    def abandon(self) -> None:
+        """End the converter without waiting for the spool (a failed capture keeps it)."""
+        self._converter.proc.kill()
+        self._converter.close()
 
 
 def count_records(path: str | Path) -> int:
@@ -481,3 +655,11 @@ def count_records(path: str | Path) -> int:
                 return total
             buf[: have - used] = buf[used:have].copy()
             have -= used
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--converter"]:
+        raise SystemExit(_converter_main(sys.argv[2] if len(sys.argv) > 2 else "low"))
+    raise SystemExit("usage: python -m capture.spool --converter {low,idle,normal}")

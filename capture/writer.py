@@ -612,19 +612,30 @@ class CaptureWriter:
 
             self._guarded(commit)
 
-    def spool_converted(self, path: Path) -> None:
-        """Every row of the segment at ``path`` is in finished messages files: commit the open
-        messages file, drop the segment from the manifest, then delete it."""
+    def next_event_file(self, kind: str) -> tuple[str, Path]:
+        """The name of the next event file of ``kind`` and the tmp path to write it under
+        (for a file another process writes: the spool's converter)."""
         self._check_running()
-        of = self._open.get("messages")
-        if of is not None:
-            self._guarded(self._finish, of)  # writes the manifest
-        self._files = [f for f in self._files if f.name != path.name]
-        self._guarded(self._write_manifest)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        index = self._next_index[kind]
+        self._next_index[kind] = index + 1
+        name = event_file_name(kind, index)
+        return name, self.directory / (TMP_PREFIX + name)
+
+    def spool_converted(self, segment: Path, tmp: Path, name: str, rows: int,
+                        messages: int) -> None:
+        """The converter wrote the messages of ``segment`` to ``tmp``: commit it as ``name``
+        (fsync, hash, rename), drop the segment from the manifest, then delete it."""
+        self._check_running()
+
+        def commit() -> None:
+            entry = self._commit(tmp, name, "messages", rows)
+            self._files = [f for f in self._files if f.name != segment.name] + [entry]
+            self._seq["messages"] += rows
+            self._written_rows["messages"] += rows
+            self._after_rotation()
+            segment.unlink(missing_ok=True)
+
+        self._guarded(commit)
 
     @property
     def next_seq(self) -> dict[str, int]:

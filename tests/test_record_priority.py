@@ -157,15 +157,16 @@ class _Hogs:
 
 @pytest.mark.live
 def test_auto_priority_yields_while_the_cpus_are_saturated(tmp_path: Path) -> None:
-    """Default --priority auto: CPU hogs on every CPU make the recorder go to nice 19 (and
-    say so); when they stop it goes back to nice 0."""
+    """--priority auto without the spool: CPU hogs on every CPU make the recorder go to nice
+    19 (and say so); when they stop it goes back to nice 0. (With the spool, the default,
+    auto defers the conversion instead: tests/test_record_spool.py.)"""
     from tests.lab.require import require_root_bcc
 
     require_root_bcc()
     from tests.test_writer import check_capture
 
     out = tmp_path / "cap"
-    with _recording(out, "--duration", "120s") as (proc, lines):
+    with _recording(out, "--duration", "120s", "--no-spool") as (proc, lines):
         assert _wait_for(lambda: _nices(proc.pid) == {0}, 10), _nices(proc.pid)
         with _Hogs():
             assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
@@ -211,7 +212,8 @@ def _cpu_seconds(pid: int) -> float:
 def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """SCHED_IDLE hogs on every CPU leave the node no idle time without outranking the
     recorder, so only --cpu-budget can hold it back: under a dnsperf flood its CPU stays
-    within the default budget (plus one poll's work), and what it did not read is counted."""
+    within the default budget (plus one poll's work), and what it did not read is counted.
+    (The budget applies without the spool: --no-spool.)"""
     import threading
 
     from tests.lab.require import require_root_bcc
@@ -221,7 +223,7 @@ def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: P
 
     out = tmp_path / "cap"
     results = []
-    with _recording(out, "--duration", "120s") as (proc, lines), \
+    with _recording(out, "--duration", "120s", "--no-spool") as (proc, lines), \
             _Hogs(idle=True):
         assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
         assert any("at most 2% of one CPU" in ln for ln in lines), "".join(lines)

@@ -1,0 +1,83 @@
+"""The recorder's spool on a saturated node (live: root, BCC, the lab's dnsperf).
+
+With the defaults (--priority auto, the spool), the recorder stays at nice 0 and keeps draining
+the ring into spool segments (at nice 19 a saturated node would starve it); the expensive part,
+turning segments into Parquet, runs in a converter process at nice 19, so the workload comes
+first. Closed segments wait in the manifest with their hashes; at the end of the capture every
+one is a messages file and a finished capture holds no spool. Every message is a row once, in
+seq order, or a counted loss.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_record_priority import _Hogs, _nices, _recording
+
+pytestmark = pytest.mark.live
+
+
+def _manifest(out: Path) -> dict:
+    try:
+        return json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_a_saturated_node_defers_the_conversion_and_keeps_draining(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.lab.require import require_root_bcc
+
+    require_root_bcc()
+    from tests.test_writer import check_capture
+
+    out = tmp_path / "cap"
+    results = []
+    listed_while_saturated: list[str] = []
+    # small segments, so that several close (and are listed) during the flood
+    # _Hogs: a busy loop on every CPU at nice 0: no idle CPU left
+    with _recording(out, "--duration", "120s", "--max-size", "2MB") as (proc, lines), \
+            _Hogs():
+        ns = lab.client_ns()
+        flood = threading.Thread(target=lambda: results.append(
+            lab.dnsperf(ns, lab.server_addr, duration=5.0)))
+        flood.start()
+        time.sleep(3.0)
+        # the drain stays at nice 0, the converter at 19
+        assert _nices(proc.pid) == {0}, _nices(proc.pid)
+        children = _children(proc.pid)
+        assert children and all(_nices(c) == {19} for c in children), children
+        m = _manifest(out)
+        listed_while_saturated = [f["name"] for f in m.get("files", [])
+                                  if f["kind"] == "spool"]
+        flood.join(timeout=60)
+    assert proc.returncode == 0, "".join(lines)
+    assert results and results[0].completed > 5000, results
+    assert listed_while_saturated, "no spool segment was waiting during the flood"
+    m = check_capture(out)
+    assert m["status"] == "complete" and m["spool_open"] is None
+    assert not list(out.glob("spool-*")), "a finished capture keeps no spool"
+    assert m["priority_log"] == []  # nothing to switch: the converter always yields
+    seq = pq.read_table(sorted(out.glob("messages-*.parquet")),
+                        columns=["seq"]).column("seq").to_numpy()
+    seq.sort()
+    assert len(seq) == m["counts"]["messages"] and (seq == range(len(seq))).all()
+    # every query is 4 messages (dnsperf's send and receive, the server's), each a row or
+    # counted: nothing vanished between the ring, the spool and the Parquet files
+    kept = m["counts"]["messages"]
+    assert kept + m["lost"]["ringbuf_full"] >= 4 * results[0].completed
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
