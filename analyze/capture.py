@@ -685,12 +685,18 @@ class Capture:
             cond, params = _pod_sql(pod)
             where = where.add(_FILTERED, "pod", cond, *params)
         for col, pat in (("namespace", namespace), ("container", container),
-                         ("comm", comm), ("node", node)):
+                         ("node", node)):
             if pat is None:
                 continue
             filters[col] = pat
             cond, params = _glob_sql(col, pat, lower=False)
             where = where.add(_FILTERED, col, cond, *params)
+        if comm is not None:
+            # the thread's name or its process's (dig's queries come from isc-net-0000)
+            filters["comm"] = comm
+            a, pa_ = _glob_sql("comm", comm, lower=False)
+            b, pb = _glob_sql(stages.PROCESS_COLUMN, comm, lower=False)
+            where = where.add(_FILTERED, "comm", f"({a} OR {b})", *pa_, *pb)
         if name is not None:
             filters["name"] = name
             cond, params = _glob_sql("qname", name, lower=True)

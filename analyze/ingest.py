@@ -471,17 +471,22 @@ def _messages_part(table: pa.Table, msg_id: np.ndarray, snaps: dict[str, pd.Data
 
 
 def _attribute(table: pa.Table, snaps: dict[str, pd.DataFrame], node: str) -> pa.Table:
-    from analyze.attribute import attribution_columns
+    from analyze.attribute import attribution_columns, process_names
 
+    ints = {pa.int32(): pd.Int64Dtype()}.get
     frame = pd.DataFrame({
         "node": node,
         "cgroup_id": table.column("cgroup_id").to_pandas(
             types_mapper={pa.uint64(): pd.UInt64Dtype()}.get),
-        "tgid": table.column("tgid").to_pandas(types_mapper={pa.int32(): pd.Int64Dtype()}.get),
+        "tgid": table.column("tgid").to_pandas(types_mapper=ints),
+        "tid": table.column("tid").to_pandas(types_mapper=ints),
+        "comm": table.column("comm").to_pandas(),
+        "ts": table.column("ts").cast(pa.int64()).to_pandas(),
     }) if table.num_rows else pd.DataFrame({"node": [], "cgroup_id": [], "tgid": []})
     snap = {k: v.assign(node=node) for k, v in snaps.items()}
     attr = attribution_columns(frame, snap["cgroups"], snap["processes"], snap["pods"])
-    for name in ("cgroup_path",) + stages.ATTR_COLUMNS:
+    attr[stages.PROCESS_COLUMN] = process_names(frame, snap["processes"])
+    for name in ("cgroup_path",) + stages.ATTR_COLUMNS + (stages.PROCESS_COLUMN,):
         arr = pa.array(attr[name], from_pandas=True) if len(attr) else pa.array([], pa.string())
         if pa.types.is_dictionary(arr.type) or arr.type != pa.string():
             arr = arr.cast(pa.string())

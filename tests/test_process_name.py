@@ -1,0 +1,115 @@
+"""The process name beside the thread name: dig's queries come from a thread named
+``isc-net-0000``; the analyzer's ``process`` column names dig, and ``--comm`` matches either.
+
+The unit tests read real /proc entries (a child with a named thread); the live test records
+dig in the lab and replays it with ``--comm dig``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analyze.attribute import process_names
+from capture import snapshot as snap
+
+# A process named dtl-main whose second thread is named dtl-worker (PR_SET_NAME renames the
+# calling thread only); it prints both ids and waits for stdin to close.
+_THREADED = r"""
+import ctypes, sys, threading
+libc = ctypes.CDLL(None)
+libc.prctl(15, b"dtl-main", 0, 0, 0)
+ready = threading.Event()
+def worker():
+    libc.prctl(15, b"dtl-worker", 0, 0, 0)
+    print(threading.get_native_id(), flush=True)
+    ready.set()
+    sys.stdin.read()
+t = threading.Thread(target=worker, daemon=True)
+t.start()
+ready.wait()
+sys.stdin.read()
+"""
+
+_NS = 1_000_000_000
+
+
+@pytest.fixture
+def threaded() -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, "-c", _THREADED], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    tid = int(proc.stdout.readline())
+    yield proc, tid
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(timeout=10)
+
+
+def _frame(rows: list[tuple[int | None, int | None, str | None, int]]) -> pd.DataFrame:
+    return pd.DataFrame({"node": "n1",
+                         "tgid": pd.array([r[0] for r in rows], dtype="Int64"),
+                         "tid": pd.array([r[1] for r in rows], dtype="Int64"),
+                         "comm": [r[2] for r in rows],
+                         "ts": [r[3] for r in rows]})
+
+
+def _processes(rows: list[snap.ProcessRow]) -> pd.DataFrame:
+    return snap.processes_table(rows).to_pandas().assign(node="n1")
+
+
+def test_a_thread_is_named_by_its_process_from_the_proc_scan(
+        threaded: tuple[subprocess.Popen[str], int]) -> None:
+    proc, tid = threaded
+    thread_comm = Path(f"/proc/{proc.pid}/task/{tid}/comm").read_text().strip()
+    assert thread_comm == "dtl-worker"
+    scan = [r for r in snap.scan_processes() if r.tgid == proc.pid]
+    assert [r.comm for r in scan] == ["dtl-main"]
+    now = time.time_ns()
+    frame = _frame([(proc.pid, tid, thread_comm, now),        # the named thread
+                    (proc.pid, proc.pid, "dtl-main", now),    # the leader itself
+                    (None, None, None, now),                  # a pcap row: no process
+                    (proc.pid + 10_000_000, 7, "stranger", now)])  # a pid nobody saw
+    got = process_names(frame, _processes(scan)).tolist()
+    assert got[:2] == ["dtl-main", "dtl-main"]
+    assert pd.isna(got[2]) and pd.isna(got[3])
+
+
+def test_the_name_follows_exec_and_pid_reuse() -> None:
+    """A process scanned as ``sh`` that exec'd dig at t=10 s; its pid reused at t=50 s by a
+    fork of ``cron`` (seen by the end scan, no exec). Each thread row takes the name its
+    process had at the row's time; a row before any known start has none."""
+    t0 = 1_700_000_000 * _NS
+
+    def row(comm: str, start: float, source: str) -> snap.ProcessRow:
+        return snap.ProcessRow(tgid=4242, ppid=1, uid=0, comm=comm, exe=None, cmdline=None,
+                               cgroup_id=None, cgroup_path=None, netns=None,
+                               start_time=t0 + int(start * _NS), source=source)
+
+    processes = _processes([row("sh", 0, "scan"), row("dig", 10, "exec"),
+                            row("dig", 0, "scan"),       # the end scan: same fork time
+                            row("cron", 50, "scan")])
+    frame = _frame([(4242, 4243, "isc-net-0000", t0 + int(s * _NS))
+                    for s in (-1, 5, 10, 20, 60)])
+    got = process_names(frame, processes).tolist()
+    assert pd.isna(got[0])
+    assert got[1:] == ["sh", "dig", "dig", "cron"]
+    # nanosecond datetimes give the same answer as integer nanoseconds
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    assert process_names(frame, processes).tolist()[1:] == got[1:]
+    # without a node on either side the tgid alone decides
+    assert process_names(frame.drop(columns="node"),
+                         processes.drop(columns="node")).tolist()[1:] == got[1:]
+
+
+def test_a_process_known_by_one_name_needs_no_time() -> None:
+    processes = _processes([snap.ProcessRow(
+        tgid=77, ppid=1, uid=0, comm="coredns", exe=None, cmdline=None, cgroup_id=None,
+        cgroup_path=None, netns=None, start_time=None, source="scan")])
+    frame = _frame([(77, 78 + i, "coredns-worker", i * _NS) for i in range(3)])
+    assert process_names(frame, processes).tolist() == ["coredns"] * 3
+    assert process_names(frame.iloc[:0], processes).tolist() == []
