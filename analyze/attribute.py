@@ -215,7 +215,7 @@ def _name_history(processes: pd.DataFrame, with_node: bool
     if processes is None or processes.empty or "tgid" not in processes \
             or "comm" not in processes:
         return {}
-    start = processes["start_time"] if "start_time" in processes else None
+    start = processes.get("start_time")
     if start is None:
         ns = np.full(len(processes), _NO_START, dtype=np.int64)
     else:
@@ -252,13 +252,14 @@ def process_names(frame: pd.DataFrame, processes: pd.DataFrame) -> pd.Series:
                          index=frame.index)
     tgid = pd.array(frame["tgid"], dtype="Int64")
     comm = frame["comm"].to_numpy(dtype=object) if "comm" in frame else np.full(n, None, object)
-    has_comm = pd.notna(comm)
+    has_comm = np.asarray(pd.notna(comm), dtype=bool)
     if "tid" in frame:
         tid = pd.array(frame["tid"], dtype="Int64")
         leader = np.asarray((tid == tgid).fillna(False), dtype=bool) & has_comm
     else:
         leader = np.zeros(n, dtype=bool)
-    out = np.where(leader, comm, None).astype(object)
+    out = np.full(n, None, dtype=object)
+    out[leader] = comm[leader]
     rest = ~leader & ~np.asarray(tgid.isna(), dtype=bool)
     with_node = "node" in frame and processes is not None and "node" in processes
     history = _name_history(processes, with_node) if rest.any() else {}

@@ -664,7 +664,9 @@ class Capture:
         """A new Capture holding only what matches every given filter (nothing is read yet).
 
         ``pod``, ``namespace``, ``container``, ``comm``, ``node`` and ``name`` (or ``qname``:
-        the query name) are shell globs (or lists of them); ``pid`` is a tgid; ``rcode`` a
+        the query name) are shell globs (or lists of them); ``comm`` matches the thread's name
+        or its process's (``process``); ``pod`` also takes ``namespace/name`` and a pod UID
+        (``capture.selectors``, as ``record --pod``); ``pid`` is a tgid; ``rcode`` a
         name (``NXDOMAIN``) or number, or ``TIMEOUT`` for unanswered transactions; ``since``
         and ``until`` ISO times or ``+10s`` / ``+2m`` / ``+1h`` / ``+1d`` from the capture
         start. Transactions are kept by their own columns; messages are kept with their

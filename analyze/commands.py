@@ -19,7 +19,8 @@ def filter_options(command: Any) -> Any:
                      "a pod UID."),
         click.option("--namespace", "-n", help="Namespace glob."),
         click.option("--container", help="Container name glob."),
-        click.option("--comm", help="Process name glob."),
+        click.option("--comm", help="Thread or process name glob (dig matches dig's "
+                     "isc-net-0000 thread)."),
         click.option("--pid", type=int, help="Process id (tgid)."),
         click.option("--name", help="Query name glob (e.g. '*.example.com')."),
         click.option("--rcode", help="Response code name or number; TIMEOUT for unanswered."),
@@ -81,8 +82,8 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
     \b
     One line per transaction by default: a query and its response (MS is the latency,
     '+2r' two retransmissions), a TIMEOUT, or an unsolicited response (!RCODE).
-    WHO is namespace/pod, or comm[pid] for host processes, or the client address (pcaps);
-    from --width 110 a PROC column shows comm[pid] for every line.
+    WHO is namespace/pod, or process[pid] for host processes, or the client address (pcaps);
+    from --width 110 a PROC column shows process[pid] (/thread when it differs) for every line.
     Wire strings are sanitized in the table; --format jsonl keeps everything.
     """
     from analyze.capture import load

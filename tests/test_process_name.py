@@ -113,3 +113,44 @@ def test_a_process_known_by_one_name_needs_no_time() -> None:
     frame = _frame([(77, 78 + i, "coredns-worker", i * _NS) for i in range(3)])
     assert process_names(frame, processes).tolist() == ["coredns"] * 3
     assert process_names(frame.iloc[:0], processes).tolist() == []
+
+
+@pytest.mark.live
+@pytest.mark.lab
+def test_replay_finds_dig_by_its_process_name(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """dig sends from a thread named isc-net-NNNN: `replay --comm dig` finds its query (by
+    the process name), `--comm 'isc-net-*'` too (by the thread name), and a wide table shows
+    both in PROC."""
+    from click.testing import CliRunner
+
+    from analyze import load
+    from capture.recorder import RecordOptions
+    from dnstrail.cli import main
+    from tests.lab.require import require_root_bcc
+    from tests.test_record_live import Recording
+
+    require_root_bcc()
+    ns = lab.client_ns(timeout=1, attempts=2)
+    out = tmp_path / "cap"
+    with Recording(RecordOptions(output=out, pods_root=None)) as rec:
+        r = lab.dig(ns, "www.lab.test")
+        rec.stop()
+    assert r.returncode == 0, r.stderr
+    work = tmp_path / "work"
+    tx = load(out, work_dir=work).transactions
+    mine = tx[tx["tgid"] == r.pid]
+    assert len(mine) == 1, mine
+    assert mine["comm"].iloc[0].startswith("isc-net-")  # the thread's name, as recorded
+    assert mine["process"].iloc[0] == "dig"
+
+    def replay(*args: str) -> list[str]:
+        res = CliRunner().invoke(main, ["replay", str(out), "--work-dir", str(work), *args])
+        assert res.exit_code == 0, res.output
+        return [ln for ln in res.output.splitlines() if "www.lab.test" in ln]
+
+    lines = replay("--comm", "dig", "--width", "120")
+    assert len(lines) == 1, lines
+    assert f"dig[{r.pid}]" in lines[0] and f"dig[{r.pid}]/isc-ne" in lines[0]
+    assert len(replay("--comm", "isc-net-*")) == 1
+    assert replay("--comm", "dug") == []
+    assert len(replay("--comm", "dig", "--messages")) == 2  # the query and its response
