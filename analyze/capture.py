@@ -46,6 +46,8 @@ from analyze.reconstruct import (
     DNS_PORTS,
     build_lookups,
 )
+from capture.selectors import BadSelector, parse_pod
+from capture.selectors import glob_regex as _glob_regex
 
 PCAP_SUFFIXES = (".pcap", ".pcapng", ".cap")
 
@@ -267,37 +269,12 @@ def parse_time(value: Any, start: pd.Timestamp | None,
 
 def glob_regex(pattern: str) -> str:
     """A shell glob (``*``, ``?``, ``[abc]``, ``[!abc]``) as an RE2 pattern that must match
-    the whole value (DuckDB's ``regexp_full_match``)."""
-    if not isinstance(pattern, str):
-        raise BadFilter(f"{pattern!r}: a filter pattern is text")
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        i += 1
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "[":
-            j = i
-            if j < n and pattern[j] in "!^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                out.append(re.escape(c))
-                continue
-            body = pattern[i:j]
-            i = j + 1
-            neg = body[:1] in ("!", "^")
-            body = body[1:] if neg else body
-            body = body.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
-            out.append("[" + ("^" if neg else "") + body + "]")
-        else:
-            out.append(re.escape(c))
-    return "(?s)" + "".join(out)
+    the whole value (DuckDB's ``regexp_full_match``); ``capture.selectors.glob_regex``, the
+    one definition ``record --pod`` uses too."""
+    try:
+        return _glob_regex(pattern)
+    except BadSelector as exc:
+        raise BadFilter(str(exc)) from None
 
 
 #: Tables the filters narrow (the snapshots are kept whole: they describe, they are not events).
@@ -836,33 +813,30 @@ def _keyable(filters: dict[str, Any]) -> dict[str, Any]:
             for k, v in sorted(filters.items())}
 
 
-_POD_UID = re.compile(r"^[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}"
-                      r"[-_][0-9a-fA-F]{12}$")
-
-
 def _pod_sql(pattern: str | Sequence[str]) -> tuple[str, list[Any]]:
-    """``--pod``: a name glob, ``namespace/name`` (globs both), or a pod UID."""
+    """``--pod``: a pod UID, a name glob or ``namespace/name`` (globs both), parsed as
+    ``record --pod`` parses it (``capture.selectors.parse_pod``)."""
     pats = [pattern] if isinstance(pattern, str) else list(pattern)
     if not pats:
         raise BadFilter("pod: an empty list of patterns")
     parts: list[str] = []
     params: list[Any] = []
     for p in pats:
-        if not isinstance(p, str) or not p:
-            raise BadFilter(f"{p!r}: a pod is a name glob, namespace/name or a pod UID")
-        if _POD_UID.match(p):
+        try:
+            sel = parse_pod(p)
+        except BadSelector as exc:
+            raise BadFilter(str(exc)) from None
+        if sel.uid is not None:
             parts.append("lower(replace(pod_uid, '_', '-')) = ?")
-            params.append(p.lower().replace("_", "-"))
-        elif "/" in p:
-            ns, name = p.split("/", 1)
-            a, pa_ = _glob_sql("namespace", ns, lower=False)
-            b, pb = _glob_sql("pod", name, lower=False)
-            parts.append(f"({a} AND {b})")
-            params.extend(pa_ + pb)
-        else:
-            c, pc_ = _glob_sql("pod", p, lower=False)
-            parts.append(c)
-            params.extend(pc_)
+            params.append(sel.uid)
+            continue
+        assert sel.name is not None
+        c, pc_ = _glob_sql("pod", sel.name, lower=False)
+        if sel.namespace is not None:
+            a, pa_ = _glob_sql("namespace", sel.namespace, lower=False)
+            c, pc_ = f"({a} AND {c})", pa_ + pc_
+        parts.append(c)
+        params.extend(pc_)
     return "coalesce(" + " OR ".join(parts) + ", false)", params
 
 

@@ -36,6 +36,7 @@ from capture import snapshot as snap
 from capture.errors import BccMissing, CaptureError, Interrupted, OutputNotEmpty
 from capture.preflight import PreflightPaths, preflight
 from capture.schema import EVENT_KINDS
+from capture.selectors import BadSelector, parse_pod
 from capture.writer import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_ROTATE_SECONDS,
@@ -136,6 +137,11 @@ class RecordOptions:
         for comm in self.comms:
             if not comm or len(comm.encode()) > 15:
                 raise CaptureError(f"bad --comm {comm!r}: the kernel keeps at most 15 bytes")
+        for pod in self.pods:
+            try:
+                parse_pod(pod)
+            except BadSelector as exc:
+                raise CaptureError(f"bad --pod {exc}") from None
         if self.duration is not None and self.duration <= 0:
             raise CaptureError("--duration must be positive")
         if self.pods_json is not None and not Path(self.pods_json).is_file():
