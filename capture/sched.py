@@ -10,7 +10,10 @@ the kernel side runs in the context of the process that moved the message and is
   one CPU, all its threads together: `CpuBudget`); once the idle share has stayed for a
   second above 25 % plus twice that reading share (`AutoPriority`), it goes back to nice 0
   without a cap. Each relapse within 30 s of going back doubles that second (up to 64 s),
-  so a node swinging around the thresholds does not make it flap. So on a node with CPU to spare it records everything, and on a node whose
+  and teaches it how much idle CPU its reading at nice 0 took (the idle share's drop across
+  the raise): the next raise waits for that much more idle CPU. So neither a node swinging
+  around the thresholds nor a steady flood that only a capped recorder leaves idle CPU in
+  makes it flap. So on a node with CPU to spare it records everything, and on a node whose
   CPUs are saturated it yields them to the workload and counts what it cannot keep (raising
   the priority again needs CAP_SYS_NICE; without it the recorder stays low once lowered).
   Idle alone is not the signal: a saturated client/server pair that waits on a recorder at
@@ -127,7 +130,8 @@ class AutoPriority:
     the next raise also needs the idle share above the lowering threshold + ``footprint`` +
     5 points: what the idle share would be at nice 0 must stay clear of the lowering. So a
     steady flood that the recorder can only keep up with at nice 0 makes it switch three
-    times, not every few seconds; a lowering after a long spell at nice 0 forgets it.
+    times (down, up, down) and stay capped until the flood ends, not every few seconds; a
+    lowering after a long spell at nice 0 forgets it.
 
     ``level`` is the current one; ``share`` and ``need`` are the last interval's, and
     ``threshold`` the idle share the last sample was compared with (the lowering threshold
