@@ -681,19 +681,24 @@ def _clock(seconds: float) -> str:
 
 
 def _status_line(rows: Mapping[str, int], read_bytes: int, lost: Mapping[str, int],
-                 elapsed: float, remaining: float | None = None) -> str:
+                 elapsed: float, remaining: float | None = None, *,
+                 bytes_label: str = "read", capped: bool = False) -> str:
     """The line rewritten in place on a terminal (under 80 columns): events by kind, bytes
     read from the ring buffer so far (they grow with every event, where the bytes on disk
-    grow by whole row groups), events lost, time elapsed and, with --duration, left."""
+    grow by whole row groups; ``bytes_label`` names what they count), events lost, time
+    elapsed and, with --duration, left; ``capped`` (--priority auto yielding) says so
+    after the lost count, which then grows on purpose."""
     kinds = [f"{rows.get('messages', 0):,} msgs", f"{rows.get('connects', 0):,} conns",
              f"{rows.get('execs', 0):,} execs"]
     total_lost = sum(int(v) for v in lost.values())
-    tail = [f"{_human(read_bytes)} read", f"lost {total_lost:,} events", _clock(elapsed)]
+    why = " (capped)" if capped else ""
+    tail = [f"{_human(read_bytes)} {bytes_label}", f"lost {total_lost:,} events{why}",
+            _clock(elapsed)]
     if remaining is not None:
         tail.append(f"{_clock(max(0.0, remaining))} left")
     line = ", ".join(kinds) + "  " + "  ".join(tail)
     if len(line) >= 80:  # big counts: shorter words, then the message count alone
-        tail[1] = f"lost {total_lost:,}"
+        tail[1] = f"lost {total_lost:,}{why}"
         line = ", ".join(kinds) + "  " + "  ".join(tail)
     if len(line) >= 80:
         line = kinds[0] + "  " + "  ".join(tail)

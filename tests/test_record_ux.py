@@ -370,3 +370,22 @@ def test_status_line_on_a_terminal_grows_with_the_traffic(tmp_path: Path) -> Non
     assert last[1] > first[1]            # bytes read grew with the 1,200 messages
     assert last[3] < first[3] <= 40      # the time left counts down from the duration
     os.close(master)
+
+
+def test_status_line_names_its_bytes_and_says_when_capped() -> None:
+    """Keyword-only extras keep the call of the loop as it is: what the byte count counts,
+    and 'capped' while --priority auto yields (the lost count then grows on purpose)."""
+    from capture.recorder import _status_line
+
+    args = ({"messages": 1234, "connects": 12, "execs": 3}, 123_456, {"ringbuf_full": 7},
+            62.3, 237.7)
+    assert _status_line(*args, bytes_label="spooled") == (
+        "1,234 msgs, 12 conns, 3 execs  120.6 KB spooled  lost 7  01:02  03:57 left")
+    assert _status_line(*args, capped=True) == (
+        "1,234 msgs  120.6 KB read  lost 7 (capped)  01:02  03:57 left")
+    assert _status_line(*args[:4], capped=True) == (
+        "1,234 msgs, 12 conns, 3 execs  120.6 KB read  lost 7 events (capped)  01:02")
+    for n in (0, 99_999, 10**9):
+        line = _status_line({"messages": n, "connects": n, "execs": n}, n * 300, {"x": n},
+                            360_000.0, 360_000.0, bytes_label="spooled", capped=True)
+        assert len(line) < 80, line
