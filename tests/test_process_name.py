@@ -154,3 +154,26 @@ def test_replay_finds_dig_by_its_process_name(lab, tmp_path: Path) -> None:  # t
     assert len(replay("--comm", "isc-net-*")) == 1
     assert replay("--comm", "dug") == []
     assert len(replay("--comm", "dig", "--messages")) == 2  # the query and its response
+
+
+def test_exec_events_name_processes_the_snapshot_left_out(tmp_path: Path) -> None:
+    """The processes snapshot keeps at most 100,000 exec rows; the execs files keep every
+    exec, and ingest reads the names from them too. The sample capture with its processes
+    table emptied still names dig's thread by its process."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from analyze import load
+    from capture.schema import PROCESSES_SCHEMA
+
+    sample = Path(__file__).resolve().parent.parent / "samples" / "incident"
+    cap = tmp_path / "cap"
+    shutil.copytree(sample, cap)
+    pq.write_table(PROCESSES_SCHEMA.empty_table(), cap / "processes.parquet")
+    tx = load(cap, verify=False, work_dir=tmp_path / "work").transactions
+    dig = tx[tx["comm"] == "isc-net-0000"]
+    assert len(dig) == 3 and set(dig["process"]) == {"dig"}
+    # the goresolve threads too (Go sends from any thread of its pool)
+    go = tx[(tx["comm"] == "goresolve") & (tx["tid"] != tx["tgid"])]
+    assert len(go) > 0 and set(go["process"]) == {"goresolve"}
