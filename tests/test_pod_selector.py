@@ -89,3 +89,33 @@ def test_the_commands_say_so(sample) -> None:  # type: ignore[no-untyped-def]
     assert r.exit_code == 0
     body = r.output.splitlines()[1:]
     assert body and all(ln.split()[1].startswith("shop/") for ln in body if ln[:2].isdigit())
+
+
+@pytest.mark.live
+@pytest.mark.lab
+def test_record_pod_glob_picks_up_a_pod_that_starts_later(lab, lab_clients, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`record --pod 'shop/glob-*'`: the pod there at the start is traced, one named by the
+    glob that starts during the capture is traced too, one outside it is not."""
+    import time
+
+    from tests.test_record_live import Recording, event_table
+
+    ns = lab.client_ns(timeout=1, attempts=2)
+    first = lab.fake_pod("shop", "glob-1", container="app")
+    other = lab.fake_pod("shop", "plain-1", container="app")
+    out = tmp_path / "cap"
+    opts = RecordOptions(output=out, pods=("shop/glob-*",), pods_root=lab.pods_root,
+                         refilter_seconds=0.3)
+    with Recording(opts) as rec:
+        in_first = lab.resolve_musl(ns, ["www.lab.test"], pod=first)
+        in_other = lab.resolve_musl(ns, ["www.lab.test"], pod=other)
+        late = lab.fake_pod("shop", "glob-2", container="app")
+        time.sleep(1.5)  # > refilter_seconds: the recorder sees the new pod and its cgroup
+        in_late = lab.resolve_musl(ns, ["api.lab.test"], pod=late)
+        summary = rec.stop()
+    for r in (in_first, in_other, in_late):
+        assert r.returncode == 0, r.stderr
+    assert summary.pod_uids == [first.uid]  # what the start resolved
+    pids = set(event_table(out, "messages").column("tgid").to_pylist())
+    assert in_first.pid in pids and in_late.pid in pids
+    assert in_other.pid not in pids
