@@ -41,6 +41,7 @@ from analyze._frames import to_pandas
 from analyze.cache import WorkDir, WorkDirError, digest, is_disk_full
 from analyze.errors import CaptureDamaged, CaptureTooNew, NotACapture
 from capture import schema
+from capture.errors import CaptureError
 from capture.writer import sha256_file
 
 #: Rows per decoding chunk (a chunk is whole row groups, so it may be somewhat larger).
@@ -99,7 +100,11 @@ def _scan(directory: Path, *, verify: bool, on_damage: str) -> _Evidence:
     skipped: list[dict[str, str]] = []
     names = sorted(p.name for p in directory.iterdir() if schema.file_kind(p.name) is not None)
     for name in names:
-        if name not in listed:
+        if name not in listed and name == manifest.get("spool_open"):
+            warnings.append(f"{directory}: {name} is the spool segment the recorder was writing "
+                            "when it stopped: read up to its last whole record; no hash "
+                            "vouches for it")
+        elif name not in listed:
             warnings.append(f"{directory}: {name} is not listed in the manifest (read anyway)")
     for listed_name in listed:
         if isinstance(listed_name, str) and not (directory / listed_name).exists():
@@ -168,6 +173,30 @@ def ingest(directory: str | Path, *, work: WorkDir, verify: bool = True,
 
 # --- building an entry ----------------------------------------------------------------------
 
+def _spool_to_parquet(path: Path, out: Path) -> None:
+    """A spool segment's messages as a messages Parquet file (seq from the segment's first)."""
+    from capture.spool import read_header, read_segment
+
+    first = read_header(path).first_seq
+    writer = None
+    try:
+        for part in read_segment(path):
+            for batch in part["messages"]:
+                n = batch.num_rows
+                seq = pa.array(np.arange(first, first + n, dtype=np.uint64))
+                first += n
+                batch = batch.set_column(batch.schema.get_field_index("seq"), "seq", seq)
+                if writer is None:
+                    writer = pq.ParquetWriter(out, batch.schema, compression="zstd",
+                                              compression_level=1)
+                writer.write_batch(batch, row_group_size=ROW_GROUP)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        _write(schema.MESSAGES_SCHEMA.empty_table(), out)
+
+
 def _write(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", compression_level=1,
                    row_group_size=ROW_GROUP)
@@ -221,7 +250,9 @@ def _build_in(tmp: Path, ev: _Evidence, *, work: WorkDir, key: str, node: str,
     parts: dict[str, list[str]] = {k: [] for k in stages.STAGES}
 
     def unreadable(name: str, exc: BaseException) -> None:
-        reason = f"unreadable Parquet file: {exc}"
+        what = ("spool segment" if schema.file_kind(name) == schema.SPOOL_KIND
+                else "Parquet file")
+        reason = f"unreadable {what}: {exc}"
         if on_damage == "raise":
             raise CaptureDamaged(f"{ev.directory / name}: {reason}") from None
         skipped.append({"path": str(ev.directory / name), "reason": reason})
@@ -247,11 +278,23 @@ def _build_in(tmp: Path, ev: _Evidence, *, work: WorkDir, key: str, node: str,
     _write_exec_names(ev, by_kind.get("execs", []), tmp / _EXEC_NAMES)
 
     tasks: list[_Task] = []
-    # messages: positions, TCP rows
-    files: list[tuple[str, pq.ParquetFile]] = []
-    for name in by_kind.get("messages", []):
+    # messages: positions, TCP rows. Spool segments (a recorder that did not finish) are
+    # read as messages files, turned into Parquet in the work directory first.
+    sources = {name: ev.directory / name for name in by_kind.get("messages", [])}
+    for name in by_kind.get(schema.SPOOL_KIND, []):
+        out_path = tmp / f"_{name}.parquet"
         try:
-            files.append((name, pq.ParquetFile(ev.directory / name)))
+            _spool_to_parquet(ev.directory / name, out_path)
+        except (OSError, CaptureError) as exc:
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                raise
+            unreadable(name, exc)
+            continue
+        sources[name] = out_path
+    files: list[tuple[str, pq.ParquetFile]] = []
+    for name, source in sources.items():
+        try:
+            files.append((name, pq.ParquetFile(source)))
         except (OSError, pa.ArrowException) as exc:
             if isinstance(exc, OSError) and is_disk_full(exc):
                 raise
@@ -269,7 +312,7 @@ def _build_in(tmp: Path, ev: _Evidence, *, work: WorkDir, key: str, node: str,
                                               False).to_numpy(zero_copy_only=False), bool))
             if is_tcp.any():
                 rows = np.flatnonzero(is_tcp)
-                t = _read(ev.directory / name, "messages").take(pa.array(rows))
+                t = _read(sources[name], "messages").take(pa.array(rows))
                 tcp_tables.append(t.append_column("_pos", pa.array(rows + first, pa.int64())))
                 tcp_pos_parts.append(rows + first)
         except (OSError, pa.ArrowException, schema.FormatError) as exc:
@@ -309,7 +352,7 @@ def _build_in(tmp: Path, ev: _Evidence, *, work: WorkDir, key: str, node: str,
             if n_rows >= CHUNK_ROWS or g == groups[-1]:
                 n_chunk += 1
                 out_name = f"messages-{n_chunk:06d}.parquet"
-                tasks.append(_Task("messages", str(ev.directory / name), tuple(chunk), start,
+                tasks.append(_Task("messages", str(sources[name]), tuple(chunk), start,
                                    str(tmp / out_name), node, snapdir, dns_ports, tcp_file,
                                    emit_file))
                 parts["messages"].append(out_name)

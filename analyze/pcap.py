@@ -525,6 +525,7 @@ def _base_manifest(command_line: Sequence[str], ports: Sequence[int]) -> dict[st
         "counts": {kind: 0 for kind in schema.EVENT_KINDS},
         "files": [],
         "priority_log": [],
+        "spool_open": None,
     }
     return manifest
 

@@ -251,10 +251,16 @@ def capture_end(manifest: Mapping[str, Any]) -> CaptureEnd:
     """
     status = manifest.get("status")
     if status == "running":
+        lost = ("events still in the ring buffer are not in the capture, nor those of its "
+                "last unfinished Parquet files")
+        open_ = manifest.get("spool_open")
+        if isinstance(open_, str) and schema.file_kind(open_) == schema.SPOOL_KIND:
+            lost = ("events still in the ring buffer are not in the capture; the spool "
+                    f"segment it was writing ({open_}) is read up to its last "
+                    "whole record")
         return CaptureEnd("died", "did not end normally: the manifest still says 'running' "
                           "(the recorder was killed, crashed or lost power, or it is still "
-                          "recording); events in its last unfinished files and in the ring "
-                          "buffer are not in the capture")
+                          f"recording); {lost}")
     if status == "failed":
         error = manifest.get("error") or "no reason recorded"
         return CaptureEnd("failed", f"failed: {error}; files finished before the failure "
@@ -285,6 +291,11 @@ def _safe_name(name: Any) -> bool:
 
 
 def _parquet_rows(path: Path) -> int:
+    """Rows of a capture file: a Parquet file's, or a spool segment's whole records."""
+    if schema.file_kind(path.name) == schema.SPOOL_KIND:
+        from capture.spool import count_records
+
+        return count_records(path)
     import pyarrow.parquet as pq
 
     return int(pq.ParquetFile(path).metadata.num_rows)
@@ -370,6 +381,10 @@ def _check_unlisted(directory: Path, name: str, crashed: bool) -> FileCheck:
     except Exception as exc:  # noqa: BLE001
         return FileCheck(name, kind, EXTRA if not crashed else UNREADABLE,
                          f"not in the manifest and not readable Parquet: {exc}")
+    if crashed and kind == schema.SPOOL_KIND:
+        return FileCheck(name, kind, UNLISTED, "the spool segment the recorder was writing when "
+                         "it stopped: reads up to its last whole record, but no hash vouches "
+                         "for it", actual_bytes=size, rows=rows)
     if crashed and kind in schema.EVENT_KINDS:
         return FileCheck(name, kind, UNLISTED, "finished after the last manifest update (the "
                          "capture did not finish): reads whole, but no hash vouches for it",

@@ -474,6 +474,11 @@ class Probe:
         there, up to max_chunks (default _POLL_CHUNKS) chunks of _CHUNK_RECORDS records: the
         rest stays in the ring for the next call, so a recorder that fell behind does not
         hold a whole ring's worth of batches at once."""
+        self.wait(timeout_ms)
+        return self.drain(max_chunks=max_chunks or _POLL_CHUNKS)
+
+    def wait(self, timeout_ms: int = 100) -> None:
+        """Sleep in 5 ms steps until timeout_ms or until an eighth of the ring is full."""
         if self._data_map is None:
             raise RuntimeError("probe is not open")
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
@@ -485,7 +490,6 @@ class Probe:
             if left <= 0:
                 break
             time.sleep(min(left, 0.005))
-        return self.drain(max_chunks=max_chunks or _POLL_CHUNKS)
 
     def drain(self, max_chunks: int | None = None) -> dict[str, list[pa.RecordBatch]]:
         """Parse every committed record now (or max_chunks chunks of them), without waiting."""
@@ -569,6 +573,59 @@ class Probe:
         order = np.argsort(positions, kind="stable")
         starts = (positions[order] + _RINGBUF_HDR) & mask
         return starts, lengths[order], cons
+
+    def ring_addresses(self) -> list[tuple[int, int, int, int]]:
+        """(data area, mask, consumer word, producer word) addresses of the main ring and the
+        rescue ring, for capture.spool's compiled drain (valid while the probe is open)."""
+        if self._data_map is None:
+            raise RuntimeError("probe is not open")
+        rings = []
+        for swap in (False, True):
+            if swap:
+                if self._rescue is None:
+                    break
+                self._swap_ring()
+            try:
+                base = int(self._data_u8.ctypes.data)
+                rings.append((base + mmap.PAGESIZE, self._ring_mask,
+                              int(self._cons_u64.ctypes.data), base))
+            finally:
+                if swap:
+                    self._swap_ring()
+        return rings
+
+    def count_drained(self, ring_bytes: int, messages: int, payload_bytes: int,
+                      rescued: int = 0) -> None:
+        """Account for records another reader (capture.spool) took out of the rings (the
+        messages among them; connects and execs are counted when parse_records parses them)."""
+        self._counts.ring_bytes += ring_bytes
+        self._counts.messages += messages
+        self._counts.payload_bytes += payload_bytes
+        self._counts.rescued += rescued
+        self._counts.polls += 1
+
+    def parse_records(self, data: np.ndarray, starts: np.ndarray, lens: np.ndarray
+                      ) -> dict[str, list[pa.RecordBatch]]:
+        """Parse records laid out one after another in ``data`` (the spool's layout: a record's
+        content at offset ``starts[i]``, ``lens[i]`` bytes long, nothing wrapping) with the
+        same code that parses the ring. ``data`` must hold PAGESIZE bytes before offset 0 (the
+        ring's producer page) and a power-of-two number of bytes from there, larger than the
+        end of the last record plus a record header (the largest fixed header read)."""
+        out: dict[str, list[pa.RecordBatch]] = {"messages": [], "connects": [], "execs": []}
+        if not len(starts):
+            return out
+        saved = {a: getattr(self, a) for a in _RING_ATTRS}
+        try:
+            self._data_u8 = data
+            self._data_u32 = data.view(np.uint32)
+            self._data_u64 = data.view(np.uint64)
+            self._ring_size = len(data) - mmap.PAGESIZE
+            self._ring_mask = self._ring_size - 1
+            self._parse(starts.astype(np.int64), lens.astype(np.int64), out)
+        finally:
+            for a, v in saved.items():
+                setattr(self, a, v)
+        return out
 
     def _drain_chunk(self, out: dict[str, list[pa.RecordBatch]]) -> int:
         assert self._cons_map is not None
@@ -941,7 +998,8 @@ def _take(texts: list[str | None], inverse: np.ndarray) -> pa.Array:
     n = len(inverse)
     data = [t.encode("utf-8", "backslashreplace") for t in texts if t is not None]
     width = len(data[0]) if data else 0
-    if len(data) == len(texts) and all(len(d) == width for d in data) and n:
+    # width 0 (every name empty: prctl(PR_SET_NAME, "") makes one) takes Arrow's path
+    if len(data) == len(texts) and all(len(d) == width for d in data) and n and width:
         offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
         if offsets[-1] < 2**31:
             chars = (b"".join(data) * n if len(data) == 1 else

@@ -110,6 +110,10 @@ class RecordOptions:
     #: How often --pod/--cgroup filters are re-resolved (new containers), in seconds.
     refilter_seconds: float = 5.0
     poll_ms: int = 100
+    #: The cheap path: ring records go to spool segments (capture.spool) and become Parquet
+    #: when there is CPU to spare. False: parse every poll into Parquet at once (the old path;
+    #: also taken, with a warning, when the compiled spool routine is missing).
+    spool: bool = True
     #: Install SIGINT/SIGTERM handlers that end the capture cleanly (main thread only).
     handle_signals: bool = True
     #: Set from another thread (or a handler) to end the capture.
@@ -395,11 +399,18 @@ def _run(
     auto: sched.AutoPriority | None = None
     budget: sched.CpuBudget | None = None
     priority_log: list[dict[str, Any]] = []
+    spooler: Any = None
     try:
         sched.apply_priority(options.priority)  # after loading: compiling is not steady state
+        spooling = options.spool and _spool_available(err)
         if options.priority == "auto":
-            auto = sched.AutoPriority()
-            budget = sched.CpuBudget(options.cpu_budget)
+            # spooling: the drain stays at nice 0 (it is cheap, and at nice 19 a saturated node
+            # would starve it); what auto lowers is the Parquet conversion, deferred while the
+            # node has no CPU to spare. Without the spool: nice 19 and the CPU cap.
+            auto = sched.AutoPriority(apply=not spooling,
+                                      cost_per_message=_SPOOL_COST if spooling else 1e-6)
+            if not spooling:
+                budget = sched.CpuBudget(options.cpu_budget)
             # the baseline sample now: the snapshots below take longer than an interval, so
             # the first pass of the loop already knows whether the node is saturated
             auto.update(time.monotonic(), _arrived(probe, probe.lost()))
@@ -419,6 +430,12 @@ def _run(
         writer.start()
         for kind, table in state.tables().items():
             writer.write_snapshot(kind, table)
+        if spooling:
+            from capture.spool import Spooler
+
+            spooler = Spooler(writer, probe, lambda b: _consume(b, writer, state),
+                              max_bytes=options.max_file_bytes,
+                              max_seconds=options.rotate_seconds, clock=time.monotonic)
         err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
         err.writelines(line + "\n" for line in _drops_lines(options))
         if filtering and not current_ids:
@@ -437,26 +454,37 @@ def _run(
                     timeout = max(0, min(timeout, int((deadline - now) * 1000)))
                 # capped (auto, low): one chunk per poll (~25 ms of work), so that sleeping
                 # off each poll stays within the 2 s longest pause below and the cap holds
-                capped = auto is not None and auto.level == "low" and options.cpu_budget > 0
-                _consume(probe.poll(timeout_ms=timeout, max_chunks=1 if capped else None),
-                         writer, state)
+                if spooler is not None:
+                    probe.wait(timeout_ms=timeout)
+                    spooler.drain()
+                    spooler.tick()
+                    if auto is None or auto.level == "normal":
+                        spooler.convert(max_chunks=_CONVERT_CHUNKS)
+                else:
+                    capped = (auto is not None and auto.level == "low"
+                              and options.cpu_budget > 0)
+                    _consume(probe.poll(timeout_ms=timeout, max_chunks=1 if capped else None),
+                             writer, state)
                 lost = probe.lost()
                 writer.set_lost(lost)
                 writer.tick()
                 now = time.monotonic()
-                if auto is not None and budget is not None:
+                if auto is not None:
                     # the arrival count (probe stats) only when auto takes a sample
                     changed = auto.update(now, _arrived(probe, lost)) if auto.due(now) else None
-                    if changed is not None:
+                    if changed is not None and budget is not None:
                         budget.reset()
+                    if changed is not None:
                         priority_log.append({"at": _iso_now(), "level": changed,
                                              "lost": dict(lost)})
                         writer.update_info({"priority_log": list(priority_log)})
                         # on a terminal it overwrites the status line, rewritten after it
-                        line = _priority_line(changed, auto, budget.share)
+                        line = (_spool_line(changed, auto, spooler) if spooler is not None
+                                else _priority_line(changed, auto,
+                                                     budget.share if budget else 0.0))
                         err.write(("\r" + line.ljust(79) if tty else line) + "\n")
                         err.flush()
-                    if auto.level == "low":
+                    if auto.level == "low" and budget is not None:
                         # saturated node: sleep off whatever went over the CPU cap; the ring
                         # buffer fills meanwhile and what overflows it is counted
                         # (a poll of one chunk costs ~25 ms: at 2 % that is a 1.25 s pause)
@@ -472,7 +500,10 @@ def _run(
                 if tty and now >= next_status:
                     next_status = now + 0.5
                     remaining = deadline - now if deadline is not None else None
-                    err.write("\r" + _status_line(writer.stats().rows,
+                    rows = writer.stats().rows
+                    if spooler is not None:  # spooled messages count as recorded
+                        rows["messages"] += spooler.backlog_messages
+                    err.write("\r" + _status_line(rows,
                                                    probe.stats()["ring_bytes"], probe.lost(),
                                                    now - started, remaining).ljust(79))
                     err.flush()
@@ -483,7 +514,10 @@ def _run(
         # Drain what is already in the ring buffer (a poll parses at most two chunks of
         # 16384 records; 200 polls empty even a full 1 GB ring).
         for _ in range(200):
-            if not _consume(probe.poll(timeout_ms=0), writer, state):
+            if spooler is not None:
+                if not spooler.drain():
+                    break
+            elif not _consume(probe.poll(timeout_ms=0), writer, state):
                 break
         writer.set_lost(probe.lost())
     except BaseException as exc:
@@ -493,6 +527,20 @@ def _run(
             writer.close("failed", error=reason)
         raise
     _detach(probe, err)
+    if spooler is not None and (spooler.backlog_messages or spooler.backlog_segments):
+        backlog = spooler.backlog_messages
+        if backlog > _CONVERT_NOTICE:
+            err.write(f"Converting {backlog:,} spooled messages to Parquet ...\n")
+            err.flush()
+        try:
+            spooler.finish()
+        except BaseException as exc:  # the spool stays, listed and readable
+            if writer.started and not writer.closed:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                writer.close("failed", error=f"converting the spool: {reason}")
+            raise
+    elif spooler is not None:
+        spooler.finish()
     state.end_rows = snap.scan_processes(resolver=state.resolver)
     try:  # pods that started during the capture
         state.pods = list(dict.fromkeys(state.pods + snap.scan_pods(options.pods_root,
@@ -520,6 +568,35 @@ def _run(
 
 #: Bytes per ring record before any has been read (a message record with a short payload).
 _RECORD_BYTES_GUESS = 384
+
+
+#: Spool chunks (16384 records each) converted per pass of the loop while the node has CPU
+#: to spare: ~10 ms each, so the ring is drained again well before it can fill.
+_CONVERT_CHUNKS = 2
+#: The work per message auto counts against the idle share while spooling (the conversion).
+_SPOOL_COST = 0.7e-6
+#: A backlog above this many messages at the end is announced before it is converted.
+_CONVERT_NOTICE = 200_000
+
+
+def _spool_available(err: TextIO) -> bool:
+    from capture import spool
+
+    if spool.available():
+        return True
+    err.write("warning: the compiled spool routine is missing (reinstall dnstrail with pip); "
+              "parsing every poll at once, which keeps fewer messages on a busy node\n")
+    return False
+
+
+def _spool_line(level: str, auto: sched.AutoPriority, spooler: Any) -> str:
+    """One short line per change of auto's level while spooling."""
+    idle = f"idle CPU {auto.share:.0%}"
+    if level == "low":
+        return (f"Node saturated ({idle}): spooling only, Parquet conversion deferred "
+                f"(nothing is dropped for it).")
+    return (f"CPU to spare again ({idle}): converting the spool "
+            f"({spooler.backlog_messages:,} messages waiting).")
 
 
 def _arrived(probe: Any, lost: Mapping[str, int]) -> int:

@@ -28,6 +28,10 @@ MANIFEST_NAME = "manifest.json"
 EVENT_KINDS = ("messages", "connects", "execs")
 #: Snapshot tables, one file each, written at the end of a capture (and at each rotation).
 SNAPSHOT_KINDS = ("processes", "cgroups", "pods")
+#: Spool segments: message records the recorder has not turned into Parquet yet
+#: (``spool-<seq:06d>.spool``, capture.spool); they hold messages rows.
+SPOOL_KIND = "spool"
+SPOOL_SUFFIX = ".spool"
 #: Prefix of files still being written; readers ignore them, a crash leaves them behind.
 TMP_PREFIX = ".tmp-"
 
@@ -179,10 +183,15 @@ MANIFEST_KEYS: dict[str, str] = {
     "every cause the recorder knows is present, zero when nothing was lost.",
     "counts": "Object: events written by kind.",
     "files": "List of finished files: {name, kind, rows, bytes, sha256}.",
-    "priority_log": "With --priority auto, each change of the recorder's priority: {at (ISO 8601, "
-    "UTC), level ('low': nice 19 and CPU capped; 'normal'), lost (the lost counters at that "
-    "moment)}; the lost counters' growth between entries says when events were lost. Empty "
-    "when the priority never changed.",
+    "spool_open": "The spool segment (spool-NNNNNN.spool) the recorder was appending to when "
+    "this manifest was written, or null. Closed segments not yet turned into Parquet are in "
+    "'files' with kind 'spool'; a complete capture has none. A recorder that died leaves this "
+    "segment readable up to its last whole record, without a hash (docs/format.md, Spool).",
+    "priority_log": "With --priority auto, each change of the recorder's level: {at (ISO 8601, "
+    "UTC), level ('low': the node's CPUs are saturated: while spooling, Parquet conversion is "
+    "deferred; without the spool, nice 19 and CPU capped; 'normal'), lost (the lost counters "
+    "at that moment)}; the lost counters' growth between entries says when events were lost. "
+    "Empty when the level never changed.",
 }
 
 
@@ -212,8 +221,16 @@ def snapshot_file_name(kind: str) -> str:
     return f"{kind}.parquet"
 
 
+def spool_file_name(index: int) -> str:
+    """Name of the index-th spool segment (``spool-000001.spool``, see capture.spool)."""
+    return f"{SPOOL_KIND}-{index:06d}{SPOOL_SUFFIX}"
+
+
 def file_kind(name: str) -> str | None:
     """The kind of a finished capture file from its name, or None for anything else."""
+    if name.startswith(SPOOL_KIND + "-") and name.endswith(SPOOL_SUFFIX):
+        idx = name[len(SPOOL_KIND) + 1: -len(SPOOL_SUFFIX)]
+        return SPOOL_KIND if idx.isdigit() else None
     if name.startswith(TMP_PREFIX) or not name.endswith(".parquet"):
         return None
     stem = name[: -len(".parquet")]

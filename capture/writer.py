@@ -41,12 +41,15 @@ from capture.schema import (
     SCHEMA_VERSION,
     SCHEMAS,
     SNAPSHOT_KINDS,
+    SPOOL_KIND,
     TMP_PREFIX,
     FileEntry,
     FormatError,
     event_file_name,
+    file_kind,
     read_manifest,
     snapshot_file_name,
+    spool_file_name,
 )
 
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -321,6 +324,7 @@ class CaptureWriter:
             "counts": {},
             "files": [],
             "priority_log": [],
+            "spool_open": None,
         }
         if info:
             self.update_info(info)
@@ -330,7 +334,7 @@ class CaptureWriter:
     def update_info(self, info: Mapping[str, Any]) -> None:
         """Set descriptive manifest keys; written with the next manifest update."""
         managed = {"format", "schema_version", "status", "files", "counts", "lost",
-                   "stopped_at", "error"}
+                   "stopped_at", "error", "spool_open"}
         for key, value in info.items():
             if key not in MANIFEST_KEYS:
                 raise ValueError(f"unknown manifest key {key!r}")
@@ -409,6 +413,9 @@ class CaptureWriter:
             if m and m.group(1) in EVENT_KINDS:
                 kind, idx = m.group(1), int(m.group(2))
                 self._next_index[kind] = max(self._next_index[kind], idx + 1)
+            elif file_kind(name) == SPOOL_KIND:
+                idx = int(name.split("-", 1)[1].split(".", 1)[0])
+                self._next_index[SPOOL_KIND] = max(self._next_index.get(SPOOL_KIND, 1), idx + 1)
         for kind in SNAPSHOT_KINDS:
             path = self.directory / snapshot_file_name(kind)
             if path.exists():
@@ -542,6 +549,66 @@ class CaptureWriter:
             for kind, table in self.snapshot_provider().items():
                 self._write_snapshot(kind, table)
         self._write_manifest()
+
+    # -- spool segments (capture.spool) ----------------------------------------------------
+
+    def spool_open(self, header: bytes) -> tuple[int, Path]:
+        """Create the next spool segment with ``header``; return its fd (append-only) and
+        path. The manifest names it as ``spool_open`` from now on."""
+        self._check_running()
+        index = self._next_index.setdefault(SPOOL_KIND, 1)
+        self._next_index[SPOOL_KIND] = index + 1
+        path = self.directory / spool_file_name(index)
+
+        def create() -> int:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                         FILE_MODE)
+            try:
+                os.write(fd, header)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.manifest["spool_open"] = path.name
+            self._write_manifest()
+            return fd
+
+        fd: int = self._guarded(create)
+        return fd, path
+
+    def spool_closed(self, fd: int, path: Path, messages: int, listed: bool = True) -> None:
+        """The segment at ``path`` is complete (its fd is closed here). With ``listed`` it
+        enters the manifest with its hash (kind spool) until ``spool_converted``."""
+        os.close(fd)
+        if self.manifest.get("spool_open") == path.name:
+            self.manifest["spool_open"] = None
+        if listed:
+            def commit() -> None:
+                digest = sha256_file(path)
+                size = path.stat().st_size
+                self._files.append(FileEntry(name=path.name, kind=SPOOL_KIND, rows=messages,
+                                             bytes=size, sha256=digest))
+                self._write_manifest()
+
+            self._guarded(commit)
+
+    def spool_converted(self, path: Path) -> None:
+        """Every row of the segment at ``path`` is in finished messages files: commit the open
+        messages file, drop the segment from the manifest, then delete it."""
+        self._check_running()
+        of = self._open.get("messages")
+        if of is not None:
+            self._guarded(self._finish, of)  # writes the manifest
+        self._files = [f for f in self._files if f.name != path.name]
+        self._guarded(self._write_manifest)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    @property
+    def next_seq(self) -> dict[str, int]:
+        """The seq the next row of each kind will get."""
+        return dict(self._seq)
 
     # -- snapshots ------------------------------------------------------------------------
 
