@@ -437,7 +437,7 @@ def _run(
                               max_bytes=options.max_file_bytes,
                               max_seconds=options.rotate_seconds, clock=time.monotonic)
         err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
-        err.writelines(line + "\n" for line in _drops_lines(options))
+        err.writelines(line + "\n" for line in _drops_lines(options, spooling=spooling))
         if filtering and not current_ids:
             err.write("No cgroup matches the filter yet; waiting for one to appear.\n")
         err.flush()
@@ -590,13 +590,8 @@ def _spool_available(err: TextIO) -> bool:
 
 
 def _spool_line(level: str, auto: sched.AutoPriority, spooler: Any) -> str:
-    """One short line per change of auto's level while spooling."""
-    idle = f"idle CPU {auto.share:.0%}"
-    if level == "low":
-        return (f"Node saturated ({idle}): spooling only, Parquet conversion deferred "
-                f"(nothing is dropped for it).")
-    return (f"CPU to spare again ({idle}): converting the spool "
-            f"({spooler.backlog_messages:,} messages waiting).")
+    """One short line per change of auto's level while spooling (``_priority_line``)."""
+    return _priority_line(level, auto, 0.0, spooled=int(spooler.backlog_messages))
 
 
 def _arrived(probe: Any, lost: Mapping[str, int]) -> int:
@@ -632,18 +627,26 @@ def _percents(lesser: float, greater: float) -> tuple[str, str] | None:
     return None
 
 
-def _priority_line(level: str, auto: sched.AutoPriority, cap: float) -> str:
-    """One short stderr line for a switch of --priority auto (under 80 columns).
-    ``cap``: the CPU cap while low, in CPUs (0: none)."""
+def _priority_line(level: str, auto: sched.AutoPriority, cap: float, *,
+                   spooled: int | None = None) -> str:
+    """One short stderr line for a switch of --priority auto (under 80 columns), whose
+    figures satisfy the comparison they show. ``cap``: the CPU cap while low, in CPUs (0:
+    none). ``spooled``: while spooling, the messages waiting in the spool (what auto then
+    defers is their conversion to Parquet, not the reading)."""
     if level == "low":
         pair = _percents(auto.share, auto.threshold)
         why = f"idle {pair[0]} < {pair[1]}" if pair else "no idle CPU to spare"
+        if spooled is not None:
+            return f"priority: low ({why}): spooling only, Parquet conversion deferred"
         limit = f"nice 19, at most {cap * 100:g}% of one CPU" if cap > 0 else "nice 19, no CPU cap"
         line = f"priority: low ({why}): {limit}; drops counted"
         return line if len(line) < 80 else line.replace("nice 19, ", "")
     pair = _percents(auto.threshold, auto.share)
     why = f"idle {pair[1]} > {pair[0]}" if pair else "idle CPU again"
-    return f"priority: normal ({why} for {auto.held:.1f} s): nice 0, no CPU cap"
+    if spooled is None:
+        return f"priority: normal ({why} for {auto.held:.1f} s): nice 0, no CPU cap"
+    line = f"priority: normal ({why} for {auto.held:.1f} s): converting {spooled:,} spooled"
+    return line if len(line) < 80 else f"priority: normal ({why}): converting {spooled:,} spooled"
 
 
 def _bound_allocators() -> None:
@@ -732,9 +735,16 @@ def _start_line(options: RecordOptions, out_dir: Path, filtering: bool, ids: set
 _KEEP_ALL = "--priority normal competes for CPU to keep everything."
 
 
-def _drops_lines(options: RecordOptions) -> list[str]:
+def _drops_lines(options: RecordOptions, *, spooling: bool | None = None) -> list[str]:
     """What the start line adds: when messages may be dropped, and how to avoid it
-    (lines under 80 columns)."""
+    (lines under 80 columns). ``spooling``: whether ring records go to the spool (default:
+    ``options.spool``)."""
+    spooling = options.spool if spooling is None else spooling
+    ring = f"{options.ringbuf_mb} MB ring buffer"
+    if options.priority == "auto" and spooling:
+        return ["While the node's CPUs are saturated it only spools (Parquet comes later);",
+                f"it drops (and counts) only what overflows the {ring}:",
+                "a larger --ringbuf-mb rides out longer bursts."]
     if options.priority == "auto":
         cap = (f"nice 19, at most {options.cpu_budget * 100:g}% of one CPU"
                if options.cpu_budget > 0 else "nice 19")
@@ -746,7 +756,6 @@ def _drops_lines(options: RecordOptions) -> list[str]:
     if options.priority == "idle":
         return ["At SCHED_IDLE it reads only on idle CPU and drops (and counts) what overflows",
                 f"the ring buffer; {_KEEP_ALL}"]
-    ring = f"{options.ringbuf_mb} MB ring buffer"
     return [f"It drops (and counts) only what overflows the {ring} when",
             "reading needs more than one CPU; a larger --ringbuf-mb rides out longer bursts."]
 

@@ -265,20 +265,45 @@ def test_normal_line_says_how_long_the_idle_cpu_lasted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("priority", ["auto", "low", "idle", "normal"])
 @pytest.mark.parametrize("budget", [0.02, 0.0])
-def test_start_lines_say_when_messages_may_be_dropped(priority: str, budget: float) -> None:
+@pytest.mark.parametrize("spooling", [True, False])
+def test_start_lines_say_when_messages_may_be_dropped(priority: str, budget: float,
+                                                      spooling: bool) -> None:
     from capture.recorder import RecordOptions, _drops_lines
 
-    lines = _drops_lines(RecordOptions(output=Path("cap"), priority=priority,
-                                       cpu_budget=budget, ringbuf_mb=1024))
+    options = RecordOptions(output=Path("cap"), priority=priority, cpu_budget=budget,
+                            ringbuf_mb=1024, spool=spooling)
+    lines = _drops_lines(options)
+    assert lines == _drops_lines(options, spooling=spooling)
     text = " ".join(lines)
     assert lines and all(len(ln) < 80 for ln in lines), lines
     assert "drop" in text and "count" in text
-    if priority == "normal":
+    if priority == "normal" or (priority == "auto" and spooling):
+        # only the ring buffer's overflow is dropped; a bigger one avoids it
         assert "1024 MB ring buffer" in text and "--ringbuf-mb" in text
     else:
         assert "--priority normal" in text  # how to avoid the drops
-    if priority == "auto":
+    if priority == "auto" and spooling:
+        assert "spools" in text and "CPU" in text and "at most" not in text
+    elif priority == "auto":
         assert ("at most 2% of one CPU" in text) is (budget > 0)
+
+
+def test_spool_switch_lines_are_short_and_true(tmp_path: Path) -> None:
+    """While spooling, auto defers the Parquet conversion: one line under 80 columns per
+    switch, with figures that satisfy the comparison shown, however big the backlog."""
+    from capture.recorder import _priority_line
+    from capture.sched import AutoPriority
+
+    auto = AutoPriority(str(tmp_path / "none"), apply=False)
+    auto.share, auto.threshold = 0.196, 0.2
+    low = _priority_line("low", auto, 0.0, spooled=0)
+    assert low == "priority: low (idle 19.6% < 20.0%): spooling only, Parquet conversion deferred"
+    auto.share, auto.threshold, auto.held = 0.481, 0.31, 16.0
+    for n, tail in ((1234, "for 16.0 s): converting 1,234 spooled"),
+                    (123_456_789_012, "): converting 123,456,789,012 spooled")):
+        line = _priority_line("normal", auto, 0.0, spooled=n)
+        assert line.startswith("priority: normal (idle 48% > 31%") and line.endswith(tail)
+        assert len(line) < 80, line
 
 
 def test_summary_says_how_often_the_recorder_yielded() -> None:
