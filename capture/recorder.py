@@ -180,6 +180,9 @@ class RecordSummary:
     #: With --priority auto: how often the recorder yielded (went low) and for how long.
     priority_lowered: int = 0
     low_seconds: float = 0.0
+    #: Whether ring records went to the spool: auto then deferred the Parquet conversion
+    #: instead of yielding the reading.
+    spooled: bool = False
 
     def lines(self) -> list[str]:
         """The end-of-capture report, under 80 columns."""
@@ -194,9 +197,11 @@ class RecordSummary:
         else:
             out.append("Lost events: none")
         if self.priority_lowered:
-            times = "once" if self.priority_lowered == 1 else f"{self.priority_lowered} times"
-            out.append(f"Priority: yielded the CPU {times}, {self.low_seconds:.1f} s in all "
-                       "(manifest priority_log)")
+            times = "once" if self.priority_lowered == 1 else f"{self.priority_lowered:,} times"
+            what = "deferred Parquet conversion" if self.spooled else "yielded the CPU"
+            line = f"Priority: {what} {times}, {self.low_seconds:,.1f} s in all"
+            out.append(next((c for c in (f"{line} (manifest priority_log)",
+                                         f"{line} (priority_log)") if len(c) < 80), line))
         if self.error:
             out.append(f"Error: {self.error}")
         return out
@@ -560,6 +565,7 @@ def _run(
         pod_uids=sorted(resolution.pod_uids),
         priority_lowered=auto.lowered if auto is not None else 0,
         low_seconds=auto.low_time(time.monotonic()) if auto is not None else 0.0,
+        spooled=spooler is not None,
     )
     err.writelines(line + "\n" for line in summary.lines())
     err.flush()

@@ -315,6 +315,12 @@ def test_summary_says_how_often_the_recorder_yielded() -> None:
     lines = RecordSummary(**base, priority_lowered=3, low_seconds=41.25).lines()  # type: ignore[arg-type]
     assert "Priority: yielded the CPU 3 times, 41.2 s in all (manifest priority_log)" in lines
     assert all(len(ln) < 80 for ln in lines)
+    lines = RecordSummary(**base, priority_lowered=3, low_seconds=41.25,  # type: ignore[arg-type]
+                          spooled=True).lines()
+    assert "Priority: deferred Parquet conversion 3 times, 41.2 s in all (priority_log)" in lines
+    long = RecordSummary(**base, priority_lowered=123_456, low_seconds=1e7,  # type: ignore[arg-type]
+                         spooled=True).lines()
+    assert all(len(ln) < 80 for ln in lines + long), long
 
 
 def test_status_line_splits_events_and_shows_what_is_left() -> None:
