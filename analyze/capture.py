@@ -712,14 +712,16 @@ class Capture:
         return Capture(self._ctx, where, filters)
 
     def by_pod(self) -> pd.DataFrame:
-        """Per pod (or host process comm): transactions, NXDOMAIN, timeouts, names, latency."""
+        """Per pod (or host process, by its name: ``process``, else the thread's ``comm``):
+        transactions, NXDOMAIN, timeouts, names, latency."""
         cols = ["node", "namespace", "pod", "comm", "transactions", "nxdomain", "timeouts",
                 "distinct_names", "median_latency_s"]
         sql, params = self.table_sql("transactions")
         query = (
             "SELECT coalesce(node, '') AS node, coalesce(namespace, '') AS namespace, "
             "coalesce(pod, '') AS pod, "
-            "CASE WHEN coalesce(pod, '') = '' THEN coalesce(comm, '') ELSE '' END AS comm, "
+            "CASE WHEN coalesce(pod, '') = '' THEN coalesce(process, comm, '') ELSE '' END "
+            "AS comm, "
             "count(*) AS transactions, "
             "count(*) FILTER (WHERE rcode_name = 'NXDOMAIN') AS nxdomain, "
             "count(*) FILTER (WHERE status = 'timeout') AS timeouts, "

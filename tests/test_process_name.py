@@ -137,11 +137,14 @@ def test_replay_finds_dig_by_its_process_name(lab, tmp_path: Path) -> None:  # t
         rec.stop()
     assert r.returncode == 0, r.stderr
     work = tmp_path / "work"
-    tx = load(out, work_dir=work).transactions
+    cap = load(out, work_dir=work)
+    tx = cap.transactions
     mine = tx[tx["tgid"] == r.pid]
     assert len(mine) == 1, mine
     assert mine["comm"].iloc[0].startswith("isc-net-")  # the thread's name, as recorded
     assert mine["process"].iloc[0] == "dig"
+    hosts = set(cap.filter(pid=r.pid).by_pod()["comm"])
+    assert hosts == {"dig"}, hosts  # a host process is counted under its process name
 
     def replay(*args: str) -> list[str]:
         res = CliRunner().invoke(main, ["replay", str(out), "--work-dir", str(work), *args])
