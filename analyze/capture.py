@@ -33,6 +33,7 @@ from analyze._frames import stage_frame as _pandas
 from analyze.attribute import ATTR_COLUMNS
 from analyze.cache import WorkDir
 from analyze.errors import (
+    AnalyzeError,
     BadFilter,
     CaptureDamaged,
     CaptureNotFound,
@@ -102,27 +103,189 @@ def load(path_or_paths: str | Path | Iterable[str | Path], *,
         if not p.is_dir() and not (p.suffix.lower() in PCAP_SUFFIXES or _looks_like_pcap(p)):
             raise NotACapture(f"{p}: not a dnstrail capture directory nor a pcap file")
     work = WorkDir.at(work_dir)
-    ingested = []
+    ingested: list[tuple[Path, Any]] = []
+    notes: list[str] = []
+    pcaps: dict[str, Path] = {}
     for p in paths:
         if p.is_dir():
-            ingested.append(ingest(p, work=work, verify=verify, dns_ports=dns_ports,
-                                   on_damage=on_damage))
-        else:
-            ingested.append(_ingest_pcap(p, work=work, dns_ports=dns_ports))
-    # the same capture given twice (same files, same node) is read once, and said so
-    seen: dict[str, str] = {}
-    kept, notes = [], []
-    for p, ing in zip(paths, ingested, strict=True):
-        if ing.key in seen:
-            notes.append(f"{p}: the same capture as {seen[ing.key]} (identical files): "
-                         "read once, not counted twice")
+            ingested.append((p, ingest(p, work=work, verify=verify, dns_ports=dns_ports,
+                                       on_damage=on_damage)))
             continue
-        seen[ing.key] = str(p)
-        kept.append(ing)
+        from analyze.ingest import sha256_file
+
+        sha = sha256_file(p)
+        if sha in pcaps:
+            notes.append(f"{p}: the same pcap as {pcaps[sha]} (identical SHA-256): read once, "
+                         "not counted twice")
+            continue
+        pcaps[sha] = p
+        ingested.append((p, _ingest_pcap(p, work=work, dns_ports=dns_ports)))
+    kept, combined = _combine(ingested, work)
     ctx = _Context(work=work, ingested=kept, timeout_s=timeout_s, skew_s=skew_s,
                    lookup_gap_s=lookup_gap_s, dns_ports=tuple(dns_ports),
-                   memory_limit=memory_limit, threads=threads, notes=notes)
+                   memory_limit=memory_limit, threads=threads, notes=notes + combined)
     return Capture(ctx)
+
+
+class OverlappingCaptures(AnalyzeError):
+    """two captures of one node overlap in time and hold the same messages: every count would double; give one of them, or captures that follow each other"""
+
+
+#: Two recorder runs in one boot of a node have ``boot_time_ns`` this close (the realtime
+#: clock's adjustments between them); two boots of a node are further apart than that.
+_SAME_BOOT_NS = 1_000_000_000
+#: A message of one capture whose twin (same process, thread, direction, vector index and
+#: bytes) is in another capture of the node this close in time was recorded twice.
+_TWIN_NS = 1_000_000
+
+
+def _boot(manifest: dict[str, Any]) -> tuple[str, int] | None:
+    """(host, boot_time_ns) of a recorded capture; None for an import (no node, no boot)."""
+    host, boot = manifest.get("host"), manifest.get("boot_time_ns")
+    if not isinstance(host, str) or not host or not isinstance(boot, int) \
+            or isinstance(boot, bool):
+        return None
+    return host, boot
+
+
+def _event_files(manifest: dict[str, Any]) -> frozenset[tuple[str, str]]:
+    """The finished event files (name, sha256) a manifest lists (snapshots are rewritten at
+    every rotation, so they differ between a capture and a later copy of it)."""
+    from capture import schema
+
+    return frozenset(
+        (f["name"], str(f.get("sha256"))) for f in manifest.get("files") or []
+        if isinstance(f, dict) and isinstance(f.get("name"), str)
+        and schema.file_kind(f["name"]) in schema.EVENT_KINDS)
+
+
+def _combine(pairs: list[tuple[Path, Any]], work: WorkDir) -> tuple[list[Any], list[str]]:
+    """The ingested captures to read, each once, and a sentence for every input left out.
+
+    * the same capture given twice (the same manifest, so the same evidence id, or the same
+      ingest entry) is read once;
+    * a capture whose event files all belong to another capture of the same node and boot (a
+      copy taken while the recorder was still writing, then the finished capture, or a
+      capture continued with ``--append``) is left out for the larger one;
+    * two other captures of one node and boot whose messages overlap in time are refused
+      (:class:`OverlappingCaptures`) when they share messages: a split or re-recorded capture
+      would count those twice. Overlapping captures that share none (two recorders with
+      different filters) are read together, and said so.
+    """
+    from analyze.ingest import sha256_file
+
+    notes: list[str] = []
+    kept: list[tuple[Path, Any, str]] = []
+    seen: dict[str, Path] = {}
+    for p, ing in pairs:
+        manifest = p / "manifest.json"
+        ident = sha256_file(manifest) if p.is_dir() and manifest.is_file() else ing.key
+        twin = seen.get(ident) or seen.get(ing.key)
+        if twin is not None:
+            notes.append(f"{p}: the same capture as {twin} (evidence id {ident[:16]}...): "
+                         "read once, not counted twice")
+            continue
+        seen[ident] = seen[ing.key] = p
+        kept.append((p, ing, ident))
+    # a capture contained in another of the same node and boot
+    inside: set[int] = set()
+    for i, (p, ing, _) in enumerate(kept):
+        boot, files = _boot(ing.manifest), _event_files(ing.manifest)
+        if boot is None or not files:
+            continue
+        for j, (q, other, _) in enumerate(kept):
+            if i == j or j in inside or not _same_boot(boot, _boot(other.manifest)):
+                continue
+            theirs = _event_files(other.manifest)
+            if files < theirs or (files == theirs and j < i):
+                inside.add(i)
+                notes.append(f"{p}: every event file of it is also in {q} (a capture of "
+                             f"node {boot[0]} in the same boot): read {q} only, not counted "
+                             "twice")
+                break
+    left = [(p, ing) for i, (p, ing, _) in enumerate(kept) if i not in inside]
+    notes.extend(_check_overlaps(left, work))
+    return [ing for _, ing in left], notes
+
+
+def _same_boot(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool:
+    return a is not None and b is not None and a[0] == b[0] and abs(a[1] - b[1]) < _SAME_BOOT_NS
+
+
+def _check_overlaps(pairs: list[tuple[Path, Any]], work: WorkDir) -> list[str]:
+    """Refuse captures of one node and boot that overlap and share messages; a sentence for
+    those that overlap without sharing any."""
+    groups: list[list[tuple[Path, Any]]] = []
+    for p, ing in pairs:
+        boot = _boot(ing.manifest)
+        if boot is None or not ing.messages:
+            continue
+        for g in groups:
+            if _same_boot(boot, _boot(g[0][1].manifest)):
+                g.append((p, ing))
+                break
+        else:
+            groups.append([(p, ing)])
+    groups = [g for g in groups if len(g) > 1]
+    if not groups:
+        return []
+    from analyze.relate import connect, files_sql, run
+
+    notes: list[str] = []
+    con = connect(work)
+    try:
+        cur = con.cursor()
+        for group in groups:
+            spans = []
+            for p, ing in group:
+                ((t0, t1),) = run(cur, "SELECT min(epoch_ns(ts)), max(epoch_ns(ts)) FROM "
+                                       f"read_parquet({files_sql(ing.files('messages'))})")
+                spans.append((p, ing, t0, t1))
+            for a in range(len(spans)):
+                for b in range(a + 1, len(spans)):
+                    pa_, ia, a0, a1 = spans[a]
+                    pb, ib, b0, b1 = spans[b]
+                    if None in (a0, a1, b0, b1) or a1 < b0 or b1 < a0:
+                        continue
+                    lo, hi = max(a0, b0), min(a1, b1)
+                    shared = _twins(cur, ia, ib, lo - _TWIN_NS, hi + _TWIN_NS)
+                    window = (f"from {_clock(lo)} to {_clock(hi)} UTC")
+                    node = ia.manifest.get("host")
+                    if shared:
+                        raise OverlappingCaptures(
+                            f"{pa_} and {pb} are captures of node {node} that overlap {window} "
+                            f"and share {shared:,} messages: every count would double; give "
+                            "one of them, or captures that follow each other")
+                    notes.append(f"{pa_} and {pb}: captures of node {node} that overlap "
+                                 f"{window}; they share no message (recorded with different "
+                                 "filters?), so both are read")
+        cur.close()
+    finally:
+        con.close()
+    return notes
+
+
+def _twins(cur: Any, a: Any, b: Any, lo: int, hi: int) -> int:
+    """Messages of ``b`` between ``lo`` and ``hi`` (ns) that have a twin in ``a``: the same
+    process, thread, direction, vector index and bytes, stamped within ``_TWIN_NS``."""
+    from analyze.relate import files_sql, run
+
+    def side(ing: Any) -> str:
+        return ("SELECT coalesce(tgid, -1) AS tgid, coalesce(tid, -1) AS tid, "
+                "coalesce(direction, '') AS direction, coalesce(msg_index, 0) AS msg_index, "
+                "hash(payload) AS h, epoch_ns(ts) AS t "
+                f"FROM read_parquet({files_sql(ing.files('messages'))}) "
+                f"WHERE epoch_ns(ts) BETWEEN {int(lo)} AND {int(hi)}")
+
+    ((n,),) = run(cur, f"SELECT count(*) FROM ({side(b)}) y WHERE EXISTS (SELECT 1 FROM "
+                       f"({side(a)}) x WHERE x.h = y.h AND x.tgid = y.tgid AND x.tid = y.tid "
+                       "AND x.direction = y.direction AND x.msg_index = y.msg_index "
+                       f"AND abs(x.t - y.t) <= {_TWIN_NS})")
+    return int(n)
+
+
+def _clock(ns: int) -> str:
+    return pd.Timestamp(int(ns), unit="ns", tz="UTC").strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def _ingest_pcap(path: Path, *, work: WorkDir, dns_ports: Sequence[int]) -> Any:
@@ -348,7 +511,15 @@ class Capture:
 
     @property
     def warnings(self) -> list[str]:
-        return list(self._ctx.notes) + [w for i in self._ctx.ingested for w in i.warnings]
+        """What ingest said about the evidence (files not listed, missing, damaged)."""
+        return [w for i in self._ctx.ingested for w in i.warnings]
+
+    @property
+    def input_notes(self) -> list[str]:
+        """Inputs left out because they repeat another (the same capture given twice, a copy
+        contained in a later capture of the node), and captures of one node that overlap in
+        time: one sentence each, shown with the completeness of every output."""
+        return list(self._ctx.notes)
 
     @property
     def skipped_files(self) -> list[dict[str, str]]:
@@ -886,6 +1057,7 @@ __all__ = [
     "CaptureNotFound",
     "CaptureTooNew",
     "NotACapture",
+    "OverlappingCaptures",
     "glob_regex",
     "load",
     "parse_time",

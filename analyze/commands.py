@@ -62,35 +62,105 @@ def given_filters(values: dict[str, Any]) -> dict[str, Any]:
     return {k: values[k] for k in FILTERS if values.get(k) is not None}
 
 
+# --- replay --against (one block: the options, and the run behind them) ---------------------
+
+def against_options(command: Any) -> Any:
+    """``--against`` and its limits (analyze.against)."""
+    from analyze import against as a
+
+    options = [
+        click.option("--against", "against_addr", metavar="ADDR[:PORT]",
+                     help="Ask the resolver at this IP address (port 53 unless given; "
+                          "[V6]:PORT) each distinct name and type the capture's clients "
+                          "asked, and compare its answers with the captured ones. Nothing "
+                          "is sent anywhere else."),
+        click.option("--rate", type=float, default=a.DEFAULT_RATE, show_default=True,
+                     help="--against: queries per second at most."),
+        click.option("--max-queries", type=int, default=a.DEFAULT_MAX_QUERIES,
+                     show_default=True,
+                     help=f"--against: queries sent at most (more than {a.QUERY_CEILING} "
+                          "only with --exceed-ceiling)."),
+        click.option("--query-timeout", type=float, default=a.DEFAULT_QUERY_TIMEOUT_S,
+                     show_default=True, help="--against: seconds to wait for each answer."),
+        click.option("--exceed-ceiling", is_flag=True,
+                     help=f"--against: allow --max-queries over {a.QUERY_CEILING} and "
+                          f"--rate over {a.RATE_CEILING:.0f}."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_against(cap: Any, addr: str, *, fmt: str, width: int | None, rate: float,
+                 max_queries: int, query_timeout: float, exceed_ceiling: bool) -> None:
+    import json
+
+    from analyze.against import against, check_limits, format_against, parse_target
+    from analyze.replay import terminal_width
+
+    if fmt == "jsonl":
+        raise click.UsageError("--against prints a table or --format json")
+    check_limits(rate, max_queries, query_timeout, exceed_ceiling=exceed_ceiling)
+    target = parse_target(addr)
+    click.echo(f"asking {target} at most {max_queries} queries, {rate:g}/s ...", err=True)
+    result = against(cap, target, rate=rate, max_queries=max_queries,
+                     timeout_s=query_timeout, exceed_ceiling=exceed_ceiling)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=True, default=str))
+        return
+    for line in format_against(result, width=terminal_width() if width is None else width):
+        click.echo(line)
+
+# --- end of replay --against -------------------------------------------------------------
+
+
 @click.command("replay")
 @click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
 @filter_options
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table",
-              show_default=True, help="table fits --width columns; jsonl has every column.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "json"]), default="table",
+              show_default=True, help="table fits --width columns; jsonl has every column; "
+              "json: the --against result as one document.")
 @click.option("--lookups", is_flag=True, help="One line per resolver call (search-list "
               "walk, A+AAAA, retries) instead of per transaction.")
 @click.option("--messages", is_flag=True, help="One line per DNS message.")
-@click.option("--width", type=int, default=80, show_default=True, help="Table width.")
+@click.option("--width", type=int, help="Table width (default: the terminal's, $COLUMNS, "
+              "else 80; 0: no limit).")
 @evidence_options()
+@against_options
 def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
            container: str | None, comm: str | None, pid: int | None, name: str | None,
            rcode: str | None, since: str | None, until: str | None, node: str | None,
-           fmt: str, lookups: bool, messages: bool, width: int, timeout_s: float,
-           no_verify: bool, work_dir: str | None) -> None:
-    """Show the DNS timeline of one or more captures (directories or pcaps) in time order.
+           fmt: str, lookups: bool, messages: bool, width: int | None, timeout_s: float,
+           no_verify: bool, work_dir: str | None,
+           against_addr: str | None, rate: float, max_queries: int, query_timeout: float,
+           exceed_ceiling: bool) -> None:
+    """Show the DNS timeline of one or more captures (directories or pcaps) in time
+    order, or ask a resolver the captured questions again (--against).
 
     \b
-    One line per transaction by default: a query and its response (MS is the latency,
-    '+2r' two retransmissions), a TIMEOUT, or an unsolicited response (!RCODE).
-    WHO is namespace/pod, or process[pid] for host processes, or the client address (pcaps);
-    from --width 110 a PROC column shows process[pid] (/thread when it differs) for every line.
-    Wire strings are sanitized in the table; --format jsonl keeps everything.
+    One line per transaction by default: a query and its response (MS is the
+    latency in ms, then any retries), a TIMEOUT (MS: its retries), or an
+    unsolicited response (!RCODE). Times are UTC, the date in the header (on each
+    line when the capture spans days). WHO is namespace/pod, process[pid] for host
+    processes, or the client address (pcaps); from --width 110 a PROC column
+    shows process[pid], /thread when it differs (dig[42]/isc-net-0000). Wire
+    strings are sanitized; --format jsonl keeps everything.
+
+    \b
+    --against 10.96.0.10 sends each distinct name and type once, to that address
+    only (--rate, --max-queries, --query-timeout), and says per name: same,
+    changed, newly answering (a fix that works), now failing, or hijacked (the
+    capture saw a private address the resolver does not give). docs/replay.md.
     """
     from analyze.capture import load
     from analyze.replay import replay as run
 
     if lookups and messages:
         raise click.UsageError("--lookups and --messages exclude each other")
+    if fmt == "json" and against_addr is None:
+        raise click.UsageError("--format json is for --against; the timeline has jsonl")
+    if against_addr is not None and (lookups or messages):
+        raise click.UsageError("--against asks each question once: no --lookups/--messages")
     cap = load(list(captures), timeout_s=timeout_s, verify=not no_verify, work_dir=work_dir)
     filters = given_filters({
         "pod": pod, "namespace": namespace, "container": container, "comm": comm, "pid": pid,
@@ -107,6 +177,11 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
         click.echo(f"incomplete: {problem}", err=True)
     for w in cap.warnings:
         click.echo(f"warning: {w}", err=True)
+    if against_addr is not None:
+        _run_against(cap, against_addr, fmt=fmt, width=width, rate=rate,
+                     max_queries=max_queries, query_timeout=query_timeout,
+                     exceed_ceiling=exceed_ceiling)
+        return
     try:
         for line in run(cap, format=fmt, lookups=lookups, messages=messages, width=width):
             click.echo(line)

@@ -44,6 +44,8 @@ def completeness(capture: Any) -> dict[str, Any]:
     from analyze.verify import capture_end, explain_losses
 
     problems: list[str] = []
+    # an input given twice, or a copy inside a later capture, was read once: said first
+    problems.extend(str(n) for n in getattr(capture, "input_notes", None) or [])
     for m in getattr(capture, "manifests", None) or []:
         where = str(m.get("path") or m.get("host") or "capture")
         end = capture_end(m)

@@ -245,6 +245,10 @@ def tracer_args(tracer: str) -> list[str] | None:
     kind = tracer.removeprefix("dnstrail-")
     if kind in ("normal", "low", "idle"):
         return ["--priority", kind]
+    if kind == "nospool":  # the old path: parse every poll (auto: nice 19 + CPU cap)
+        return ["--no-spool"]
+    if kind.startswith("nospool-") and kind[8:] in ("normal", "low", "idle"):
+        return ["--no-spool", "--priority", kind[8:]]
     if kind.startswith("budget") and re.fullmatch(r"\d+(\.\d+)?", kind[6:]):
         return ["--cpu-budget", kind[6:]]
     return None

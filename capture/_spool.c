@@ -52,18 +52,57 @@ static void ring_copy(uint8_t *dst, const uint8_t *data, uint64_t mask, uint64_t
     }
 }
 
-static int write_all(int fd, const uint8_t *buf, uint64_t n) {
-    while (n) {
-        ssize_t w = write(fd, buf, n);
+/* write n bytes; *done = bytes written (all of them unless an errno is returned) */
+static int write_all(int fd, const uint8_t *buf, uint64_t n, uint64_t *done) {
+    *done = 0;
+    while (*done < n) {
+        ssize_t w = write(fd, buf + *done, n - *done);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
             return errno;
         }
-        buf += w;
-        n -= (uint64_t)w;
+        if (w == 0)
+            return EIO;
+        *done += (uint64_t)w;
     }
     return 0;
+}
+
+struct progress {
+    uint64_t cons, side, records, messages, payload;
+};
+
+/* A write failed after `written` bytes of the staged records: walk the ring again from p->cons
+ * (where the staged records begin) and move p past every record that is now whole in the file
+ * (and the side records and discards between them). Returns the staged bytes kept. */
+static uint64_t keep_written(const uint8_t *data, uint64_t mask, uint64_t end, const uint8_t *buf,
+                             uint64_t written, uint32_t msg_hdr, struct progress *p) {
+    uint64_t off = 0, cons = p->cons;
+    while (cons < end) {
+        uint32_t hdr = load_acq32((const uint32_t *)(data + (cons & mask)));
+        uint64_t len = hdr & RB_LEN;
+        uint64_t stride = (len + RB_HDR + 7) & ~7ull;
+        if (!(hdr & RB_DISCARD)) {
+            uint8_t kind = data[(cons + RB_HDR) & mask];
+            if (kind == KIND_MSG && len >= msg_hdr) {
+                uint32_t keep;
+                memcpy(&keep, buf + off, 4);
+                uint64_t need = ((uint64_t)keep + RB_HDR + 7) & ~7ull;
+                if (off + need > written)
+                    break;
+                off += need;
+                p->messages++;
+                p->payload += keep - msg_hdr;
+            } else {
+                p->side += (len + RB_HDR + 7) & ~7ull;
+            }
+            p->records++;
+        }
+        cons += stride;
+    }
+    p->cons = cons;
+    return off;
 }
 
 /* Drain one ring. data: the ring's data area (size = mask + 1 bytes, mapped once); cons/prod:
@@ -80,14 +119,14 @@ int dnstrail_spool_drain(const uint8_t *data, uint64_t mask, uint64_t *cons_pos,
     uint64_t start = cons;
     uint64_t prod = load_acq64(prod_pos);
     uint64_t fill = 0, side_fill = 0;
-    /* what is safely out of the ring: records before flushed_cons are in the file or the side
-     * buffer; a failed write leaves the rest in the ring and reports only what was flushed */
-    uint64_t flushed_cons = cons, flushed_side = 0, flushed_records = 0, flushed_messages = 0;
-    uint64_t flushed_payload = 0, records = 0, messages = 0, payload = 0;
+    /* what is safely out of the ring: records before done.cons are in the file or the side
+     * buffer; a failed write keeps the records it did write whole and leaves the rest in the
+     * ring */
+    struct progress done = {cons, 0, 0, 0, 0}, now = {cons, 0, 0, 0, 0};
     uint64_t size = mask + 1;
     if (prod - cons > size) /* a producer position we cannot make sense of: read nothing */
         return -1;
-    while (cons < prod && records < max_records) {
+    while (cons < prod && now.records < max_records) {
         uint32_t hdr = load_acq32((const uint32_t *)(data + (cons & mask)));
         if (hdr & RB_BUSY)
             break;
@@ -112,26 +151,27 @@ int dnstrail_spool_drain(const uint8_t *data, uint64_t mask, uint64_t *cons_pos,
             if (need > bufsize)
                 break; /* cannot be with bufsize >= 64 KiB */
             if (fill + need > bufsize) {
-                int err = write_all(spool_fd, buf, fill);
+                uint64_t wrote;
+                int err = write_all(spool_fd, buf, fill, &wrote);
                 if (err) {
                     out->error = err;
+                    out->spool_bytes += keep_written(data, mask, cons, buf, wrote, msg_hdr,
+                                                     &done);
                     break;
                 }
                 out->spool_bytes += fill;
                 fill = 0;
-                flushed_cons = cons;
-                flushed_side = side_fill;
-                flushed_records = records;
-                flushed_messages = messages;
-                flushed_payload = payload;
+                now.cons = cons;
+                now.side = side_fill;
+                done = now;
             }
             uint32_t h[2] = {(uint32_t)keep, 0};
             memcpy(buf + fill, h, 8);
             ring_copy(buf + fill + 8, data, mask, cons + RB_HDR, keep);
             memset(buf + fill + 8 + keep, 0, need - 8 - keep);
             fill += need;
-            messages++;
-            payload += cap;
+            now.messages++;
+            now.payload += cap;
         } else {
             uint64_t need = (len + RB_HDR + 7) & ~7ull;
             if (side_fill + need > sidesize)
@@ -142,30 +182,51 @@ int dnstrail_spool_drain(const uint8_t *data, uint64_t mask, uint64_t *cons_pos,
             memset(side + side_fill + 8 + len, 0, need - 8 - len);
             side_fill += need;
         }
-        records++;
+        now.records++;
         cons += stride;
     }
     if (!out->error) {
-        int err = fill ? write_all(spool_fd, buf, fill) : 0;
+        uint64_t wrote = 0;
+        int err = fill ? write_all(spool_fd, buf, fill, &wrote) : 0;
         if (err) {
             out->error = err;
+            out->spool_bytes += keep_written(data, mask, cons, buf, wrote, msg_hdr, &done);
         } else {
             out->spool_bytes += fill;
-            flushed_cons = cons;
-            flushed_side = side_fill;
-            flushed_records = records;
-            flushed_messages = messages;
-            flushed_payload = payload;
+            now.cons = cons;
+            now.side = side_fill;
+            done = now;
         }
     }
-    out->records = flushed_records;
-    out->messages = flushed_messages;
-    out->payload_bytes = flushed_payload;
-    out->side_bytes = flushed_side;
-    out->ring_bytes = flushed_cons - start;
-    if (flushed_cons != start)
-        __atomic_store_n(cons_pos, flushed_cons, __ATOMIC_RELEASE);
+    out->records = done.records;
+    out->messages = done.messages;
+    out->payload_bytes = done.payload;
+    out->side_bytes = done.side;
+    out->ring_bytes = done.cons - start;
+    if (done.cons != start)
+        __atomic_store_n(cons_pos, done.cons, __ATOMIC_RELEASE);
     return 0;
+}
+
+/* Committed records waiting in a ring (what a capture that must stop leaves behind). */
+uint64_t dnstrail_ring_pending(const uint8_t *data, uint64_t mask, const uint64_t *cons_pos,
+                               const uint64_t *prod_pos) {
+    uint64_t cons = load_acq64(cons_pos), prod = load_acq64(prod_pos), n = 0;
+    if (prod - cons > mask + 1)
+        return 0;
+    while (cons < prod) {
+        uint32_t hdr = load_acq32((const uint32_t *)(data + (cons & mask)));
+        if (hdr & RB_BUSY)
+            break;
+        uint64_t len = hdr & RB_LEN;
+        uint64_t stride = (len + RB_HDR + 7) & ~7ull;
+        if (stride > prod - cons)
+            break;
+        if (!(hdr & RB_DISCARD))
+            n++;
+        cons += stride;
+    }
+    return n;
 }
 
 /* Index spool records: offsets of the record contents and their lengths, for the records that

@@ -83,15 +83,21 @@ class _Size(click.ParamType):
               default=None, help="Output of `kubectl get pods -A -o json` for pod names and "
               "container ids.")
 @click.option("--priority", type=click.Choice(PRIORITIES), default="auto", show_default=True,
-              help="CPU priority of the recorder against the node's workload: auto (normal "
-              "while the node has idle CPU, nice 19 and --cpu-budget while its CPUs are "
-              "saturated), normal, low (nice 19) or idle (SCHED_IDLE: only CPU nobody wants; "
-              "under saturation the ring buffer overflows and the losses are counted).")
+              help="CPU priority of the recorder against the node's workload: auto (while the "
+              "node's CPUs are saturated, the spool's Parquet conversion waits; with "
+              "--no-spool, nice 19 and --cpu-budget), normal, low (nice 19) or idle "
+              "(SCHED_IDLE: only CPU nobody wants; under saturation the ring buffer "
+              "overflows and the losses are counted).")
 @click.option("--cpu-budget", type=click.FloatRange(0, 100), default=2, show_default=True,
               metavar="PCT",
-              help="With --priority auto, while the node's CPUs are saturated: the most CPU "
-              "the recorder takes, in percent of one CPU (0: no cap). It sleeps off what "
-              "goes over; the ring buffer overflows meanwhile and the losses are counted.")
+              help="With --priority auto and --no-spool, while the node's CPUs are saturated: "
+              "the most CPU the recorder takes, in percent of one CPU (0: no cap). It sleeps "
+              "off what goes over; the ring buffer overflows meanwhile and the losses are "
+              "counted.")
+@click.option("--spool/--no-spool", default=True, show_default=True,
+              help="Drain the ring buffer into spool files with a compiled routine and turn "
+              "them into Parquet when there is CPU to spare (--no-spool: parse every poll at "
+              "once, the slower path that loses messages on a saturated node).")
 @click.option("--no-connects", is_flag=True, help="Do not record connect() events.")
 @click.option("--no-execs", is_flag=True, help="Do not record exec events.")
 @click.option("--print-bpf", is_flag=True,
@@ -114,6 +120,7 @@ def record(
     pods_json: Path | None,
     priority: str,
     cpu_budget: float,
+    spool: bool,
     no_connects: bool,
     no_execs: bool,
     print_bpf: bool,
@@ -143,6 +150,7 @@ def record(
         trace_execs=not no_execs,
         priority=priority,
         cpu_budget=cpu_budget / 100,
+        spool=spool,
         command_line=list(sys.argv),
     )
     if print_bpf:

@@ -104,6 +104,8 @@ def _lib() -> Any:
     lib.dnstrail_spool_drain.restype = ctypes.c_int
     lib.dnstrail_spool_index.argtypes = [p, u64, p, p, u64, ctypes.POINTER(u64)]
     lib.dnstrail_spool_index.restype = u64
+    lib.dnstrail_ring_pending.argtypes = [p, u64, p, p]
+    lib.dnstrail_ring_pending.restype = u64
     _LIB = lib
     return lib
 
@@ -219,6 +221,10 @@ class SpoolSink:
         self.payload_bytes = 0
         self.spool_bytes = 0
 
+    def pending_records(self) -> int:
+        """Committed records still in the rings (left behind when the capture must stop)."""
+        return int(sum(self._lib.dnstrail_ring_pending(*ring) for ring in self._rings))
+
     def drain(self, max_records: int = 1 << 20) -> tuple[dict[str, list[pa.RecordBatch]], int]:
         """Spool what the rings hold (up to max_records records per ring). Returns the side
         batches and the messages spooled. Raises OSError (the errno of a failed write) with
@@ -331,13 +337,17 @@ class Spooler:
         before_bytes, before_messages = self.sink.spool_bytes, self.sink.messages
         try:
             side, _ = self.sink.drain()
-        except OSError:
+        except OSError as exc:
             # what a failed write left half-written after the last whole write: cut it off
             seg.bytes += self.sink.spool_bytes - before_bytes
             try:
                 os.ftruncate(seg.fd, seg.bytes)
             except OSError:
                 pass
+            seg.messages += self.sink.messages - before_messages
+            before_messages = self.sink.messages
+            # DiskFull (the capture ends 'failed', what the rings still hold counted as lost)
+            self.writer.disk_full(exc, lost=self.sink.pending_records())
             raise
         finally:
             seg.messages += self.sink.messages - before_messages

@@ -785,6 +785,15 @@ class CaptureWriter:
                 raise
             self._disk_full(exc)
 
+    def disk_full(self, exc: OSError, lost: int = 0) -> None:
+        """A write of another part of the capture (the spool) failed: re-raise ``exc``, or,
+        when the disk is full, stop the capture as the writer's own writes do (DiskFull),
+        with ``lost`` more events counted as lost for it."""
+        if not _is_disk_full(exc):
+            raise exc
+        self._lost[LOST_DISK_FULL] = self._lost.get(LOST_DISK_FULL, 0) + lost
+        self._disk_full(exc)
+
     def _disk_full(self, exc: OSError) -> None:
         """Stop: drop unfinished files, try to record the failure, raise DiskFull."""
         dropped = self._abort_open()

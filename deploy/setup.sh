@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up dnstrail on a fresh Debian 12 machine, as root.
 #
-#   deploy/setup.sh          python3-venv + python3-bpfcc from apt, the project into .venv
+#   deploy/setup.sh          python3-venv + python3-bpfcc + gcc from apt, the project into .venv
 #   deploy/setup.sh --lab    also what the tests and the lab need: kernel headers (linked to the
 #                            running kernel when it has none of its own), tracefs, dnsmasq,
 #                            unbound, dig/kdig, golang, musl, iodine, dns2tcp, dnsperf, tshark,
-#                            tcpdump
+#                            tcpdump, chromium-headless-shell (the HTML report in a browser)
 #
 # Idempotent: a second run only checks. The venv sees Debian's bcc module (the PyPI package
 # named "bcc" is an unrelated project) through a .pth file that exposes bcc and nothing else.
@@ -25,11 +25,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-apt_pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools)
+# gcc + libc6-dev: pip compiles the recorder's spool routine (capture/_spool.c) at install
+apt_pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools gcc libc6-dev)
 if [ "$lab" = 1 ]; then
   apt_pkgs+=(linux-headers-amd64 iproute2 procps psmisc dnsmasq-base unbound bind9-dnsutils
-             knot-dnsutils golang-go musl-tools gcc libc6-dev iodine dns2tcp dnsperf tshark
-             tcpdump net-tools)
+             knot-dnsutils golang-go musl-tools iodine dns2tcp dnsperf tshark
+             tcpdump net-tools chromium-headless-shell)
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do

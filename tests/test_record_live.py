@@ -236,7 +236,8 @@ def test_kill_9_mid_capture_keeps_finished_files(tmp_path: Path) -> None:
                     files = json.loads((out / "manifest.json").read_text())["files"]
                 except (OSError, ValueError):
                     files = []
-                if sum(1 for f in files if f["kind"] == "messages") >= 3:
+                # finished message files, or spool segments (saturated: not converted yet)
+                if sum(1 for f in files if f["kind"] in ("messages", "spool")) >= 3:
                     break
                 time.sleep(0.1)
             else:
@@ -249,10 +250,20 @@ def test_kill_9_mid_capture_keeps_finished_files(tmp_path: Path) -> None:
             proc.kill()
     m = check_capture(out, crashed=True)
     assert m["status"] == "running" and m["stopped_at"] is None
+    rows = 0
     for p in out.glob("*.parquet"):
         if not p.name.startswith(".tmp-"):
-            pq.read_table(p)  # every finished file reads, listed or not yet
-    assert event_table(out, "messages").num_rows > 0
+            t = pq.read_table(p)  # every finished file reads, listed or not yet
+            rows += t.num_rows if p.name.startswith("messages-") else 0
+    from capture.spool import count_records
+
+    rows += sum(count_records(p) for p in out.glob("spool-*.spool"))
+    assert rows > 0
+    # the analyzer reads all of it: finished files and the segment being written
+    import analyze
+
+    cap = analyze.load(out, work_dir=tmp_path / "work")
+    assert cap.sql("SELECT count(*) AS n FROM messages")["n"][0] == rows
 
 
 def test_lab_clients_in_fake_pods(lab, lab_clients, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

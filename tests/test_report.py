@@ -115,7 +115,7 @@ def test_markdown_escapes_wire_strings(hostile_capture: Any) -> None:
     rows = [ln for ln in md.splitlines() if ln.startswith("|") and "pipe" in ln]
     assert rows
     assert all("pipe\\|\\`code\\`\\*em\\*\\[l\\](u)" in ln for ln in rows)
-    assert any(ln.startswith("| ts | query | answer") for ln in md.splitlines())
+    assert any(ln.startswith("| time (UTC) | query | answer") for ln in md.splitlines())
 
 
 def test_markdown_table_rows_keep_their_width(hostile_capture: Any) -> None:
@@ -161,7 +161,10 @@ def test_summary_shows_lost_events(hostile_capture: Any, tmp_path: Path) -> None
     doc = html5lib.parse(html, namespaceHTMLElements=False)
     lost = [el for el in doc.iter() if el.get("class") == "lost"]
     assert lost and "17" in "".join(lost[0].itertext())
-    assert "ringbuf\\_full: 17" in render(lossy, [], "md")
+    text = render(lossy, [], "md")
+    # losses as a sentence, only the causes that lost something (no dict of zeros)
+    assert "17 events lost: 17 ringbuf\\_full." in text
+    assert "payload\\_unreadable" not in text
     assert json.loads(render(lossy, [], "json"))["summary"]["lost_total"] == 17
     clean = render(hostile_capture, [], "html", plots=False)
     assert 'class="lost"' not in clean

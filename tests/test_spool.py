@@ -166,7 +166,7 @@ def test_a_failed_write_leaves_the_records_in_the_ring(tmp_path: Path) -> None:
             sink.drain()
         os.close(ro)
         assert probe._positions()[0] == 0  # nothing consumed
-        path, sink2, _ = _segment(tmp_path, probe)
+        _, sink2, _ = _segment(tmp_path, probe)
         assert sink2.messages == len(recs)
     finally:
         probe.close()
@@ -190,3 +190,45 @@ def test_segment_header_round_trips(tmp_path: Path) -> None:
     assert spool.read_header(p) == h
     assert list(spool.read_segment(p)) == []
     assert mmap.PAGESIZE >= 4096
+
+
+def test_a_write_cut_short_keeps_the_records_it_wrote_whole(tmp_path: Path) -> None:
+    # a non-blocking pipe takes 64 KiB, then refuses (EAGAIN): a full disk does the same
+    # with ENOSPC after a partial write
+    recs = _records(400, seed=5)
+    fd, _ = _ring(0, recs)
+    probe = _probe(fd)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    os.set_blocking(r, False)
+    try:
+        sink = spool.SpoolSink(probe, SLOT, P._MSG_DTYPE.itemsize, stage_bytes=1 << 20)
+        sink.fd = w
+        with pytest.raises(BlockingIOError):
+            sink.drain()
+        kept = sink.messages
+        assert 0 < kept < len(recs)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(r, 1 << 16)
+            except BlockingIOError:
+                break
+            data += chunk
+            if len(chunk) < 1 << 16:
+                break
+        assert sink.spool_bytes <= len(data) < sink.spool_bytes + STRIDE
+        # the consumer moved past exactly the records now whole in the file
+        cons = probe._positions()[0]
+        assert cons == kept * STRIDE
+        seg = tmp_path / "spool-000001.spool"
+        seg.write_bytes(spool.SpoolHeader(P._MSG_DTYPE.itemsize, SLOT, 0, 0).pack()
+                        + data[:sink.spool_bytes])
+        got = [row["payload"] for part in spool.read_segment(seg) for b in part["messages"]
+               for row in b.to_pylist()]
+        assert got == [p for _, p in recs[:kept]]
+        assert sink.pending_records() == len(recs) - kept
+    finally:
+        os.close(r)
+        os.close(w)
+        probe.close()

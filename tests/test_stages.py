@@ -222,7 +222,7 @@ def test_the_same_capture_twice_is_read_once_and_said(tmp_path: Path) -> None:
     one = load(SAMPLE, work_dir=tmp_path / "w")
     twice = load([SAMPLE, SAMPLE], work_dir=tmp_path / "w")
     assert len(twice.transactions) == len(one.transactions)
-    assert any("same capture" in w for w in twice.warnings)
+    assert any("same capture" in w for w in twice.input_notes)
     doc = twice.report(format="json", plots=False)
     assert "same capture" in doc
 

@@ -15,6 +15,7 @@ the rows carry no process (pcaps); the answer must arrive before the connect.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -270,6 +271,20 @@ def _dns_to_connect(hit: pd.DataFrame, misses: int, ident: dict, who: str) -> Fi
     )
 
 
+def connect_result(value: Any) -> str:
+    """A connect() return value by name: ``ok``, ``EINPROGRESS`` (a non-blocking connect
+    under way), ``ECONNREFUSED`` ...; ``not seen`` when the exit was not recorded."""
+    if value is None:
+        return "not seen"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if n == 0:
+        return "ok"
+    return errno.errorcode.get(-n, f"error {n}") if n < 0 else str(n)
+
+
 def _is_public(addr: str) -> bool:
     try:
         ip = ipaddress.ip_address(addr)
@@ -293,7 +308,7 @@ def _unresolved(df: pd.DataFrame, total: int, ident: dict, who: str, resolves: b
         "query": "(no DNS answer for this address before the connect)",
         "answer": "-",
         "connect": f"{r['_ip']}:{clean(r.get('dst_port'))}",
-        "result": clean(r.get("result")),
+        "result": connect_result(clean(r.get("result"))),
     } for _, r in spread(df).iterrows()]
     return Finding(
         kind="unresolved_connect",

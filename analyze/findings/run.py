@@ -15,6 +15,7 @@ KINDS: dict[str, str] = {
     "tunneling": "tunneling",
     "cache_miss": "cache_miss",
     "ndots_amplification": "ndots",
+    "unknown_service": "ndots",
     "dns_to_connect": "connects",
     "unresolved_connect": "connects",
     "new_domain_connect": "connects",

@@ -52,7 +52,17 @@ def report_dict(capture: Any, findings: list[Finding]) -> dict[str, Any]:
         "dnstrail_version": __version__,
         "summary": summarize(capture, findings),
         "findings": [f.to_dict() for f in findings],
+        "whatif": _whatif(capture),
     }
+
+
+def _whatif(capture: Any) -> dict[str, Any] | None:
+    """The what-if section (analyze.whatif), for a Capture; None for anything else."""
+    if not hasattr(capture, "table_sql"):
+        return None
+    from analyze.whatif import whatif
+
+    return whatif(capture)
 
 
 def render(capture: Any, findings: list[Finding], format: str | None = None,
@@ -67,11 +77,11 @@ def render(capture: Any, findings: list[Finding], format: str | None = None,
     elif fmt == "md":
         from analyze.report.markdown import render_markdown
 
-        text = render_markdown(findings, doc["summary"], meta)
+        text = render_markdown(findings, doc["summary"], meta, whatif=doc["whatif"])
     else:
         from analyze.report.html import render_html
 
-        text = render_html(capture, findings, doc["summary"], meta)
+        text = render_html(capture, findings, doc["summary"], meta, whatif=doc["whatif"])
     if path is not None:
         Path(path).write_text(text, encoding="utf-8")
     return text

@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from analyze.findings._common import SEVERITIES, Finding, json_safe
+from analyze.findings._common import Finding, json_safe
+from analyze.report import _human as hu
 from analyze.report._text import md
+from analyze.report.summary import summary_rows, top_rows
+from analyze.report.whatif import whatif_markdown
 
 
-def _cell(v: Any) -> str:
-    v = json_safe(v)
-    if isinstance(v, (dict, list)):
-        v = json.dumps(v, ensure_ascii=False)
-    elif isinstance(v, float):
-        v = f"{v:.6g}"
-    return md("" if v is None else v)
+def _cell(v: Any, key: str = "", day: str | None = None) -> str:
+    return md(hu.value(json_safe(v), key=key, day=day))
 
 
-def _table(keys: list[str], rows: list[dict[str, Any]]) -> list[str]:
-    out = ["| " + " | ".join(md(k) for k in keys) + " |",
+def _table(keys: list[str], rows: list[dict[str, Any]], day: str | None = None) -> list[str]:
+    out = ["| " + " | ".join(md(hu.label(k)) for k in keys) + " |",
            "|" + "---|" * len(keys)]
-    out.extend("| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in rows)
+    out.extend("| " + " | ".join(_cell(r.get(k), k, day) for k in keys) + " |" for r in rows)
+    return out
+
+
+def _grid(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(md(k) for k in head) + " |", "|" + "---|" * len(head)]
+    out.extend("| " + " | ".join(md(c) for c in r) + " |" for r in rows)
     return out
 
 
 def render_markdown(findings: list[Finding], summary: dict[str, Any],
-                    meta: dict[str, Any]) -> str:
+                    meta: dict[str, Any], *, whatif: dict[str, Any] | None = None) -> str:
     s = summary
+    day = hu.one_day(s.get("start"), s.get("end"))
     lines = ["# dnstrail report", ""]
     comp = s.get("completeness") or {}
     if comp and not comp.get("complete"):
@@ -36,33 +40,23 @@ def render_markdown(findings: list[Finding], summary: dict[str, Any],
         lines += [f"> - {md(p)}" for p in comp.get("problems", [])]
         lines += [""]
     if s.get("lost_total"):
-        lost = ", ".join(f"{k}: {v}" for k, v in s["lost"].items() if v)
-        lines += [(f"> **Events were lost during the capture ({s['lost_total']}: {md(lost)}). "
-                   "The capture is incomplete.**"), ""]
+        lines += [f"> **{md(hu.lost(s.get('lost') or {}))} The capture is incomplete.**", ""]
     if s.get("filters"):
         shown = ", ".join(f"{k}={v}" for k, v in s["filters"].items())
         lines += [(f"> **Filtered report ({md(shown)}): only what matches, not the node's "
                   "whole DNS.**"), ""]
-    sev = s["findings_by_severity"]
-    lines += ["## Summary", "",
-              "Findings: " + ", ".join(f"**{x}** {int(sev.get(x, 0))}"
-                                       for x in reversed(SEVERITIES)), ""]
-    rows = [
-        ("capture span", f"{s.get('start')} .. {s.get('end')} ({s.get('duration_s')} s)"),
-        ("nodes", ", ".join(s.get("nodes") or [])),
-        ("messages", s.get("messages")),
-        ("transactions", s.get("transactions")),
-        ("answered / timeouts", f"{s.get('answered')} / {s.get('timeouts')}"),
-        ("NXDOMAIN / SERVFAIL", f"{s.get('nxdomain')} / {s.get('servfail')}"),
-        ("lookups", s.get("lookups")),
-        ("connects", s.get("connects")),
-        ("decode errors", s.get("decode_errors")),
-        ("lost events", s.get("lost") or "none"),
-    ]
-    lines += _table(["", "value"], [{"": k, "value": v} for k, v in rows]) + [""]
+    lines += ["## Summary", ""]
+    lines += _grid(["", "value"], [[k, v] for k, v in summary_rows(s)]) + [""]
+    if s.get("warnings"):
+        lines += ["Load warnings:", ""] + [f"- {md(w)}" for w in s["warnings"]] + [""]
+    for title, (head, rows) in top_rows(s).items():
+        if rows:
+            lines += [f"### {md(title)}", ""] + _grid(head, rows) + [""]
     lines += ["## Findings", ""]
     if not findings:
         lines += ["No findings.", ""]
+    elif day is not None:
+        lines += [f"Times are UTC, on {md(day)}.", ""]
     for i, f in enumerate(findings, 1):
         title = f"{i}. [{f.severity}] {f.kind}: {f.workload}" + \
             (f" — {f.domain}" if f.domain else "")
@@ -72,15 +66,26 @@ def render_markdown(findings: list[Finding], summary: dict[str, Any],
                  if getattr(f, k) is not None}
         if ident:
             lines += _table(list(ident), [ident]) + [""]
-        if f.metrics:
-            metrics = {k: v for k, v in f.metrics.items() if k != "delays_s"}
-            lines += ["Metrics: " + "; ".join(f"{md(k)} = {_cell(v)}"
+        metrics = {k: v for k, v in f.metrics.items()
+                   if k != "delays_s" and v is not None and not hu.is_table(v)}
+        if metrics:
+            lines += ["Metrics: " + "; ".join(f"{md(hu.label(k))} {_cell(v, k)}"
                                               for k, v in metrics.items()), ""]
+        for k, v in f.metrics.items():
+            if hu.is_table(v):
+                cols: list[str] = []
+                for r in v.values():
+                    cols.extend(c for c in r if c not in cols)
+                lines += [f"{md(hu.label(k))} ({len(v)}):", ""]
+                lines += _grid(["name", *(hu.label(c) for c in cols)], [[str(n), *(hu.value(r.get(c), key=c)
+                                                            for c in cols)]
+                                                 for n, r in v.items()]) + [""]
         if f.evidence:
             keys: list[str] = []
             for row in f.evidence:
                 keys.extend(k for k in row if k not in keys)
-            lines += _table(keys, f.evidence) + [""]
+            lines += _table(keys, f.evidence, day) + [""]
+    lines += whatif_markdown(whatif)
     lines += [(f"_dnstrail {md(meta.get('dnstrail_version'))}, generated "
                f"{md(meta.get('generated_at'))}_"), ""]
     return "\n".join(lines)

@@ -75,5 +75,14 @@ REPORT_SCHEMA: dict[str, Any] = {
             },
         },
         "findings": {"type": "array", "items": FINDING_SCHEMA},
+        "whatif": {"type": ["object", "null"], "properties": {
+            "node_cache": {"type": "object",
+                           "required": ["queries", "saved", "saved_share", "timeouts_answered",
+                                        "top_names"]},
+            "ndots": {"type": "array", "items": {
+                "type": "object",
+                "required": ["ndots", "saved_queries", "extra_queries", "net_saved",
+                             "lookups_shortened", "lookups_lengthened"]}},
+        }},
     },
 }

@@ -13,6 +13,42 @@ from analyze.findings._common import SEVERITIES, Finding, json_safe, present, ta
 #: Version of the JSON report layout (docs/report.md). Bump on incompatible changes.
 SCHEMA_VERSION = 1
 
+#: Rows of the top talkers and top names tables.
+TOP = 10
+
+#: Who asked, as the report labels a client: namespace/pod, else the program, else the address.
+WHO_SQL = ("CASE WHEN coalesce(CAST(pod AS VARCHAR), '') <> '' THEN "
+           "CASE WHEN namespace IS NOT NULL THEN CAST(namespace AS VARCHAR) || '/' "
+           "|| CAST(pod AS VARCHAR) ELSE CAST(pod AS VARCHAR) END "
+           "WHEN coalesce(CAST(comm AS VARCHAR), '') <> '' THEN CAST(comm AS VARCHAR) "
+           "ELSE coalesce(client_addr, '?') END")
+
+
+def top_tables(capture: Any, limit: int = TOP) -> dict[str, list[dict[str, Any]]]:
+    """The busiest clients and the most asked names, from the client transactions (two
+    aggregate queries in the engine; empty for an object without SQL tables)."""
+    if not callable(getattr(capture, "table_sql", None)):
+        return {"top_clients": [], "top_names": []}
+    from analyze.findings._sql import client_rows
+
+    rows = client_rows(capture)
+    clients = rows.arrow(
+        f"{WHO_SQL} AS client, count(*) AS queries, "
+        "count(*) FILTER (WHERE rcode_name = 'NXDOMAIN') AS nxdomain, "
+        "count(*) FILTER (WHERE status = 'timeout') AS timeouts, "
+        "count(DISTINCT qname) AS names, "
+        "round(quantile_cont(latency_s, 0.5) * 1000, 3) AS median_latency_ms",
+        f"GROUP BY 1 ORDER BY queries DESC, client LIMIT {int(limit)}").to_pylist()
+    names = rows.where("qname IS NOT NULL").arrow(
+        f"lower(qname) AS name, count(*) AS queries, count(DISTINCT {WHO_SQL}) AS clients, "
+        "count(*) FILTER (WHERE rcode_name = 'NXDOMAIN') AS nxdomain, "
+        "count(*) FILTER (WHERE status = 'timeout') AS timeouts, "
+        "list(DISTINCT qtype ORDER BY qtype) AS qtypes",
+        f"GROUP BY 1 ORDER BY queries DESC, name LIMIT {int(limit)}").to_pylist()
+    for n in names:
+        n["qtypes"] = [str(q) for q in (n.get("qtypes") or []) if q is not None]
+    return {"top_clients": clients, "top_names": names}
+
 
 def _count(df: pd.DataFrame, column: str, value: Any) -> int:
     if df.empty or column not in df.columns:
@@ -101,4 +137,58 @@ def summarize(capture: Any, findings: list[Finding]) -> dict[str, Any]:
                     for k, v in (getattr(capture, "filters", None) or {}).items()},
         "findings_by_severity": {s: int(sev.get(s, 0)) for s in reversed(SEVERITIES)},
         "findings_by_kind": dict(sorted(kinds.items())),
+        **top_tables(capture),
     })
+
+
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary as (label, sentence) rows in human units: what the HTML and the Markdown
+    reports both show."""
+    from analyze.report import _human as hu
+
+    caps = s.get("captures") or []
+    rows = [
+        ("capture span", hu.span(s.get("start"), s.get("end"), s.get("duration_s"))),
+        ("nodes", ", ".join(s.get("nodes") or []) or "unknown"),
+        ("captures", "; ".join(
+            f"{c.get('path')} ({c.get('source') or '?'}, {c.get('status') or '?'}"
+            + (f": {c.get('error')}" if c.get("error") else "") + ")" for c in caps) or "none"),
+        ("messages", (f"{hu.count(s.get('messages', 0))} ("
+                     f"{hu.count(s.get('decode_errors', 0))} did not decode, "
+                     f"{hu.count(s.get('truncated_payloads', 0))} truncated by the snaplen)")),
+        ("transactions", (f"{hu.count(s.get('transactions', 0))}: "
+                         f"{hu.count(s.get('answered', 0))} answered, "
+                         f"{hu.count(s.get('timeouts', 0))} timed out, "
+                         f"{hu.count(s.get('unsolicited', 0))} answers without a query")),
+        ("errors", (f"{hu.count(s.get('nxdomain', 0))} NXDOMAIN, "
+                   f"{hu.count(s.get('servfail', 0))} SERVFAIL")),
+        ("lookups", (f"{hu.count(s.get('lookups', 0))} resolver calls "
+                    "(the queries of one getaddrinfo() together)")),
+        ("connects / execs", (f"{hu.count(s.get('connects', 0))} connect() calls, "
+                             f"{hu.count(s.get('execs', 0))} programs started")),
+        ("pods", hu.count(s.get("pods", 0))),
+        ("lost events", hu.lost(s.get("lost") or {})),
+        ("findings", hu.severities(s.get("findings_by_severity") or {},
+                                   tuple(reversed(SEVERITIES)))),
+        ("findings by kind", hu.by_kind(s.get("findings_by_kind") or {})),
+    ]
+    if s.get("filters"):
+        rows.append(("filters", ", ".join(f"{k} {v}" for k, v in s["filters"].items())))
+    return rows
+
+
+def top_rows(s: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """The top talkers and top names tables: (title, (header, rows of text))."""
+    from analyze.report import _human as hu
+
+    clients = (["client", "queries", "NXDOMAIN", "timeouts", "names", "median latency"],
+               [[str(r.get("client")), hu.count(r.get("queries")), hu.count(r.get("nxdomain")),
+                 hu.count(r.get("timeouts")), hu.count(r.get("names")),
+                 hu.value(r.get("median_latency_ms"), key="median_latency_ms") or "-"]
+                for r in s.get("top_clients") or []])
+    names = (["name", "types", "queries", "clients", "NXDOMAIN", "timeouts"],
+             [[str(r.get("name")), ", ".join(r.get("qtypes") or []), hu.count(r.get("queries")),
+               hu.count(r.get("clients")), hu.count(r.get("nxdomain")),
+               hu.count(r.get("timeouts"))]
+              for r in s.get("top_names") or []])
+    return {"Top talkers": clients, "Top names": names}
