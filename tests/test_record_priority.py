@@ -218,7 +218,8 @@ def _cpu_seconds(pid: int) -> float:
 def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """SCHED_IDLE hogs on every CPU leave the node no idle time without outranking the
     recorder, so only --cpu-budget can hold it back: under a dnsperf flood its CPU stays
-    within the default budget (plus one poll's work), and what it did not read is counted."""
+    within the default budget (plus one poll's work), and what it did not read is counted.
+    (The cap is --no-spool's way to yield; spooling, auto defers the conversion instead.)"""
     import threading
 
     from tests.lab.require import require_root_bcc
@@ -228,7 +229,7 @@ def test_auto_caps_the_recorder_cpu_while_the_node_is_saturated(lab, tmp_path: P
 
     out = tmp_path / "cap"
     results = []
-    with _recording(out, "--duration", "120s") as (proc, lines), \
+    with _recording(out, "--duration", "120s", "--no-spool") as (proc, lines), \
             _Hogs(idle=True):
         assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
         assert any("at most 2% of one CPU" in ln for ln in lines), "".join(lines)
