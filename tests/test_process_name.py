@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +40,7 @@ _NS = 1_000_000_000
 
 
 @pytest.fixture
-def threaded() -> tuple[subprocess.Popen[str], int]:
+def threaded() -> Iterator[tuple[subprocess.Popen[str], int]]:
     proc = subprocess.Popen([sys.executable, "-c", _THREADED], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
