@@ -124,9 +124,11 @@ class AutoPriority:
     The recorder's own effect on the idle share is also learned from each relapse: a
     latency-bound workload (a client waiting on its server) loses more idle CPU to a
     recorder at nice 0 than the recorder's CPU time, so the idle share seen while capped
-    overstates what raising will leave. When a raise is followed by a relapse, the drop of
-    the idle share from the spell before the raise (its mean over the ``hold``) to the spell
-    after it (its mean at nice 0) is kept as ``footprint`` (at most ``max_footprint``), and
+    overstates what raising will leave. When a raise is followed by a relapse within
+    ``learn_within`` seconds (at once: the recorder's reading did it, not a load that came
+    later), the drop of the idle share from the spell before the raise (its mean over the
+    ``hold``) to the spell after it (its mean at nice 0) is kept as ``footprint`` (at most
+    ``max_footprint``), and
     the next raise also needs the idle share above the lowering threshold + ``footprint`` +
     5 points: what the idle share would be at nice 0 must stay clear of the lowering. So a
     steady flood that the recorder can only keep up with at nice 0 makes it switch three
@@ -143,7 +145,8 @@ class AutoPriority:
                  low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 10,
                  apply: bool = True, cost_per_message: float = 1e-6,
                  cpus: int | None = None, max_hold: float = 64.0,
-                 relapse_window: float = 30.0, max_footprint: float = 0.5) -> None:
+                 relapse_window: float = 30.0, max_footprint: float = 0.5,
+                 learn_within: float = 2.0) -> None:
         self.stat_path = stat_path
         self.interval = interval
         self.low_below = low_below
@@ -155,6 +158,7 @@ class AutoPriority:
         self.max_hold = max_hold
         self.relapse_window = relapse_window
         self.max_footprint = max_footprint
+        self.learn_within = learn_within
         self.footprint = 0.0
         self.level = "normal"
         self.switches = 0
@@ -243,11 +247,14 @@ class AutoPriority:
             self.hold = (min(self.hold * 2, self.max_hold) if relapse
                          else self._base_hold)
             spent, idle = self._normal
-            if relapse and self._raised_idle is not None and spent > 0:
+            if not relapse:
+                self.footprint = 0.0
+            elif (self._raised_idle is not None and 0 < spent
+                    and now - (self._raised_at or now) < self.learn_within):
+                # at once: the recorder's own reading did it (a load that comes later
+                # would teach it nothing about the recorder, and keeps what it knew)
                 drop = self._raised_idle - idle / spent
                 self.footprint = min(max(drop, 0.0), self.max_footprint)
-            elif not relapse:
-                self.footprint = 0.0
         else:
             self.held = held
             self._raised_at = now

@@ -179,9 +179,11 @@ def test_auto_priority_yields_while_the_cpus_are_saturated(tmp_path: Path) -> No
             assert _wait_for(lambda: any(ln.startswith("priority: low (idle ") and how in ln
                                          for ln in lines), 15), "".join(lines)
             assert _nices(proc.pid) == {low_nice}, "".join(lines)
-        assert _wait_for(lambda: _nices(proc.pid) == {0}, 15), "".join(lines)
+        # spooling, the nices are 0 all along: the line is what tells (other jobs on the
+        # machine may keep it saturated a while after the hogs end)
         assert _wait_for(lambda: any(ln.startswith("priority: normal (idle ") for ln in lines),
-                         5), "".join(lines)
+                         20), "".join(lines)
+        assert _nices(proc.pid) == {0}, "".join(lines)
     assert proc.returncode == 0, "".join(lines)
     m = check_capture(out)
     assert m["status"] == "complete" and m["filters"]["priority"] == "auto"
@@ -443,3 +445,33 @@ def test_auto_priority_learns_what_its_reading_costs_a_flood(tmp_path: Path) -> 
     assert learned[0][0] == 0.1 and learned[-1][0] > 60.0
     doubling_only = run(max_footprint=0.0)
     assert len(doubling_only) >= 10, doubling_only
+
+
+def test_a_load_that_comes_later_teaches_nothing_about_the_recorder(tmp_path: Path) -> None:
+    """A relapse seconds after a raise is another load arriving, not the recorder's reading:
+    the footprint stays 0 and the next raise needs no more idle CPU than the first."""
+    from capture.sched import AutoPriority
+
+    auto = AutoPriority(str(tmp_path / "stat"), apply=False, cpus=2)
+    idle = busy = 1000
+    t = 0.0
+    _stat(tmp_path / "stat", idle, busy)
+    auto.update(t, 0)
+    switches = []
+    # saturated 1 s, 45 % idle 6 s, saturated 1 s, 45 % idle 6 s
+    for share in [0.0] * 10 + [0.45] * 60 + [0.0] * 10 + [0.45] * 60:
+        idle += round(20 * share)
+        busy += 20 - round(20 * share)
+        t = round(t + 0.1, 1)
+        _stat(tmp_path / "stat", idle, busy)
+        changed = auto.update(t, 0)
+        if changed:
+            switches.append((t, changed, auto.footprint, auto.threshold))
+    assert [(lvl, fp) for _, lvl, fp, _ in switches] == [
+        ("low", 0.0), ("normal", 0.0), ("low", 0.0), ("normal", 0.0)], switches
+    assert switches[1][3] == switches[3][3] == pytest.approx(0.25)  # 20 % + 5 points
+    # the second raise waited the doubled hold (a relapse within 30 s) from the end of the
+    # second saturation (8.0 s), at the same threshold
+    # (within two samples: a step of 0.0999... s is not yet an interval and waits a sample)
+    assert switches[2][0] == pytest.approx(7.1, abs=0.25)
+    assert switches[3][0] == pytest.approx(10.0, abs=0.25)
