@@ -10,8 +10,9 @@ the kernel side runs in the context of the process that moved the message and is
   one CPU, all its threads together: `CpuBudget`); once the idle share has stayed for a
   second above 25 % plus twice that reading share (`AutoPriority`), it goes back to nice 0
   without a cap. Each relapse within 30 s of going back doubles that second (up to 64 s),
-  and teaches it how much idle CPU its reading at nice 0 took (the idle share's drop across
-  the raise): the next raise waits for that much more idle CPU. So neither a node swinging
+  and a relapse within 2 s of it teaches it how much idle CPU its reading at nice 0 took
+  (the idle share's drop across the raise): the next raise waits for that much more idle
+  CPU. So neither a node swinging
   around the thresholds nor a steady flood that only a capped recorder leaves idle CPU in
   makes it flap. So on a node with CPU to spare it records everything, and on a node whose
   CPUs are saturated it yields them to the workload and counts what it cannot keep (raising
