@@ -595,11 +595,13 @@ class Probe:
         return rings
 
     def count_drained(self, ring_bytes: int, messages: int, payload_bytes: int,
-                      rescued: int = 0) -> None:
-        """Account for records another reader (capture.spool) took out of the rings (the
-        messages among them; connects and execs are counted when parse_records parses them)."""
+                      others: int = 0, rescued: int = 0) -> None:
+        """Account for records another reader (capture.spool) took out of the rings: messages,
+        and ``others`` (connects, execs, malformed records: counted as connects here, which
+        only the per-record average of ``stats`` uses)."""
         self._counts.ring_bytes += ring_bytes
         self._counts.messages += messages
+        self._counts.connects += others
         self._counts.payload_bytes += payload_bytes
         self._counts.rescued += rescued
         self._counts.polls += 1

@@ -440,7 +440,8 @@ def _run(
 
             spooler = Spooler(writer, probe, lambda b: _consume(b, writer, state),
                               max_bytes=options.max_file_bytes,
-                              max_seconds=options.rotate_seconds, clock=time.monotonic)
+                              max_seconds=options.rotate_seconds, clock=time.monotonic,
+                              poll_ms=options.poll_ms)
         err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
         err.writelines(line + "\n" for line in _drops_lines(options, spooling=spooling))
         if filtering and not current_ids:
@@ -460,11 +461,10 @@ def _run(
                 # capped (auto, low): one chunk per poll (~25 ms of work), so that sleeping
                 # off each poll stays within the 2 s longest pause below and the cap holds
                 if spooler is not None:
-                    probe.wait(timeout_ms=timeout)
-                    spooler.drain()
-                    spooler.tick()
-                    if auto is None or auto.level == "normal":
-                        spooler.convert(max_chunks=_CONVERT_CHUNKS)
+                    # the spool's thread drains the rings; this one converts when it may
+                    convert = auto is None or auto.level == "normal"
+                    if not spooler.service(convert, _CONVERT_CHUNKS):  # nothing converted
+                        stop.wait(min(timeout, _SERVICE_MS) / 1000)
                 else:
                     capped = (auto is not None and auto.level == "low"
                               and options.cpu_budget > 0)
@@ -518,14 +518,19 @@ def _run(
             err.write("\n")
         # Drain what is already in the ring buffer (a poll parses at most two chunks of
         # 16384 records; 200 polls empty even a full 1 GB ring).
-        for _ in range(200):
-            if spooler is not None:
-                if not spooler.drain():
+        if spooler is not None:
+            spooler.stop()  # its last drain of the rings, before they are unmapped
+        else:
+            for _ in range(200):
+                if not _consume(probe.poll(timeout_ms=0), writer, state):
                     break
-            elif not _consume(probe.poll(timeout_ms=0), writer, state):
-                break
         writer.set_lost(probe.lost())
     except BaseException as exc:
+        if spooler is not None:
+            try:
+                spooler.stop()
+            except BaseException as also:  # noqa: BLE001  (the first error is the one raised)
+                err.write(f"warning: stopping the spool: {type(also).__name__}: {also}\n")
         _detach(probe, err)
         if writer.started and not writer.closed:  # DiskFull has closed it already
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -579,6 +584,8 @@ _RECORD_BYTES_GUESS = 384
 #: Spool chunks (16384 records each) converted per pass of the loop while the node has CPU
 #: to spare: ~10 ms each, so the ring is drained again well before it can fill.
 _CONVERT_CHUNKS = 2
+#: How often the recorder's thread looks at the spool while it has nothing to convert (ms).
+_SERVICE_MS = 50
 #: The work per message auto counts against the idle share while spooling (the conversion).
 _SPOOL_COST = 0.7e-6
 #: A backlog above this many messages at the end is announced before it is converted.

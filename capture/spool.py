@@ -207,9 +207,11 @@ class SpoolSink:
     parsed (connects, execs) and the number of messages spooled."""
 
     def __init__(self, probe: Any, snaplen: int, msg_hdr: int,
-                 stage_bytes: int = 4 << 20, side_bytes: int = 1 << 20) -> None:
+                 stage_bytes: int = 1 << 20, side_bytes: int = 1 << 20,
+                 parser: Any = None) -> None:
         self._lib = _lib()
         self.probe = probe
+        self.parser = parser if parser is not None else probe
         self.snaplen = snaplen
         self.msg_hdr = msg_hdr
         self._stage = np.zeros(stage_bytes, dtype=np.uint8)
@@ -248,11 +250,11 @@ class SpoolSink:
                 self.payload_bytes += res.payload_bytes
                 self.spool_bytes += res.spool_bytes
                 self.probe.count_drained(res.ring_bytes, res.messages, res.payload_bytes,
-                                         res.records if i else 0)
+                                         res.records - res.messages, res.records if i else 0)
                 if res.side_bytes:
                     starts, lens, _ = _index(side, res.side_bytes, 1 << 16)
-                    for kind, batches in self.probe.parse_records(self._side, starts,
-                                                                  lens).items():
+                    for kind, batches in self.parser.parse_records(self._side, starts,
+                                                                   lens).items():
                         out[kind].extend(batches)
                     side[:res.side_bytes] = 0
                 if res.error:
@@ -273,15 +275,23 @@ class _Segment:
 
 
 class Spooler:
-    """The recorder's spool: segments opened, filled by ``drain``, closed by size or age
-    (``tick``), listed in the manifest, and turned into messages Parquet files by
-    ``convert`` when the recorder has CPU to spare; ``finish`` converts what is left.
+    """The recorder's spool: a drain thread moves the rings into spool segments and rotates
+    them by size or age; the recorder's thread (``service``) writes the side records, lists
+    each closed segment in the manifest with its hash, and turns segments into messages
+    Parquet files (``convert``) when there is CPU to spare; ``finish`` stops the drain thread
+    and converts what is left.
 
-    ``on_batches`` receives every parsed batch dict (side records at once, messages as they
-    are converted) and writes it (the recorder's ``_consume``)."""
+    The drain thread touches only the rings, the open segment's file and two queues: the
+    hashing, fsyncs and manifest rewrites that take the recorder's thread tens of
+    milliseconds and more on a busy disk never hold the ring up. ``on_batches`` receives every
+    parsed batch dict (side records, and messages as they are converted) on the recorder's
+    thread and writes it (the recorder's ``_consume``)."""
 
     def __init__(self, writer: Any, probe: Any, on_batches: Any, *,
-                 max_bytes: int, max_seconds: float, clock: Any) -> None:
+                 max_bytes: int, max_seconds: float, clock: Any, poll_ms: int = 100) -> None:
+        import queue
+        import threading
+
         from capture.probe import _MSG_DTYPE
 
         self.writer = writer
@@ -290,85 +300,120 @@ class Spooler:
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
         self.clock = clock
+        self.poll_ms = poll_ms
         self.msg_hdr = int(_MSG_DTYPE.itemsize)
-        self.sink = SpoolSink(probe, probe.cfg.snaplen, self.msg_hdr)
-        self._parser = _parser(SpoolHeader(self.msg_hdr, probe.cfg.snaplen,
-                                           int(probe.boot_time_ns), 0))
-        self._pending: list[tuple[Path, int]] = []  # closed segments, oldest first
+        header = SpoolHeader(self.msg_hdr, probe.cfg.snaplen, int(probe.boot_time_ns), 0)
+        # parsers of their own: the probe's ring attributes are never swapped under a reader
+        self.sink = SpoolSink(probe, probe.cfg.snaplen, self.msg_hdr, parser=_parser(header))
+        self._parser = _parser(header)
+        self._pending: list[tuple[Path, int]] = []  # listed segments, oldest first
         self._pending_messages = 0
         self._converting: Iterator[dict[str, list[pa.RecordBatch]]] | None = None
+        self._side: queue.SimpleQueue[dict[str, list[pa.RecordBatch]]] = queue.SimpleQueue()
+        self._closed: queue.SimpleQueue[_Segment] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
         self._segment: _Segment | None = None
         self.converted_segments = 0
-        self._open()
+        self.spooled = 0  # messages in segments (open or closed, converted or not)
+        self._segment = self._new_segment()
+        self._thread = threading.Thread(target=self._run, name="dnstrail-spool", daemon=True)
+        self._thread.start()
 
-    # -- segments --
-    def _open(self) -> None:
-        first = self.writer.next_seq["messages"] + self._pending_messages
+    # -- the drain thread --
+    def _new_segment(self) -> _Segment:
+        first = self.writer.next_seq["messages"] + self._pending_messages + (
+            self._segment.messages if self._segment is not None else 0)
         header = SpoolHeader(self.msg_hdr, self.probe.cfg.snaplen, int(self.probe.boot_time_ns),
                              first)
-        fd, path = self.writer.spool_open(header.pack())
-        self._segment = _Segment(fd, path, self.clock())
+        fd, path = self.writer.spool_create(header.pack())
+        seg = _Segment(fd, path, self.clock())
         self.sink.fd = fd
+        return seg
 
-    def _close(self) -> None:
-        seg = self._segment
-        assert seg is not None
-        self._segment = None
-        self.sink.fd = None
-        self.writer.spool_closed(seg.fd, seg.path, seg.messages)
-        self._pending.append((seg.path, seg.messages))
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.probe.wait(timeout_ms=self.poll_ms)
+                self._drain_once()
+            for _ in range(200):  # what the rings still hold at the end
+                if not self._drain_once():
+                    break
+        except BaseException as exc:  # noqa: BLE001  (handed to the recorder's thread)
+            self._error = exc
 
-    @property
-    def backlog_messages(self) -> int:
-        """Messages spooled and not yet in Parquet files (closed and open segments)."""
-        open_ = self._segment.messages if self._segment is not None else 0
-        return self._pending_messages + open_
-
-    @property
-    def backlog_segments(self) -> int:
-        return len(self._pending)
-
-    # -- the hot path --
-    def drain(self) -> int:
-        """Move what the rings hold into the open segment; write the side records. Returns
-        the messages spooled."""
+    def _drain_once(self) -> int:
         seg = self._segment
         assert seg is not None
         before_bytes, before_messages = self.sink.spool_bytes, self.sink.messages
         try:
             side, _ = self.sink.drain()
-        except OSError as exc:
+        except OSError:
             # what a failed write left half-written after the last whole write: cut it off
             seg.bytes += self.sink.spool_bytes - before_bytes
+            seg.messages += self.sink.messages - before_messages
             try:
                 os.ftruncate(seg.fd, seg.bytes)
             except OSError:
                 pass
-            seg.messages += self.sink.messages - before_messages
-            before_messages = self.sink.messages
-            # DiskFull (the capture ends 'failed', what the rings still hold counted as lost)
-            self.writer.disk_full(exc, lost=self.sink.pending_records())
             raise
-        finally:
-            seg.messages += self.sink.messages - before_messages
+        spooled = self.sink.messages - before_messages
         seg.bytes += self.sink.spool_bytes - before_bytes
+        seg.messages += spooled
+        self.spooled += spooled
         if any(side.values()):
-            self.on_batches(side)
-        return self.sink.messages - before_messages
-
-    def tick(self) -> None:
-        """Close the open segment when it is big or old enough (and holds something)."""
-        seg = self._segment
-        assert seg is not None
+            self._side.put(side)
         if seg.messages and (seg.bytes >= self.max_bytes
                              or self.clock() - seg.opened_at >= self.max_seconds):
+            self._segment = self._new_segment()  # counts seg's messages in its first seq
             self._pending_messages += seg.messages
-            self._close()
-            self._open()
+            self._closed.put(seg)
+        return spooled
 
-    # -- conversion (off the hot path) --
+    # -- the recorder's thread --
+    def service(self, convert: bool, max_chunks: int = 2) -> int:
+        """Write the side records, list closed segments, and (``convert``) turn up to
+        max_chunks chunks of spooled messages into Parquet rows; returns the messages
+        converted. Raises what stopped the drain thread (DiskFull for a full disk)."""
+        self._take_side()
+        self._list_closed()
+        if self._error is not None:
+            self._raise()
+        return self.convert(max_chunks) if convert else 0
+
+    def _take_side(self) -> None:
+        while not self._side.empty():
+            self.on_batches(self._side.get())
+
+    def _list_closed(self) -> None:
+        while not self._closed.empty():
+            seg = self._closed.get()
+            self.writer.spool_closed(seg.fd, seg.path, seg.messages)
+            self._pending.append((seg.path, seg.messages))
+
+    def _raise(self) -> None:
+        exc = self._error
+        assert exc is not None
+        self._error = None
+        if isinstance(exc, OSError):
+            # DiskFull (the capture ends 'failed', what the rings still hold counted as
+            # lost), or the error itself
+            self.writer.disk_full(exc, lost=self.sink.pending_records())
+        raise exc
+
+    @property
+    def backlog_messages(self) -> int:
+        """Messages spooled and not yet in Parquet files (closed and open segments)."""
+        return self.spooled - self.converted_messages
+
+    converted_messages = 0
+
+    @property
+    def backlog_segments(self) -> int:
+        return len(self._pending) + self._closed.qsize()
+
     def convert(self, max_chunks: int = 1) -> int:
-        """Turn up to max_chunks chunks (READ_RECORDS records each) of the oldest closed
+        """Turn up to max_chunks chunks (READ_RECORDS records each) of the oldest listed
         segment into messages rows. Returns the messages converted."""
         done = 0
         for _ in range(max_chunks):
@@ -385,21 +430,34 @@ class Spooler:
                 self.converted_segments += 1
                 continue
             self.on_batches(batch)
-            done += sum(b.num_rows for b in batch["messages"])
+            n = sum(b.num_rows for b in batch["messages"])
+            self.converted_messages += n
+            done += n
         return done
 
+    def stop(self) -> None:
+        """Stop the drain thread after a last drain of the rings (before they are unmapped).
+        Raises what stopped it."""
+        self._stop.set()
+        self._thread.join()
+        self._take_side()
+        self._list_closed()
+        if self._error is not None:
+            self._raise()
+
     def finish(self) -> None:
-        """Close the open segment and convert every segment left (after the last drain)."""
+        """After ``stop``: close the open segment and convert every segment left."""
         seg = self._segment
         if seg is not None:
-            self._pending_messages += seg.messages
+            self._segment = None
+            self.sink.fd = None
             if seg.messages:
-                self._close()
+                self._pending_messages += seg.messages
+                self.writer.spool_closed(seg.fd, seg.path, seg.messages)
+                self._pending.append((seg.path, seg.messages))
             else:  # an empty segment: nothing to keep
                 self.writer.spool_closed(seg.fd, seg.path, 0, listed=False)
                 seg.path.unlink(missing_ok=True)
-                self._segment = None
-                self.sink.fd = None
         while self._pending or self._converting is not None:
             self.convert(max_chunks=64)
 

@@ -61,6 +61,9 @@ DIR_MODE = 0o700
 #: Lost-event cause the writer itself can add: rows of a file that could not be finished
 #: because the disk was full.
 LOST_DISK_FULL = "disk_full"
+#: Space kept aside for the last manifest and snapshots of a capture that fills its disk.
+RESERVE_BYTES = (256 * 1024, 64 * 1024)
+RESERVE_NAME = TMP_PREFIX + "reserve"
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _EVENT_NAME = re.compile(r"^(?:" + re.escape(TMP_PREFIX) + r")?([a-z]+)-(\d+)\.parquet$")
@@ -353,7 +356,31 @@ class CaptureWriter:
         self._flusher = _Flusher()
         self.status = "running"
         self._guarded(self._write_manifest)
+        self._reserve_space()
         return self
+
+    def _reserve_space(self) -> None:
+        """Set RESERVE_BYTES (the first size that fits) aside in a ``.tmp-`` file (readers
+        ignore it). The spool writes until the disk is full to the last block; deleting this
+        file on a full disk (``_disk_full`` deletes every ``.tmp-`` file) leaves room for the
+        final manifest."""
+        path = self.directory / RESERVE_NAME
+        for size in RESERVE_BYTES:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                finally:
+                    os.close(fd)
+                return
+            except OSError:  # no room for that: try less, or go without
+                path.unlink(missing_ok=True)
+
+    def _release_space(self) -> None:
+        try:
+            (self.directory / RESERVE_NAME).unlink(missing_ok=True)
+        except OSError:
+            pass  # a .tmp- file: readers ignore it
 
     def _prepare_directory(self) -> None:
         d = self.directory
@@ -552,27 +579,21 @@ class CaptureWriter:
 
     # -- spool segments (capture.spool) ----------------------------------------------------
 
-    def spool_open(self, header: bytes) -> tuple[int, Path]:
+    def spool_create(self, header: bytes) -> tuple[int, Path]:
         """Create the next spool segment with ``header``; return its fd (append-only) and
-        path. The manifest names it as ``spool_open`` from now on."""
-        self._check_running()
+        path. Safe from the spool's drain thread (no manifest write: the segment is found by
+        its name, and listed once closed); ``spool_open`` names the newest one created."""
         index = self._next_index.setdefault(SPOOL_KIND, 1)
         self._next_index[SPOOL_KIND] = index + 1
         path = self.directory / spool_file_name(index)
-
-        def create() -> int:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                         FILE_MODE)
-            try:
-                os.write(fd, header)
-            except BaseException:
-                os.close(fd)
-                raise
-            self.manifest["spool_open"] = path.name
-            self._write_manifest()
-            return fd
-
-        fd: int = self._guarded(create)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                     FILE_MODE)
+        try:
+            os.write(fd, header)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.manifest["spool_open"] = path.name  # written with the next manifest
         return fd, path
 
     def spool_closed(self, fd: int, path: Path, messages: int, listed: bool = True) -> None:
@@ -695,6 +716,7 @@ class CaptureWriter:
             raise ValueError(f"bad final status {status!r}")
         if not self._started:
             self.start()
+        self._release_space()
         try:
             if self._flusher is not None and self._flusher.error is not None:
                 # A row group failed to write: those files are damaged; do not list them.
