@@ -34,7 +34,7 @@ def to_pandas(table: pa.Table) -> pd.DataFrame:
 _CATEGORICAL = ("node", "capture")
 #: Columns read dictionary-encoded from the stage tables (few distinct, long values), then
 #: made plain strings one column at a time (pandas shares one object per distinct value).
-DICTIONARY_COLUMNS = _CATEGORICAL + ("cgroup_path", "comm") + ATTR_COLUMNS
+DICTIONARY_COLUMNS = _CATEGORICAL + ("cgroup_path", "comm", "process") + ATTR_COLUMNS
 _FIXED_CATEGORIES = {"role": list(ROLES), "side": ["client", "server", "wire"],
                      "status": ["answered", "timeout", "unsolicited"]}
 

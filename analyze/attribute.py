@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyze.stages import ATTR_COLUMNS
+from analyze.stages import ATTR_COLUMNS, PROCESS_COLUMN
 
 _UID = (r"[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_]"
         r"[0-9a-fA-F]{12}|[0-9a-fA-F]{32}")
@@ -203,13 +203,109 @@ def attribution_columns(frame: pd.DataFrame, cgroups: pd.DataFrame,
     return pd.DataFrame(out, index=frame.index)
 
 
+_NO_START = np.iinfo(np.int64).min
+
+
+def _name_history(processes: pd.DataFrame, with_node: bool
+                  ) -> dict[tuple[Any, int], tuple[np.ndarray, list[Any]]]:
+    """Per (node, tgid): the times from which each known name holds (ascending) and the
+    names. A processes row holds from its ``start_time`` (the exec for source='exec', the
+    fork for a /proc scan; unknown: from the beginning). Rows with the same start keep the
+    first one, so the scan at the start of a capture wins over the scan at its end."""
+    if processes is None or processes.empty or "tgid" not in processes \
+            or "comm" not in processes:
+        return {}
+    start = processes.get("start_time")
+    if start is None:
+        ns = np.full(len(processes), _NO_START, dtype=np.int64)
+    else:
+        ns = np.asarray(pd.to_datetime(start, utc=True).array.asi8, dtype=np.int64).copy()
+        ns[pd.isna(start).to_numpy()] = _NO_START
+    nodes = (processes["node"].to_numpy(dtype=object) if with_node and "node" in processes
+             else np.full(len(processes), None, dtype=object))
+    rows = pd.DataFrame({"node": nodes, "tgid": processes["tgid"].to_numpy(dtype=object),
+                         "start": ns, "comm": processes["comm"].to_numpy(dtype=object)})
+    rows = rows[rows["tgid"].notna() & rows["comm"].notna()]
+    rows = rows.drop_duplicates(["node", "tgid", "start"], keep="first")
+    rows = rows.sort_values("start", kind="stable")
+    out: dict[tuple[Any, int], tuple[np.ndarray, list[Any]]] = {}
+    keys = list(zip(rows["node"].tolist(), rows["tgid"].astype("int64").tolist()))
+    for key, group in rows.groupby(pd.Series(keys, index=rows.index, dtype=object),
+                                   sort=False):
+        out[key] = (group["start"].to_numpy(dtype=np.int64), group["comm"].tolist())
+    return out
+
+
+def process_names(frame: pd.DataFrame, processes: pd.DataFrame) -> pd.Series:
+    """The process name of each row: its thread-group leader's comm, where ``comm`` is the
+    thread's (dig's queries come from a thread named ``isc-net-0000``).
+
+    ``frame`` has ``tgid``, ``tid``, ``comm`` and ``ts`` (and ``node``, matched with the
+    processes' ``node``). A row of the leader itself (tid = tgid) names its process. Any
+    other row takes the name the processes snapshot knew for its tgid at its time: the last
+    exec before it, else the /proc scan (a name set at exec stays until the next exec). Null
+    when nothing tells (no tgid: pcaps; a process that started and ended unseen by the
+    snapshots)."""
+    n = len(frame)
+    if n == 0 or "tgid" not in frame:
+        return pd.Series(pd.Categorical([None] * n, categories=pd.Index([], dtype=object)),
+                         index=frame.index)
+    tgid = pd.array(frame["tgid"], dtype="Int64")
+    comm = frame["comm"].to_numpy(dtype=object) if "comm" in frame else np.full(n, None, object)
+    has_comm = np.asarray(pd.notna(comm), dtype=bool)
+    if "tid" in frame:
+        tid = pd.array(frame["tid"], dtype="Int64")
+        leader = np.asarray((tid == tgid).fillna(False), dtype=bool) & has_comm
+    else:
+        leader = np.zeros(n, dtype=bool)
+    out = np.full(n, None, dtype=object)
+    out[leader] = comm[leader]
+    rest = ~leader & ~np.asarray(tgid.isna(), dtype=bool)
+    with_node = "node" in frame and processes is not None and "node" in processes
+    history = _name_history(processes, with_node) if rest.any() else {}
+    if history:
+        sub = frame.loc[rest, [c for c in ("node", "tgid", "ts")
+                               if c in frame and (c != "node" or with_node)]]
+        codes, pairs = _pairs(sub, sub["tgid"])
+        single: list[Any] = []
+        timed: list[int] = []
+        for j, (nd, pid) in enumerate(pairs):
+            hist = history.get((nd, int(pid))) if pid is not None else None
+            if hist is None:
+                single.append(None)
+            elif len(set(hist[1])) == 1:
+                single.append(hist[1][0])
+            else:  # renamed (exec) or pid reused: the name at each row's time
+                single.append(None)
+                timed.append(j)
+        names = np.array(single, dtype=object)[codes]
+        if timed:
+            ts = sub["ts"]
+            ns = (np.asarray(pd.to_datetime(ts, utc=True).array.asi8, dtype=np.int64)
+                  if not pd.api.types.is_integer_dtype(ts) else ts.to_numpy(dtype=np.int64))
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(pairs) + 1), "left")
+            for j in timed:
+                at = order[bounds[j]:bounds[j + 1]]
+                nd, pid = pairs[j]
+                starts, hist_names = history[(nd, int(pid))]
+                k = np.searchsorted(starts, ns[at], "right") - 1
+                got = np.array(hist_names + [None], dtype=object)
+                names[at] = got[np.where(k >= 0, k, len(hist_names))]
+        out[rest] = names
+    return pd.Series(pd.Categorical(out), index=frame.index)
+
+
 def attribute(frame: pd.DataFrame, cgroups: pd.DataFrame, processes: pd.DataFrame,
               pods: pd.DataFrame, *, inplace: bool = False) -> pd.DataFrame:
-    """``frame`` with ``cgroup_path`` and the attribution columns set (a copy unless inplace).
+    """``frame`` with ``cgroup_path``, the attribution columns and (when it has ``tgid``)
+    ``process`` set (a copy unless inplace).
 
     Rows from pcaps (no cgroup) get nulls. Pods are looked up per node.
     """
     cols = attribution_columns(frame, cgroups, processes, pods)
+    if "tgid" in frame:
+        cols[PROCESS_COLUMN] = process_names(frame, processes)
     if not inplace:
         frame = frame.copy()
     for name in cols.columns:

@@ -47,6 +47,8 @@ from analyze.reconstruct import (
     DNS_PORTS,
     build_lookups,
 )
+from capture.selectors import BadSelector, parse_pod
+from capture.selectors import glob_regex as _glob_regex
 
 PCAP_SUFFIXES = (".pcap", ".pcapng", ".cap")
 
@@ -430,37 +432,12 @@ def parse_time(value: Any, start: pd.Timestamp | None,
 
 def glob_regex(pattern: str) -> str:
     """A shell glob (``*``, ``?``, ``[abc]``, ``[!abc]``) as an RE2 pattern that must match
-    the whole value (DuckDB's ``regexp_full_match``)."""
-    if not isinstance(pattern, str):
-        raise BadFilter(f"{pattern!r}: a filter pattern is text")
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        i += 1
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "[":
-            j = i
-            if j < n and pattern[j] in "!^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                out.append(re.escape(c))
-                continue
-            body = pattern[i:j]
-            i = j + 1
-            neg = body[:1] in ("!", "^")
-            body = body[1:] if neg else body
-            body = body.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
-            out.append("[" + ("^" if neg else "") + body + "]")
-        else:
-            out.append(re.escape(c))
-    return "(?s)" + "".join(out)
+    the whole value (DuckDB's ``regexp_full_match``); ``capture.selectors.glob_regex``, the
+    one definition ``record --pod`` uses too."""
+    try:
+        return _glob_regex(pattern)
+    except BadSelector as exc:
+        raise BadFilter(str(exc)) from None
 
 
 #: Tables the filters narrow (the snapshots are kept whole: they describe, they are not events).
@@ -835,7 +812,9 @@ class Capture:
         """A new Capture holding only what matches every given filter (nothing is read yet).
 
         ``pod``, ``namespace``, ``container``, ``comm``, ``node`` and ``name`` (or ``qname``:
-        the query name) are shell globs (or lists of them); ``pid`` is a tgid; ``rcode`` a
+        the query name) are shell globs (or lists of them); ``comm`` matches the thread's name
+        or its process's (``process``); ``pod`` also takes ``namespace/name`` and a pod UID
+        (``capture.selectors``, as ``record --pod``); ``pid`` is a tgid; ``rcode`` a
         name (``NXDOMAIN``) or number, or ``TIMEOUT`` for unanswered transactions; ``since``
         and ``until`` ISO times or ``+10s`` / ``+2m`` / ``+1h`` / ``+1d`` from the capture
         start. Transactions are kept by their own columns; messages are kept with their
@@ -856,12 +835,18 @@ class Capture:
             cond, params = _pod_sql(pod)
             where = where.add(_FILTERED, "pod", cond, *params)
         for col, pat in (("namespace", namespace), ("container", container),
-                         ("comm", comm), ("node", node)):
+                         ("node", node)):
             if pat is None:
                 continue
             filters[col] = pat
             cond, params = _glob_sql(col, pat, lower=False)
             where = where.add(_FILTERED, col, cond, *params)
+        if comm is not None:
+            # the thread's name or its process's (dig's queries come from isc-net-0000)
+            filters["comm"] = comm
+            a, pa_ = _glob_sql("comm", comm, lower=False)
+            b, pb = _glob_sql(stages.PROCESS_COLUMN, comm, lower=False)
+            where = where.add(_FILTERED, "comm", f"({a} OR {b})", *pa_, *pb)
         if name is not None:
             filters["name"] = name
             cond, params = _glob_sql("qname", name, lower=True)
@@ -898,14 +883,16 @@ class Capture:
         return Capture(self._ctx, where, filters)
 
     def by_pod(self) -> pd.DataFrame:
-        """Per pod (or host process comm): transactions, NXDOMAIN, timeouts, names, latency."""
+        """Per pod (or host process, by its name: ``process``, else the thread's ``comm``):
+        transactions, NXDOMAIN, timeouts, names, latency."""
         cols = ["node", "namespace", "pod", "comm", "transactions", "nxdomain", "timeouts",
                 "distinct_names", "median_latency_s"]
         sql, params = self.table_sql("transactions")
         query = (
             "SELECT coalesce(node, '') AS node, coalesce(namespace, '') AS namespace, "
             "coalesce(pod, '') AS pod, "
-            "CASE WHEN coalesce(pod, '') = '' THEN coalesce(comm, '') ELSE '' END AS comm, "
+            "CASE WHEN coalesce(pod, '') = '' THEN coalesce(process, comm, '') ELSE '' END "
+            "AS comm, "
             "count(*) AS transactions, "
             "count(*) FILTER (WHERE rcode_name = 'NXDOMAIN') AS nxdomain, "
             "count(*) FILTER (WHERE status = 'timeout') AS timeouts, "
@@ -999,33 +986,30 @@ def _keyable(filters: dict[str, Any]) -> dict[str, Any]:
             for k, v in sorted(filters.items())}
 
 
-_POD_UID = re.compile(r"^[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}"
-                      r"[-_][0-9a-fA-F]{12}$")
-
-
 def _pod_sql(pattern: str | Sequence[str]) -> tuple[str, list[Any]]:
-    """``--pod``: a name glob, ``namespace/name`` (globs both), or a pod UID."""
+    """``--pod``: a pod UID, a name glob or ``namespace/name`` (globs both), parsed as
+    ``record --pod`` parses it (``capture.selectors.parse_pod``)."""
     pats = [pattern] if isinstance(pattern, str) else list(pattern)
     if not pats:
         raise BadFilter("pod: an empty list of patterns")
     parts: list[str] = []
     params: list[Any] = []
     for p in pats:
-        if not isinstance(p, str) or not p:
-            raise BadFilter(f"{p!r}: a pod is a name glob, namespace/name or a pod UID")
-        if _POD_UID.match(p):
+        try:
+            sel = parse_pod(p)
+        except BadSelector as exc:
+            raise BadFilter(str(exc)) from None
+        if sel.uid is not None:
             parts.append("lower(replace(pod_uid, '_', '-')) = ?")
-            params.append(p.lower().replace("_", "-"))
-        elif "/" in p:
-            ns, name = p.split("/", 1)
-            a, pa_ = _glob_sql("namespace", ns, lower=False)
-            b, pb = _glob_sql("pod", name, lower=False)
-            parts.append(f"({a} AND {b})")
-            params.extend(pa_ + pb)
-        else:
-            c, pc_ = _glob_sql("pod", p, lower=False)
-            parts.append(c)
-            params.extend(pc_)
+            params.append(sel.uid)
+            continue
+        assert sel.name is not None
+        c, pc_ = _glob_sql("pod", sel.name, lower=False)
+        if sel.namespace is not None:
+            a, pa_ = _glob_sql("namespace", sel.namespace, lower=False)
+            c, pc_ = f"({a} AND {c})", pa_ + pc_
+        parts.append(c)
+        params.extend(pc_)
     return "coalesce(" + " OR ".join(parts) + ", false)", params
 
 

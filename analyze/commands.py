@@ -19,7 +19,8 @@ def filter_options(command: Any) -> Any:
                      "a pod UID."),
         click.option("--namespace", "-n", help="Namespace glob."),
         click.option("--container", help="Container name glob."),
-        click.option("--comm", help="Process name glob."),
+        click.option("--comm", help="Thread or process name glob (dig matches dig's "
+                     "isc-net-0000 thread)."),
         click.option("--pid", type=int, help="Process id (tgid)."),
         click.option("--name", help="Query name glob (e.g. '*.example.com')."),
         click.option("--rcode", help="Response code name or number; TIMEOUT for unanswered."),
@@ -140,9 +141,10 @@ def replay(captures: tuple[str, ...], pod: str | None, namespace: str | None,
     One line per transaction by default: a query and its response (MS is the
     latency in ms, then any retries), a TIMEOUT (MS: its retries), or an
     unsolicited response (!RCODE). Times are UTC, the date in the header (on each
-    line when the capture spans days). WHO is namespace/pod, comm[pid] for host
+    line when the capture spans days). WHO is namespace/pod, process[pid] for host
     processes, or the client address (pcaps); from --width 110 a PROC column
-    shows comm[pid]. Wire strings are sanitized; --format jsonl keeps everything.
+    shows process[pid], /thread when it differs (dig[42]/isc-net-0000). Wire
+    strings are sanitized; --format jsonl keeps everything.
 
     \b
     --against 10.96.0.10 sends each distinct name and type once, to that address

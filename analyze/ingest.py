@@ -13,7 +13,10 @@ What ingest writes (the ``messages``, ``connects``, ``execs``, ``processes``, ``
   its roles and attributed on its own, in worker processes (both cores) when the capture is
   large enough to pay for them, so memory is bounded by a chunk, not by the capture;
 * ``msg_id`` is the message's position in the capture: the files in order, each TCP chunk
-  replaced by the messages it completed (``analyze.tcp`` keeps that order too).
+  replaced by the messages it completed (``analyze.tcp`` keeps that order too);
+* ``process``, the process name beside the thread's ``comm``, comes from the rows of the
+  thread-group leader, the processes snapshot and every exec event
+  (``analyze.attribute.process_names``).
 """
 
 from __future__ import annotations
@@ -272,6 +275,8 @@ def _build_in(tmp: Path, ev: _Evidence, *, work: WorkDir, key: str, node: str,
         _write(stages.check(table, kind), tmp / f"{kind}.parquet")
         parts[kind].append(f"{kind}.parquet")
 
+    _write_exec_names(ev, by_kind.get("execs", []), tmp / _EXEC_NAMES)
+
     tasks: list[_Task] = []
     # messages: positions, TCP rows. Spool segments (a recorder that did not finish) are
     # read as messages files, turned into Parquet in the work directory first.
@@ -377,7 +382,7 @@ def _build_in(tmp: Path, ev: _Evidence, *, work: WorkDir, key: str, node: str,
     messages = 0
     for name in parts["messages"]:
         messages += pq.ParquetFile(tmp / name).metadata.num_rows
-    for extra in (tcp_file, emit_file):
+    for extra in (tcp_file, emit_file, str(tmp / _EXEC_NAMES)):
         if extra:
             os.unlink(extra)
     info = {"messages": messages, "parts": parts, "warnings": warnings, "skipped": skipped,
@@ -429,11 +434,40 @@ def _run(tasks: list[_Task], workers: int) -> list[Any]:
         return results
 
 
+#: Every exec event's (tgid, comm, ts) during an ingest: the names processes took, for the
+#: ``process`` column (the processes snapshot keeps at most 100,000 exec rows).
+_EXEC_NAMES = "_exec_names.parquet"
+
+
+def _write_exec_names(ev: _Evidence, names: list[str], path: Path) -> None:
+    tables = []
+    for name in names:
+        try:
+            t = pq.read_table(ev.directory / name, columns=["tgid", "comm", "ts"])
+        except (OSError, pa.ArrowException) as exc:
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                raise
+            continue  # the execs task reads the file again and reports it (or skips it)
+        tables.append(t.rename_columns(["tgid", "comm", "start_time"]))
+    schema_ = pa.schema([pa.field("tgid", pa.int32()), pa.field("comm", pa.string()),
+                         pa.field("start_time", schema.TS)])
+    table = (pa.concat_tables([t.cast(schema_) for t in tables]) if tables
+             else schema_.empty_table())
+    _write(table, path)
+
+
 @functools.lru_cache(maxsize=4)
 def _snapshots(directory: str) -> dict[str, pd.DataFrame]:
     out = {}
     for kind in _SNAPSHOTS:
         out[kind] = to_pandas(pq.read_table(Path(directory) / f"{kind}.parquet"))
+    # the names of processes: the snapshot's rows first (at equal times they win), then
+    # every exec event
+    names = Path(directory) / _EXEC_NAMES
+    execs = to_pandas(pq.read_table(names)) if names.exists() else None
+    procs = out["processes"][["tgid", "comm", "start_time"]]
+    out["process_names"] = procs if execs is None or execs.empty else pd.concat(
+        [procs, execs], ignore_index=True)
     return out
 
 
@@ -514,17 +548,22 @@ def _messages_part(table: pa.Table, msg_id: np.ndarray, snaps: dict[str, pd.Data
 
 
 def _attribute(table: pa.Table, snaps: dict[str, pd.DataFrame], node: str) -> pa.Table:
-    from analyze.attribute import attribution_columns
+    from analyze.attribute import attribution_columns, process_names
 
+    ints = {pa.int32(): pd.Int64Dtype()}.get
     frame = pd.DataFrame({
         "node": node,
         "cgroup_id": table.column("cgroup_id").to_pandas(
             types_mapper={pa.uint64(): pd.UInt64Dtype()}.get),
-        "tgid": table.column("tgid").to_pandas(types_mapper={pa.int32(): pd.Int64Dtype()}.get),
+        "tgid": table.column("tgid").to_pandas(types_mapper=ints),
+        "tid": table.column("tid").to_pandas(types_mapper=ints),
+        "comm": table.column("comm").to_pandas(),
+        "ts": table.column("ts").cast(pa.int64()).to_pandas(),
     }) if table.num_rows else pd.DataFrame({"node": [], "cgroup_id": [], "tgid": []})
     snap = {k: v.assign(node=node) for k, v in snaps.items()}
     attr = attribution_columns(frame, snap["cgroups"], snap["processes"], snap["pods"])
-    for name in ("cgroup_path",) + stages.ATTR_COLUMNS:
+    attr[stages.PROCESS_COLUMN] = process_names(frame, snap["process_names"])
+    for name in ("cgroup_path",) + stages.ATTR_COLUMNS + (stages.PROCESS_COLUMN,):
         arr = pa.array(attr[name], from_pandas=True) if len(attr) else pa.array([], pa.string())
         if pa.types.is_dictionary(arr.type) or arr.type != pa.string():
             arr = arr.cast(pa.string())

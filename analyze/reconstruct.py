@@ -67,17 +67,18 @@ TRANSACTION_COLUMNS = (
     "server_addr", "server_port", "protocol", "dns_id", "qname", "qtype", "registered_domain",
     "rcode", "rcode_name", "tc", "ancount", "answers", "answer_ips", "min_ttl", "node",
     "capture",
-    "tgid", "tid", "comm", "uid", "netns", "cgroup_id", "cgroup_path", "pod_uid",
+    "tgid", "tid", "comm", "process", "uid", "netns", "cgroup_id", "cgroup_path", "pod_uid",
     "namespace", "pod", "container", "container_id", "qos",
 )
 _FROM_QUERY = ("protocol", "dns_id", "qname", "qtype", "registered_domain", "node", "capture",
-               "tgid", "tid", "comm", "uid", "netns", "cgroup_id", "cgroup_path", "pod_uid",
-               "namespace", "pod", "container", "container_id", "qos")
+               "tgid", "tid", "comm", "process", "uid", "netns", "cgroup_id", "cgroup_path",
+               "pod_uid", "namespace", "pod", "container", "container_id", "qos")
 _FROM_RESPONSE = ("rcode", "rcode_name", "tc", "ancount", "answers", "answer_ips",
                   "min_ttl")
 
 LOOKUP_COLUMNS = (
-    "lookup_id", "ts", "end_ts", "node", "tgid", "comm", "netns", "cgroup_id", "client_addr",
+    "lookup_id", "ts", "end_ts", "node", "tgid", "comm", "process", "netns", "cgroup_id",
+    "client_addr",
     "pod_uid", "namespace", "pod", "container", "container_id", "qos", "server_addr",
     "first_name", "final_name", "base_name", "names", "qtypes", "n_queries", "n_nxdomain",
     "n_timeouts", "n_retransmissions", "rcode_name", "answer_ips", "txn_ids",
@@ -481,8 +482,9 @@ def lookup_suffixes(transactions: pd.DataFrame) -> set[str]:
     return suffixes
 
 
-_LOOKUP_FIRST = ("ts", "node", "tgid", "comm", "netns", "cgroup_id", "client_addr", "pod_uid",
-                 "namespace", "pod", "container", "container_id", "qos", "server_addr")
+_LOOKUP_FIRST = ("ts", "node", "tgid", "comm", "process", "netns", "cgroup_id", "client_addr",
+                 "pod_uid", "namespace", "pod", "container", "container_id", "qos",
+                 "server_addr")
 _LOOKUP_SORTED = ("qname", "qtype", "txn_id", "rcode_name", "status", "answer_ips",
                   "retransmissions")
 _LOOKUP_INPUT = tuple(dict.fromkeys(
@@ -564,8 +566,9 @@ def _build_lookups(transactions: pd.DataFrame, *, gap_s: float,
     out["ts"] = first["ts"]
     end_o = end[order]
     out["end_ts"] = pd.to_datetime(np.maximum.reduceat(end_o, starts), utc=True)
-    for c in ("node", "tgid", "comm", "netns", "cgroup_id", "client_addr", "pod_uid",
-              "namespace", "pod", "container", "container_id", "qos", "server_addr"):
+    for c in ("node", "tgid", "comm", "process", "netns", "cgroup_id", "client_addr",
+              "pod_uid", "namespace", "pod", "container", "container_id", "qos",
+              "server_addr"):
         out[c] = first[c]
     out["first_name"] = first["qname"]
     retr = sx["retransmissions"].to_numpy(dtype=np.int64)

@@ -276,8 +276,8 @@ def _arrow_transactions(txns: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-_LOOKUP_INPUT = ("ts", "node", "tgid", "comm", "netns", "cgroup_id", "client_addr", "pod_uid",
-                 "namespace", "pod", "container", "container_id", "qos", "server_addr",
+_LOOKUP_INPUT = ("ts", "node", "tgid", "comm", "process", "netns", "cgroup_id", "client_addr",
+                 "pod_uid", "namespace", "pod", "container", "container_id", "qos", "server_addr",
                  "qname", "qtype", "txn_id", "rcode_name", "status", "answer_ips",
                  "retransmissions", "side", "response_ts", "last_query_ts", "ancount", "tc")
 

@@ -24,7 +24,8 @@ from analyze.decode import record_text
 
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 ELLIPSIS = "…"
-#: Tables at least this wide get a PROC column (comm[pid]) beside WHO.
+#: Tables at least this wide get a PROC column (process[pid], /thread when it differs) beside
+#: WHO.
 PROC_WIDTH = 110
 
 
@@ -57,15 +58,24 @@ def _who(row: Any) -> str:
     cid = getattr(row, "container_id", None)
     if isinstance(cid, str) and cid:
         return f"ctr:{cid[:12]}"
-    comm = getattr(row, "comm", None)
+    name = _process_name(row)
     tgid = getattr(row, "tgid", None)
-    if isinstance(comm, str) or _present(tgid):
-        return f"{comm if isinstance(comm, str) else '?'}[{_int(tgid)}]"
+    if isinstance(name, str) or _present(tgid):
+        return f"{name if isinstance(name, str) else '?'}[{_int(tgid)}]"
     for attr in ("client_addr", "src_addr"):
         client = getattr(row, attr, None)
         if isinstance(client, str):
             return client
     return "?"
+
+
+def _process_name(row: Any) -> str | None:
+    """The process's name (the thread-group leader's), else the thread's."""
+    for attr in ("process", "comm"):
+        value = getattr(row, attr, None)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def _present(v: Any) -> bool:
@@ -286,11 +296,15 @@ def format_table(table: pd.DataFrame, *, kind: str = "transactions", width: int 
 
 
 def _proc(row: Any) -> str:
-    comm = getattr(row, "comm", None)
+    """``process[pid]``, and ``/thread`` when the thread has a name of its own
+    (``dig[4242]/isc-net-0000``)."""
+    name = _process_name(row)
     tgid = getattr(row, "tgid", None)
-    if not isinstance(comm, str) and not _present(tgid):
+    if not isinstance(name, str) and not _present(tgid):
         return ""
-    return f"{comm if isinstance(comm, str) else '?'}[{_int(tgid)}]"
+    text = f"{name if isinstance(name, str) else '?'}[{_int(tgid)}]"
+    comm = getattr(row, "comm", None)
+    return f"{text}/{comm}" if isinstance(comm, str) and comm != name else text
 
 
 def _json_value(v: Any) -> Any:

@@ -26,15 +26,18 @@ from analyze.errors import AnalyzeError
 from capture import schema
 
 #: Bump when an ingest output changes: cached ingests of another version are rebuilt.
-INGEST_VERSION = 1
+INGEST_VERSION = 2
 #: Bump when a relate output changes.
-RELATE_VERSION = 4
+RELATE_VERSION = 5
 
 #: Message roles, the values of ``messages.role`` (docs/api.md).
 ROLES = ("client_query", "client_response", "server_query", "server_response", "query",
          "response")
 #: Attribution columns every attributed table carries, after ``cgroup_path``.
 ATTR_COLUMNS = ("pod_uid", "namespace", "pod", "container", "container_id", "qos")
+#: The process name (the thread-group leader's comm; ``comm`` is the thread's), derived by
+#: ingest from the processes snapshot (``analyze.attribute.process_names``).
+PROCESS_COLUMN = "process"
 #: Columns the relate stage adds to every per-capture table: which capture, which node.
 ORIGIN_COLUMNS = ("node", "capture")
 
@@ -64,11 +67,13 @@ def _messages() -> pa.Schema:
         + [pa.field("stream_error", pa.string())]
         + decoded
         + [pa.field("role", pa.string())]
-        + _attribution())
+        + _attribution()
+        + [pa.field(PROCESS_COLUMN, pa.string())])
 
 
 def _events(kind: str) -> pa.Schema:
-    return pa.schema(_capture_fields(kind) + _attribution())
+    return pa.schema(_capture_fields(kind) + _attribution()
+                     + [pa.field(PROCESS_COLUMN, pa.string())])
 
 
 #: Output of ingest, per capture: one row per DNS message (TCP reassembled), ``msg_id`` the
@@ -100,7 +105,7 @@ TRANSACTIONS = pa.schema([
     pa.field("answer_ips", pa.list_(pa.string())), pa.field("min_ttl", pa.int64()),
     pa.field("node", pa.string()), pa.field("capture", pa.string()),
     pa.field("tgid", pa.int32()), pa.field("tid", pa.int32()), pa.field("comm", pa.string()),
-    pa.field("uid", pa.uint32()), pa.field("netns", pa.uint32()),
+    pa.field(PROCESS_COLUMN, pa.string()), pa.field("uid", pa.uint32()), pa.field("netns", pa.uint32()),
     pa.field("cgroup_id", pa.uint64()),
 ] + _attribution())
 
@@ -112,7 +117,8 @@ MESSAGE_TXN = pa.schema([pa.field("msg_id", pa.int64(), nullable=False),
 LOOKUPS = pa.schema([
     pa.field("lookup_id", pa.int64(), nullable=False), pa.field("ts", _TS),
     pa.field("end_ts", _TS), pa.field("node", pa.string()), pa.field("tgid", pa.int32()),
-    pa.field("comm", pa.string()), pa.field("netns", pa.uint32()),
+    pa.field("comm", pa.string()), pa.field(PROCESS_COLUMN, pa.string()),
+    pa.field("netns", pa.uint32()),
     pa.field("cgroup_id", pa.uint64()), pa.field("client_addr", pa.string()),
     *[pa.field(name, pa.string()) for name in ATTR_COLUMNS],
     pa.field("server_addr", pa.string()), pa.field("first_name", pa.string()),
@@ -173,6 +179,7 @@ __all__ = [
     "ORIGIN_COLUMNS",
     "PODS",
     "PROCESSES",
+    "PROCESS_COLUMN",
     "RELATE_VERSION",
     "ROLES",
     "STAGES",

@@ -56,13 +56,15 @@ class _Size(click.ParamType):
 @click.option("--pid", "pids", type=click.IntRange(min=1), multiple=True,
               help="Only these process ids (tgid; repeatable).")
 @click.option("--comm", "comms", multiple=True,
-              help="Only tasks with this command name (exact, max 15 bytes; repeatable).")
+              help="Only tasks with this command name (exact, max 15 bytes; the thread's "
+              "name: dig's queries come from isc-net-0000; repeatable).")
 @click.option("--cgroup", "cgroups", multiple=True,
               help="Only cgroups whose v2 path contains this text (repeatable; "
               "re-resolved every few seconds for new cgroups).")
 @click.option("--pod", "pods", multiple=True,
-              help="Only this pod: uid, name or namespace/name, found under --pods-root or "
-              "in --pods-json (repeatable; new containers are picked up).")
+              help="Only this pod: uid, name or namespace/name (names may be globs: "
+              "'shop/web-*'; as replay --pod), found under --pods-root or in --pods-json "
+              "(repeatable; new containers and pods are picked up).")
 @click.option("--snaplen", type=click.IntRange(12, MAX_SNAPLEN), default=1232,
               show_default=True, help="Bytes of payload kept per message (orig_len keeps the "
               "real length).")

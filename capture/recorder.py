@@ -36,6 +36,7 @@ from capture import snapshot as snap
 from capture.errors import BccMissing, CaptureError, Interrupted, OutputNotEmpty
 from capture.preflight import PreflightPaths, preflight
 from capture.schema import EVENT_KINDS
+from capture.selectors import BadSelector, parse_pod
 from capture.writer import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_ROTATE_SECONDS,
@@ -140,6 +141,11 @@ class RecordOptions:
         for comm in self.comms:
             if not comm or len(comm.encode()) > 15:
                 raise CaptureError(f"bad --comm {comm!r}: the kernel keeps at most 15 bytes")
+        for pod in self.pods:
+            try:
+                parse_pod(pod)
+            except BadSelector as exc:
+                raise CaptureError(f"bad --pod {exc}") from None
         if self.duration is not None and self.duration <= 0:
             raise CaptureError("--duration must be positive")
         if self.pods_json is not None and not Path(self.pods_json).is_file():
@@ -188,9 +194,10 @@ class RecordSummary:
         else:
             out.append("Lost events: none")
         if self.priority_lowered:
-            times = "once" if self.priority_lowered == 1 else f"{self.priority_lowered} times"
-            out.append(f"Priority: yielded the CPU {times}, {self.low_seconds:.1f} s in all "
-                       "(manifest priority_log)")
+            times = "once" if self.priority_lowered == 1 else f"{self.priority_lowered:,} times"
+            line = f"Priority: yielded the CPU {times}, {self.low_seconds:,.1f} s in all"
+            out.append(next((c for c in (f"{line} (manifest priority_log)",
+                                         f"{line} (priority_log)") if len(c) < 80), line))
         if self.error:
             out.append(f"Error: {self.error}")
         return out
@@ -429,7 +436,7 @@ def _run(
                               poll_ms=options.poll_ms,
                               converter_policy=_CONVERTER_POLICY[options.priority])
         err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
-        err.writelines(line + "\n" for line in _drops_lines(options))
+        err.writelines(line + "\n" for line in _drops_lines(options, spooling=spooling))
         if filtering and not current_ids:
             err.write("No cgroup matches the filter yet; waiting for one to appear.\n")
         err.flush()
@@ -492,9 +499,13 @@ def _run(
                     rows = writer.stats().rows
                     if spooler is not None:  # spooled messages count as recorded
                         rows["messages"] += spooler.backlog_messages
-                    err.write("\r" + _status_line(rows,
-                                                   probe.stats()["ring_bytes"], probe.lost(),
-                                                   now - started, remaining).ljust(79))
+                        moved, label = spooler.sink.spool_bytes, "spooled"
+                    else:
+                        moved, label = probe.stats()["ring_bytes"], "read"
+                    capped = auto is not None and auto.level == "low" and budget is not None
+                    err.write("\r" + _status_line(rows, moved, probe.lost(), now - started,
+                                                   remaining, bytes_label=label,
+                                                   capped=capped).ljust(79))
                     err.flush()
         except KeyboardInterrupt:
             pass  # Ctrl-C without our handler (handle_signals=False): end normally
@@ -620,8 +631,9 @@ def _percents(lesser: float, greater: float) -> tuple[str, str] | None:
 
 
 def _priority_line(level: str, auto: sched.AutoPriority, cap: float) -> str:
-    """One short stderr line for a switch of --priority auto (under 80 columns).
-    ``cap``: the CPU cap while low, in CPUs (0: none)."""
+    """One short stderr line for a switch of --priority auto without the spool (under 80
+    columns), whose figures satisfy the comparison they show. ``cap``: the CPU cap while low,
+    in CPUs (0: none)."""
     if level == "low":
         pair = _percents(auto.share, auto.threshold)
         why = f"idle {pair[0]} < {pair[1]}" if pair else "no idle CPU to spare"
@@ -719,9 +731,16 @@ def _start_line(options: RecordOptions, out_dir: Path, filtering: bool, ids: set
 _KEEP_ALL = "--priority normal competes for CPU to keep everything."
 
 
-def _drops_lines(options: RecordOptions) -> list[str]:
+def _drops_lines(options: RecordOptions, *, spooling: bool | None = None) -> list[str]:
     """What the start line adds: when messages may be dropped, and how to avoid it
-    (lines under 80 columns)."""
+    (lines under 80 columns). ``spooling``: whether ring records go to the spool (default:
+    ``options.spool``)."""
+    spooling = options.spool if spooling is None else spooling
+    ring = f"{options.ringbuf_mb} MB ring buffer"
+    if options.priority == "auto" and spooling:
+        return ["It spools the ring at nice 0 and converts to Parquet at nice 19 (later when",
+                f"the CPUs are busy); it drops (and counts) only what overflows the {ring}:",
+                "a larger --ringbuf-mb rides out longer bursts."]
     if options.priority == "auto":
         cap = (f"nice 19, at most {options.cpu_budget * 100:g}% of one CPU"
                if options.cpu_budget > 0 else "nice 19")
@@ -733,7 +752,6 @@ def _drops_lines(options: RecordOptions) -> list[str]:
     if options.priority == "idle":
         return ["At SCHED_IDLE it reads only on idle CPU and drops (and counts) what overflows",
                 f"the ring buffer; {_KEEP_ALL}"]
-    ring = f"{options.ringbuf_mb} MB ring buffer"
     return [f"It drops (and counts) only what overflows the {ring} when",
             "reading needs more than one CPU; a larger --ringbuf-mb rides out longer bursts."]
 
@@ -745,19 +763,24 @@ def _clock(seconds: float) -> str:
 
 
 def _status_line(rows: Mapping[str, int], read_bytes: int, lost: Mapping[str, int],
-                 elapsed: float, remaining: float | None = None) -> str:
+                 elapsed: float, remaining: float | None = None, *,
+                 bytes_label: str = "read", capped: bool = False) -> str:
     """The line rewritten in place on a terminal (under 80 columns): events by kind, bytes
     read from the ring buffer so far (they grow with every event, where the bytes on disk
-    grow by whole row groups), events lost, time elapsed and, with --duration, left."""
+    grow by whole row groups; ``bytes_label`` names what they count), events lost, time
+    elapsed and, with --duration, left; ``capped`` (--priority auto yielding) says so
+    after the lost count, which then grows on purpose."""
     kinds = [f"{rows.get('messages', 0):,} msgs", f"{rows.get('connects', 0):,} conns",
              f"{rows.get('execs', 0):,} execs"]
     total_lost = sum(int(v) for v in lost.values())
-    tail = [f"{_human(read_bytes)} read", f"lost {total_lost:,} events", _clock(elapsed)]
+    why = " (capped)" if capped else ""
+    tail = [f"{_human(read_bytes)} {bytes_label}", f"lost {total_lost:,} events{why}",
+            _clock(elapsed)]
     if remaining is not None:
         tail.append(f"{_clock(max(0.0, remaining))} left")
     line = ", ".join(kinds) + "  " + "  ".join(tail)
     if len(line) >= 80:  # big counts: shorter words, then the message count alone
-        tail[1] = f"lost {total_lost:,}"
+        tail[1] = f"lost {total_lost:,}{why}"
         line = ", ".join(kinds) + "  " + "  ".join(tail)
     if len(line) >= 80:
         line = kinds[0] + "  " + "  ".join(tail)

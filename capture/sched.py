@@ -10,7 +10,11 @@ the kernel side runs in the context of the process that moved the message and is
   one CPU, all its threads together: `CpuBudget`); once the idle share has stayed for a
   second above 25 % plus twice that reading share (`AutoPriority`), it goes back to nice 0
   without a cap. Each relapse within 30 s of going back doubles that second (up to 64 s),
-  so a node swinging around the thresholds does not make it flap. So on a node with CPU to spare it records everything, and on a node whose
+  and a relapse within 2 s of it teaches it how much idle CPU its reading at nice 0 took
+  (the idle share's drop across the raise): the next raise waits for that much more idle
+  CPU. So neither a node swinging
+  around the thresholds nor a steady flood that only a capped recorder leaves idle CPU in
+  makes it flap. So on a node with CPU to spare it records everything, and on a node whose
   CPUs are saturated it yields them to the workload and counts what it cannot keep (raising
   the priority again needs CAP_SYS_NICE; without it the recorder stays low once lowered).
   Idle alone is not the signal: a saturated client/server pair that waits on a recorder at
@@ -118,6 +122,20 @@ class AutoPriority:
     a longer spell at nice 0 brings it back to the start. So a node that keeps swinging
     around the thresholds sees at most two switches per ``max_hold`` once the hold is grown.
 
+    The recorder's own effect on the idle share is also learned from each relapse: a
+    latency-bound workload (a client waiting on its server) loses more idle CPU to a
+    recorder at nice 0 than the recorder's CPU time, so the idle share seen while capped
+    overstates what raising will leave. When a raise is followed by a relapse within
+    ``learn_within`` seconds (at once: the recorder's reading did it, not a load that came
+    later), the drop of the idle share from the spell before the raise (its mean over the
+    ``hold``) to the spell after it (its mean at nice 0) is kept as ``footprint`` (at most
+    ``max_footprint``), and
+    the next raise also needs the idle share above the lowering threshold + ``footprint`` +
+    5 points: what the idle share would be at nice 0 must stay clear of the lowering. So a
+    steady flood that the recorder can only keep up with at nice 0 makes it switch three
+    times (down, up, down) and stay capped until the flood ends, not every few seconds; a
+    lowering after a long spell at nice 0 forgets it.
+
     ``level`` is the current one; ``share`` and ``need`` are the last interval's, and
     ``threshold`` the idle share the last sample was compared with (the lowering threshold
     at nice 0, the raising one at nice 19); ``held`` is how long the idle share had stayed
@@ -128,7 +146,8 @@ class AutoPriority:
                  low_below: float = 0.20, normal_above: float = 0.40, raise_after: int = 10,
                  apply: bool = True, cost_per_message: float = 1e-6,
                  cpus: int | None = None, max_hold: float = 64.0,
-                 relapse_window: float = 30.0) -> None:
+                 relapse_window: float = 30.0, max_footprint: float = 0.5,
+                 learn_within: float = 2.0) -> None:
         self.stat_path = stat_path
         self.interval = interval
         self.low_below = low_below
@@ -139,6 +158,9 @@ class AutoPriority:
         self.cpus = cpus or os.cpu_count() or 1
         self.max_hold = max_hold
         self.relapse_window = relapse_window
+        self.max_footprint = max_footprint
+        self.learn_within = learn_within
+        self.footprint = 0.0
         self.level = "normal"
         self.switches = 0
         self.lowered = 0
@@ -152,6 +174,9 @@ class AutoPriority:
         self.share = 1.0  # the idle share of the last interval
         self._last: tuple[float, int, int, int | None] | None = None
         self._high = 0.0  # seconds the idle share has stayed above the raise threshold
+        self._high_idle = 0.0  # and the idle seconds in them
+        self._raised_idle: float | None = None  # mean idle share over the hold of the last raise
+        self._normal = [0.0, 0.0]  # seconds at nice 0 since then, and the idle seconds in them
 
     def low_time(self, now: float) -> float:
         """Seconds spent low up to ``now`` (``low_seconds`` counts up to the last sample)."""
@@ -177,8 +202,9 @@ class AutoPriority:
         last, self._last = self._last, (now, idle, total, arrived)
         if last is None or total <= last[2]:
             return None
+        dt = now - last[0]
         if self.level == "low":
-            self.low_seconds += now - last[0]
+            self.low_seconds += dt
         share = self.share = (idle - last[1]) / (total - last[2])
         lower_below, raise_above = self.low_below, self.normal_above
         if arrived is not None and last[3] is not None and now > last[0]:
@@ -187,19 +213,28 @@ class AutoPriority:
             lower_below = self.low_below + self.need
             raise_above = self.low_below + 0.05 + 2 * self.need
         if self.level == "normal":
+            self._normal[0] += dt
+            self._normal[1] += share * dt
             self.threshold = lower_below
             if share < lower_below:
                 return self._switch("low", now)
         elif self.can_raise:
+            if self.footprint > 0:
+                raise_above = max(raise_above, lower_below + self.footprint + 0.05)
             self.threshold = raise_above
             # counted in time, not samples: a sample taken after a capped pause covers it
-            self._high = self._high + (now - last[0]) if share > raise_above else 0.0
+            if share > raise_above:
+                self._high += dt
+                self._high_idle += share * dt
+            else:
+                self._high = self._high_idle = 0.0
             if self._high >= self.hold - 1e-9:
                 return self._switch("normal", now)
         return None
 
     def _switch(self, level: str, now: float) -> str | None:
-        held, self._high = self._high, 0.0
+        held, held_idle = self._high, self._high_idle
+        self._high = self._high_idle = 0.0
         if self.apply:
             try:
                 _set_all(level)
@@ -212,9 +247,20 @@ class AutoPriority:
                        and now - self._raised_at < self.relapse_window)
             self.hold = (min(self.hold * 2, self.max_hold) if relapse
                          else self._base_hold)
+            spent, idle = self._normal
+            if not relapse:
+                self.footprint = 0.0
+            elif (self._raised_idle is not None and 0 < spent
+                    and now - (self._raised_at or now) < self.learn_within):
+                # at once: the recorder's own reading did it (a load that comes later
+                # would teach it nothing about the recorder, and keeps what it knew)
+                drop = self._raised_idle - idle / spent
+                self.footprint = min(max(drop, 0.0), self.max_footprint)
         else:
             self.held = held
             self._raised_at = now
+            self._raised_idle = held_idle / held if held > 0 else self.share
+            self._normal = [0.0, 0.0]
         self.level = level
         self.switches += 1
         return level

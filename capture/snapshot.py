@@ -25,6 +25,7 @@ import pyarrow as pa
 from capture._arrow import arrow_table
 from capture.errors import CaptureError
 from capture.schema import CGROUPS_SCHEMA, PODS_SCHEMA, PROCESSES_SCHEMA
+from capture.selectors import BadSelector, parse_pod
 
 CMDLINE_CAP = 4096
 _COMM_CAP = 64
@@ -464,20 +465,13 @@ def scan_pods(root: str | Path | None = "/", pods_json: str | Path | None = None
 
 
 def pod_uids(selector: str, pods: Iterable[PodRow]) -> set[str]:
-    """Pod uids a --pod value names: a uid, a pod name, or namespace/name."""
-    sel = selector.strip()
-    uids: set[str] = set()
-    for p in pods:
-        if p.pod_uid == sel or p.pod_uid.replace("-", "_") == sel:
-            uids.add(p.pod_uid)
-        elif "/" in sel:
-            ns, _, name = sel.partition("/")
-            if p.namespace == ns and p.pod == name:
-                uids.add(p.pod_uid)
-        elif p.pod == sel:
-            uids.add(p.pod_uid)
-    if not uids and _UID.match(sel):
-        uids.add(sel.replace("_", "-"))  # a uid not (yet) in the pods snapshot
+    """Pod uids a --pod value names (``capture.selectors``: a uid, a pod name or
+    namespace/name, names as globs). A uid is taken even when the snapshot does not know it
+    (yet): its cgroups carry it in their paths. BadSelector for a value of no such form."""
+    sel = parse_pod(selector)
+    uids = {p.pod_uid for p in pods if sel.matches(p.pod_uid, p.namespace, p.pod)}
+    if not uids and sel.uid is not None:
+        uids.add(sel.uid)  # a uid not (yet) in the pods snapshot
     return uids
 
 
@@ -502,11 +496,14 @@ def resolve_cgroup_filter(
     pods = list(pods)
     uids: set[str] = set()
     for sel in pod_selectors:
-        found = pod_uids(sel, pods)
+        try:
+            found = pod_uids(sel, pods)
+        except BadSelector as exc:
+            raise CaptureError(f"bad --pod {exc}") from None
         if not found:
             raise PodNotFound(
                 f"no pod matches --pod {sel!r}: give a pod uid, name or namespace/name "
-                "present on this node (see --pods-root / --pods-json)"
+                "(names may be globs) present on this node (see --pods-root / --pods-json)"
             )
         uids |= found
     subs: list[str] = [s for s in cgroup_substrings if s]

@@ -3,7 +3,9 @@ and a capture made that way is complete."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,17 +167,19 @@ def test_auto_priority_yields_while_the_cpus_are_saturated(tmp_path: Path) -> No
     require_root_bcc()
     from tests.test_writer import check_capture
 
+    low_nice, how = 19, "at most 2% of one CPU"
     out = tmp_path / "cap"
     with _recording(out, "--duration", "120s", "--no-spool") as (proc, lines):
         assert _wait_for(lambda: _nices(proc.pid) == {0}, 10), _nices(proc.pid)
         with _Hogs():
-            assert _wait_for(lambda: _nices(proc.pid) == {19}, 15), "".join(lines)
-            # the line follows the switch: wait for it too
-            assert _wait_for(lambda: any(ln.startswith("priority: low (idle ") for ln in lines),
-                             5), "".join(lines)
-        assert _wait_for(lambda: _nices(proc.pid) == {0}, 15), "".join(lines)
+            # the line follows the switch
+            assert _wait_for(lambda: any(ln.startswith("priority: low (idle ") and how in ln
+                                         for ln in lines), 15), "".join(lines)
+            assert _nices(proc.pid) == {low_nice}, "".join(lines)
+        # other jobs on the machine may keep it saturated a while after the hogs end
         assert _wait_for(lambda: any(ln.startswith("priority: normal (idle ") for ln in lines),
-                         5), "".join(lines)
+                         20), "".join(lines)
+        assert _nices(proc.pid) == {0}, "".join(lines)
     assert proc.returncode == 0, "".join(lines)
     m = check_capture(out)
     assert m["status"] == "complete" and m["filters"]["priority"] == "auto"
@@ -340,3 +344,130 @@ def test_auto_priority_counts_idle_time_not_samples(tmp_path: Path) -> None:
     assert auto.update(0.7) is None
     _stat(stat, 1121, 1179)  # another 0.6 s: 1.2 s above the threshold
     assert auto.update(1.3) == "normal"
+
+
+_TRACES = Path(__file__).resolve().parent / "data" / "priority"
+_LINE = re.compile(r"^priority: (low|normal) \(idle ([\d.]+)% ([<>]) ([\d.]+)%( for [\d.]+ s)?\)"
+                   r": ")
+
+
+def _trace(name: str) -> list[tuple[float, int, int]]:
+    """A real /proc/stat sequence: (seconds, idle jiffies, total jiffies) every 0.1 s."""
+    rows = []
+    for line in (_TRACES / name).read_text().splitlines():
+        if line and not line.startswith("#"):
+            t, idle, total = line.split()
+            rows.append((float(t), int(idle), int(total)))
+    return rows
+
+
+def _replay(rows: list[tuple[float, int, int]], stat: Path, **kw: float
+            ) -> tuple[list[tuple[float, str, str]], list[tuple[float, float, str]]]:
+    """Feed a recorded sequence to AutoPriority as the recorder does (no DNS arriving): the
+    switches (time, level, stderr line) and every sample (time, idle share, level before)."""
+    from capture.recorder import _priority_line
+    from capture.sched import AutoPriority
+
+    auto = AutoPriority(str(stat), apply=False, cpus=2, **kw)  # type: ignore[arg-type]
+    switches, samples = [], []
+    for t, idle, total in rows:
+        _stat(stat, idle, total - idle)
+        before = auto.level
+        changed = auto.update(t, 0)
+        if auto.share is not None and t > rows[0][0]:
+            samples.append((t, auto.share, before))
+        if changed:
+            switches.append((t, changed, _priority_line(changed, auto, 0.02)))
+    return switches, samples
+
+
+@pytest.mark.parametrize("name", ["shared-node-60s.txt", "hog-bursts-40s.txt"])
+def test_auto_priority_on_real_idle_samples(tmp_path: Path, name: str) -> None:
+    """Real 0.1 s samples of this 2-CPU machine's idle share (5 % steps: 20 jiffies per
+    sample), saturated and idle in stretches: the recorder still yields on the first
+    saturated sample each time it is at nice 0, switches far less than without the
+    hysteresis, and each switch is one short line whose numbers satisfy its comparison."""
+    rows = _trace(name)
+    switches, samples = _replay(rows, tmp_path / "stat")
+    levels = [level for _, level, _ in switches]
+    assert levels[:1] == ["low"] and all(a != b for a, b in itertools.pairwise(levels))
+    # without hysteresis (a 1 s hold that never grows, nothing learned from relapses) the
+    # same samples make it flap
+    plain, _ = _replay(rows, tmp_path / "stat", max_hold=1.0, max_footprint=0.0)
+    assert len(switches) <= 6 and len(plain) >= len(switches) + 4, (switches, plain)
+    lows = {t for t, level, _ in switches if level == "low"}
+    for t, share, before in samples:
+        if before == "normal" and share < 0.20:
+            assert t in lows, (t, share)  # yields at once
+    for _, level, line in switches:
+        m = _LINE.match(line)
+        assert m and m.group(1) == level and len(line) < 80, line
+        a, b = float(m.group(2)), float(m.group(4))
+        assert (a < b) if m.group(3) == "<" else (a > b), line
+
+
+def test_auto_priority_learns_what_its_reading_costs_a_flood(tmp_path: Path) -> None:
+    """A steady flood that a recorder at nice 0 slows down: 25 % idle at nice 0, 55 % while
+    capped (the client/server pair waits on each other), 230k messages/s arriving, for a
+    minute; then the flood ends (95 % idle, nothing arriving). Each raise used to be followed
+    by a relapse a tenth of a second later, the hold doubling each time; the idle share
+    lost at nice 0 is now learned from the first relapse, and the recorder stays capped
+    until the flood ends."""
+    from capture.sched import AutoPriority
+
+    def run(**kw: float) -> list[tuple[float, str]]:
+        auto = AutoPriority(str(tmp_path / "stat"), apply=False, cpus=2, **kw)  # type: ignore[arg-type]
+        idle = busy = 1000
+        arrived, t = 0, 0.0
+        _stat(tmp_path / "stat", idle, busy)
+        auto.update(t, arrived)
+        switches = []
+        while t < 90.0 - 1e-9:
+            flood = t < 60.0
+            share = (0.25 if auto.level == "normal" else 0.55) if flood else 0.95
+            idle += round(20 * share)
+            busy += 20 - round(20 * share)
+            arrived += 23_000 if flood else 0
+            t = round(t + 0.1, 1)
+            _stat(tmp_path / "stat", idle, busy)
+            changed = auto.update(t, arrived)
+            if changed:
+                switches.append((t, changed))
+        assert auto.level == "normal"  # once the flood is over, it records everything again
+        return switches
+
+    learned = run()
+    assert [level for _, level in learned] == ["low", "normal", "low", "normal"], learned
+    assert learned[0][0] == 0.1 and learned[-1][0] > 60.0
+    doubling_only = run(max_footprint=0.0)
+    assert len(doubling_only) >= 10, doubling_only
+
+
+def test_a_load_that_comes_later_teaches_nothing_about_the_recorder(tmp_path: Path) -> None:
+    """A relapse seconds after a raise is another load arriving, not the recorder's reading:
+    the footprint stays 0 and the next raise needs no more idle CPU than the first."""
+    from capture.sched import AutoPriority
+
+    auto = AutoPriority(str(tmp_path / "stat"), apply=False, cpus=2)
+    idle = busy = 1000
+    t = 0.0
+    _stat(tmp_path / "stat", idle, busy)
+    auto.update(t, 0)
+    switches = []
+    # saturated 1 s, 45 % idle 6 s, saturated 1 s, 45 % idle 6 s
+    for share in [0.0] * 10 + [0.45] * 60 + [0.0] * 10 + [0.45] * 60:
+        idle += round(20 * share)
+        busy += 20 - round(20 * share)
+        t = round(t + 0.1, 1)
+        _stat(tmp_path / "stat", idle, busy)
+        changed = auto.update(t, 0)
+        if changed:
+            switches.append((t, changed, auto.footprint, auto.threshold))
+    assert [(lvl, fp) for _, lvl, fp, _ in switches] == [
+        ("low", 0.0), ("normal", 0.0), ("low", 0.0), ("normal", 0.0)], switches
+    assert switches[1][3] == switches[3][3] == pytest.approx(0.25)  # 20 % + 5 points
+    # the second raise waited the doubled hold (a relapse within 30 s) from the end of the
+    # second saturation (8.0 s), at the same threshold
+    # (within two samples: a step of 0.0999... s is not yet an interval and waits a sample)
+    assert switches[2][0] == pytest.approx(7.1, abs=0.25)
+    assert switches[3][0] == pytest.approx(10.0, abs=0.25)

@@ -265,19 +265,26 @@ def test_normal_line_says_how_long_the_idle_cpu_lasted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("priority", ["auto", "low", "idle", "normal"])
 @pytest.mark.parametrize("budget", [0.02, 0.0])
-def test_start_lines_say_when_messages_may_be_dropped(priority: str, budget: float) -> None:
+@pytest.mark.parametrize("spooling", [True, False])
+def test_start_lines_say_when_messages_may_be_dropped(priority: str, budget: float,
+                                                      spooling: bool) -> None:
     from capture.recorder import RecordOptions, _drops_lines
 
-    lines = _drops_lines(RecordOptions(output=Path("cap"), priority=priority,
-                                       cpu_budget=budget, ringbuf_mb=1024))
+    options = RecordOptions(output=Path("cap"), priority=priority, cpu_budget=budget,
+                            ringbuf_mb=1024, spool=spooling)
+    lines = _drops_lines(options)
+    assert lines == _drops_lines(options, spooling=spooling)
     text = " ".join(lines)
     assert lines and all(len(ln) < 80 for ln in lines), lines
     assert "drop" in text and "count" in text
-    if priority == "normal":
+    if priority == "normal" or (priority == "auto" and spooling):
+        # only the ring buffer's overflow is dropped; a bigger one avoids it
         assert "1024 MB ring buffer" in text and "--ringbuf-mb" in text
     else:
         assert "--priority normal" in text  # how to avoid the drops
-    if priority == "auto":
+    if priority == "auto" and spooling:
+        assert "spools" in text and "CPU" in text and "at most" not in text
+    elif priority == "auto":
         assert ("at most 2% of one CPU" in text) is (budget > 0)
 
 
@@ -290,6 +297,9 @@ def test_summary_says_how_often_the_recorder_yielded() -> None:
     lines = RecordSummary(**base, priority_lowered=3, low_seconds=41.25).lines()  # type: ignore[arg-type]
     assert "Priority: yielded the CPU 3 times, 41.2 s in all (manifest priority_log)" in lines
     assert all(len(ln) < 80 for ln in lines)
+    long = RecordSummary(**base, priority_lowered=123_456,  # type: ignore[arg-type]
+                         low_seconds=1e7).lines()
+    assert all(len(ln) < 80 for ln in lines + long), long
 
 
 def test_status_line_splits_events_and_shows_what_is_left() -> None:
@@ -370,3 +380,22 @@ def test_status_line_on_a_terminal_grows_with_the_traffic(tmp_path: Path) -> Non
     assert last[1] > first[1]            # bytes read grew with the 1,200 messages
     assert last[3] < first[3] <= 40      # the time left counts down from the duration
     os.close(master)
+
+
+def test_status_line_names_its_bytes_and_says_when_capped() -> None:
+    """Keyword-only extras keep the call of the loop as it is: what the byte count counts,
+    and 'capped' while --priority auto yields (the lost count then grows on purpose)."""
+    from capture.recorder import _status_line
+
+    args = ({"messages": 1234, "connects": 12, "execs": 3}, 123_456, {"ringbuf_full": 7},
+            62.3, 237.7)
+    assert _status_line(*args, bytes_label="spooled") == (
+        "1,234 msgs, 12 conns, 3 execs  120.6 KB spooled  lost 7  01:02  03:57 left")
+    assert _status_line(*args, capped=True) == (
+        "1,234 msgs  120.6 KB read  lost 7 (capped)  01:02  03:57 left")
+    assert _status_line(*args[:4], capped=True) == (
+        "1,234 msgs, 12 conns, 3 execs  120.6 KB read  lost 7 events (capped)  01:02")
+    for n in (0, 99_999, 10**9):
+        line = _status_line({"messages": n, "connects": n, "execs": n}, n * 300, {"x": n},
+                            360_000.0, 360_000.0, bytes_label="spooled", capped=True)
+        assert len(line) < 80, line
