@@ -738,9 +738,9 @@ def _drops_lines(options: RecordOptions, *, spooling: bool | None = None) -> lis
     spooling = options.spool if spooling is None else spooling
     ring = f"{options.ringbuf_mb} MB ring buffer"
     if options.priority == "auto" and spooling:
-        return ["It spools the ring at nice 0 and converts to Parquet at nice 19 (later when",
-                f"the CPUs are busy); it drops (and counts) only what overflows the {ring}:",
-                "a larger --ringbuf-mb rides out longer bursts."]
+        return ["It spools the ring at nice 0 and makes Parquet at nice 19 (later, when the",
+                "CPUs are busy); it drops (and counts) only what overflows the",
+                f"{ring}: a larger --ringbuf-mb rides out longer bursts."]
     if options.priority == "auto":
         cap = (f"nice 19, at most {options.cpu_budget * 100:g}% of one CPU"
                if options.cpu_budget > 0 else "nice 19")

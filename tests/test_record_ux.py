@@ -321,7 +321,7 @@ def test_status_line_splits_events_and_shows_what_is_left() -> None:
                                 {"x": n}, 360_000.0, 360_000.0)) < 80
 
 
-_STATUS = re.compile(r"([\d,]+) msgs.*?([\d.]+) (B|KB|MB|GB) read  lost ([\d,]+) events  "
+_STATUS = re.compile(r"([\d,]+) msgs.*?([\d.]+) (B|KB|MB|GB) (?:read|spooled)  lost ([\d,]+)(?: events)?  "
                      r"(\d\d):(\d\d)  (\d\d):(\d\d) left")
 
 
