@@ -25,9 +25,6 @@ from analyze.findings import Finding, find
 from tests.lab import Lab
 from tests.lab.require import require_lab
 
-
-
-
 #: A nameserver that hangs: port 53 open, every query read, none answered (bounded: 120 s).
 _HUNG = r"""
 import socket, sys, time

@@ -138,15 +138,13 @@ def load_settings(path: str | Path | None = None, sets: Iterable[str] = (),
         if not dot:
             section, field_name = _section_of(name), name
         values.setdefault(section, {})[field_name] = _check(section, field_name, value)
-    for domain in allow:
-        allowed.append(domain)
+    allowed.extend(allow)
     return Settings(values, tuple(normalize_domain(d) for d in allowed))
 
 
 def normalize_domain(domain: str) -> str:
     d = domain.strip().rstrip(".").lower()
-    if d.startswith("*."):
-        d = d[2:]
+    d = d.removeprefix("*.")
     if not d or len(d) > 253 or any(not label or len(label) > 63 for label in d.split(".")):
         raise SettingsError(f"--allow {domain!r}: not a domain name")
     return d
