@@ -15,6 +15,13 @@ has short or templated labels and A/AAAA/SRV/PTR types, so it stays at most `low
 
 Per client and public suffix, many distinct long random second-level labels (payload moved into
 the registered domain itself) are reported as tunneling with domain ``*.<suffix>``.
+
+Names are grouped by the name the application asked for: a search suffix or the ndots walk
+(``<hex>.tunnel.example.com.corp.local``, ``....default.svc.cluster.local``) is stripped first,
+from the lookups' ``base_name`` (the suffixes inferred from the lookup walk,
+``analyze.reconstruct``), else, for a name under an internal or unknown top-level domain, by
+cutting labels off the right until a name under a known ICANN top-level domain is left. The
+walk of one name counts as one query; the finding keeps both names.
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from publicsuffixlist import PublicSuffixList
 
 from analyze.findings._common import Finding, shannon, spread, txn_evidence
 from analyze.findings._names import is_internal, public_suffix, registered_domain, subdomain
-from analyze.findings._sql import Rows, client_key_sql, client_rows
+from analyze.findings._sql import Rows, client_key_sql, client_rows, lookup_rows
 
 #: Record types whose answers can carry a tunnel's downstream data.
 BULK_TYPES = frozenset({"TXT", "NULL", "MX", "CNAME", "KEY", "ANY", "SRV", "PRIVATE"})
@@ -51,6 +59,7 @@ class Thresholds:
 
 
 _DIGITS = re.compile(r"[0-9]+")
+_ICANN = PublicSuffixList(only_icann=True)
 
 
 def _max_label(sub: str) -> int:
@@ -62,10 +71,54 @@ def _is_bulk(qtype: Any) -> bool:
     return q in BULK_TYPES or q.startswith("TYPE")
 
 
+#: Most labels cut off the right of a name to find the name under a known top-level domain.
+_MAX_CUT = 4
+
+
+def _known_tld(name: str) -> bool:
+    """The name ends in a public suffix the ICANN list names (not its implicit ``*`` rule)."""
+    return _ICANN.publicsuffix(name, accept_unknown=False) is not None
+
+
+def _walk_bases(capture: Any) -> dict[str, str]:
+    """Name -> the name the application asked for, from the lookups (search suffix removed),
+    for the names that differ."""
+    rows = lookup_rows(capture)
+    got = rows.capture.query(
+        "SELECT n AS qname, any_value(base_name) AS base FROM (SELECT unnest(names) AS n, "
+        f"base_name FROM ({rows.sql})) WHERE base_name IS NOT NULL AND n <> base_name "
+        "GROUP BY n", rows.params)
+    return dict(zip(got.column("qname").to_pylist(), got.column("base").to_pylist()))
+
+
+def _cut_base(name: str, cluster_domain: str) -> str | None:
+    """A name under an internal or unknown top-level domain (``x.example.com.corp.local``),
+    not a cluster name: the longest left part under a known ICANN top-level domain with at
+    least three labels (``x.example.com``), else None."""
+    n = name.rstrip(".").lower()
+    if n.endswith(("." + cluster_domain, ".arpa")) or _known_tld(n):
+        return None
+    labels = n.split(".")
+    for cut in range(1, min(_MAX_CUT, len(labels) - 3) + 1):
+        rest = ".".join(labels[:-cut])
+        if _known_tld(rest):
+            return rest
+    return None
+
+
+def _base_of(name: str, walked: dict[str, str], cluster_domain: str) -> str:
+    base = walked.get(name)
+    if base is not None and base.count(".") >= 2 and _known_tld(base.rstrip(".").lower()):
+        return base
+    return _cut_base(name, cluster_domain) or name
+
+
 def _prepared(capture: Any, cluster_domain: str) -> pd.DataFrame:
     """One row per (client, registered domain, name, type) of the client queries outside
     internal zones, with the query count `_n`, first/last time and NXDOMAINs (`_nx`): an
-    aggregate query, in the order the names were first asked."""
+    aggregate query, in the order the names were first asked. ``_base`` is the name without
+    its search suffix (the name itself when none), ``_rd`` and ``_sub`` are of the base;
+    ``_nq`` counts the walk of one name (suffixed tries and the bare one) as one query."""
     agg = client_rows(capture).where("qname IS NOT NULL").frame(
         f"{client_key_sql()} AS _client, qname, qtype, count(*) AS _n, min(ts) AS _first, "
         "max(ts) AS _last, count(*) FILTER (WHERE rcode_name = 'NXDOMAIN') AS _nx",
@@ -74,10 +127,17 @@ def _prepared(capture: Any, cluster_domain: str) -> pd.DataFrame:
         return agg
     names = agg["qname"].astype(str)
     uniq = pd.unique(names)
-    rds = {u: (None if is_internal(u, cluster_domain) else registered_domain(u)) for u in uniq}
+    walked = _walk_bases(capture)
+    bases = {u: _base_of(u, walked, cluster_domain) for u in uniq}
+    rds = {u: (None if is_internal(b, cluster_domain) else registered_domain(b))
+           for u, b in bases.items()}
+    agg["_base"] = names.map(bases)
     agg["_rd"] = names.map(rds)
     agg = agg[agg["_rd"].notna()].reset_index(drop=True)
-    agg["_sub"] = [subdomain(str(q), str(r)) for q, r in zip(agg["qname"], agg["_rd"])]
+    agg["_sub"] = [subdomain(str(q), str(r)) for q, r in zip(agg["_base"], agg["_rd"])]
+    top = agg.groupby(["_client", "_base", "qtype"], sort=False)["_n"].transform("max")
+    first = ~agg.duplicated(["_client", "_base", "qtype"])
+    agg["_nq"] = top.where(first, 0)
     return agg
 
 
@@ -159,17 +219,19 @@ def pair_features(g: pd.DataFrame) -> dict[str, Any]:
     (``g``: rows of the aggregated table, one per name and type with its count ``_n``)."""
     subs = g["_sub"].astype(str)
     distinct = subs[subs != ""].drop_duplicates()
-    n_q = int(g["_n"].sum())
+    n = g["_nq"] if "_nq" in g else g["_n"]
+    n_q = int(n.sum())
     n_d = len(distinct)
     span = (g["_last"].max() - g["_first"].min()).total_seconds() if n_q > 1 else 0.0
     minutes = max(span, 60.0) / 60.0
     labels_max = [_max_label(s) for s in distinct]
     pooled = "".join(s.replace(".", "") for s in distinct)
     templates = {_DIGITS.sub("0", x) for x in distinct}
-    qtypes = g.groupby(g["qtype"].astype(str), sort=False)["_n"].sum() \
+    qtypes = n.groupby(g["qtype"].astype(str), sort=False).sum() \
         .sort_values(ascending=False, kind="stable")
     bulk = int(sum(c for t, c in qtypes.items() if _is_bulk(t)))
-    name_len = float((g["qname"].astype(str).str.len() * g["_n"]).sum() / n_q) if n_q else 0.0
+    base = g["_base"] if "_base" in g else g["qname"]
+    name_len = float((base.astype(str).str.len() * n).sum() / n_q) if n_q else 0.0
     return {
         "queries": n_q,
         "distinct_subdomains": n_d,
@@ -185,7 +247,25 @@ def pair_features(g: pd.DataFrame) -> dict[str, Any]:
         "bulk_type_share": round(bulk / n_q, 3) if n_q else 0.0,
         "span_s": round(span, 3),
         "name_bytes_per_min": round(sum(len(s) for s in distinct) / minutes, 1),
+        **_suffix_metrics(g),
     }
+
+
+def _suffix_metrics(g: pd.DataFrame) -> dict[str, Any]:
+    """How many names were asked with a search suffix appended, which suffixes, and a few
+    (asked name, name it stands for) pairs."""
+    if "_base" not in g:
+        return {}
+    moved = g[g["qname"].astype(str) != g["_base"].astype(str)]
+    if moved.empty:
+        return {}
+    pairs = moved[["qname", "_base"]].astype(str).drop_duplicates("qname")
+    suffixes = sorted({q.rstrip(".")[len(b.rstrip(".")) + 1:] for q, b in
+                       zip(pairs["qname"], pairs["_base"])
+                       if q.rstrip(".").startswith(b.rstrip(".") + ".")})
+    return {"suffixed_names": len(pairs), "search_suffixes": suffixes[:10],
+            "suffixed_examples": [[q, b] for q, b in zip(pairs["qname"][:3],
+                                                          pairs["_base"][:3])]}
 
 
 def _assess(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
@@ -256,6 +336,7 @@ def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, capture: Any,
         + "; ".join(reasons)
         + ". DNS tunnels and exfiltration tools encode data in query names this way; "
         "ordinary clients repeat a few short host names."
+        + _suffix_note(m, rd)
     )
     return Finding(
         kind="tunneling",
@@ -267,6 +348,15 @@ def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, capture: Any,
         evidence=txn_evidence(_first_per(rows, lambda q: q)),
         **ident,
     )
+
+
+def _suffix_note(m: dict[str, Any], rd: str) -> str:
+    if not m.get("suffixed_names"):
+        return ""
+    asked, meant = m["suffixed_examples"][0]
+    return (f" {m['suffixed_names']} of the names were asked with a search suffix appended "
+            f"({', '.join(m['search_suffixes']) or 'inferred'}), e.g. {asked} for {meant}: "
+            f"they are grouped under {rd}, the domain the application asked for.")
 
 
 def _second_level(agg: pd.DataFrame, capture: Any, th: Thresholds) -> list[Finding]:
@@ -284,7 +374,7 @@ def _second_level(agg: pd.DataFrame, capture: Any, th: Thresholds) -> list[Findi
         ent = shannon("".join(long))
         if ent < th.entropy:
             continue
-        n_q = int(g["_n"].sum())
+        n_q = int(g["_nq"].sum())
         nx = float(g["_nx"].sum()) / n_q if n_q else 0.0
         severity = "medium" if len(long) >= 2 * th.sld_min_distinct else "low"
         metrics = {
