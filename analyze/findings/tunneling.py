@@ -56,6 +56,16 @@ class Thresholds:
     high_bytes_per_min: float = 3000.0
     sld_min_distinct: int = 20     #: distinct random second-level labels under one suffix
     sld_min_len: int = 20
+    # payload in the answers (download side)
+    min_answers: int = 12          #: answers with data before the answer rules judge
+    answer_bytes_per_query: float = 100.0  #: mean answer payload of a bulk-answer tunnel
+    answer_bulk_share: float = 0.5  #: share of answer bytes in TXT/NULL/CNAME/MX/other
+    distinct_answer_share: float = 0.8     #: distinct answers / answers with data
+    counter_share: float = 0.8     #: names of the main template, and its counter increasing
+    counter_bytes_per_query: float = 16.0  #: least answer payload of a counter-named stager
+    high_answer_bytes: int = 10000  #: this much downloaded is high
+    high_answer_bytes_per_min: float = 3000.0
+    high_answers: int = 50         #: this many distinct data answers is high
 
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -69,6 +79,31 @@ def _max_label(sub: str) -> int:
 def _is_bulk(qtype: Any) -> bool:
     q = str(qtype or "")
     return q in BULK_TYPES or q.startswith("TYPE")
+
+
+def _bytes_sql(where: str | None = None) -> str:
+    """Answer payload bytes of a transaction: A 4, AAAA 16, an RFC 3597 ``\\# N ...`` N,
+    else the length of the record's text (TXT strings, CNAME/MX targets)."""
+    records = "answers" if where is None else f"list_filter(answers, lambda a: {where})"
+    size = ("CASE WHEN a.type = 'A' THEN 4 WHEN a.type = 'AAAA' THEN 16 "
+            "WHEN starts_with(a.data, '\\# ') THEN coalesce(TRY_CAST(split_part(a.data, ' ', 2) "
+            "AS BIGINT), 0) ELSE length(coalesce(a.data, '')) END")
+    return f"coalesce(sum(list_sum(list_transform({records}, lambda a: {size}))), 0)"
+
+
+#: Answer record types whose bytes are counted apart (the rest: ``_ab_other``).
+ANSWER_TYPES = {"txt": "TXT", "null": "NULL", "cname": "CNAME", "mx": "MX"}
+
+#: Per (client, name, type): answer bytes (all, per type), answers with data, and their
+#: distinct payloads (count, and the smallest hash to tell single answers apart across names).
+_ANSWER_SQL = ", ".join([
+    f"{_bytes_sql()} AS _ab",
+    *(f"{_bytes_sql(f'a.type = {t!r}')} AS _ab_{k}" for k, t in ANSWER_TYPES.items()),
+    _bytes_sql("a.type IN ('A', 'AAAA')") + " AS _ab_addr",
+    "count(*) FILTER (WHERE len(answers) > 0) AS _answered",
+    "count(DISTINCT hash(answers)) FILTER (WHERE len(answers) > 0) AS _adist",
+    "min(hash(answers)) FILTER (WHERE len(answers) > 0) AS _ahash",
+])
 
 
 #: Most labels cut off the right of a name to find the name under a known top-level domain.
@@ -121,8 +156,8 @@ def _prepared(capture: Any, cluster_domain: str) -> pd.DataFrame:
     ``_nq`` counts the walk of one name (suffixed tries and the bare one) as one query."""
     agg = client_rows(capture).where("qname IS NOT NULL").frame(
         f"{client_key_sql()} AS _client, qname, qtype, count(*) AS _n, min(ts) AS _first, "
-        "max(ts) AS _last, count(*) FILTER (WHERE rcode_name = 'NXDOMAIN') AS _nx",
-        "GROUP BY ALL ORDER BY min(txn_id)")
+        "max(ts) AS _last, count(*) FILTER (WHERE rcode_name = 'NXDOMAIN') AS _nx, "
+        + _ANSWER_SQL, "GROUP BY ALL ORDER BY min(txn_id)")
     if agg.empty:
         return agg
     names = agg["qname"].astype(str)
@@ -171,10 +206,15 @@ def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cl
 
 
 def _candidates(agg: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
-    """Rows of the pairs with enough distinct subdomains to be judged at all."""
-    named = agg[agg["_sub"] != ""]
-    distinct = named.groupby(["_client", "_rd"], sort=False)["_sub"].transform("nunique")
-    keys = named.loc[distinct >= th.min_distinct, ["_client", "_rd"]].drop_duplicates()
+    """Rows of the pairs with enough distinct subdomains, or enough answers with data of
+    some size, to be judged at all."""
+    pairs = agg.assign(_named=agg["_sub"].where(agg["_sub"] != "")).groupby(
+        ["_client", "_rd"], sort=False).agg(
+        distinct=("_named", "nunique"), answered=("_answered", "sum"), ab=("_ab", "sum"))
+    keep = (pairs["distinct"] >= th.min_distinct) | (
+        (pairs["answered"] >= max(th.min_answers // 2, 1))
+        & (pairs["ab"] >= th.counter_bytes_per_query * pairs["answered"]))
+    keys = pairs[keep].reset_index()[["_client", "_rd"]]
     return agg.merge(keys, on=["_client", "_rd"])
 
 
@@ -247,8 +287,85 @@ def pair_features(g: pd.DataFrame) -> dict[str, Any]:
         "bulk_type_share": round(bulk / n_q, 3) if n_q else 0.0,
         "span_s": round(span, 3),
         "name_bytes_per_min": round(sum(len(s) for s in distinct) / minutes, 1),
+        **_answer_metrics(g, n, distinct, minutes),
+        **_counter_metrics(distinct),
+        **_cadence_metrics(g),
         **_suffix_metrics(g),
     }
+
+
+def _answer_metrics(g: pd.DataFrame, n: pd.Series, distinct: pd.Series,
+                    minutes: float) -> dict[str, Any]:
+    """Download side: answer bytes (all, per record type, the bulk ones: TXT, NULL, MX,
+    other types, and CNAME when CNAME was asked; a CDN chain's CNAMEs in an A answer are
+    not payload), answers with data, distinct answers, and the download/upload ratio."""
+    if "_ab" not in g:
+        return {}
+    total = int(g["_ab"].sum())
+    by_type = {t.upper(): int(g[f"_ab_{k}"].sum()) for k, t in
+               (("txt", "txt"), ("null", "null"), ("cname", "cname"), ("mx", "mx"))}
+    by_type["A/AAAA"] = int(g["_ab_addr"].sum())
+    by_type["other"] = max(total - sum(by_type.values()), 0)
+    asked_cname = g["qtype"].astype(str) == "CNAME"
+    bulk = (by_type["TXT"] + by_type["NULL"] + by_type["MX"] + by_type["other"]
+            + int(g.loc[asked_cname, "_ab_cname"].sum()))
+    answered = int(g["_answered"].sum())
+    single = g[(g["_adist"] == 1)]["_ahash"].nunique()
+    distinct_answers = int(single + g.loc[g["_adist"] > 1, "_adist"].sum())
+    # upload: the subdomain text sent per query (the walk of one name once)
+    sub_len = g["_sub"].astype(str).str.len()
+    upload = int((sub_len * n).sum())
+    return {
+        "answer_bytes": total,
+        "answer_bytes_by_type": {k: v for k, v in by_type.items() if v},
+        "bulk_answer_bytes": bulk,
+        "answers_with_data": answered,
+        "answer_bytes_per_answer": round(total / answered, 1) if answered else 0.0,
+        "bulk_bytes_per_answer": round(bulk / answered, 1) if answered else 0.0,
+        "answer_bytes_per_min": round(total / minutes, 1),
+        "distinct_answers": distinct_answers,
+        "distinct_answer_share": round(min(distinct_answers / answered, 1.0), 3)
+        if answered else 0.0,
+        "upload_bytes": upload,
+        "download_upload_ratio": round(total / upload, 2) if upload else None,
+    }
+
+
+def _numbers(name: str) -> tuple[int, ...]:
+    return tuple(int(x[:18]) for x in _DIGITS.findall(name))
+
+
+def _counter_metrics(distinct: pd.Series) -> dict[str, Any]:
+    """Counter and template labels: the share of distinct names of the commonest shape
+    (digits set aside: ``cdn0``..``cdn99``, ``0-12345.id-9510.down.x``), and how often the
+    numbers of that shape's names, in the order they were first asked, go up (a counter)."""
+    if len(distinct) < 2:
+        return {"top_template_share": 0.0, "counter_share": 0.0}
+    shapes = distinct.map(lambda x: _DIGITS.sub("0", x))
+    top = shapes.value_counts()
+    name = str(top.index[0])
+    mine = [_numbers(x) for x, sh in zip(distinct, shapes) if sh == name]
+    ups = sum(1 for a, b in zip(mine, mine[1:]) if b > a)
+    return {
+        "top_template": name[:80],
+        "top_template_share": round(int(top.iloc[0]) / len(distinct), 3),
+        "counter_share": round(ups / (len(mine) - 1), 3) if len(mine) > 1 and mine[0]
+        else 0.0,
+    }
+
+
+def _cadence_metrics(g: pd.DataFrame) -> dict[str, Any]:
+    """Query cadence: the coefficient of variation of the gaps between first asks of new
+    names (a tool's timer: near 0; people and applications: near 1 or more)."""
+    firsts = g.groupby("_sub", sort=False)["_first"].min().sort_values()
+    if len(firsts) < 4:
+        return {}
+    gaps = firsts.diff().dropna().dt.total_seconds()
+    mean = float(gaps.mean())
+    if mean <= 0:
+        return {}
+    return {"cadence_mean_s": round(mean, 3),
+            "cadence_cv": round(float(gaps.std(ddof=0)) / mean, 3)}
 
 
 def _suffix_metrics(g: pd.DataFrame) -> dict[str, Any]:
@@ -269,7 +386,70 @@ def _suffix_metrics(g: pd.DataFrame) -> dict[str, Any]:
 
 
 def _assess(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
-    """Severity (None: no finding) and the plain-words reasons, from the features."""
+    """Severity (None: no finding) and the plain-words reasons, from the features; the
+    rules that fired are kept in ``m["fired"]``."""
+    names, name_reasons = _assess_names(m, th)
+    answers, answer_reasons = _assess_answers(m, th)
+    ranks = {None: -1, "low": 1, "medium": 2, "high": 3}
+    severity = max(names, answers, key=lambda x: ranks[x])
+    if names in ("medium", "high") and answers in ("medium", "high"):
+        severity = "high"  # both directions carry data: certain
+    reasons = name_reasons + answer_reasons
+    m.setdefault("fired", [])
+    return severity, reasons
+
+
+def _assess_answers(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
+    """Payload in the answers: many distinct, big bulk-type answers, or templated or counter
+    names whose every answer differs (download staging: ``cdn0``.. with TXT or AAAA)."""
+    answered = m.get("answers_with_data", 0)
+    if answered < max(th.min_answers // 2, 1):
+        return None, []
+    fired: list[str] = m.setdefault("fired", [])
+    distinct = m["distinct_answer_share"] >= th.distinct_answer_share
+    bulk_share = m["bulk_answer_bytes"] / m["answer_bytes"] if m["answer_bytes"] else 0.0
+    bulk = (distinct and m["bulk_bytes_per_answer"] >= th.answer_bytes_per_query
+            and bulk_share >= th.answer_bulk_share)
+    templated = (m["distinct_subdomains"] >= max(th.min_answers // 2, 2)
+                 and m["top_template_share"] >= th.counter_share)
+    counter = templated and m["counter_share"] >= th.counter_share
+    staged = (distinct and templated and m["answer_bytes_per_answer"]
+              >= th.counter_bytes_per_query and (counter or bulk_share >= th.answer_bulk_share))
+    if not (bulk or staged):
+        return None, []
+    reasons: list[str] = []
+    types = ", ".join(f"{t} {b} B" for t, b in m["answer_bytes_by_type"].items())
+    if bulk:
+        fired.append("bulk_answers")
+        reasons.append(
+            f"{answered} answers carried {m['answer_bytes']} bytes ({types}), "
+            f"{m['bulk_bytes_per_answer']:.0f} bytes of TXT/NULL/MX/CNAME data per answer, "
+            f"{m['distinct_answer_share']:.0%} of them distinct: data flowing down")
+    if staged:
+        fired.append("counter_names" if counter else "template_names")
+        reasons.append(
+            f"{m['top_template_share']:.0%} of the names follow one template "
+            f"({m['top_template']!r}" + (f", its number counting up in "
+                                         f"{m['counter_share']:.0%} of steps" if counter else "")
+            + f") and {m['distinct_answer_share']:.0%} of their answers differ "
+            f"({m['answer_bytes_per_answer']:.0f} bytes per answer, {types}): a payload "
+            "fetched piece by piece")
+    ratio = m.get("download_upload_ratio")
+    if ratio is not None:
+        reasons.append(f"download/upload {ratio:.1f} (answer bytes per byte of name text)")
+    volume = (m["bulk_answer_bytes"] >= th.high_answer_bytes
+              or m["answer_bytes_per_min"] >= th.high_answer_bytes_per_min
+              or m["distinct_answers"] >= th.high_answers)
+    if answered < th.min_answers:
+        return "low", reasons  # the shape is there but the sample is small
+    if volume or (bulk and staged):
+        fired.append("answer_volume")
+        return "high", reasons
+    return "medium", reasons
+
+
+def _assess_names(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
+    """Payload in the names (the upload side)."""
     n_d = m["distinct_subdomains"]
     if n_d < th.min_distinct:
         return None, []
@@ -311,6 +491,9 @@ def _assess(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
             f"names do not follow a template ({m['distinct_templates']} distinct shapes once "
             "digits are set aside)"
         )
+    fired: list[str] = m.setdefault("fired", [])
+    fired.extend(x for x, on in (("data_names", data_names), ("bulk_types", bulk),
+                                 ("name_volume", volume and (data_names or bulk))) if on)
     if (data_names and (bulk or volume)) or (bulk and volume):
         return "high", reasons
     if data_names or bulk:
