@@ -26,6 +26,7 @@ walk of one name counts as one query; the finding keeps both names.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -88,11 +89,19 @@ def _bytes_sql(where: str | None = None) -> str:
     size = ("CASE WHEN a.type = 'A' THEN 4 WHEN a.type = 'AAAA' THEN 16 "
             "WHEN starts_with(a.data, '\\# ') THEN coalesce(TRY_CAST(split_part(a.data, ' ', 2) "
             "AS BIGINT), 0) ELSE length(coalesce(a.data, '')) END")
-    return f"coalesce(sum(list_sum(list_transform({records}, lambda a: {size}))), 0)"
+    return (f"CAST(coalesce(sum(list_sum(list_transform({records}, lambda a: {size}))), 0) "
+            "AS BIGINT)")
 
+
+#: Least payload (bytes) of an answer that counts as carrying data.
+DATA_ANSWER_BYTES = 16
 
 #: Answer record types whose bytes are counted apart (the rest: ``_ab_other``).
 ANSWER_TYPES = {"txt": "TXT", "null": "NULL", "cname": "CNAME", "mx": "MX"}
+
+#: What an answer says (its records' types and data, not their owner names: the CNAME chain
+#: of ``img1.x`` and ``img2.x`` to one CDN host is one answer).
+_ANSWER_DATA = "hash(list_transform(answers, lambda a: a.type || ' ' || coalesce(a.data, '')))"
 
 #: Per (client, name, type): answer bytes (all, per type), answers with data, and their
 #: distinct payloads (count, and the smallest hash to tell single answers apart across names).
@@ -101,8 +110,8 @@ _ANSWER_SQL = ", ".join([
     *(f"{_bytes_sql(f'a.type = {t!r}')} AS _ab_{k}" for k, t in ANSWER_TYPES.items()),
     _bytes_sql("a.type IN ('A', 'AAAA')") + " AS _ab_addr",
     "count(*) FILTER (WHERE len(answers) > 0) AS _answered",
-    "count(DISTINCT hash(answers)) FILTER (WHERE len(answers) > 0) AS _adist",
-    "min(hash(answers)) FILTER (WHERE len(answers) > 0) AS _ahash",
+    f"count(DISTINCT {_ANSWER_DATA}) FILTER (WHERE len(answers) > 0) AS _adist",
+    f"min({_ANSWER_DATA}) FILTER (WHERE len(answers) > 0) AS _ahash",
 ])
 
 
@@ -310,8 +319,15 @@ def _answer_metrics(g: pd.DataFrame, n: pd.Series, distinct: pd.Series,
     bulk = (by_type["TXT"] + by_type["NULL"] + by_type["MX"] + by_type["other"]
             + int(g.loc[asked_cname, "_ab_cname"].sum()))
     answered = int(g["_answered"].sum())
-    single = g[(g["_adist"] == 1)]["_ahash"].nunique()
-    distinct_answers = int(single + g.loc[g["_adist"] > 1, "_adist"].sum())
+    payload = bulk + by_type["A/AAAA"]  # a CDN chain's CNAMEs in an A answer left out
+    # data answers: those carrying DATA_ANSWER_BYTES of payload or more (an idle tunnel's
+    # empty polls, NXDOMAINs and NODATA answers are left out), and how many of them differ
+    chain = g["_ab_cname"].where(~asked_cname, 0)
+    per_answer = (g["_ab"] - chain) / g["_answered"].where(g["_answered"] > 0)
+    data = g[per_answer >= DATA_ANSWER_BYTES]
+    data_answers = int(data["_answered"].sum())
+    distinct_answers = int(data.loc[data["_adist"] == 1, "_ahash"].nunique()
+                           + data.loc[data["_adist"] > 1, "_adist"].sum())
     # upload: the subdomain text sent per query (the walk of one name once)
     sub_len = g["_sub"].astype(str).str.len()
     upload = int((sub_len * n).sum())
@@ -322,10 +338,13 @@ def _answer_metrics(g: pd.DataFrame, n: pd.Series, distinct: pd.Series,
         "answers_with_data": answered,
         "answer_bytes_per_answer": round(total / answered, 1) if answered else 0.0,
         "bulk_bytes_per_answer": round(bulk / answered, 1) if answered else 0.0,
+        "payload_bytes_per_answer": round(payload / answered, 1) if answered else 0.0,
         "answer_bytes_per_min": round(total / minutes, 1),
+        "data_answers": data_answers,
         "distinct_answers": distinct_answers,
-        "distinct_answer_share": round(min(distinct_answers / answered, 1.0), 3)
-        if answered else 0.0,
+        "distinct_answer_share": round(min(distinct_answers / data_answers, 1.0), 3)
+        if data_answers else 0.0,
+        "bulk_bytes_per_data_answer": round(bulk / data_answers, 1) if data_answers else 0.0,
         "upload_bytes": upload,
         "download_upload_ratio": round(total / upload, 2) if upload else None,
     }
@@ -345,7 +364,7 @@ def _counter_metrics(distinct: pd.Series) -> dict[str, Any]:
     top = shapes.value_counts()
     name = str(top.index[0])
     mine = [_numbers(x) for x, sh in zip(distinct, shapes) if sh == name]
-    ups = sum(1 for a, b in zip(mine, mine[1:]) if b > a)
+    ups = sum(1 for a, b in itertools.pairwise(mine) if b > a)
     return {
         "top_template": name[:80],
         "top_template_share": round(int(top.iloc[0]) / len(distinct), 3),
@@ -402,18 +421,18 @@ def _assess(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
 def _assess_answers(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
     """Payload in the answers: many distinct, big bulk-type answers, or templated or counter
     names whose every answer differs (download staging: ``cdn0``.. with TXT or AAAA)."""
-    answered = m.get("answers_with_data", 0)
+    answered = m.get("data_answers", 0)
     if answered < max(th.min_answers // 2, 1):
         return None, []
     fired: list[str] = m.setdefault("fired", [])
     distinct = m["distinct_answer_share"] >= th.distinct_answer_share
     bulk_share = m["bulk_answer_bytes"] / m["answer_bytes"] if m["answer_bytes"] else 0.0
-    bulk = (distinct and m["bulk_bytes_per_answer"] >= th.answer_bytes_per_query
+    bulk = (distinct and m["bulk_bytes_per_data_answer"] >= th.answer_bytes_per_query
             and bulk_share >= th.answer_bulk_share)
     templated = (m["distinct_subdomains"] >= max(th.min_answers // 2, 2)
                  and m["top_template_share"] >= th.counter_share)
     counter = templated and m["counter_share"] >= th.counter_share
-    staged = (distinct and templated and m["answer_bytes_per_answer"]
+    staged = (distinct and templated and m["payload_bytes_per_answer"]
               >= th.counter_bytes_per_query and (counter or bulk_share >= th.answer_bulk_share))
     if not (bulk or staged):
         return None, []
@@ -422,9 +441,9 @@ def _assess_answers(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list
     if bulk:
         fired.append("bulk_answers")
         reasons.append(
-            f"{answered} answers carried {m['answer_bytes']} bytes ({types}), "
-            f"{m['bulk_bytes_per_answer']:.0f} bytes of TXT/NULL/MX/CNAME data per answer, "
-            f"{m['distinct_answer_share']:.0%} of them distinct: data flowing down")
+            f"{answered} answers carried data, {m['answer_bytes']} bytes in all ({types}), "
+            f"{m['bulk_bytes_per_data_answer']:.0f} bytes of TXT/NULL/MX/CNAME data per "
+            f"answer, {m['distinct_answer_share']:.0%} of them distinct: data flowing down")
     if staged:
         fired.append("counter_names" if counter else "template_names")
         reasons.append(
@@ -432,7 +451,8 @@ def _assess_answers(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list
             f"({m['top_template']!r}" + (f", its number counting up in "
                                          f"{m['counter_share']:.0%} of steps" if counter else "")
             + f") and {m['distinct_answer_share']:.0%} of their answers differ "
-            f"({m['answer_bytes_per_answer']:.0f} bytes per answer, {types}): a payload "
+            f"({m['payload_bytes_per_answer']:.0f} bytes of payload per answer, {types}): a "
+            "payload "
             "fetched piece by piece")
     ratio = m.get("download_upload_ratio")
     if ratio is not None:
@@ -516,9 +536,7 @@ def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, capture: Any,
     explanation = (
         f"{who} sent {m['queries']} queries for {m['distinct_subdomains']} distinct "
         f"subdomains of {rd} ({m['name_bytes_per_min']:.0f} bytes of name text per minute): "
-        + "; ".join(reasons)
-        + ". DNS tunnels and exfiltration tools encode data in query names this way; "
-        "ordinary clients repeat a few short host names."
+        + "; ".join(reasons) + ". " + _closing(m["fired"])
         + _suffix_note(m, rd)
     )
     return Finding(
@@ -531,6 +549,23 @@ def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, capture: Any,
         evidence=txn_evidence(_first_per(rows, lambda q: q)),
         **ident,
     )
+
+
+_NAME_RULES = frozenset({"data_names", "bulk_types"})
+
+
+def _closing(fired: list[str]) -> str:
+    """What the fired rules mean, in words."""
+    names = bool(_NAME_RULES & set(fired))
+    answers = bool(set(fired) - _NAME_RULES - {"name_volume"})
+    out = []
+    if names:
+        out.append("DNS tunnels and exfiltration tools encode data in query names this way; "
+                   "ordinary clients repeat a few short host names.")
+    if answers:
+        out.append("Tunnels and download stagers carry data in the answers this way; "
+                   "ordinary lookups get short answers that repeat.")
+    return " ".join(out) + (f" Rules fired: {', '.join(fired)}." if fired else "")
 
 
 def _suffix_note(m: dict[str, Any], rd: str) -> str:
