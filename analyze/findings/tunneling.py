@@ -200,8 +200,12 @@ def _first_per(rows: Rows, key: Any) -> pd.DataFrame:
 
 
 def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cluster.local",
-           **_: Any) -> list[Finding]:
-    th = th or Thresholds()
+           settings: Any = None, **_: Any) -> list[Finding]:
+    from analyze.findings.known_services import services
+    from analyze.findings.settings import thresholds_for
+
+    th = th or thresholds_for("tunneling", Thresholds, settings)
+    catalog = services(settings.allow if settings is not None else ())
     agg = _prepared(capture, cluster_domain)
     if agg.empty:
         return []
@@ -209,9 +213,28 @@ def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cl
     for (client, rd), g in _candidates(agg, th).groupby(["_client", "_rd"], sort=False):
         f = _judge_pair(g, str(rd), th, capture, str(client))
         if f is not None:
-            findings.append(f)
-    findings.extend(_second_level(agg, capture, th))
+            findings.append(_as_known(f, g["_base"], catalog))
+    for f, names in _second_level(agg, capture, th):
+        findings.append(_as_known(f, names, catalog))
     return findings
+
+
+def _as_known(f: Finding, names: Any, catalog: Any) -> Finding:
+    """A finding whose names belong to a known encoded-lookup service: info (low where the
+    rules said high), the service and the reason in front of the explanation."""
+    from analyze.findings.known_services import known
+
+    service = known((str(n) for n in pd.unique(names)), catalog)
+    if service is None:
+        return f
+    was = f.severity
+    f.severity = "low" if was == "high" else "info"
+    f.metrics["known_service"] = service.name
+    f.metrics["known_service_kind"] = service.kind
+    f.metrics["severity_by_rules"] = was
+    f.explanation = (f"Known encoded-lookup service: {service.name} ({service.kind}): "
+                     f"{service.reason}. The rules alone said {was}: " + f.explanation)
+    return f
 
 
 def _candidates(agg: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
@@ -577,9 +600,11 @@ def _suffix_note(m: dict[str, Any], rd: str) -> str:
             f"they are grouped under {rd}, the domain the application asked for.")
 
 
-def _second_level(agg: pd.DataFrame, capture: Any, th: Thresholds) -> list[Finding]:
-    """Payload in the registered domain itself: many distinct long random second-level labels."""
-    out: list[Finding] = []
+def _second_level(agg: pd.DataFrame, capture: Any,
+                  th: Thresholds) -> list[tuple[Finding, pd.Series]]:
+    """Payload in the registered domain itself: many distinct long random second-level labels
+    (each finding with the names it is about)."""
+    out: list[tuple[Finding, pd.Series]] = []
     rds = pd.unique(agg["_rd"].astype(str))
     suffix = {r: public_suffix(r) for r in rds}
     rows = agg.assign(_ps=agg["_rd"].astype(str).map(suffix))
@@ -604,7 +629,7 @@ def _second_level(agg: pd.DataFrame, capture: Any, th: Thresholds) -> list[Findi
         }
         mine = _client_names(capture, str(client), g["qname"])
         ident = mine.identity()
-        out.append(Finding(
+        out.append((Finding(
             kind="tunneling",
             severity=severity,
             explanation=(
@@ -619,5 +644,5 @@ def _second_level(agg: pd.DataFrame, capture: Any, th: Thresholds) -> list[Findi
             metrics=metrics,
             evidence=txn_evidence(_first_per(mine, lambda q: registered_domain(q))),
             **ident,
-        ))
+        ), g["_base"]))
     return out
