@@ -59,9 +59,13 @@ def defaults(section: str) -> Any:
     return importlib.import_module(f"analyze.findings.{SECTIONS[section]}").Thresholds()
 
 
+_KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _convert(section: str, name: str, value: Any, default: Any) -> Any:
     kind = type(default)
     where = f"{section}.{name}"
+    want = _KIND_WORDS.get(kind, kind.__name__)
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         try:
@@ -71,15 +75,13 @@ def _convert(section: str, name: str, value: Any, default: Any) -> Any:
                 return text.lower() in ("true", "1", "yes")
             return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
         except ValueError:
-            raise SettingsError(f"{where}: {value!r} is not a {kind.__name__}") from None
+            raise SettingsError(f"{where}: {value!r} is not {want}") from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise SettingsError(f"{where}: {value!r} is not a {kind.__name__}")
-    if kind in (int, float) and value < 0:
-        raise SettingsError(f"{where}: {value!r} is negative")
+        raise SettingsError(f"{where}: {value!r} is not {want}")
     return value
 
 

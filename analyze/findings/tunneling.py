@@ -286,9 +286,10 @@ def _pair_table(capture: Any, cluster_domain: str, limit: int,
     return pd.DataFrame(rows, columns=cols)
 
 
-def pair_features(g: pd.DataFrame) -> dict[str, Any]:
+def pair_features(g: pd.DataFrame, th: Thresholds | None = None) -> dict[str, Any]:
     """The tunneling features of one client's queries under one registered domain
     (``g``: rows of the aggregated table, one per name and type with its count ``_n``)."""
+    long_label = (th or Thresholds()).long_label
     subs = g["_sub"].astype(str)
     distinct = subs[subs != ""].drop_duplicates()
     n = g["_nq"] if "_nq" in g else g["_n"]
@@ -314,7 +315,7 @@ def pair_features(g: pd.DataFrame) -> dict[str, Any]:
         "mean_name_length": round(name_len, 1),
         "mean_subdomain_length": round(float(distinct.str.len().mean()), 1) if n_d else 0.0,
         "max_label_length": max(labels_max, default=0),
-        "long_label_names": sum(1 for x in labels_max if x >= Thresholds.long_label),
+        "long_label_names": sum(1 for x in labels_max if x >= long_label),
         "record_types": {str(t): int(c) for t, c in qtypes.items()},
         "bulk_type_share": round(bulk / n_q, 3) if n_q else 0.0,
         "span_s": round(span, 3),
@@ -549,7 +550,7 @@ def _assess_names(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[s
 
 def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, capture: Any,
                 client: str) -> Finding | None:
-    m = pair_features(g)
+    m = pair_features(g, th)
     severity, reasons = _assess(m, th)
     if severity is None:
         return None
