@@ -511,6 +511,10 @@ def _assess_names(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[s
     )
     bulk = random_looking and fresh and m["bulk_type_share"] >= th.bulk_share and \
         m["mean_subdomain_length"] >= 6
+    # long names that never repeat carry data even when it is not random (uncompressed
+    # text or zeros through dns2tcp spell out as 'grkzgrkz...': 2.6 bits per character)
+    long_names = (not random_looking and fresh and m["long_label_share"] >= th.long_share
+                  and m["mean_subdomain_length"] >= th.long_mean)
     volume = n_d >= th.high_distinct or m["name_bytes_per_min"] >= th.high_bytes_per_min
     reasons: list[str] = []
     if data_names:
@@ -524,6 +528,12 @@ def _assess_names(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[s
             f"{m['bulk_type_share']:.0%} of queries ask record types that carry bulk answers "
             f"({types})"
         )
+    if long_names:
+        reasons.append(
+            f"{m['long_label_names']} of {n_d} distinct names have a label of {th.long_label}+ "
+            f"characters (mean subdomain length {m['mean_subdomain_length']:.0f}) and none "
+            f"repeats, though the text is low-entropy ({m['entropy_bits_per_char']:.2f} "
+            "bits/char: data that is not compressed or encrypted)")
     if random_looking:
         reasons.append(
             f"the subdomain text has {m['entropy_bits_per_char']:.2f} bits of entropy per "
@@ -537,10 +547,13 @@ def _assess_names(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[s
         )
     fired: list[str] = m.setdefault("fired", [])
     fired.extend(x for x, on in (("data_names", data_names), ("bulk_types", bulk),
+                                 ("long_names", long_names),
                                  ("name_volume", volume and (data_names or bulk))) if on)
     if (data_names and (bulk or volume)) or (bulk and volume):
         return "high", reasons
-    if data_names or bulk:
+    if long_names and m["bulk_type_share"] >= th.bulk_share and volume:
+        return "high", reasons
+    if data_names or bulk or long_names:
         return "medium", reasons
     if random_looking and fresh and n_d >= th.high_distinct and \
             m["mean_subdomain_length"] >= 20:
@@ -575,7 +588,7 @@ def _judge_pair(g: pd.DataFrame, rd: str, th: Thresholds, capture: Any,
     )
 
 
-_NAME_RULES = frozenset({"data_names", "bulk_types"})
+_NAME_RULES = frozenset({"data_names", "bulk_types", "long_names"})
 
 
 def _closing(fired: list[str]) -> str:
