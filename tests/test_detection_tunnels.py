@@ -53,7 +53,7 @@ def _wait_addr(ns: Any, prefix: str, proc: Any, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         out = subprocess.run(["ip", "-n", ns.name, "-4", "-o", "addr", "show", "dev", "dns0"],
-                             capture_output=True, text=True).stdout
+                             capture_output=True, text=True, check=False).stdout
         if prefix in out:
             return
         assert proc.poll() is None, proc.output()
@@ -139,7 +139,7 @@ def _dns2tcp(lab: Lab, out: Path) -> dict[str, Path]:
 def pcaps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     require_lab()
     for tool in ("iodine", "iodined", "dns2tcpc", "dns2tcpd", "dnsmasq", "tcpdump"):
-        if subprocess.run(["which", tool], capture_output=True).returncode:
+        if subprocess.run(["which", tool], capture_output=True, check=False).returncode:
             pytest.skip(f"{tool} is not installed (deploy/setup.sh --lab)")
     if not Path("/dev/net/tun").exists():
         pytest.skip("/dev/net/tun is missing")
