@@ -93,6 +93,9 @@ def _bytes_sql(where: str | None = None) -> str:
             "AS BIGINT)")
 
 
+#: Gaps between new names this regular (coefficient of variation) read as a tool's timer.
+CADENCE_TIMER_CV = 0.3
+
 #: Least payload (bytes) of an answer that counts as carrying data.
 DATA_ANSWER_BYTES = 16
 
@@ -312,6 +315,7 @@ def pair_features(g: pd.DataFrame, th: Thresholds | None = None) -> dict[str, An
         "distinct_templates": len(templates),
         "template_share": round(len(templates) / n_d, 3) if n_d else 0.0,
         "entropy_bits_per_char": round(shannon(pooled), 3),
+        **_alphabet_metrics(pooled),
         "mean_name_length": round(name_len, 1),
         "mean_subdomain_length": round(float(distinct.str.len().mean()), 1) if n_d else 0.0,
         "max_label_length": max(labels_max, default=0),
@@ -372,6 +376,24 @@ def _answer_metrics(g: pd.DataFrame, n: pd.Series, distinct: pd.Series,
         "upload_bytes": upload,
         "download_upload_ratio": round(total / upload, 2) if upload else None,
     }
+
+
+_HEX = frozenset("0123456789abcdef")
+_BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_BASE36 = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def _alphabet_metrics(pooled: str) -> dict[str, Any]:
+    """Character distribution of the subdomain text: the share of digits, and the smallest
+    encoding alphabet it fits (hex, base32, base36 = letters and digits, or other: hyphens,
+    underscores, base64's case and 8-bit bytes)."""
+    if not pooled:
+        return {}
+    chars = set(pooled.lower())
+    alphabet = ("hex" if chars <= _HEX else "base32" if chars <= _BASE32 else
+                "base36" if chars <= _BASE36 else "other")
+    digits = sum(c.isdigit() for c in pooled)
+    return {"alphabet": alphabet, "digit_share": round(digits / len(pooled), 3)}
 
 
 def _numbers(name: str) -> tuple[int, ...]:
@@ -439,6 +461,10 @@ def _assess(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[str]]:
         severity = "high"  # both directions carry data: certain
     reasons = name_reasons + answer_reasons
     m.setdefault("fired", [])
+    if severity is not None and m.get("cadence_cv") is not None and \
+            m["cadence_cv"] <= CADENCE_TIMER_CV and m["distinct_subdomains"] >= th.min_distinct:
+        reasons.append(f"a new name every {m['cadence_mean_s']:.2f} s, as regular as a "
+                       f"timer (coefficient of variation {m['cadence_cv']:.2f})")
     return severity, reasons
 
 
