@@ -42,7 +42,7 @@ while time.monotonic() < end:
 
 
 def _tcpdump(lab: Lab, ns: Any, out: Path) -> Any:
-    proc = lab.spawn(ns, ["tcpdump", "-i", "any", "-U", "--immediate-mode", "-B", "32768", "-n", "-Z", "root", "-w", str(out),
+    proc = lab.spawn(ns, ["tcpdump", "-i", "any", "-U", "-B", "32768", "-n", "-Z", "root", "-w", str(out),
                           "udp port 53"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -55,7 +55,7 @@ def _tcpdump(lab: Lab, ns: Any, out: Path) -> Any:
 
 def _stop(proc: Any) -> None:
     """End tcpdump; a test must not judge a capture that lost packets."""
-    time.sleep(0.3)  # the last packets reach the file (-U: written per packet)
+    time.sleep(1.5)  # the last packets reach the file (a ring block times out in 1 s)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=10)
     out = proc.output()

@@ -31,7 +31,7 @@ from dnslib import TXT
 
 from analyze import load
 from analyze.findings import Finding, find, severity_rank
-from tests.lab import Lab
+from tests.lab import Lab, LabError
 from tests.lab.require import require_lab
 from tests.test_detection_resolvers import _stop, _tcpdump
 from tests.test_findings_wire import T0, Proc, Wire, busy_node
@@ -64,6 +64,18 @@ def _wait_addr(ns: Any, prefix: str, proc: Any, seconds: float = 30) -> None:
     raise AssertionError(f"no tunnel address on dns0 in {ns.name}: {proc.output()}")
 
 
+def _push(lab: Lab, ns: Any) -> int:
+    """3000 bytes through the tunnel; a fresh tunnel sometimes drops its first connection."""
+    for attempt in range(3):
+        try:
+            return lab.push(ns, "10.214.0.1", 8999, 3000, timeout=20)
+        except LabError:
+            if attempt == 2:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
 def _end(proc: Any) -> None:
     proc.terminate()
     try:
@@ -94,7 +106,7 @@ def _iodine(lab: Lab, out: Path) -> dict[str, Path]:
                                     "-d", "dns0", "127.0.0.1", "t.tunnel-lab.com"])
             try:
                 _wait_addr(ns, "10.214.0.", client)
-                assert lab.push(ns, "10.214.0.1", 8999, 3000, timeout=30) == 3000
+                assert _push(lab, ns) == 3000
             finally:
                 _end(client)
                 _end(relay)
