@@ -102,25 +102,43 @@ def detect(capture: Any, th: Thresholds | None = None, settings: Any = None,
         return []
     hostns = host_netns(capture)
     out: list[Finding] = []
+    unreachable: dict[str, Finding] = {}
     for row in groups:
-        out.extend(_judge(_Server(rows, row), hostns, th))
-    out.extend(_silent_clients(rows, th))
+        found = _judge(_Server(rows, row), hostns, th)
+        out.extend(found)
+        for f in found:
+            if f.kind == "resolver_unreachable":
+                unreachable[_server_key(row["server"], row["ns"])] = f
+    out.extend(_silent_clients(rows, th, unreachable))
     return out
 
 
-def _silent_clients(rows: Rows, th: Thresholds) -> list[Finding]:
+def _server_key(server: Any, ns: Any) -> str:
+    return f"{server}|{'' if ns is None else int(ns)}"
+
+
+def _silent_clients(rows: Rows, th: Thresholds,
+                    unreachable: dict[str, Finding]) -> list[Finding]:
     """"No nameserver answered": a client none of whose nameservers answered anything, with
-    enough queries over enough time that it is not a capture cut short."""
+    enough queries over enough time that it is not a capture cut short. A client with one
+    nameserver gets it said on that nameserver's resolver_unreachable finding (one finding,
+    not two for the same silence); a client with several gets a finding of its own."""
     key = client_key_sql()
     silent = rows.arrow(
         f"{key} AS client, {_SENT} AS sent, {_SPAN} AS span_s, count(*) AS queries, "
         "count(*) FILTER (WHERE status = 'answered') AS answered, "
-        "list(DISTINCT server_addr ORDER BY server_addr) AS servers",
+        "list(DISTINCT server_addr ORDER BY server_addr) AS servers, "
+        f"list(DISTINCT server_addr || '|' || coalesce(CAST({_NS} AS VARCHAR), '')) "
+        "AS server_keys",
         f"GROUP BY ALL HAVING count(*) FILTER (WHERE status = 'answered') = 0 "
         f"AND {_SENT} >= {int(th.min_queries)} AND {_SPAN} >= {float(th.silent_span_s)} "
         "ORDER BY min(txn_id)").to_pylist()
     out: list[Finding] = []
     for r in silent:
+        keys = [str(k) for k in r["server_keys"]]
+        if len(keys) == 1 and keys[0] in unreachable:
+            _only_nameserver(unreachable[keys[0]])
+            continue
         mine = rows.where(f"{key} = ?", r["client"])
         ident = mine.identity()
         servers = [str(s) for s in r["servers"]]
@@ -144,6 +162,17 @@ def _silent_clients(rows: Rows, th: Thresholds) -> list[Finding]:
             **ident,
         ))
     return out
+
+
+def _only_nameserver(f: Finding) -> None:
+    """The finding of a nameserver that was the only one of a client it never answered."""
+    n = int(f.metrics.get("silent_clients", 0)) + 1
+    f.metrics["silent_clients"] = n
+    f.metrics["no_nameserver_answered"] = True
+    f.severity = "high"
+    note = " No nameserver answered: it was the only nameserver of "
+    f.explanation = f.explanation.split(note)[0] + note + (
+        "its client" if n == 1 else f"{n} of its clients") + ", so every lookup failed."
 
 
 def _judge(srv: _Server, hostns: int | None, th: Thresholds) -> list[Finding]:
