@@ -6,10 +6,16 @@ Features per (client, ICANN registered domain), over the client's own queries:
 * the longest label of each name: encoders fill labels up to 63 bytes, hostnames rarely pass 30;
 * Shannon entropy of the pooled subdomain characters (encoded data: 4-6 bits per character);
 * record types: TXT, NULL, MX, CNAME, KEY, ANY or numeric types carry bigger answers;
-* bytes of distinct subdomain text per minute (the tunnel's upstream bandwidth).
+* bytes of distinct subdomain text per minute (the tunnel's upstream bandwidth);
+* the answers (the downstream): bytes per record type and per minute, distinct data answers,
+  the download/upload ratio, template and counter names (``cdn0``.., ``0-1234.id-9.down.x``),
+  the cadence of new names and the character distribution.
 
 A pair is a tunnel candidate only when its names carry data (long, random-looking labels in
-many distinct names) or when it asks bulk record types for many distinct random-looking names.
+many distinct names, or long never-repeating ones), when it asks bulk record types for many
+distinct random-looking names, or when its answers carry data (big distinct bulk answers, or
+distinct answers to templated or counting names). ``metrics["fired"]`` names the rules; the
+thresholds are settable (``analyze.findings.settings``, docs/findings.md).
 Busy ordinary traffic (CDN host names, cloud host names, service discovery, reverse lookups)
 has short or templated labels and A/AAAA/SRV/PTR types, so it stays at most `low`.
 
