@@ -57,6 +57,50 @@ def evidence_options(*, timeout: bool = True) -> Any:
     return apply
 
 
+# --- detector settings (docs/findings.md): --set, --settings, --allow ---------------------
+def detection_options(command: Any) -> Any:
+    """``--set NAME=VALUE``, ``--settings FILE`` and ``--allow DOMAIN|FILE`` for a command
+    that computes findings; ``detection_kwargs`` turns them into ``find``'s keywords."""
+    options = [
+        click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                     help="A detector threshold, e.g. tunneling.min_answers=20 or "
+                          "silent_span_s=3 (repeatable; names and defaults: "
+                          "docs/findings.md)."),
+        click.option("--settings", "settings_file", type=click.Path(exists=True,
+                                                                      dir_okay=False),
+                     help="TOML file of detector thresholds ([tunneling], [resolvers]) and "
+                          "[known_services] allow = [...]; --set wins over it."),
+        click.option("--allow", "allow", multiple=True, metavar="DOMAIN|FILE",
+                     help="A domain whose encoded lookups are expected (a known service: "
+                          "its tunneling findings stay at info/low), repeatable; an existing "
+                          "file is an allow file of 'WORKLOAD-GLOB DOMAIN-GLOB' lines for "
+                          "new_domain (docs/report.md)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def detection_kwargs(sets: tuple[str, ...], settings_file: str | None,
+                     allow: tuple[str, ...]) -> dict[str, Any]:
+    """``find``'s ``settings`` and ``allow`` (the allow file, at most one) from the options
+    of ``detection_options``; a bad name or value is a click.BadParameter."""
+    from pathlib import Path
+
+    from analyze.findings.settings import SettingsError, load_settings
+
+    files = [a for a in allow if Path(a).is_file()]
+    if len(files) > 1:
+        raise click.BadParameter("at most one allow file", param_hint="--allow")
+    domains = [a for a in allow if a not in files]
+    try:
+        settings = load_settings(settings_file, sets, domains)
+    except SettingsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set/--settings/--allow") from None
+    return {"settings": settings, "allow": files[0] if files else None}
+# --- end of detector settings -----------------------------------------------------------
+
+
 def given_filters(values: dict[str, Any]) -> dict[str, Any]:
     """The filter options that were given, by name."""
     return {k: values[k] for k in FILTERS if values.get(k) is not None}

@@ -5,7 +5,9 @@ network namespace, because 127.0.0.53 inside a pod is not the node's systemd-res
 queries, answers, timeouts, SERVFAIL/REFUSED, latency percentiles.
 
 * resolver_unreachable: a nameserver that never (or rarely) answers, typically a stale
-  resolv.conf entry; queries to a 127.0.0.53 stub from a network namespace that is not the
+  resolv.conf entry (judged from 3 queries, retransmissions counted, sent over 2 s: a tiny
+  operational capture is enough); "no nameserver answered" when every nameserver a client
+  asked stayed silent; queries to a 127.0.0.53 stub from a network namespace that is not the
   host's (the stub only listens in the host namespace).
 * resolver_errors: a nameserver answering SERVFAIL/REFUSED to a share of queries, or slowly.
 """
@@ -18,14 +20,15 @@ from typing import Any
 import pandas as pd
 
 from analyze.findings._common import Finding, table, txn_evidence
-from analyze.findings._sql import Rows, client_rows
+from analyze.findings._sql import Rows, client_key_sql, client_rows
 
 STUB_ADDRS = frozenset({"127.0.0.53", "127.0.0.54"})
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    min_queries: int = 3
+    min_queries: int = 3                    #: queries sent (retransmissions counted)
+    silent_span_s: float = 2.0              #: silent that long (first to last query) to judge
     unreachable_answer_share: float = 0.5   #: below this share answered = unreachable
     error_share_low: float = 0.05
     error_share_medium: float = 0.2
@@ -64,8 +67,19 @@ class _Server:
         return self.all.where(where).spread(order, count=count)
 
 
-def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding]:
-    th = th or Thresholds()
+#: Queries actually sent (a transaction's first copy and its retransmissions), and the time
+#: from the first to the last copy.
+_SENT = "count(*) + coalesce(sum(retransmissions), 0)"
+_SPAN = ("coalesce(epoch_ns(max(coalesce(last_query_ts, ts))) - epoch_ns(min(ts)), 0) "
+         "/ 1e9")
+
+
+def detect(capture: Any, th: Thresholds | None = None, settings: Any = None,
+           **_: Any) -> list[Finding]:
+    if th is None:
+        from analyze.findings.settings import thresholds_for
+
+        th = thresholds_for("resolvers", Thresholds, settings)
     rows = client_rows(capture).where(
         "server_addr IS NOT NULL AND status IN ('answered', 'timeout')")
     answered = "status = 'answered'"
@@ -81,15 +95,84 @@ def detect(capture: Any, th: Thresholds | None = None, **_: Any) -> list[Finding
         f"count(*) FILTER (WHERE {_BAD}) AS bad, {lat('count')} AS latencies, "
         f"{lat('quantile_cont', '0.5')} AS p50, {lat('quantile_cont', '0.95')} AS p95, "
         f"{lat('quantile_cont', '0.99')} AS p99, "
-        "count(DISTINCT tgid) AS tgids, count(DISTINCT client_addr) AS addrs",
+        "count(DISTINCT tgid) AS tgids, count(DISTINCT client_addr) AS addrs, "
+        f"{_SENT} AS sent, {_SPAN} AS span_s",
         "GROUP BY ALL ORDER BY min(txn_id)").to_pylist()
     if not groups:
         return []
     hostns = host_netns(capture)
     out: list[Finding] = []
+    unreachable: dict[str, Finding] = {}
     for row in groups:
-        out.extend(_judge(_Server(rows, row), hostns, th))
+        found = _judge(_Server(rows, row), hostns, th)
+        out.extend(found)
+        for f in found:
+            if f.kind == "resolver_unreachable":
+                unreachable[_server_key(row["server"], row["ns"])] = f
+    out.extend(_silent_clients(rows, th, unreachable))
     return out
+
+
+def _server_key(server: Any, ns: Any) -> str:
+    return f"{server}|{'' if ns is None else int(ns)}"
+
+
+def _silent_clients(rows: Rows, th: Thresholds,
+                    unreachable: dict[str, Finding]) -> list[Finding]:
+    """"No nameserver answered": a client none of whose nameservers answered anything, with
+    enough queries over enough time that it is not a capture cut short. A client with one
+    nameserver gets it said on that nameserver's resolver_unreachable finding (one finding,
+    not two for the same silence); a client with several gets a finding of its own."""
+    key = client_key_sql()
+    silent = rows.arrow(
+        f"{key} AS client, {_SENT} AS sent, {_SPAN} AS span_s, count(*) AS queries, "
+        "count(*) FILTER (WHERE status = 'answered') AS answered, "
+        "list(DISTINCT server_addr ORDER BY server_addr) AS servers, "
+        f"list(DISTINCT server_addr || '|' || coalesce(CAST({_NS} AS VARCHAR), '')) "
+        "AS server_keys",
+        f"GROUP BY ALL HAVING count(*) FILTER (WHERE status = 'answered') = 0 "
+        f"AND {_SENT} >= {int(th.min_queries)} AND {_SPAN} >= {float(th.silent_span_s)} "
+        "ORDER BY min(txn_id)").to_pylist()
+    out: list[Finding] = []
+    for r in silent:
+        keys = [str(k) for k in r["server_keys"]]
+        if len(keys) == 1 and keys[0] in unreachable:
+            _only_nameserver(unreachable[keys[0]])
+            continue
+        mine = rows.where(f"{key} = ?", r["client"])
+        ident = mine.identity()
+        servers = [str(s) for s in r["servers"]]
+        who = ident["pod"] or ident["comm"] or ident["client"] or "a client"
+        out.append(Finding(
+            kind="resolver_unreachable",
+            severity="high",
+            explanation=(
+                f"No nameserver answered: {who} sent {r['sent']} queries (retransmissions "
+                f"included) over {r['span_s']:.1f} s to {len(servers)} nameserver"
+                f"{'s' if len(servers) != 1 else ''} ({', '.join(servers)}) and got no "
+                "answer at all. Every name lookup of this client fails: check its "
+                "resolv.conf, the network path to the nameservers (firewall, network "
+                "policy, routes) and whether they run."
+            ),
+            domain=None,
+            metrics={"queries": r["queries"], "sent": r["sent"], "answered": 0,
+                     "span_s": round(float(r["span_s"]), 3), "nameservers": servers,
+                     "no_nameserver_answered": True},
+            evidence=txn_evidence(mine.spread("ts, txn_id", count=int(r["queries"]))),
+            **ident,
+        ))
+    return out
+
+
+def _only_nameserver(f: Finding) -> None:
+    """The finding of a nameserver that was the only one of a client it never answered."""
+    n = int(f.metrics.get("silent_clients", 0)) + 1
+    f.metrics["silent_clients"] = n
+    f.metrics["no_nameserver_answered"] = True
+    f.severity = "high"
+    note = " No nameserver answered: it was the only nameserver of "
+    f.explanation = f.explanation.split(note)[0] + note + (
+        "its client" if n == 1 else f"{n} of its clients") + ", so every lookup failed."
 
 
 def _judge(srv: _Server, hostns: int | None, th: Thresholds) -> list[Finding]:
@@ -97,8 +180,11 @@ def _judge(srv: _Server, hostns: int | None, th: Thresholds) -> list[Finding]:
     server, ns = str(r["server"]), r["ns"]
     n, answered, timeouts = r["queries"], r["answered"], r["timeouts"]
     servfail, refused = r["servfail"], r["refused"]
+    sent, span = int(r["sent"]), float(r["span_s"])
     metrics = {
         "queries": n,
+        "sent": sent,
+        "span_s": round(span, 3),
         "answered": answered,
         "timeouts": timeouts,
         "servfail": servfail,
@@ -131,15 +217,17 @@ def _judge(srv: _Server, hostns: int | None, th: Thresholds) -> list[Finding]:
             **ident,
         ))
         return out
-    if n < th.min_queries:
+    if sent < th.min_queries:
         return out
     share = answered / n
-    if share < th.unreachable_answer_share:
+    silent = answered == 0 and span >= th.silent_span_s
+    if silent or (n >= th.min_queries and share < th.unreachable_answer_share):
         out.append(Finding(
             kind="resolver_unreachable",
-            severity="high" if share == 0 else "medium",
+            severity="high" if answered == 0 else "medium",
             explanation=(
-                f"Nameserver {label} answered {answered} of {n} queries; {timeouts} timed "
+                f"Nameserver {label} answered {answered} of {n} queries ({sent} sent with "
+                f"retransmissions, over {span:.1f} s); {timeouts} timed "
                 "out. A nameserver that does not answer is usually a stale resolv.conf entry "
                 "or a blocked path; each timeout stalls the client for the resolver timeout "
                 "(glibc: 5 s) before it tries the next server."

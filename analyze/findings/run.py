@@ -41,6 +41,7 @@ def find(
     cluster_domain: str = "cluster.local",
     progress: Callable[[str], None] | None = None,
     partition_rows: int = TARGET_ROWS,
+    settings: Any = None,
 ) -> list[Finding]:
     """Every finding in the capture, highest severity first.
 
@@ -50,6 +51,8 @@ def find(
     below this severity. progress: called with the name of each detector as it starts.
     partition_rows: client transactions per part of a big capture
     (``analyze.findings.partition``; 0: never split); the findings do not depend on it.
+    settings: ``analyze.findings.settings.Settings`` (thresholds, extra known-service
+    domains; docs/findings.md), or None for the defaults.
     """
     wanted = set(kinds) if kinds is not None else set(KINDS)
     unknown = wanted - set(KINDS)
@@ -60,7 +63,7 @@ def find(
     findings: list[Finding] = []
     scope = Scope(capture)
     kw = {"baseline": baseline, "allow": allow, "cluster_domain": cluster_domain,
-          "scope": scope}
+          "scope": scope, "settings": settings}
     # the nameserver detector groups every client's queries of one server: whole capture
     for name in [m for m in modules if m in WHOLE]:
         if progress is not None:
