@@ -65,8 +65,9 @@ def source_digest(*modules: str) -> str:
             h.update(name.encode())
             continue
         origin = Path(spec.origin)
-        files = sorted(origin.parent.glob("*.py")) if origin.name == "__init__.py" \
-            else [origin]
+        # a package: its code and the data it ships (known_services.toml, ...)
+        files = sorted([*origin.parent.glob("*.py"), *origin.parent.glob("*.toml")]) \
+            if origin.name == "__init__.py" else [origin]
         for f in files:
             h.update(f.name.encode())
             h.update(f.read_bytes())

@@ -961,6 +961,13 @@ class Capture:
                     return None
             elif name == "kinds" and value is not None:
                 args[name] = sorted(value)
+            elif name == "settings" and value is not None:
+                from analyze.findings.settings import Settings
+
+                if not isinstance(value, Settings):
+                    return None
+                args[name] = {"values": {k: dict(v) for k, v in sorted(value.values.items())},
+                              "allow": sorted(value.allow)}
             elif isinstance(value, (str, int, float, bool, type(None))):
                 args[name] = value
             else:

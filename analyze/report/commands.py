@@ -9,7 +9,13 @@ from typing import Any
 
 import click
 
-from analyze.commands import evidence_options, filter_options, given_filters
+from analyze.commands import (
+    detection_kwargs,
+    detection_options,
+    evidence_options,
+    filter_options,
+    given_filters,
+)
 from analyze.findings._common import SEVERITIES, severity_rank
 
 #: Exit status when --fail-on is given and a finding at or above that severity exists.
@@ -46,9 +52,7 @@ class _Progress:
 @click.option("--baseline", type=click.Path(exists=True), multiple=True,
               help="A capture of known-good behaviour: report domains a workload resolves "
                    "that the baseline never saw (new_domain). Repeatable.")
-@click.option("--allow", type=click.Path(exists=True, dir_okay=False),
-              help="Allow file: lines 'WORKLOAD-GLOB DOMAIN-GLOB' (docs/report.md); "
-                   "report domains it does not allow (new_domain).")
+@detection_options
 @click.option("--fail-on", type=click.Choice([*SEVERITIES, "incomplete"]),
               help="Exit with status 3 when a finding at or above this severity exists; "
                    "'incomplete': exit 4 when the evidence is incomplete (a capture that "
@@ -62,15 +66,17 @@ class _Progress:
               help="Name damaged evidence files in the report and analyze the rest (default: "
                    "stop with an error).")
 def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
-           baseline: tuple[str, ...], allow: str | None, fail_on: str | None,
-           min_severity: str, no_plots: bool, work_dir: str | None, no_verify: bool,
-           skip_damaged: bool, **filters: Any) -> None:
+           baseline: tuple[str, ...], sets: tuple[str, ...], settings_file: str | None,
+           allow: tuple[str, ...], fail_on: str | None, min_severity: str, no_plots: bool,
+           work_dir: str | None, no_verify: bool, skip_damaged: bool,
+           **filters: Any) -> None:
     """Find problems and threats in CAPTURE... (directories or pcaps) and report them.
 
     \b
     dnstrail report cap/ -o report.html     self-contained HTML with plots
     dnstrail report cap/ --format json      versioned JSON on stdout
     dnstrail report cap/ --baseline last-week/ --fail-on high
+    dnstrail report cap/ --set tunneling.min_answers=20 --allow sophosxl.net
     Exit status: 0 done, 1 error, 3 a finding at or above --fail-on,
     4 incomplete evidence with --fail-on incomplete.
     """
@@ -78,6 +84,7 @@ def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
     from analyze.report import format_for, render
 
     fmt = format_for(output, fmt)
+    detection = detection_kwargs(sets, settings_file, allow)  # bad values fail before loading
     progress = _Progress()
     progress(f"loading {len(captures)} capture(s)")
     opts = {"work_dir": work_dir, "verify": not no_verify,
@@ -90,8 +97,9 @@ def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
     if baseline:
         progress("loading baseline")
         base = load(list(baseline), **opts)  # type: ignore[arg-type]
-    findings = capture.findings(baseline=base, allow=allow, min_severity=min_severity,
-                                progress=lambda name: progress(f"finding: {name}"))
+    findings = capture.findings(baseline=base, min_severity=min_severity,
+                                progress=lambda name: progress(f"finding: {name}"),
+                                **detection)
     progress(f"rendering {fmt}")
     text = render(capture, findings, fmt, output, plots=not no_plots)
     progress.done()
