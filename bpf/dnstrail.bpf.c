@@ -108,6 +108,12 @@
 #ifndef OFF_TASK_FILES
 #define OFF_TASK_FILES offsetof(struct task_struct, files)
 #endif
+#ifndef OFF_TASK_GROUP_LEADER
+#define OFF_TASK_GROUP_LEADER offsetof(struct task_struct, group_leader)
+#endif
+#ifndef OFF_TASK_COMM
+#define OFF_TASK_COMM offsetof(struct task_struct, comm)
+#endif
 #ifndef OFF_NSPROXY_NET_NS
 #define OFF_NSPROXY_NET_NS offsetof(struct nsproxy, net_ns)
 #endif
@@ -422,10 +428,20 @@ static __always_inline int pass_filters(u64 pid_tgid) {
         return 0;
 #endif
 #if FILTER_COMMS
+    // the thread's name, or its process's (the thread-group leader's): dig's messages come
+    // from a thread named isc-net-0000, and --comm dig must find them
     struct comm_key ck = {};
     bpf_get_current_comm(&ck.comm, sizeof(ck.comm));
-    if (!comms.lookup(&ck))
-        return 0;
+    if (!comms.lookup(&ck)) {
+        u64 task = (u64)bpf_get_current_task();
+        u64 leader = 0;
+        struct comm_key lk = {};
+        bpf_probe_read_kernel(&leader, sizeof(leader), (void *)(task + OFF_TASK_GROUP_LEADER));
+        if (!leader || leader == task
+            || bpf_probe_read_kernel(&lk.comm, sizeof(lk.comm), (void *)(leader + OFF_TASK_COMM))
+            || !comms.lookup(&lk))
+            return 0;
+    }
 #endif
     u32 zero = 0;
     u64 *cg_on = config.lookup(&zero);

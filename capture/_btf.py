@@ -133,6 +133,8 @@ PROBE_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
     "OFF_TASK_TGID": ("task_struct", "tgid"),
     "OFF_TASK_FILES": ("task_struct", "files"),
+    "OFF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+    "OFF_TASK_COMM": ("task_struct", "comm"),
     "OFF_FILES_FDT": ("files_struct", "fdt"),
     "OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
     "OFF_FDT_FD": ("fdtable", "fd"),

@@ -56,8 +56,9 @@ class _Size(click.ParamType):
 @click.option("--pid", "pids", type=click.IntRange(min=1), multiple=True,
               help="Only these process ids (tgid; repeatable).")
 @click.option("--comm", "comms", multiple=True,
-              help="Only tasks with this command name (exact, max 15 bytes; the thread's "
-              "name: dig's queries come from isc-net-0000; repeatable).")
+              help="Only tasks whose thread name or process name (the thread-group leader's) "
+              "is this (exact, max 15 bytes: dig and its thread isc-net-0000 both match "
+              "--comm dig; repeatable).")
 @click.option("--cgroup", "cgroups", multiple=True,
               help="Only cgroups whose v2 path contains this text (repeatable; "
               "re-resolved every few seconds for new cgroups).")

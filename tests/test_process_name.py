@@ -181,3 +181,30 @@ def test_exec_events_name_processes_the_snapshot_left_out(tmp_path: Path) -> Non
     # the goresolve threads too (Go sends from any thread of its pool)
     go = tx[(tx["comm"] == "goresolve") & (tx["tid"] != tx["tgid"])]
     assert len(go) > 0 and set(go["process"]) == {"goresolve"}
+
+
+@pytest.mark.live
+def test_record_comm_keeps_a_process_by_its_name_from_any_of_its_threads(  # type: ignore[no-untyped-def]
+        lab, tmp_path: Path) -> None:
+    """`record --comm dig` keeps dig's query, sent by its thread isc-net-NNNN (the BPF filter
+    also reads the thread-group leader's name), and not getent's, sent at the same time."""
+    import pyarrow.parquet as pq
+
+    from capture.recorder import RecordOptions
+    from tests.lab.require import require_root_bcc
+    from tests.test_record_live import Recording
+
+    require_root_bcc()
+    ns = lab.client_ns(timeout=1, attempts=2)
+    out = tmp_path / "cap"
+    with Recording(RecordOptions(output=out, pods_root=None, comms=("dig",))) as rec:
+        r = lab.dig(ns, "www.lab.test")
+        other = lab.getent(ns, "api.lab.test")
+        rec.stop()
+    assert r.returncode == 0 and other.returncode == 0, (r.stderr, other.stderr)
+    rows = pq.read_table(sorted(out.glob("messages-*.parquet")),
+                         columns=["tgid", "comm"]).to_pylist()
+    mine = [row for row in rows if row["tgid"] == r.pid]
+    assert len(mine) == 2, rows  # dig's query and its response
+    assert all(row["comm"].startswith("isc-net-") for row in mine), mine
+    assert all(row["tgid"] == r.pid for row in rows), rows  # nothing of getent's
