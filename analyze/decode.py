@@ -300,6 +300,10 @@ def _dnslib_text(data: bytes, tname: str, pos: int, rdlen: int) -> str | None:
         return None  # the caller keeps the bytes in RFC 3597 form
     if buf.offset != pos + rdlen or len(text) > 4 * MAX_RDATA_TEXT:
         return None
+    if not (text.isascii() and text.isprintable()):
+        # dnslib writes the bytes of CAA, NAPTR... strings as they are (a NUL, an escape
+        # sequence); the RFC 3597 form keeps them exact and inert
+        return None
     return text
 
 

@@ -231,6 +231,18 @@ def tcp_rows(data: bytes) -> list[dict[str, Any]]:
     return rows
 
 
+def tcp_input(chunks: Sequence[tuple[int, bytes]], *, cut: Sequence[int] = (),
+              udp: Sequence[int] = ()) -> bytes:
+    """The tcp_rows bytes of ``(stream, bytes)`` chunks in order; chunks whose index is in
+    ``cut`` lose 100 bytes after them, those in ``udp`` are UDP rows."""
+    out = bytearray()
+    for i, (stream, data) in enumerate(chunks):
+        ctl = (stream & 3) | (4 if i in udp else 0) | (8 if i in cut else 0)
+        out += bytes([ctl]) + struct.pack("!H", len(data)) + bytes([100 if i in cut else 0])
+        out += data
+    return bytes(out)
+
+
 def _stream_order(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     streams: dict[int, list[dict[str, Any]]] = {}
     for i, r in sorted(enumerate(rows), key=lambda ir: (ir[1]["sock_id"], ir[1]["seq"], ir[0])):
@@ -370,5 +382,6 @@ __all__ = [
     "check_tcp",
     "corpus_files",
     "parse_presented",
+    "tcp_input",
     "tcp_rows",
 ]
