@@ -6,6 +6,7 @@ oversized SIG answer over TCP (CVE-2020-1350), imported, loaded and reported."""
 from __future__ import annotations
 
 import json
+import struct
 import time
 import tracemalloc
 from pathlib import Path
@@ -133,3 +134,34 @@ def test_non_dns_and_sigred_import_and_report(hostile_pcap_capture: Path) -> Non
     jsonschema.validate(doc, REPORT_SCHEMA)
     html5lib.parse(render(cap, findings, "html", plots=False), namespaceHTMLElements=False)
     assert render(cap, findings, "md").isascii()
+
+
+def _many_flows_pcap(path: Path, flows: int, size: int) -> Path:
+    frames = []
+    for i in range(flows):
+        src = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        msg = wire.header(1, flags=0x0100) + bytes(size)
+        frames.append(wire.ether(wire.ipv4(6, wire.tcp(1024 + i % 60000, 53, 7,
+                                                       struct.pack("!H", len(msg)) + msg),
+                                           src, "10.255.0.53")))
+    path.write_bytes(wire.pcap_file(frames))
+    return path
+
+
+def test_many_tcp_flows_import_in_bounded_memory(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every flow's last row was held (to patch a later hole into it) even once written: a pcap
+    # of many short TCP flows kept all their payloads in memory for the whole import.
+    import analyze.pcap
+
+    monkeypatch.setattr(analyze.pcap, "ROWS_PER_FILE", 200)
+    monkeypatch.setattr(analyze.pcap, "MAX_FLOWS", 500, raising=False)
+    src = _many_flows_pcap(tmp_path / "flows.pcap", 3000, 4000)
+    tracemalloc.start()
+    try:
+        summary = import_pcap(src, tmp_path / "cap")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary.tcp == 3000 and summary.messages == 3000
+    assert peak < 6 << 20, f"peak {peak >> 20} MiB for 12 MB of payloads"
