@@ -284,7 +284,8 @@ class _BoundedBuffer(DNSBuffer):  # type: ignore[misc]
         self._end = end
 
     def decode_name(self, last: int = -1) -> DNSLabel:
-        labels, after = _read_labels(self.data, self.offset, self._end)
+        start: int = self.offset  # type: ignore[has-type]
+        labels, after = _read_labels(self.data, start, self._end)
         self.offset = after
         return DNSLabel(labels)
 

@@ -27,7 +27,7 @@ def instrumented() -> None:
     import atheris
 
     with atheris.instrument_imports(include=["analyze"]):
-        import analyze.decode  # noqa: F401
-        import analyze.names  # noqa: F401
-        import analyze.pcap  # noqa: F401
+        import analyze.decode
+        import analyze.names
+        import analyze.pcap
         import analyze.tcp  # noqa: F401

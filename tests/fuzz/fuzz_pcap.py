@@ -21,7 +21,7 @@ except ImportError:  # run as a script: the repository is not on sys.path yet
 
 _harness.instrumented()
 
-from tests.fuzz.targets import check_pcap  # noqa: E402
+from tests.fuzz.targets import check_pcap
 
 _SCRATCH = tempfile.TemporaryDirectory(prefix="dnstrail-fuzz-pcap-")
 

@@ -17,7 +17,7 @@ except ImportError:  # run as a script: the repository is not on sys.path yet
 
 _harness.instrumented()
 
-from tests.fuzz.targets import check_tcp  # noqa: E402
+from tests.fuzz.targets import check_tcp
 
 
 def test_one_input(data: bytes) -> None:
