@@ -454,6 +454,13 @@ def _as_binary_array(payloads: Any) -> pa.LargeBinaryArray:
     return arr  # type: ignore[return-value]
 
 
+def _without_id(arr: pa.LargeBinaryArray) -> pa.Array:
+    """Each payload from byte 2 on (the whole rest: two payloads that differ late must not
+    share a key)."""
+    longest = pc.max(pc.binary_length(arr)).as_py() or 0
+    return pc.binary_slice(arr, 2, max(longest, 2))
+
+
 def decode_messages(payloads: Iterable[bytes] | pa.Array | pa.ChunkedArray) -> pd.DataFrame:
     """Decode DNS payloads (no TCP length prefix): one row per payload, DECODED_COLUMNS.
 
@@ -478,7 +485,7 @@ def decode_messages(payloads: Iterable[bytes] | pa.Array | pa.ChunkedArray) -> p
 
     # Distinct payloads with the id set aside; short payloads (no full header) each alone.
     if count:
-        encoded = pc.dictionary_encode(pc.binary_slice(arr, 2, 1 << 20))
+        encoded = pc.dictionary_encode(_without_id(arr))
         keys = encoded.dictionary.to_pylist()
         index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     else:
@@ -564,7 +571,7 @@ def decode_table(payloads: Iterable[bytes] | pa.Array | pa.ChunkedArray) -> pa.T
     arr = _as_binary_array(payloads)
     count = len(arr)
     if count:
-        encoded = pc.dictionary_encode(pc.binary_slice(arr, 2, 1 << 20))
+        encoded = pc.dictionary_encode(_without_id(arr))
         keys = encoded.dictionary.to_pylist()
         index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     else:

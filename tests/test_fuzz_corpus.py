@@ -15,7 +15,7 @@ import html5lib
 import jsonschema
 import pytest
 
-from analyze.decode import MAX_RECORDS, decode_message, decode_messages
+from analyze.decode import MAX_RECORDS, decode_message, decode_messages, decode_table
 from analyze.pcap import import_pcap
 from tests.fuzz import wire
 from tests.fuzz.targets import check_decode, check_pcap, check_tcp, corpus_files
@@ -165,3 +165,18 @@ def test_many_tcp_flows_import_in_bounded_memory(tmp_path: Path,
         tracemalloc.stop()
     assert summary.tcp == 3000 and summary.messages == 3000
     assert peak < 6 << 20, f"peak {peak >> 20} MiB for 12 MB of payloads"
+
+
+def test_payloads_that_differ_past_one_mebibyte_keep_their_rows() -> None:
+    # The batch decoders keyed each payload by its first MiB after the id: two payloads that
+    # differed only later shared one row (and the later bytes read as "truncated rdata").
+    def big(address: bytes) -> bytes:
+        null = wire.rr(b"\0", 10, b"\0" * 65535)
+        return wire.header(0, 17) + null * 16 + wire.rr(b"\0", 1, address)
+
+    a, b = big(b"\1\2\3\4"), big(b"\5\6\7\x08")
+    assert len(a) > 1 << 20
+    rows = decode_table([a, b]).to_pylist()
+    assert [r["answer_ips"] for r in rows] == [["1.2.3.4"], ["5.6.7.8"]]
+    assert [r["error"] for r in rows] == [None, None]
+    assert list(decode_messages([a, b])["answer_ips"]) == [["1.2.3.4"], ["5.6.7.8"]]
