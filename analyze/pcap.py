@@ -47,8 +47,10 @@ MAX_BLOCK = 16 << 20
 #: started afresh, as the SYN table is, so that a pcap of millions of flows runs in bounded
 #: memory (a flow seen again then starts from its next segment).
 MAX_FLOWS = 1 << 20
-#: Timestamps outside this range (ns since 1970; year 1970..2262) are pinned to it.
-_TS_MIN, _TS_MAX = 0, (1 << 63) - 1
+#: Timestamps outside this range (ns since 1970; year 1970..2262) are pinned to it. The top is
+#: one below the int64 maximum, which DuckDB reads as the timestamp ``infinity`` (a report on
+#: such a capture failed).
+_TS_MIN, _TS_MAX = 0, (1 << 63) - 2
 
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
 LINKTYPE_SLL, LINKTYPE_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6 = 113, 276, 228, 229

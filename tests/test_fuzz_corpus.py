@@ -180,3 +180,24 @@ def test_payloads_that_differ_past_one_mebibyte_keep_their_rows() -> None:
     assert [r["answer_ips"] for r in rows] == [["1.2.3.4"], ["5.6.7.8"]]
     assert [r["error"] for r in rows] == [None, None]
     assert list(decode_messages([a, b])["answer_ips"]) == [["1.2.3.4"], ["5.6.7.8"]]
+
+
+def test_pinned_timestamps_import_and_report(tmp_path: Path) -> None:
+    # pcapng times past 2262 are pinned to the top of the range; that top was the int64
+    # maximum, which DuckDB reads as `infinity`, and the report's overview failed on it
+    from analyze import load
+    from analyze.findings import find
+    from analyze.report import render
+
+    real = wire.real_messages()
+    q = wire.ether(wire.ipv4(17, wire.udp(40000, 53, real[0])))
+    r = wire.ether(wire.ipv4(17, wire.udp(53, 40000, real[2]), "10.0.0.53", "10.0.0.1"))
+    src = tmp_path / "late.pcapng"
+    src.write_bytes(wire.pcapng_file([q, r], t0_ns=(1 << 64) - 3000))
+    summary = import_pcap(src, tmp_path / "cap")
+    assert summary.bad_timestamps == 2 and summary.first_ts.startswith("2262-04-11")
+    cap = load(tmp_path / "cap")
+    findings = find(cap)
+    doc = json.loads(render(cap, findings, "json"))
+    assert doc["summary"]["transactions"] >= 1
+    assert render(cap, findings, "md") and render(cap, findings, "html", plots=False)

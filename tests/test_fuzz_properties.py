@@ -280,7 +280,8 @@ def pcap_files(draw: st.DrawFn) -> bytes:
         data = wire.pcap_file(frames, linktype, big=draw(st.booleans()),
                               nanos=draw(st.booleans()))
     else:
-        data = wire.pcapng_file(frames, linktype)
+        t0 = draw(st.sampled_from((1_700_000_000 * 10**9, 0, (1 << 63) - 5000, (1 << 64) - 9000)))
+        data = wire.pcapng_file(frames, linktype, t0_ns=t0)
     b = bytearray(data)
     edit = draw(st.sampled_from(("none", "none", "cut", "flip", "append")))
     if edit == "cut":

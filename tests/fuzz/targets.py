@@ -207,7 +207,8 @@ def tcp_rows(data: bytes) -> list[dict[str, Any]]:
 
     Each chunk is a 4-byte control word then its bytes: stream (2 bits), UDP (1 bit),
     truncated (1 bit), a seq shuffle (4 bits), the chunk length (16 bits) and the bytes lost
-    after it (8 bits). A chunk takes the bytes that follow, up to its length.
+    after it (8 bits: 0..127 bytes, or 1..128 times 64 KiB). A chunk takes the bytes that
+    follow, up to its length.
     """
     rows: list[dict[str, Any]] = []
     pos = 0
@@ -218,7 +219,8 @@ def tcp_rows(data: bytes) -> list[dict[str, Any]]:
         chunk = data[pos : pos + length]
         pos += len(chunk)
         stream, udp, cut = ctl & 3, bool(ctl & 4), bool(ctl & 8)
-        lost = lost if cut else 0
+        # bytes lost: 0..127, or whole multiples of 64 KiB (past any message) up to 8 MiB
+        lost = (lost if lost < 128 else (lost - 127) << 16) if cut else 0
         rows.append({
             "ts": 1_700_000_000_000_000_000 + index, "seq": index * 16 + (ctl >> 4),
             "msg_index": 0, "protocol": "udp" if udp else "tcp", "family": "inet",
