@@ -201,3 +201,18 @@ def test_pinned_timestamps_import_and_report(tmp_path: Path) -> None:
     doc = json.loads(render(cap, findings, "json"))
     assert doc["summary"]["transactions"] >= 1
     assert render(cap, findings, "md") and render(cap, findings, "html", plots=False)
+
+
+def test_error_strings_are_the_documented_ones() -> None:
+    # the property's list of decode errors, the decoder's and docs/decode.md's table agree
+    import re
+
+    import analyze.decode
+    from tests.fuzz.targets import DECODE_ERRORS
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "decode.md").read_text()
+    table = doc.split("### Errors", 1)[1].split("Bounds:", 1)[0]
+    documented = set(re.findall(r"^\| `([^`]+)` \|", table, re.M))
+    raised = set(re.findall(r'_Stop\("([^"]+)"', Path(analyze.decode.__file__).read_text()))
+    assert documented == set(DECODE_ERRORS) == raised | {"trailing bytes"}
