@@ -213,6 +213,6 @@ def test_error_strings_are_the_documented_ones() -> None:
     root = Path(__file__).resolve().parents[1]
     doc = (root / "docs" / "decode.md").read_text()
     table = doc.split("### Errors", 1)[1].split("Bounds:", 1)[0]
-    documented = set(re.findall(r"^\| `([^`]+)` \|", table, re.M))
+    documented = set(re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE))
     raised = set(re.findall(r'_Stop\("([^"]+)"', Path(analyze.decode.__file__).read_text()))
     assert documented == set(DECODE_ERRORS) == raised | {"trailing bytes"}
