@@ -357,7 +357,16 @@ def check_pcap(data: bytes, work: Path) -> list[dict[str, Any]] | None:
     _require(results[0] == results[1], "import_pcap is not deterministic")
     if results[0] is None:
         return None
-    rows, _ = results[0]
+    rows, summary_json = results[0]
+    summary = json.loads(summary_json)
+    # Nothing dropped silently: every packet is a row or counted where it went.
+    accounted = sum(summary[k] for k in ("udp", "tcp", "skipped_non_dns", "skipped_malformed",
+                                         "skipped_fragments", "skipped_link_type",
+                                         "tcp_duplicates"))
+    _require(accounted == summary["packets"], f"{summary['packets']} packets, {accounted} "
+             "accounted for")
+    _require(summary["messages"] == len(rows) == summary["udp"] + summary["tcp"],
+             "messages count differs")
     for r in rows:
         _require(r["src_port"] in (53, 5353) or r["dst_port"] in (53, 5353), "non-DNS port")
         _require(len(r["payload"]) <= r["orig_len"] or not r["truncated"], "truncated flag")
