@@ -17,6 +17,7 @@ import pytest
 
 from analyze.decode import MAX_RECORDS, decode_message, decode_messages, decode_table
 from analyze.pcap import import_pcap
+from tests.corpus import CORPUS
 from tests.fuzz import wire
 from tests.fuzz.targets import check_decode, check_pcap, check_tcp, corpus_files
 
@@ -216,3 +217,19 @@ def test_error_strings_are_the_documented_ones() -> None:
     documented = set(re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE))
     raised = set(re.findall(r'_Stop\("([^"]+)"', Path(analyze.decode.__file__).read_text()))
     assert documented == set(DECODE_ERRORS) == raised | {"trailing bytes"}
+
+
+SHARED = sorted(p for sub in ("tunnels", "benign") for p in (CORPUS / sub).glob("*.pcap*")) \
+    if CORPUS.is_dir() else []
+
+
+@pytest.mark.corpus
+@pytest.mark.skipif(not SHARED, reason=f"corpus not found at {CORPUS}")
+@pytest.mark.parametrize("path", SHARED, ids=[p.name for p in SHARED])
+def test_real_captures_hold_the_property(path: Path, tmp_path: Path) -> None:
+    # third-party captures (tunnels among them) through the same property as the fuzz inputs
+    rows = check_pcap(path.read_bytes(), tmp_path)
+    assert rows
+    distinct = sorted({r["payload"] for r in rows if r["protocol"] == "udp"})
+    for payload in distinct[:150]:
+        check_decode(payload)
