@@ -205,8 +205,9 @@ def check_decode(payload: bytes) -> dict[str, Any]:
 def tcp_rows(data: bytes) -> list[dict[str, Any]]:
     """Cut fuzz bytes into capture rows: TCP chunks of up to 4 streams, and some UDP rows.
 
-    Each chunk is a 4-byte control word then its bytes: stream (2 bits), UDP (1 bit),
-    truncated (1 bit), a seq shuffle (4 bits), the chunk length (16 bits) and the bytes lost
+    Each chunk is a 4-byte control word then its bytes: stream (2 bits; stream 3 has null
+    tgid/fd/sock_id), UDP (1 bit), truncated (1 bit), a seq shuffle (4 bits: 15 a null seq,
+    14 the previous row's), the chunk length (16 bits) and the bytes lost
     after it (8 bits: 0..127 bytes, or 1..128 times 64 KiB). A chunk takes the bytes that
     follow, up to its length.
     """
@@ -221,10 +222,16 @@ def tcp_rows(data: bytes) -> list[dict[str, Any]]:
         stream, udp, cut = ctl & 3, bool(ctl & 4), bool(ctl & 8)
         # bytes lost: 0..127, or whole multiples of 64 KiB (past any message) up to 8 MiB
         lost = (lost if lost < 128 else (lost - 127) << 16) if cut else 0
+        # seq: shuffled within 16 slots, or null (shuffle 15), or the previous row's (14)
+        shuffle = ctl >> 4
+        seq = None if shuffle == 15 else (rows[-1]["seq"] if shuffle == 14 and rows
+                                          else index * 16 + shuffle)
+        known = stream != 3  # stream 3 has null process columns, as a pcap's streams do
         rows.append({
-            "ts": 1_700_000_000_000_000_000 + index, "seq": index * 16 + (ctl >> 4),
+            "ts": 1_700_000_000_000_000_000 + index, "seq": seq,
             "msg_index": 0, "protocol": "udp" if udp else "tcp", "family": "inet",
-            "syscall": "read", "tgid": 10, "fd": 5 + stream, "sock_id": stream,
+            "syscall": "read", "tgid": 10 if known else None, "fd": 5 + stream if known else None,
+            "sock_id": stream if known else None,
             "direction": "recv", "src_addr": "10.0.0.53", "src_port": 53,
             "dst_addr": "10.0.0.1", "dst_port": 40000 + stream, "payload": chunk,
             "orig_len": len(chunk) + lost, "truncated": cut,
@@ -245,11 +252,15 @@ def tcp_input(chunks: Sequence[tuple[int, bytes]], *, cut: Sequence[int] = (),
     return bytes(out)
 
 
-def _stream_order(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    streams: dict[int, list[dict[str, Any]]] = {}
-    for i, r in sorted(enumerate(rows), key=lambda ir: (ir[1]["sock_id"], ir[1]["seq"], ir[0])):
-        if r["protocol"] == "tcp":
-            streams.setdefault(r["sock_id"], []).append(r)
+def _stream_order(rows: Sequence[dict[str, Any]]) -> dict[int | None, list[dict[str, Any]]]:
+    """TCP rows by stream, in the order reassembly walks them (seq, null first; row order)."""
+    streams: dict[int | None, list[dict[str, Any]]] = {}
+    order = sorted(range(len(rows)), key=lambda i: (
+        -1 if rows[i]["sock_id"] is None else rows[i]["sock_id"],
+        -1 if rows[i]["seq"] is None else rows[i]["seq"], i))
+    for i in order:
+        if rows[i]["protocol"] == "tcp":
+            streams.setdefault(rows[i]["sock_id"], []).append(rows[i])
     return streams
 
 
@@ -274,7 +285,7 @@ def check_reassembled(rows: list[dict[str, Any]], out: list[dict[str, Any]]) -> 
             _require(len(r["payload"]) == r["orig_len"] and not r["truncated"],
                      "a clean message is cut")
     # A stream with no loss comes out as its bytes, reframed: nothing lost, nothing added.
-    by_stream_out: dict[int, list[dict[str, Any]]] = {}
+    by_stream_out: dict[int | None, list[dict[str, Any]]] = {}
     for r in out:
         if r["protocol"] == "tcp":
             by_stream_out.setdefault(r["sock_id"], []).append(r)
