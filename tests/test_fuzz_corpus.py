@@ -233,3 +233,19 @@ def test_real_captures_hold_the_property(path: Path, tmp_path: Path) -> None:
     distinct = sorted({r["payload"] for r in rows if r["protocol"] == "udp"})
     for payload in distinct[:150]:
         check_decode(payload)
+
+
+def test_hostile_pcap_through_the_cli(hostile_pcap_capture: Path, tmp_path: Path) -> None:
+    # the same capture through the commands a responder types: report, then replay
+    from click.testing import CliRunner
+
+    from dnstrail.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["report", str(hostile_pcap_capture), "-o",
+                               str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output and (tmp_path / "r.html").stat().st_size > 0
+    res = runner.invoke(main, ["replay", str(hostile_pcap_capture)])
+    assert res.exit_code == 0, res.output
+    assert "sigred.example" in res.output and "\x1b" not in res.output
