@@ -120,8 +120,9 @@ def dns_messages(draw: st.DrawFn) -> bytes:
         bad_len = draw(st.sampled_from((None,) * 16 + (0, 1, 0xFFFF, len(rdata) + 1)))
         msg += wire.rr(owner, rtype, rdata, rclass=draw(st.sampled_from((1, 1, 3, 4096, 0xFFFF))),
                        ttl=draw(st.sampled_from((0, 60, 0xFFFFFFFF, 0x80000000))), rdlen=bad_len)
-    split = draw(st.integers(0, nr))
-    counts = [nq, split, 0, nr - split]
+    an = draw(st.integers(0, nr))
+    ns = draw(st.integers(0, nr - an))
+    counts = [nq, an, ns, nr - an - ns]
     if draw(st.integers(0, 3)) == 0:
         counts = [draw(st.sampled_from((c, c + 1, 0, 0xFFFF, 4097))) for c in counts]
     msg[:12] = wire.header(*counts, dns_id=draw(st.integers(0, 0xFFFF)),

@@ -229,7 +229,7 @@ def tcp_rows(data: bytes) -> list[dict[str, Any]]:
         known = stream != 3  # stream 3 has null process columns, as a pcap's streams do
         rows.append({
             "ts": 1_700_000_000_000_000_000 + index, "seq": seq,
-            "msg_index": 0, "protocol": "udp" if udp else "tcp", "family": "inet",
+            "msg_index": index, "protocol": "udp" if udp else "tcp", "family": "inet",
             "syscall": "read", "tgid": 10 if known else None, "fd": 5 + stream if known else None,
             "sock_id": stream if known else None,
             "direction": "recv", "src_addr": "10.0.0.53", "src_port": 53,
@@ -285,10 +285,13 @@ def check_reassembled(rows: list[dict[str, Any]], out: list[dict[str, Any]]) -> 
             _require(len(r["payload"]) == r["orig_len"] and not r["truncated"],
                      "a clean message is cut")
     # A stream with no loss comes out as its bytes, reframed: nothing lost, nothing added.
+    # Output rows sit at the place of the chunk that completed them; put each stream's back in
+    # the order its chunks were walked (tcp_rows puts a chunk's input position in msg_index).
     by_stream_out: dict[int | None, list[dict[str, Any]]] = {}
-    for r in out:
-        if r["protocol"] == "tcp":
-            by_stream_out.setdefault(r["sock_id"], []).append(r)
+    walk = sorted((r for r in out if r["protocol"] == "tcp"),
+                  key=lambda r: (-1 if r["seq"] is None else r["seq"], r["msg_index"]))
+    for r in walk:
+        by_stream_out.setdefault(r["sock_id"], []).append(r)
     for sid, chunks in _stream_order(rows).items():
         if any(c["truncated"] for c in chunks):
             continue
