@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from dnslib import QTYPE, RDMAP, DNSBuffer
+from dnslib import QTYPE, RDMAP, DNSBuffer, DNSLabel
 
 from analyze.names import registered_domain
 
@@ -124,11 +124,11 @@ def present_labels(labels: Sequence[bytes]) -> str:
     return ".".join("".join([chars[b] for b in label]) for label in labels)
 
 
-def _read_name(data: bytes, pos: int, end: int) -> tuple[str, int]:
-    """Read the name at ``pos``; return its presentation and the offset after it in place.
+def _read_labels(data: bytes, pos: int, end: int) -> tuple[list[bytes], int]:
+    """Read the name at ``pos``; return its labels and the offset after it in place.
 
     ``end`` bounds the bytes of the name read in place (pointer targets may lie anywhere
-    before the run that points at them).
+    after the header and before the run that points at them).
     """
     n = len(data)
     labels: list[bytes] = []
@@ -156,6 +156,10 @@ def _read_name(data: bytes, pos: int, end: int) -> tuple[str, int]:
                 raise _Stop("forward pointer", pos)
             if target >= run_start:
                 raise _Stop("compression loop", pos)
+            if target < HEADER_LEN:
+                # No name starts in the header; and what the id bytes would spell must not
+                # matter (the batch decoders decode each payload once, its id set aside).
+                raise _Stop("pointer into header", pos)
             hops += 1
             if hops > MAX_POINTER_HOPS:
                 raise _Stop("too many compression pointers", pos)
@@ -171,6 +175,12 @@ def _read_name(data: bytes, pos: int, end: int) -> tuple[str, int]:
             raise _Stop("label past end", pos)
         labels.append(data[pos + 1 : pos + 1 + length])
         pos += 1 + length
+    return labels, after
+
+
+def _read_name(data: bytes, pos: int, end: int) -> tuple[str, int]:
+    """_read_labels, the name in presentation form."""
+    labels, after = _read_labels(data, pos, end)
     return present_labels(labels), after
 
 
@@ -264,16 +274,36 @@ def _rdata_text(data: bytes, rtype: int, pos: int, rdlen: int) -> str:
     return _generic_text(data[pos:end])
 
 
+class _BoundedBuffer(DNSBuffer):  # type: ignore[misc]
+    """dnslib's buffer with names read by _read_labels: dnslib's own decode_name follows
+    pointers by recursion, lets them point into the run that led to them and does not cap a
+    name's length, so a message of looping labels took seconds per record."""
+
+    def __init__(self, data: bytes, end: int) -> None:
+        super().__init__(data)
+        self._end = end
+
+    def decode_name(self, last: int = -1) -> DNSLabel:
+        start: int = self.offset  # type: ignore[has-type]
+        labels, after = _read_labels(self.data, start, self._end)
+        self.offset = after
+        return DNSLabel(labels)
+
+
 def _dnslib_text(data: bytes, tname: str, pos: int, rdlen: int) -> str | None:
     """dnslib's zone text of one rdata, or None when dnslib cannot read it exactly."""
     try:
-        buf = DNSBuffer(data)
+        buf = _BoundedBuffer(data, pos + rdlen)
         buf.offset = pos
         rd = RDMAP[tname].parse(buf, rdlen)
         text = str(rd.toZone())
     except Exception:  # noqa: BLE001 - dnslib raises many types on bad rdata
         return None  # the caller keeps the bytes in RFC 3597 form
     if buf.offset != pos + rdlen or len(text) > 4 * MAX_RDATA_TEXT:
+        return None
+    if not (text.isascii() and text.isprintable()):
+        # dnslib writes the bytes of CAA, NAPTR... strings as they are (a NUL, an escape
+        # sequence); the RFC 3597 form keeps them exact and inert
         return None
     return text
 
@@ -424,6 +454,13 @@ def _as_binary_array(payloads: Any) -> pa.LargeBinaryArray:
     return arr  # type: ignore[return-value]
 
 
+def _without_id(arr: pa.LargeBinaryArray) -> pa.Array:
+    """Each payload from byte 2 on (the whole rest: two payloads that differ late must not
+    share a key)."""
+    longest = pc.max(pc.binary_length(arr)).as_py() or 0
+    return pc.binary_slice(arr, 2, max(longest, 2))
+
+
 def decode_messages(payloads: Iterable[bytes] | pa.Array | pa.ChunkedArray) -> pd.DataFrame:
     """Decode DNS payloads (no TCP length prefix): one row per payload, DECODED_COLUMNS.
 
@@ -448,7 +485,7 @@ def decode_messages(payloads: Iterable[bytes] | pa.Array | pa.ChunkedArray) -> p
 
     # Distinct payloads with the id set aside; short payloads (no full header) each alone.
     if count:
-        encoded = pc.dictionary_encode(pc.binary_slice(arr, 2, 1 << 20))
+        encoded = pc.dictionary_encode(_without_id(arr))
         keys = encoded.dictionary.to_pylist()
         index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     else:
@@ -534,7 +571,7 @@ def decode_table(payloads: Iterable[bytes] | pa.Array | pa.ChunkedArray) -> pa.T
     arr = _as_binary_array(payloads)
     count = len(arr)
     if count:
-        encoded = pc.dictionary_encode(pc.binary_slice(arr, 2, 1 << 20))
+        encoded = pc.dictionary_encode(_without_id(arr))
         keys = encoded.dictionary.to_pylist()
         index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     else:

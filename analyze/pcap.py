@@ -43,8 +43,14 @@ ROWS_PER_FILE = 250_000
 MAX_PACKET = 262_144
 #: Largest pcapng block accepted.
 MAX_BLOCK = 16 << 20
-#: Timestamps outside this range (ns since 1970; year 1970..2262) are pinned to it.
-_TS_MIN, _TS_MAX = 0, (1 << 63) - 1
+#: TCP flows followed at once (sequence numbers for de-duplication); past this the table is
+#: started afresh, as the SYN table is, so that a pcap of millions of flows runs in bounded
+#: memory (a flow seen again then starts from its next segment).
+MAX_FLOWS = 1 << 20
+#: Timestamps outside this range (ns since 1970; year 1970..2262) are pinned to it. The top is
+#: one below the int64 maximum, which DuckDB reads as the timestamp ``infinity`` (a report on
+#: such a capture failed).
+_TS_MIN, _TS_MAX = 0, (1 << 63) - 2
 
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
 LINKTYPE_SLL, LINKTYPE_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6 = 113, 276, 228, 229
@@ -589,6 +595,7 @@ class _Rows:
         self.rows: list[dict[str, Any]] = []
         self.files: list[dict[str, Any]] = []
         self.total = 0
+        self.flushes = 0
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -605,6 +612,7 @@ class _Rows:
             self.files.append(_write_parquet(self.out, name, table))
             self.index += 1
             self.total += len(rows)
+            self.flushes += 1
         self.rows = keep
 
 
@@ -712,6 +720,8 @@ def import_pcap(path: str | Path, out_dir: str | Path, ports: Sequence[int] = (D
         if seg.proto == "tcp":
             key = (seg.src, seg.sport, seg.dst, seg.dport)
             flow = flows.get(key)
+            if flow is None and len(flows) >= MAX_FLOWS:
+                flows.clear()
             # Data starts after the SYN's own sequence number (TCP Fast Open puts data there).
             data_seq = (seg.tcp_seq + 1) & 0xFFFFFFFF if syn else seg.tcp_seq
             if flow is None or (syn and flow.next_seq != data_seq):
@@ -744,7 +754,15 @@ def import_pcap(path: str | Path, out_dir: str | Path, ports: Sequence[int] = (D
             summary.udp += 1
         if row["truncated"]:
             summary.truncated += 1
+        flushes = msgs.flushes
         msgs.add(row)
+        if msgs.flushes != flushes:
+            # Rows on disk can no longer be patched; holding them would keep every flow's
+            # last payload in memory for the whole import.
+            kept = msgs.rows[-1] if msgs.rows else None
+            for other in flows.values():
+                if other.last_row is not None and other.last_row is not kept:
+                    other.last_row = None
 
     msgs.flush()
     conns.flush()
