@@ -434,7 +434,8 @@ def _run(
                               max_bytes=options.max_file_bytes,
                               max_seconds=options.rotate_seconds, clock=time.monotonic,
                               poll_ms=options.poll_ms,
-                              converter_policy=_CONVERTER_POLICY[options.priority])
+                              converter_policy=_CONVERTER_POLICY[options.priority],
+                              gate=options.priority == "auto")
         err.write(_start_line(options, out_dir, filtering, current_ids) + "\n")
         err.writelines(line + "\n" for line in _drops_lines(options, spooling=spooling))
         if filtering and not current_ids:

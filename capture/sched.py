@@ -1,5 +1,10 @@
 """How much CPU ``dnstrail record`` may take from the node's workload (``--priority``).
 
+With the spool (the default, ``capture.spool``) the reading is cheap and stays at nice 0, and
+the conversion to Parquet runs in a process of its own at the priority ``--priority`` names
+(nice 19 for ``auto``): nothing here switches then. What follows is the ``--no-spool`` path,
+where the recorder parses as it reads.
+
 The recorder's work per message (parsing the ring buffer, Arrow, Parquet) runs in user space;
 the kernel side runs in the context of the process that moved the message and is not affected.
 

@@ -363,6 +363,86 @@ def _converter_main(policy: str) -> int:
     return 0
 
 
+class ConversionGate:
+    """Whether the converter may run now: paused (SIGSTOP) while the node's CPUs are
+    saturated by others, resumed when they leave some idle.
+
+    Every ``interval`` seconds it reads the node's idle share (``/proc/stat``) and the
+    converter's own CPU time (``/proc/PID/stat``), and counts the converter's time as idle:
+    the question is whether the workload leaves CPU to spare, not whether the converter uses
+    it. Nice 19 alone is not enough: a client/server pair at saturation leaves short idle gaps,
+    and a converter that fills them costs the pair a quarter of its throughput
+    (docs/benchmarks.md). It pauses below ``pause_below`` and resumes once the share has
+    stayed above ``resume_above`` for ``hold`` seconds (hysteresis: no flapping)."""
+
+    def __init__(self, pid: int, *, interval: float = 0.2, pause_below: float = 0.25,
+                 resume_above: float = 0.40, hold: float = 1.0,
+                 stat_path: str = "/proc/stat") -> None:
+        self.pid = pid
+        self.interval = interval
+        self.pause_below = pause_below
+        self.resume_above = resume_above
+        self.hold = hold
+        self.stat_path = stat_path
+        self.paused = False
+        self.pauses = 0
+        self.paused_seconds = 0.0
+        self.share = 1.0
+        self._last: tuple[float, int, int, int] | None = None
+        self._high = 0.0
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _own_ticks(self) -> int:
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    def update(self, now: float) -> bool:
+        """Sample (once an interval has passed) and pause or resume; True while it may run."""
+        from capture.sched import cpu_idle_share
+
+        if self._last is not None and now - self._last[0] < self.interval:
+            return not self.paused
+        try:
+            idle, total = cpu_idle_share(self.stat_path)
+        except (OSError, ValueError):
+            return not self.paused
+        own = self._own_ticks()
+        last, self._last = self._last, (now, idle, total, own)
+        if last is None or total <= last[2]:
+            return not self.paused
+        if self.paused:
+            self.paused_seconds += now - last[0]
+        self.share = min(1.0, (idle - last[1] + max(0, own - last[3])) / (total - last[2]))
+        if not self.paused and self.share < self.pause_below:
+            self._signal(True)
+        elif self.paused:
+            self._high = self._high + (now - last[0]) if self.share > self.resume_above else 0.0
+            if self._high >= self.hold - 1e-9:
+                self._signal(False)
+        return not self.paused
+
+    def _signal(self, pause: bool) -> None:
+        import signal
+
+        try:
+            os.kill(self.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+        except ProcessLookupError:
+            return
+        self.paused = pause
+        self._high = 0.0
+        if pause:
+            self.pauses += 1
+
+    def release(self) -> None:
+        """Let it run from now on (the capture is over)."""
+        if self.paused:
+            self._signal(False)
+
+
 class _Converter:
     """The converter process, one segment at a time."""
 
@@ -437,7 +517,7 @@ class Spooler:
 
     def __init__(self, writer: Any, probe: Any, on_batches: Any, on_ids: Any, *,
                  max_bytes: int, max_seconds: float, clock: Any, poll_ms: int = 100,
-                 converter_policy: str = "low") -> None:
+                 converter_policy: str = "low", gate: bool = False) -> None:
         import queue
         import threading
 
@@ -467,6 +547,8 @@ class Spooler:
         self.converted_messages = 0
         self.spooled = 0  # messages in segments (open or closed, converted or not)
         self._converter = _Converter(converter_policy)
+        #: with --priority auto: the converter paused while the workload saturates the node
+        self.gate = (ConversionGate(self._converter.proc.pid) if gate else None)
         self._seq_base = int(writer.next_seq["messages"])  # rows of a capture appended to
         self._segment = self._new_segment()
         self._thread = threading.Thread(target=self._run, name="dnstrail-spool", daemon=True)
@@ -534,6 +616,8 @@ class Spooler:
         self._list_closed()
         if self._error is not None:
             self._raise()
+        if self.gate is not None:
+            self.gate.update(self.clock())
         self._convert(wait)
 
     def _take_side(self) -> None:
@@ -542,7 +626,13 @@ class Spooler:
         while not self._ids.empty():
             self.on_ids(self._ids.get())
 
-    def _list_closed(self) -> None:
+    def _list_closed(self, now: bool = False) -> None:
+        """List closed segments with their hashes. While the gate holds the converter (the
+        workload saturates the node) hashing waits too: ~0.5 ms of CPU per MB, the largest
+        part of the recorder's own work at saturation. A recorder killed meanwhile leaves those
+        segments readable but unhashed (the readers say so)."""
+        if not now and self.gate is not None and self.gate.paused:
+            return
         while not self._closed.empty():
             seg = self._closed.get()
             self.writer.spool_closed(seg.fd, seg.path, seg.messages)
@@ -603,7 +693,7 @@ class Spooler:
         self._stop.set()
         self._thread.join()
         self._take_side()
-        self._list_closed()
+        self._list_closed(now=True)
         if self._error is not None:
             self._raise()
 
@@ -621,6 +711,8 @@ class Spooler:
             else:  # an empty segment: nothing to keep
                 self.writer.spool_closed(seg.fd, seg.path, 0, listed=False)
                 seg.path.unlink(missing_ok=True)
+        if self.gate is not None:
+            self.gate.release()  # the capture is over: the converter runs (at its priority)
         try:
             while self._pending or self._converter.busy is not None:
                 before = self.converted_segments
@@ -632,6 +724,8 @@ class Spooler:
 
     def abandon(self) -> None:
         """End the converter without waiting for the spool (a failed capture keeps it)."""
+        if self.gate is not None:
+            self.gate.release()
         self._converter.proc.kill()
         self._converter.close()
 
