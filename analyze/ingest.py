@@ -100,10 +100,12 @@ def _scan(directory: Path, *, verify: bool, on_damage: str) -> _Evidence:
     skipped: list[dict[str, str]] = []
     names = sorted(p.name for p in directory.iterdir() if schema.file_kind(p.name) is not None)
     for name in names:
-        if name not in listed and name == manifest.get("spool_open"):
-            warnings.append(f"{directory}: {name} is the spool segment the recorder was writing "
-                            "when it stopped: read up to its last whole record; no hash "
-                            "vouches for it")
+        if name not in listed and schema.file_kind(name) == schema.SPOOL_KIND:
+            which = ("the segment the recorder was writing" if name == manifest.get("spool_open")
+                     else "a segment that waited for CPU to spare")
+            warnings.append(f"{directory}: {name} is a spool segment not yet hashed when the "
+                            f"recorder stopped ({which}): read up to its last whole record; "
+                            "no hash vouches for it")
         elif name not in listed:
             warnings.append(f"{directory}: {name} is not listed in the manifest (read anyway)")
     for listed_name in listed:

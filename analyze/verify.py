@@ -382,8 +382,9 @@ def _check_unlisted(directory: Path, name: str, crashed: bool) -> FileCheck:
         return FileCheck(name, kind, EXTRA if not crashed else UNREADABLE,
                          f"not in the manifest and not readable Parquet: {exc}")
     if crashed and kind == schema.SPOOL_KIND:
-        return FileCheck(name, kind, UNLISTED, "the spool segment the recorder was writing when "
-                         "it stopped: reads up to its last whole record, but no hash vouches "
+        return FileCheck(name, kind, UNLISTED, "a spool segment not yet hashed when the "
+                         "recorder stopped (the one it was writing, or one that waited for "
+                         "CPU to spare): reads up to its last whole record, but no hash vouches "
                          "for it", actual_bytes=size, rows=rows)
     if crashed and kind in schema.EVENT_KINDS:
         return FileCheck(name, kind, UNLISTED, "finished after the last manifest update (the "

@@ -181,6 +181,10 @@ class RecordSummary:
     priority_lowered: int = 0
     low_seconds: float = 0.0
 
+    #: With the spool and --priority auto: how often the conversion waited for the workload.
+    conversion_paused: int = 0
+    paused_seconds: float = 0.0
+
     def lines(self) -> list[str]:
         """The end-of-capture report, under 80 columns."""
         kinds = ", ".join(f"{self.counts.get(k, 0):,} {k}" for k in EVENT_KINDS)
@@ -198,6 +202,13 @@ class RecordSummary:
             line = f"Priority: yielded the CPU {times}, {self.low_seconds:,.1f} s in all"
             out.append(next((c for c in (f"{line} (manifest priority_log)",
                                          f"{line} (priority_log)") if len(c) < 80), line))
+        if self.conversion_paused:
+            times = ("once" if self.conversion_paused == 1
+                     else f"{self.conversion_paused:,} times")
+            line = (f"Parquet conversion waited for the workload {times}, "
+                    f"{self.paused_seconds:,.1f} s in all")
+            out.append(line if len(line) < 80 else
+                       f"Conversion waited {times}, {self.paused_seconds:,.0f} s")
         if self.error:
             out.append(f"Error: {self.error}")
         return out
@@ -401,6 +412,7 @@ def _run(
     budget: sched.CpuBudget | None = None
     priority_log: list[dict[str, Any]] = []
     spooler: Any = None
+    gate_paused = False
     try:
         sched.apply_priority(options.priority)  # after loading: compiling is not steady state
         spooling = options.spool and _spool_available(err)
@@ -457,6 +469,16 @@ def _run(
                 if spooler is not None:
                     # the spool's thread drains the rings, its process converts them
                     spooler.service()
+                    gate = spooler.gate
+                    if gate is not None and gate.paused != gate_paused:
+                        gate_paused = gate.paused
+                        level = "low" if gate.paused else "normal"
+                        priority_log.append({"at": _iso_now(), "level": level,
+                                             "lost": dict(probe.lost())})
+                        writer.update_info({"priority_log": list(priority_log)})
+                        line = _gate_line(gate, spooler.backlog_messages)
+                        err.write(("\r" + line.ljust(79) if tty else line) + "\n")
+                        err.flush()
                     stop.wait(min(timeout, _SERVICE_MS) / 1000)
                 else:
                     capped = (auto is not None and auto.level == "low"
@@ -568,6 +590,8 @@ def _run(
         pod_uids=sorted(resolution.pod_uids),
         priority_lowered=auto.lowered if auto is not None else 0,
         low_seconds=auto.low_time(time.monotonic()) if auto is not None else 0.0,
+        conversion_paused=spooler.gate.pauses if spooler and spooler.gate else 0,
+        paused_seconds=spooler.gate.paused_seconds if spooler and spooler.gate else 0.0,
     )
     err.writelines(line + "\n" for line in summary.lines())
     err.flush()
@@ -596,6 +620,15 @@ def _spool_available(err: TextIO) -> bool:
     err.write("warning: the compiled spool routine is missing (reinstall dnstrail with pip); "
               "parsing every poll at once, which keeps fewer messages on a busy node\n")
     return False
+
+
+def _gate_line(gate: Any, backlog: int) -> str:
+    """One line (under 80 columns) when the spool's conversion pauses or resumes; the idle
+    share counts the converter's own time as idle (capture.spool.ConversionGate)."""
+    if gate.paused:
+        return f"Node saturated (idle {gate.share:.0%}): Parquet conversion waits; spooling goes on"
+    line = f"CPU to spare again (idle {gate.share:.0%}): converting {backlog:,} spooled messages"
+    return line if len(line) < 80 else f"CPU to spare again: converting {backlog:,} spooled"
 
 
 def _arrived(probe: Any, lost: Mapping[str, int]) -> int:

@@ -145,6 +145,11 @@ def test_capture_bench_baseline_and_tcpdump(tmp_path: Path) -> None:
     # tcpdump on lo sees each query and its response once
     assert td["events"] >= 2 * td["completed"] - 10
     assert td["lost_events"] == 0
+    # the spool's stages on a synthetic ring: every record drained and converted (asserted
+    # inside), and rates that are numbers
+    cap = res["spool_capacity"]
+    assert cap["messages"] > 50_000
+    assert cap["drain_msgs_per_cpu_s"] > 0 and cap["convert_msgs_per_cpu_s"] > 0
 
 
 def test_bpf_stats_off_restores(tmp_path: Path) -> None:
@@ -172,6 +177,8 @@ def test_capture_bench_tracer_names() -> None:
     assert tracer_args("dnstrail-idle") == ["--priority", "idle"]
     assert tracer_args("dnstrail-budget2") == ["--cpu-budget", "2"]
     assert tracer_args("dnstrail-budget0.5") == ["--cpu-budget", "0.5"]
+    assert tracer_args("dnstrail-nospool") == ["--no-spool"]
+    assert tracer_args("dnstrail-nospool-normal") == ["--no-spool", "--priority", "normal"]
     for bad in ("dnstrail-budget", "dnstrail-budgetx", "dnstrail-fast", "tcpdump", "none"):
         assert tracer_args(bad) is None
 

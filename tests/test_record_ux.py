@@ -399,3 +399,24 @@ def test_status_line_names_its_bytes_and_says_when_capped() -> None:
         line = _status_line({"messages": n, "connects": n, "execs": n}, n * 300, {"x": n},
                             360_000.0, 360_000.0, bytes_label="spooled", capped=True)
         assert len(line) < 80, line
+
+
+def test_conversion_gate_lines_are_short_and_say_what_happens() -> None:
+    from capture.recorder import RecordSummary, _gate_line
+
+    class Gate:
+        paused = True
+        share = 0.123
+
+    assert _gate_line(Gate, 5) == ("Node saturated (idle 12%): Parquet conversion waits; "
+                                   "spooling goes on")
+    Gate.paused, Gate.share = False, 0.456
+    assert _gate_line(Gate, 12_345) == ("CPU to spare again (idle 46%): converting 12,345 "
+                                        "spooled messages")
+    assert len(_gate_line(Gate, 10**15)) < 80
+    base = {"output": Path("cap"), "status": "complete", "elapsed_s": 60.0, "counts": {},
+            "files": [], "bytes": 0, "lost": {}}
+    lines = RecordSummary(**base, conversion_paused=3, paused_seconds=12.5).lines()  # type: ignore[arg-type]
+    assert "Parquet conversion waited for the workload 3 times, 12.5 s in all" in lines
+    long = RecordSummary(**base, conversion_paused=10**9, paused_seconds=1e12).lines()  # type: ignore[arg-type]
+    assert all(len(ln) < 80 for ln in long), long

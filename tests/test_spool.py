@@ -232,3 +232,67 @@ def test_a_write_cut_short_keeps_the_records_it_wrote_whole(tmp_path: Path) -> N
         os.close(r)
         os.close(w)
         probe.close()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _write_stat(path: Path, idle: int, busy: int) -> None:
+    # user nice system idle iowait irq softirq steal
+    path.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\n")
+
+
+def test_the_gate_stops_the_converter_while_the_node_is_saturated(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    stat = tmp_path / "stat"
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        gate = spool.ConversionGate(child.pid, interval=0.0, hold=1.0, stat_path=str(stat))
+        _write_stat(stat, idle=1000, busy=1000)
+        assert gate.update(0.0)  # the first sample only sets the baseline
+        _write_stat(stat, idle=1010, busy=1090)  # 10 % idle: saturated
+        assert not gate.update(0.5) and gate.paused and gate.pauses == 1
+        deadline = time.monotonic() + 5
+        while _state(child.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _state(child.pid) == "T"  # stopped
+        _write_stat(stat, idle=1060, busy=1140)  # 50 % idle, but not for long enough yet
+        assert not gate.update(1.0)
+        _write_stat(stat, idle=1110, busy=1190)
+        assert gate.update(2.0) and not gate.paused  # held above 40 % for 1 s: resumed
+        while _state(child.pid) == "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _state(child.pid) != "T"
+        _write_stat(stat, idle=1111, busy=1289)  # saturated again
+        assert not gate.update(2.5)
+        gate.release()  # the capture is over
+        assert not gate.paused
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_gate_counts_the_converters_own_time_as_idle(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    stat = tmp_path / "stat"
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        gate = spool.ConversionGate(burner.pid, interval=0.0, stat_path=str(stat))
+        _write_stat(stat, idle=0, busy=0)
+        gate.update(0.0)
+        start = gate._own_ticks()
+        time.sleep(0.6)
+        used = gate._own_ticks() - start
+        assert used > 0
+        # the node reports no idle time at all, all of it the converter's: it may go on
+        _write_stat(stat, idle=0, busy=used)
+        assert gate.update(1.0) and not gate.paused, gate.share
+    finally:
+        burner.kill()
+        burner.wait()
