@@ -99,6 +99,10 @@ class _Size(click.ParamType):
               help="Drain the ring buffer into spool files with a compiled routine and turn "
               "them into Parquet when there is CPU to spare (--no-spool: parse every poll at "
               "once, the slower path that loses messages on a saturated node).")
+@click.option("--finish-within", "finish_within", type=_Duration(), default=25.0,
+              help="After the capture ends, convert spooled messages to Parquet for at most "
+              "this long (default 25s, under Kubernetes' 30 s grace period); the rest stays "
+              "in spool segments, listed with their hashes and read by the analyzer.")
 @click.option("--no-connects", is_flag=True, help="Do not record connect() events.")
 @click.option("--no-execs", is_flag=True, help="Do not record exec events.")
 @click.option("--print-bpf", is_flag=True,
@@ -122,6 +126,7 @@ def record(
     priority: str,
     cpu_budget: float,
     spool: bool,
+    finish_within: float,
     no_connects: bool,
     no_execs: bool,
     print_bpf: bool,
@@ -152,6 +157,7 @@ def record(
         priority=priority,
         cpu_budget=cpu_budget / 100,
         spool=spool,
+        finish_seconds=finish_within,
         command_line=list(sys.argv),
     )
     if print_bpf:

@@ -110,6 +110,10 @@ class RecordOptions:
     #: How often --pod/--cgroup filters are re-resolved (new containers), in seconds.
     refilter_seconds: float = 5.0
     poll_ms: int = 100
+    #: After the capture: how long the recorder may go on converting spooled messages to
+    #: Parquet before it exits (what is left stays spooled: listed, hashed, readable). Below
+    #: Kubernetes' default 30 s grace period between SIGTERM and SIGKILL.
+    finish_seconds: float = 25.0
     #: The cheap path: ring records go to spool segments (capture.spool) and become Parquet
     #: when there is CPU to spare. False: parse every poll into Parquet at once (the old path;
     #: also taken, with a warning, when the compiled spool routine is missing).
@@ -184,6 +188,8 @@ class RecordSummary:
     #: With the spool and --priority auto: how often the conversion waited for the workload.
     conversion_paused: int = 0
     paused_seconds: float = 0.0
+    #: Messages still in spool segments at the end (not converted within finish_seconds).
+    spooled_left: int = 0
 
     def lines(self) -> list[str]:
         """The end-of-capture report, under 80 columns."""
@@ -202,6 +208,9 @@ class RecordSummary:
             line = f"Priority: yielded the CPU {times}, {self.low_seconds:,.1f} s in all"
             out.append(next((c for c in (f"{line} (manifest priority_log)",
                                          f"{line} (priority_log)") if len(c) < 80), line))
+        if self.spooled_left:
+            out.append(f"{self.spooled_left:,} of them left spooled (listed, hashed; readers "
+                       "take them)"[:79])
         if self.conversion_paused:
             times = ("once" if self.conversion_paused == 1
                      else f"{self.conversion_paused:,} times")
@@ -556,15 +565,16 @@ def _run(
             writer.close("failed", error=reason)
         raise
     _detach(probe, err)
+    left = 0
     if spooler is not None:
         backlog = spooler.backlog_messages
         if backlog > _CONVERT_NOTICE:
             err.write(f"Converting {backlog:,} spooled messages to Parquet "
-                      f"({'at nice 19, ' if options.priority != 'normal' else ''}"
-                      "Ctrl-C leaves them spooled, readable) ...\n")
+                      f"(for at most {options.finish_seconds:g} s; the rest stays spooled, "
+                      "readable) ...\n")
             err.flush()
         try:
-            spooler.finish()
+            left = spooler.finish(within=options.finish_seconds)
         except BaseException as exc:  # the spool stays, listed and readable
             spooler.abandon()
             if writer.started and not writer.closed:
@@ -583,7 +593,8 @@ def _run(
         output=out_dir,
         status=writer.status,
         elapsed_s=time.monotonic() - started,
-        counts=writer.counts(),
+        counts={k: n + (left if k == "messages" else 0) for k, n in writer.counts().items()},
+        spooled_left=left,
         files=writer.files,
         bytes=stats.bytes,
         lost=writer.lost(),

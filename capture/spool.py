@@ -697,9 +697,12 @@ class Spooler:
         if self._error is not None:
             self._raise()
 
-    def finish(self, progress: Any = None) -> None:
-        """After ``stop``: close the open segment and convert every segment left.
-        ``progress(messages_left)`` is called after each converted segment."""
+    def finish(self, within: float | None = None, progress: Any = None) -> int:
+        """After ``stop``: close the open segment and convert the segments left, for at most
+        ``within`` seconds (None: all of them). What is not converted by then stays spooled:
+        listed with its hash, readable (the readers take spool segments as messages files).
+        ``progress(messages_left)`` is called after each converted segment. Returns the
+        messages left spooled."""
         seg = self._segment
         if seg is not None:
             self._segment = None
@@ -713,14 +716,24 @@ class Spooler:
                 seg.path.unlink(missing_ok=True)
         if self.gate is not None:
             self.gate.release()  # the capture is over: the converter runs (at its priority)
+        deadline = None if within is None else self.clock() + max(0.0, within)
         try:
             while self._pending or self._converter.busy is not None:
+                if deadline is not None and self.clock() >= deadline:
+                    break
                 before = self.converted_segments
-                self._convert(wait=1.0)
+                wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - self.clock()))
+                self._convert(wait=wait)
                 if progress is not None and self.converted_segments != before:
                     progress(self.spooled - self.converted_messages)
         finally:
+            if self._converter.busy is not None:  # out of time: its half-written file goes
+                self._converter.proc.kill()
+                _, tmp, _, _ = self._converter.busy
+                self._converter.busy = None
+                tmp.unlink(missing_ok=True)
             self._converter.close()
+        return sum(messages for _, messages in self._pending)
 
     def abandon(self) -> None:
         """End the converter without waiting for the spool (a failed capture keeps it)."""

@@ -91,3 +91,67 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
     return out
+
+
+def test_what_is_not_converted_in_time_stays_spooled_and_readable(tmp_path: Path) -> None:
+    """--finish-within 0: the capture ends at once; the last segment stays spooled, listed
+    with its hash, and the analyzer reads every message (Parquet files and segments)."""
+    from capture.recorder import RecordOptions
+    from tests.lab.require import require_root_bcc
+    from tests.test_record_live import Recording, dns_traffic
+    from tests.test_writer import check_capture
+
+    require_root_bcc()
+    out = tmp_path / "cap"
+    with Recording(RecordOptions(output=out, finish_seconds=0.0, pods_root=None)) as rec:
+        with dns_traffic(count=2000, seconds=20, tag="left"):
+            pass
+        summary = rec.stop()
+    m = check_capture(out)  # every listed file, spool segments too, matches its hash
+    assert m["status"] == "complete" and m["spool_open"] is None
+    spooled = [f for f in m["files"] if f["kind"] == "spool"]
+    assert spooled and summary.spooled_left == sum(f["rows"] for f in spooled)
+    assert any("left spooled" in ln for ln in summary.lines())
+    parquet = m["counts"]["messages"]
+    assert summary.counts["messages"] == parquet + summary.spooled_left >= 4 * 2000
+    import analyze
+
+    cap = analyze.load(out, work_dir=tmp_path / "work")
+    assert cap.sql("SELECT count(*) AS n FROM messages")["n"][0] == parquet + summary.spooled_left
+    assert not cap.warnings or not any("no hash" in w for w in cap.warnings), cap.warnings
+
+
+def test_sigterm_under_load_ends_within_the_finish_time(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM while a flood runs on a saturated node (Kubernetes stopping the pod): the
+    recorder is gone within --finish-within plus the time to stop, the capture complete, and
+    what it had no time to convert is spooled, listed and readable."""
+    import signal
+
+    from tests.lab.require import require_root_bcc
+    from tests.test_writer import check_capture
+
+    require_root_bcc()
+    out = tmp_path / "cap"
+    results = []
+    with _recording(out, "--duration", "120s", "--finish-within", "3s") as (proc, lines), \
+            _Hogs():
+        ns = lab.client_ns()
+        flood = threading.Thread(target=lambda: results.append(
+            lab.dnsperf(ns, lab.server_addr, duration=8.0)))
+        flood.start()
+        time.sleep(5.0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        took = time.monotonic() - t0
+        flood.join(timeout=60)
+    assert proc.returncode == 0, "".join(lines)
+    assert took < 3.0 + 10.0, (took, "".join(lines))
+    m = check_capture(out)
+    assert m["status"] == "complete" and m["spool_open"] is None
+    import analyze
+
+    cap = analyze.load(out, work_dir=tmp_path / "work")
+    kept = int(cap.sql("SELECT count(*) AS n FROM messages")["n"][0])
+    spooled = sum(f["rows"] for f in m["files"] if f["kind"] == "spool")
+    assert kept == m["counts"]["messages"] + spooled > 0
