@@ -45,6 +45,8 @@ from analyze.reconstruct import (
 PART_ROWS = 600_000
 #: Client transactions per part of the lookups build (each part holds whole processes).
 LOOKUP_PART_ROWS = 250_000
+#: Transactions joined to their messages at a time (``_join_transactions``).
+TXN_JOIN_ROWS = 1_000_000
 #: DuckDB's memory limit unless the caller gives one.
 MEMORY_LIMIT = "1GB"
 
@@ -217,12 +219,7 @@ def _build(tmp: Path, ingested: Sequence[Ingested], labels: Sequence[str], *, wo
             run(con, "CREATE TEMP TABLE ren AS SELECT tmp_id, (row_number() OVER "
                         "(ORDER BY ts, base_msg_id) - 1)::BIGINT AS txn_id "
                         f"FROM read_parquet({files_sql(txn_files)})")
-            run(
-                con, f"COPY (SELECT r.txn_id, {tx_cols} FROM read_parquet({files_sql(txn_files)}) t "
-                "JOIN ren r USING (tmp_id) JOIN messages q ON q.msg_id = t.base_msg_id "
-                "LEFT JOIN messages p ON p.msg_id = t.response_msg_id ORDER BY r.txn_id) "
-                f"TO {quote(str(tmp / 'transactions.parquet'))} "
-                "(FORMAT parquet, ROW_GROUP_SIZE 131072)")
+            _join_transactions(con, tmp / "transactions.parquet", txn_files, tx_cols, n_txn)
             run(
                 con, f"COPY (SELECT m.msg_id, r.txn_id FROM read_parquet({files_sql(map_files)}) m "
                 "JOIN ren r USING (tmp_id) ORDER BY m.msg_id) "
@@ -240,6 +237,61 @@ def _build(tmp: Path, ingested: Sequence[Ingested], labels: Sequence[str], *, wo
     finally:
         con.close()
     return {"transactions": n_txn, "lookups": n_lookups}
+
+
+def _join_transactions(con: Any, out: Path, txn_files: Sequence[str], tx_cols: str,
+                       n_txn: int) -> None:
+    """The transactions with their query's and response's columns, in txn_id order, joined
+    TXN_JOIN_ROWS transactions at a time, so that the engine's hash tables hold one batch of
+    transactions, never the messages: one joined pass over 24M transactions and 48M messages
+    ran out of its 1 GB. The join order is pinned (each batch on the build side, the messages
+    streamed past it, each batch reading only the messages of its msg_id range: txn_id follows
+    time); left to the optimizer, an estimate made it hash the messages. Each batch is written
+    by the engine (a COPY streams), then the parts are streamed into one file."""
+    txn = f"read_parquet({files_sql(txn_files)})"
+    parts: list[Path] = []
+    for a in range(0, max(n_txn, 1), TXN_JOIN_ROWS):
+        b = a + TXN_JOIN_ROWS
+        run(con, "CREATE OR REPLACE TEMP TABLE txn_batch AS SELECT r.txn_id AS final_txn_id, "
+                 f"t.* FROM {txn} t JOIN ren r USING (tmp_id) "
+                 f"WHERE r.txn_id >= {a} AND r.txn_id < {b}")
+        ((lo, hi),) = run(con, "SELECT min(least(base_msg_id, coalesce(response_msg_id, "
+                               "base_msg_id))), max(greatest(base_msg_id, coalesce("
+                               "response_msg_id, base_msg_id))) FROM txn_batch")
+        if lo is None:
+            continue
+        near = f"(SELECT * FROM messages WHERE msg_id BETWEEN {int(lo)} AND {int(hi)})"
+        part = out.with_name(f"_txn-part-{len(parts):05d}.parquet")
+        run(con, "SET disabled_optimizers = 'join_order'")
+        try:
+            # written order is the plan: the right side of each join is hashed
+            run(con,
+                f"COPY (SELECT t.final_txn_id AS txn_id, {tx_cols} FROM {near} p RIGHT JOIN "
+                f"({near} q JOIN txn_batch t ON q.msg_id = t.base_msg_id) "
+                "ON p.msg_id = t.response_msg_id ORDER BY t.final_txn_id) "
+                f"TO {quote(str(part))} (FORMAT parquet, ROW_GROUP_SIZE 131072)")
+        finally:
+            run(con, "RESET disabled_optimizers")
+        parts.append(part)
+    run(con, "DROP TABLE IF EXISTS txn_batch")
+    if len(parts) == 1:
+        os.replace(parts[0], out)
+        return
+    writer: pq.ParquetWriter | None = None
+    try:
+        for part in parts:
+            f = pq.ParquetFile(part)
+            if writer is None:
+                writer = pq.ParquetWriter(out, f.schema_arrow, compression="snappy")
+            for batch in f.iter_batches(batch_size=131_072):
+                writer.write_batch(batch, row_group_size=131_072)
+            del f
+            part.unlink()
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no transaction at all
+        pq.write_table(stages.TRANSACTIONS.empty_table(), out)
 
 
 def check_file(path: Path, stage: str) -> None:
