@@ -134,8 +134,10 @@ def record(
     """Record every DNS message on this node (needs root and BCC).
 
     Writes Parquet files and manifest.json into --output until --duration, Ctrl-C or SIGTERM;
-    each file appears under its final name only once complete. Exit status: 0 done, 1 error,
-    3 disk full (finished files are kept), 130 Ctrl-C before tracing began (nothing written).
+    messages go through spool segments first (readable at once, docs/record.md), and each
+    Parquet file appears under its final name only once complete. Exit status: 0 done,
+    1 error, 3 disk full (finished files are kept), 130 Ctrl-C before tracing began (nothing
+    written).
     """
     options = RecordOptions(
         output=output or Path("."),
