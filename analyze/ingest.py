@@ -42,6 +42,7 @@ from analyze.cache import WorkDir, WorkDirError, digest, is_disk_full
 from analyze.errors import CaptureDamaged, CaptureTooNew, NotACapture
 from capture import schema
 from capture.errors import CaptureError
+from capture.spool import convert_segment
 from capture.writer import sha256_file
 
 #: Rows per decoding chunk (a chunk is whole row groups, so it may be somewhat larger).
@@ -175,30 +176,6 @@ def ingest(directory: str | Path, *, work: WorkDir, verify: bool = True,
 
 # --- building an entry ----------------------------------------------------------------------
 
-def _spool_to_parquet(path: Path, out: Path) -> None:
-    """A spool segment's messages as a messages Parquet file (seq from the segment's first)."""
-    from capture.spool import read_header, read_segment
-
-    first = read_header(path).first_seq
-    writer = None
-    try:
-        for part in read_segment(path):
-            for batch in part["messages"]:
-                n = batch.num_rows
-                seq = pa.array(np.arange(first, first + n, dtype=np.uint64))
-                first += n
-                batch = batch.set_column(batch.schema.get_field_index("seq"), "seq", seq)
-                if writer is None:
-                    writer = pq.ParquetWriter(out, batch.schema, compression="zstd",
-                                              compression_level=1)
-                writer.write_batch(batch, row_group_size=ROW_GROUP)
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        _write(schema.MESSAGES_SCHEMA.empty_table(), out)
-
-
 def _write(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", compression_level=1,
                    row_group_size=ROW_GROUP)
@@ -286,7 +263,7 @@ def _build_in(tmp: Path, ev: _Evidence, *, work: WorkDir, key: str, node: str,
     for name in by_kind.get(schema.SPOOL_KIND, []):
         out_path = tmp / f"_{name}.parquet"
         try:
-            _spool_to_parquet(ev.directory / name, out_path)
+            convert_segment(ev.directory / name, out_path)  # the recorder's own conversion
         except (OSError, CaptureError) as exc:
             if isinstance(exc, OSError) and is_disk_full(exc):
                 raise

@@ -494,8 +494,6 @@ class _Converter:
         except Exception:  # noqa: BLE001
             self.proc.kill()
             self.proc.wait()
-        pid = self.proc.pid
-        self.pid = pid
 
 
 class Spooler:
@@ -536,14 +534,12 @@ class Spooler:
         # a parser of its own: the probe's ring attributes are never swapped under a reader
         self.sink = SpoolSink(probe, probe.cfg.snaplen, self.msg_hdr, parser=_parser(header))
         self._pending: list[tuple[Path, int]] = []  # listed segments, oldest first
-        self._queued_messages = 0  # in closed segments not committed yet
         self._side: queue.SimpleQueue[dict[str, list[pa.RecordBatch]]] = queue.SimpleQueue()
         self._ids: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
         self._closed: queue.SimpleQueue[_Segment] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._segment: _Segment | None = None
-        self.converted_segments = 0
         self.converted_messages = 0
         self.spooled = 0  # messages in segments (open or closed, converted or not)
         self._converter = _Converter(converter_policy)
@@ -637,7 +633,6 @@ class Spooler:
             seg = self._closed.get()
             self.writer.spool_closed(seg.fd, seg.path, seg.messages)
             self._pending.append((seg.path, seg.messages))
-            self._queued_messages += seg.messages
 
     def _convert(self, wait: float) -> None:
         conv = self._converter
@@ -656,8 +651,6 @@ class Spooler:
                 raise SpoolDamaged(f"converting {segment.name} failed: {error}")
             self.writer.spool_converted(segment, tmp, name, int(answer["rows"]), messages)
             self._pending.pop(0)
-            self._queued_messages -= messages
-            self.converted_segments += 1
             self.converted_messages += int(answer["rows"])
         if conv.busy is None and self._pending:
             segment, messages = self._pending[0]
@@ -680,10 +673,6 @@ class Spooler:
         return self.spooled - self.converted_messages
 
     @property
-    def backlog_segments(self) -> int:
-        return len(self._pending) + self._closed.qsize()
-
-    @property
     def converter_pid(self) -> int:
         return int(self._converter.proc.pid)
 
@@ -697,12 +686,11 @@ class Spooler:
         if self._error is not None:
             self._raise()
 
-    def finish(self, within: float | None = None, progress: Any = None) -> int:
+    def finish(self, within: float | None = None) -> int:
         """After ``stop``: close the open segment and convert the segments left, for at most
         ``within`` seconds (None: all of them). What is not converted by then stays spooled:
         listed with its hash, readable (the readers take spool segments as messages files).
-        ``progress(messages_left)`` is called after each converted segment. Returns the
-        messages left spooled."""
+        Returns the messages left spooled."""
         seg = self._segment
         if seg is not None:
             self._segment = None
@@ -710,7 +698,6 @@ class Spooler:
             if seg.messages:
                 self.writer.spool_closed(seg.fd, seg.path, seg.messages)
                 self._pending.append((seg.path, seg.messages))
-                self._queued_messages += seg.messages
             else:  # an empty segment: nothing to keep
                 self.writer.spool_closed(seg.fd, seg.path, 0, listed=False)
                 seg.path.unlink(missing_ok=True)
@@ -721,11 +708,8 @@ class Spooler:
             while self._pending or self._converter.busy is not None:
                 if deadline is not None and self.clock() >= deadline:
                     break
-                before = self.converted_segments
                 wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - self.clock()))
                 self._convert(wait=wait)
-                if progress is not None and self.converted_segments != before:
-                    progress(self.spooled - self.converted_messages)
         finally:
             if self._converter.busy is not None:  # out of time: its half-written file goes
                 self._converter.proc.kill()
