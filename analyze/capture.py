@@ -941,6 +941,90 @@ class Capture:
                 raise
         return [Finding.from_dict(d) for d in docs]
 
+    def findings_frame(self, findings: Sequence[Any] | None = None, **kw: Any) -> pd.DataFrame:
+        """The findings as a DataFrame, one row per finding, most severe first (then in the
+        order ``findings`` gives them): ``kind``, ``severity``, ``subject`` (who:
+        ``Finding.workload``), ``namespace``, ``pod``, ``container``, ``comm``, ``pid``,
+        ``client``, ``domain`` (the name, else the registered domain), ``count`` and
+        ``count_of`` (the first of the metrics ``FINDING_COUNT_METRICS`` the finding has, and
+        its name; else its evidence rows and ``"evidence"``), ``summary`` (the explanation),
+        ``metrics`` (a dict) and ``evidence`` (a list of dicts). ``findings``: the findings to
+        show (by default ``self.findings(**kw)``)."""
+        from analyze.findings._common import severity_rank
+
+        found = list(self.findings(**kw) if findings is None else findings)
+        rows = []
+        for f in found:
+            count_of = next((k for k in FINDING_COUNT_METRICS
+                             if isinstance(f.metrics.get(k), (int, float))
+                             and not isinstance(f.metrics.get(k), bool)), None)
+            rows.append({
+                "kind": f.kind, "severity": f.severity, "subject": f.workload,
+                "namespace": f.namespace, "pod": f.pod, "container": f.container,
+                "comm": f.comm, "pid": f.pid, "client": f.client,
+                "domain": f.domain or f.registered_domain,
+                "count": int(f.metrics[count_of]) if count_of else len(f.evidence),
+                "count_of": count_of or "evidence",
+                "summary": f.explanation, "metrics": f.metrics, "evidence": f.evidence,
+                "_rank": -severity_rank(f.severity),
+            })
+        out = pd.DataFrame(rows, columns=[*_FINDING_COLUMNS, "_rank"])
+        out = out.sort_values("_rank", kind="stable").drop(columns="_rank")
+        out["pid"] = out["pid"].astype("Int64")
+        out["count"] = out["count"].astype("int64")
+        return out.reset_index(drop=True)
+
+    def lookups_with_connects(self, within: float = 10.0, *,
+                              unmatched: bool = False) -> pd.DataFrame:
+        """Each lookup joined to the connects that followed it: a connect of the same
+        process (else client address) to one of the lookup's answer addresses, at most
+        ``within`` seconds after the answer, one row per (lookup, connect). The join is the
+        one the dns_to_connect and new_domain_connect findings judge
+        (``analyze.findings.connects.joined_connects``): a connect belongs to the latest
+        earlier answer holding its address; connects to loopback, link-local, the capture's
+        nameservers and port 53 are left out.
+
+        Columns: the lookup's ``lookup_id``, ``ts``, ``node``, ``tgid``, ``comm``,
+        ``process``, ``namespace``, ``pod``, ``container``, ``first_name``, ``final_name``,
+        ``rcode_name``, ``answer_ips``; then ``answer`` (the address connected to, as the
+        answer gave it), ``connect_ts``, ``connect_addr``, ``connect_port``, ``delay_ms``
+        (answer to connect) and ``connect_result`` (``ok``, ``EINPROGRESS``,
+        ``ECONNREFUSED`` ...: ``analyze.findings.connects.connect_result``). In time order
+        of the connects. ``unmatched=True`` also keeps the lookups no connect followed (the
+        connect columns null), in lookup order after them."""
+        from analyze.findings.connects import connect_result, joined_connects
+
+        if within < 0:
+            raise BadFilter(f"within={within}: a window is zero seconds or more")
+        lk = self.lookups[list(_LOOKUP_COLUMNS)]
+        joined = joined_connects(self)
+        pairs = pd.DataFrame(columns=["lookup_id", *_CONNECT_COLUMNS])
+        if joined is not None and len(joined):
+            hit = joined[joined["answer_ts"].notna()]
+            delay = (hit["ts"] - hit["answer_ts"]).dt.total_seconds()
+            hit = hit[delay <= within]
+            ids = self.lookups[["lookup_id", "txn_ids"]].explode("txn_ids").dropna()
+            ids = ids.rename(columns={"txn_ids": "txn_id"}).astype({"txn_id": "int64"})
+            hit = hit.astype({"txn_id": "int64"}).merge(ids, on="txn_id", how="inner")
+            pairs = pd.DataFrame({
+                "lookup_id": hit["lookup_id"],
+                "answer": hit["ip"].astype(str),
+                "connect_ts": hit["ts"],
+                "connect_addr": hit["dst_addr"].astype(str),
+                "connect_port": hit["dst_port"].astype("Int64"),
+                "delay_ms": ((hit["ts"] - hit["answer_ts"]).dt.total_seconds() * 1000)
+                .round(3),
+                "connect_result": [connect_result(None if pd.isna(v) else v)
+                                   for v in hit["result"]],
+            }).sort_values(["connect_ts", "lookup_id"], kind="stable")
+        out = lk.merge(pairs, on="lookup_id", how="left" if unmatched else "inner")
+        if unmatched:
+            out = out.assign(_none=out["connect_ts"].isna()).sort_values(
+                ["_none", "connect_ts", "lookup_id"], kind="stable").drop(columns="_none")
+        out["connect_port"] = out["connect_port"].astype("Int64")
+        out["delay_ms"] = out["delay_ms"].astype("float64")
+        return out.reset_index(drop=True)
+
     def _findings_key(self, kw: dict[str, Any]) -> str | None:
         """The cache key of ``findings(**kw)``, or None when an argument cannot be keyed."""
         from analyze.cache import digest, source_digest
@@ -986,6 +1070,21 @@ class Capture:
         if findings is None:
             findings = self.findings()
         return render(self, findings, format, path, **kw)
+
+
+#: The metrics ``Capture.findings_frame`` counts a finding by, the first one it has.
+FINDING_COUNT_METRICS = ("queries", "lookups", "connects_after_answer", "connects")
+
+_FINDING_COLUMNS = ("kind", "severity", "subject", "namespace", "pod", "container", "comm",
+                    "pid", "client", "domain", "count", "count_of", "summary", "metrics",
+                    "evidence")
+
+#: The lookup columns of ``Capture.lookups_with_connects``, then the connect's.
+_LOOKUP_COLUMNS = ("lookup_id", "ts", "node", "tgid", "comm", stages.PROCESS_COLUMN,
+                   "namespace", "pod", "container", "first_name", "final_name", "rcode_name",
+                   "answer_ips")
+_CONNECT_COLUMNS = ("answer", "connect_ts", "connect_addr", "connect_port", "delay_ms",
+                    "connect_result")
 
 
 def _keyable(filters: dict[str, Any]) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def _owners(df: pd.DataFrame, addr_cols: tuple[str, ...]) -> pd.Series:
 
 def _answers(tx: pd.DataFrame) -> pd.DataFrame:
     """One row per (owner, address) an answer gave, with the answer's time and name."""
-    cols = ["_owner", "ip", "answer_ts", "qname", "qtype"]
+    cols = ["_owner", "ip", "answer_ts", "qname", "qtype", "txn_id"]
     if tx.empty or "answer_ips" not in tx.columns:
         return pd.DataFrame(columns=cols)
     has = tx["answer_ips"].map(lambda v: isinstance(v, (list, tuple)) or hasattr(v, "__len__")
@@ -102,6 +102,7 @@ def _answers(tx: pd.DataFrame) -> pd.DataFrame:
         "answer_ts": when,
         "qname": tx["qname"],
         "qtype": col(tx, "qtype"),
+        "txn_id": col(tx, "txn_id"),
     }).explode("ip")
     df = df[df["ip"].notna()]
     df["ip"] = df["ip"].astype(str).map(_norm)
@@ -112,7 +113,7 @@ def _join(cn: pd.DataFrame, answers: pd.DataFrame, max_age_s: float) -> pd.DataF
     """Each connect with the latest earlier answer of its owner holding its address."""
     cn = cn.sort_values("ts", kind="stable").reset_index(drop=True)
     tol = pd.Timedelta(seconds=max_age_s)
-    right = answers[["_owner", "ip", "answer_ts", "qname", "qtype"]].rename(
+    right = answers[["_owner", "ip", "answer_ts", "qname", "qtype", "txn_id"]].rename(
         columns={"_owner": "_aowner"})
     parts = []
     known = cn[cn["_owner"] != ANY_OWNER]
@@ -170,17 +171,19 @@ def _answer_rows(capture: Any, ips: set[str]) -> pd.DataFrame:
     return stage_frame(table, "transactions")
 
 
-def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = None,
-           allow: Any | None = None, cluster_domain: str = "cluster.local",
-           scope: Any | None = None, **_: Any) -> list[Finding]:
-    """``scope``: the whole capture's facts (``analyze.findings.partition.Scope``) when
-    ``capture`` is one part of it; by default the capture's own."""
+def joined_connects(capture: Any, scope: Any | None = None,
+                    max_age_s: float = Thresholds.max_answer_age_s) -> pd.DataFrame | None:
+    """The connects the detectors judge, each joined to the latest earlier answer of its owner
+    (process, else client address) that held the connect's address, at most ``max_age_s``
+    before it: the connect's columns plus ``_ip`` (the address normalized), ``_owner``,
+    ``answer_ts``, ``qname``, ``qtype``, ``ip`` and ``txn_id`` (null without such an answer).
+    None when there is no connect to judge (connects to loopback, link-local, a nameserver
+    of the capture or port 53 are left out). ``Capture.lookups_with_connects`` reads it too."""
     from analyze.findings.partition import Scope
 
-    th = th or Thresholds()
     scope = scope if scope is not None else Scope(capture)
     if capture.count("connects") == 0:
-        return []
+        return None
     cn = _connects(capture)
     dns_servers = scope.dns_servers()
     cn = cn[cn["dst_addr"].notna()].copy()
@@ -190,14 +193,28 @@ def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = No
     if "dst_port" in cn.columns:
         cn = cn[cn["dst_port"].fillna(0).astype(int) != 53]
     if cn.empty:
-        return []
+        return None
     cn["_owner"] = _owners(cn, ("src_addr",))
     # only the answers holding an address something connected to can explain a connect
     answers = _answers(_answer_rows(capture, set(cn["_ip"])))
     if answers.empty:
-        joined = cn.assign(answer_ts=pd.NaT, qname=None, qtype=None, ip=None)
-    else:
-        joined = _join(cn, answers, th.max_answer_age_s)
+        return cn.assign(answer_ts=pd.NaT, qname=None, qtype=None, ip=None, txn_id=None)
+    return _join(cn, answers, max_age_s)
+
+
+def detect(capture: Any, th: Thresholds | None = None, baseline: Any | None = None,
+           allow: Any | None = None, cluster_domain: str = "cluster.local",
+           scope: Any | None = None, **_: Any) -> list[Finding]:
+    """``scope``: the whole capture's facts (``analyze.findings.partition.Scope``) when
+    ``capture`` is one part of it; by default the capture's own."""
+    from analyze.findings.partition import Scope
+
+    th = th or Thresholds()
+    scope = scope if scope is not None else Scope(capture)
+    joined = joined_connects(capture, scope, th.max_answer_age_s)
+    if joined is None:
+        return []
+    dns_servers = scope.dns_servers()
     rows = client_rows(capture).where("len(answer_ips) > 0")
     owners_with_answers = {str(r[0]) for r in capture.query_rows(
         f"SELECT DISTINCT {_OWNER_SQL} FROM ({rows.sql})", rows.params)}
