@@ -314,6 +314,40 @@ def test_slow_and_failing_resolvers(tmp_path: Path) -> None:
     assert [f for f in find(cap) if f.kind.startswith("resolver_")] == []
 
 
+def test_resolver_errors_names_the_clients_affected(tmp_path: Path) -> None:
+    """Two processes share a nameserver that fails a third of their queries, a third
+    process asks it only names it answers: the finding names the two, worst first."""
+    wire = Wire()
+    api = Proc(5001, "api-server", "10.244.3.3")
+    worker = Proc(5002, "worker", "10.244.3.4")
+    fine = Proc(5003, "cron", "10.244.3.5")
+    for i in range(30):
+        fail = i % 3 == 0
+        wire.exchange(api, T0 + i * 10**9, f"svc{i}.example.org", "A",
+                      rcode="SERVFAIL" if fail else "NOERROR",
+                      answers=[] if fail else [A("192.0.2.1")])
+    for i in range(12):
+        fail = i % 4 == 0
+        wire.exchange(worker, T0 + i * 10**9 + 500_000_000, f"job{i}.example.org", "A",
+                      rcode="SERVFAIL" if fail else "NOERROR",
+                      answers=[] if fail else [A("192.0.2.2")])
+        wire.exchange(fine, T0 + i * 10**9 + 700_000_000, "ok.example.org", "A",
+                      answers=[A("192.0.2.3")])
+    cap = load(wire.write(tmp_path / "servfail"))
+    (f,) = [f for f in find(cap) if f.kind == "resolver_errors"]
+    assert f.metrics["servfail"] == 13
+    assert f.metrics["affected_clients"] == [
+        {"client": "api-server[5001]", "queries": 30, "failed": 10},
+        {"client": "worker[5002]", "queries": 12, "failed": 3},
+        {"client": "cron[5003]", "queries": 12, "failed": 0},
+    ]
+    assert f.explanation.endswith(
+        "2 clients affected: api-server[5001] (10 of 30 failed), worker[5002] (3 of 12 failed).")
+    assert "cron" not in f.explanation
+    assert {e["client"] for e in f.evidence} == {"api-server[5001]", "worker[5002]"}
+    assert all(e["answer"].startswith("SERVFAIL") for e in f.evidence), f.evidence
+
+
 def test_new_domain_connect_is_raised_by_corroborating_findings(tmp_path: Path) -> None:
     """The same program tunnels under a domain and connects to a new one: medium, not low."""
     rng = random.Random(21)

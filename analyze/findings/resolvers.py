@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from analyze import stages
 from analyze.findings._common import Finding, table, txn_evidence
 from analyze.findings._sql import Rows, client_key_sql, client_rows
 
@@ -65,6 +66,21 @@ class _Server:
     def rows(self, where: str, count: int, order: str = "txn_id") -> pd.DataFrame:
         """``spread`` of the transactions matching ``where``, in ``order``."""
         return self.all.where(where).spread(order, count=count)
+
+    def clients(self) -> list[dict[str, Any]]:
+        """Who asked this nameserver (``client``: ``_CLIENT_LABEL``), with their queries and
+        how many of them failed (timeout, SERVFAIL, REFUSED), the most failed first."""
+        rows = self.all.arrow(f"{_CLIENT_LABEL} AS client, count(*) AS queries, "
+                              f"count(*) FILTER (WHERE {_BAD}) AS failed",
+                              "GROUP BY ALL ORDER BY failed DESC, queries DESC, client")
+        return [{"client": str(d["client"]), "queries": int(d["queries"]),
+                 "failed": int(d["failed"])} for d in rows.to_pylist()]
+
+    def client_of(self, txn_ids: list[int]) -> dict[int, str]:
+        """``_CLIENT_LABEL`` of these transactions."""
+        rows = self.all.where("txn_id IN (SELECT unnest(?::BIGINT[]))", txn_ids)
+        return {int(d["txn_id"]): str(d["client"])
+                for d in rows.arrow(f"txn_id, {_CLIENT_LABEL} AS client").to_pylist()}
 
 
 #: Queries actually sent (a transaction's first copy and its retransmissions), and the time
@@ -258,15 +274,47 @@ def _judge(srv: _Server, hostns: int | None, th: Thresholds) -> list[Finding]:
         return out
     ev = (srv.rows(_BAD, r["bad"]) if r["bad"] else
           srv.rows("TRUE", n, order="latency_s DESC NULLS LAST, txn_id"))
+    clients = srv.clients()
+    metrics["affected_clients"] = clients[:MAX_CLIENTS]
+    evidence = txn_evidence(ev)
+    labels = srv.client_of([int(t) for t in ev["txn_id"]]) if len(ev) else {}
+    for row, txn in zip(evidence, ev["txn_id"] if len(ev) else []):
+        row["client"] = labels.get(int(txn), "unknown client")
     out.append(Finding(
         kind="resolver_errors",
         severity=severity,
-        explanation=f"Nameserver {label}: " + "; ".join(reasons) + ".",
+        explanation=(f"Nameserver {label}: " + "; ".join(reasons) + ". "
+                     + _affected(clients, bool(r["bad"]))).strip(),
         metrics=metrics,
-        evidence=txn_evidence(ev),
+        evidence=evidence,
         **ident,
     ))
     return out
+
+
+#: Most clients a resolver_errors finding lists in its metrics (the summary names 5).
+MAX_CLIENTS = 20
+
+#: A client as a person names it: namespace/pod, else process[pid], else its address.
+_CLIENT_LABEL = (
+    "CASE WHEN pod IS NOT NULL THEN coalesce(CAST(namespace AS VARCHAR) || '/', '') "
+    "|| CAST(pod AS VARCHAR) WHEN tgid IS NOT NULL THEN "
+    f"coalesce(CAST({stages.PROCESS_COLUMN} AS VARCHAR), "
+    "CAST(comm AS VARCHAR), 'pid') || '[' || CAST(CAST(tgid AS BIGINT) AS VARCHAR) || ']' "
+    "ELSE coalesce(CAST(client_addr AS VARCHAR), 'unknown client') END")
+
+
+def _affected(clients: list[dict[str, Any]], bad: bool) -> str:
+    """The clients of a resolver_errors finding as a sentence, the most affected first."""
+    hit = [c for c in clients if c["failed"]] if bad else clients
+    if not hit:
+        return ""
+    shown = ", ".join(
+        f"{c['client']} ({c['failed']} of {c['queries']} failed)" if bad
+        else f"{c['client']} ({c['queries']} queries)" for c in hit[:5])
+    more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
+    noun = "Client" if len(hit) == 1 else f"{len(hit)} clients"
+    return f"{noun} affected: {shown}{more}."
 
 
 def _ms(v: float | None) -> float | None:
