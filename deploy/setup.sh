@@ -6,16 +6,21 @@
 #                            running kernel when it has none of its own), tracefs, dnsmasq,
 #                            unbound, dig/kdig, golang, musl, iodine, dns2tcp, dnsperf, tshark,
 #                            tcpdump, chromium-headless-shell (the HTML report in a browser)
+#   deploy/setup.sh --jupyter  also JupyterLab and ipykernel in .venv (the "jupyter" extra) and
+#                            the venv's kernel "dnstrail" registered inside it; then
+#                            .venv/bin/jupyter lab notebooks/incident.ipynb
 #
 # Idempotent: a second run only checks. The venv sees Debian's bcc module (the PyPI package
 # named "bcc" is an unrelated project) through a .pth file that exposes bcc and nothing else.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 lab=0
+jupyter=0
 for arg in "$@"; do
   case "$arg" in
     --lab) lab=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --jupyter) jupyter=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -78,10 +83,21 @@ if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-if [ "$lab" = 1 ]; then
-  .venv/bin/python -m pip install -q -e ".[dev]"
+extras=()
+[ "$lab" = 1 ] && extras+=(dev)
+[ "$jupyter" = 1 ] && extras+=(jupyter)
+if [ "${#extras[@]}" -gt 0 ]; then
+  .venv/bin/python -m pip install -q -e ".[$(IFS=,; echo "${extras[*]}")]"
 else
   .venv/bin/python -m pip install -q -e .
+fi
+if [ "$jupyter" = 1 ]; then
+  # inside the venv (not a user's home): the venv's jupyter lists it, and so does any Jupyter
+  # started with this venv's data path
+  .venv/bin/python -m ipykernel install --sys-prefix --name dnstrail \
+    --display-name "Python (dnstrail .venv)" >/dev/null
+  echo "setup: kernel dnstrail in $here/.venv/share/jupyter/kernels; open the notebook with" \
+       ".venv/bin/jupyter lab notebooks/incident.ipynb"
 fi
 site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 mkdir -p .venv/bcc-only
