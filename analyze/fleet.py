@@ -145,7 +145,7 @@ def _fetch(source: Source, into: Path) -> Path:
         raise
     except FileNotFoundError:
         raise CaptureNotFound(f"{source.url}: no such capture on object storage") from None
-    except Exception as exc:  # botocore/aiohttp errors have no common base worth naming
+    except Exception as exc:  # noqa: BLE001 (botocore/aiohttp errors share no base)
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise RemoteCaptureError(f"{source.url}: cannot read the capture: {reason}") from None
 
@@ -154,37 +154,46 @@ def ingest_task(source: Source, *, verify: bool, dns_ports: tuple[int, ...],
                 on_damage: str) -> Result:
     """One task (on a worker, or in this process): fetch, verify and ingest one capture into a
     private work directory, and return the entry."""
-    from analyze.ingest import ingest, sha256_file
-
     tmp = Path(tempfile.mkdtemp(prefix="dnstrail-fleet-"))
     try:
         local = _fetch(source, tmp)
-        work = WorkDir.at(tmp / "work")
-        pcap_sha = None
-        if source.is_pcap:
-            from analyze.pcap import import_pcap
-
-            pcap_sha = sha256_file(local)
-            out = tmp / "imported"
-            import_pcap(local, out, ports=tuple(dns_ports))
-            local, verify = out, True
-        ing = ingest(local, work=work, verify=verify, dns_ports=dns_ports, on_damage=on_damage,
-                     workers=1, label=source.label)
-        files = {f.name: f.read_bytes() for f in ing.entry.iterdir()
-                 if f.is_file() and f.name != DONE}
-        info = work.lookup("ingest", ing.key) or {}
-        here = str(local)
-
-        def named(text: str) -> str:  # the worker's temporary path -> what the user gave
-            return text.replace(here, source.label)
-
-        return Result(label=source.label, key=ing.key, info=info, files=files,
-                      manifest=ing.manifest, node=ing.node, verified=ing.verified,
-                      warnings=tuple(named(w) for w in ing.warnings),
-                      skipped=tuple({k: named(v) for k, v in s.items()} for s in ing.skipped),
-                      pcap_sha256=pcap_sha)
+        try:
+            return _ingest_local(source, local, tmp, verify=verify, dns_ports=dns_ports,
+                                 on_damage=on_damage)
+        except AnalyzeError as exc:  # name what the user gave, not the worker's copy
+            raise type(exc)(str(exc).replace(str(local), source.label)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ingest_local(source: Source, local: Path, tmp: Path, *, verify: bool,
+                  dns_ports: tuple[int, ...], on_damage: str) -> Result:
+    from analyze.ingest import ingest, sha256_file
+
+    work = WorkDir.at(tmp / "work")
+    pcap_sha = None
+    if source.is_pcap:
+        from analyze.pcap import import_pcap
+
+        pcap_sha = sha256_file(local)
+        out = tmp / "imported"
+        import_pcap(local, out, ports=tuple(dns_ports))
+        local, verify = out, True
+    ing = ingest(local, work=work, verify=verify, dns_ports=dns_ports, on_damage=on_damage,
+                 workers=1, label=source.label)
+    files = {f.name: f.read_bytes() for f in ing.entry.iterdir()
+             if f.is_file() and f.name != DONE}
+    info = work.lookup("ingest", ing.key) or {}
+    here = str(local)
+
+    def named(text: str) -> str:  # the worker's temporary path -> what the user gave
+        return text.replace(here, source.label)
+
+    return Result(label=source.label, key=ing.key, info=info, files=files,
+                  manifest=ing.manifest, node=ing.node, verified=ing.verified,
+                  warnings=tuple(named(w) for w in ing.warnings),
+                  skipped=tuple({k: named(v) for k, v in s.items()} for s in ing.skipped),
+                  pcap_sha256=pcap_sha)
 
 
 def _store(result: Result, work: WorkDir) -> Any:

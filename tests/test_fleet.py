@@ -26,9 +26,9 @@ pytest.importorskip("distributed")
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from analyze.capture import load  # noqa: E402
-from analyze.fleet import NoWorkers, SchedulerUnreachable  # noqa: E402
-from dnstrail.cli import main as cli  # noqa: E402
+from analyze.capture import load
+from analyze.fleet import NoWorkers, SchedulerUnreachable
+from dnstrail.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "incident"
