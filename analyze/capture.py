@@ -101,13 +101,14 @@ def load(path_or_paths: str | Path | Iterable[str | Path], *,
     given = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
     if scheduler is not None or any(fleet.is_remote(p) for p in given):
         work = WorkDir.at(work_dir)
-        pairs, notes = fleet.ingest_all(given, scheduler=scheduler, work=work, verify=verify,
-                                        dns_ports=dns_ports, on_damage=on_damage)
+        pairs, fleet_notes = fleet.ingest_all(given, scheduler=scheduler, work=work,
+                                              verify=verify, dns_ports=dns_ports,
+                                              on_damage=on_damage)
         kept, combined = _combine(pairs, work)
         return Capture(_Context(work=work, ingested=kept, timeout_s=timeout_s, skew_s=skew_s,
                                 lookup_gap_s=lookup_gap_s, dns_ports=tuple(dns_ports),
                                 memory_limit=memory_limit, threads=threads,
-                                notes=notes + combined))
+                                notes=fleet_notes + combined))
     paths = _as_paths(given)
     if not paths:
         raise CaptureNotFound("no capture given")
