@@ -234,3 +234,31 @@ def test_fleet_manifests_validate(version: str) -> None:
         kv.validate(doc, version, strict=True)
     (svc,) = [d for d in docs if d["kind"] == "Service"]
     assert 8786 in {p["port"] for p in svc["spec"]["ports"]}
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_that_dies_is_named(tmp_path: Path) -> None:
+    """A worker process that exits while it runs an ingest task (the scheduler gives up at
+    the first death): a one-line error naming that worker, exit status 1."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--no-dashboard"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        _wait_port(port, procs[0], "dask scheduler")
+        procs.append(subprocess.Popen(
+            [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+             "--no-dashboard", "--no-nanny", "--local-directory", str(tmp_path / "w"),
+             "--preload", str(ROOT / "tests" / "data" / "dask_die_on_ingest.py")], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        result = CliRunner().invoke(cli, ["report", "--work-dir", str(tmp_path / "work"),
+                                          "--scheduler", address, str(SAMPLE)])
+        assert result.exit_code == 1, result.output
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert len(lines) == 1, result.output
+        assert lines[0].startswith("Error: tcp://127.0.0.1:"), lines[0]
+        assert "worker died while ingesting" in lines[0] and str(SAMPLE) in lines[0]
+    finally:
+        _stop(procs)
