@@ -104,6 +104,10 @@ def _sources(paths: Sequence[str | Path], *, ship: bool) -> list[Source]:
                      if ship else {})
             out.append(Source(label=str(p), files=files, url=None if ship else str(p)))
         else:
+            from analyze.capture import _looks_like_pcap
+
+            if not (p.suffix.lower() in PCAP_SUFFIXES or _looks_like_pcap(p)):
+                raise NotACapture(f"{p}: not a dnstrail capture directory nor a pcap file")
             out.append(Source(label=str(p), files={p.name: p.read_bytes()} if ship else {},
                               url=None if ship else str(p), is_pcap=True))
     return out
