@@ -262,3 +262,23 @@ def test_a_worker_that_dies_is_named(tmp_path: Path) -> None:
         assert "worker died while ingesting" in lines[0] and str(SAMPLE) in lines[0]
     finally:
         _stop(procs)
+
+
+@pytest.mark.corpus
+@pytest.mark.timeout(900)
+def test_fleet_pcaps_on_s3_and_local_equal_the_local_run(scheduler: str,
+                                                         captures: dict[str, Any],
+                                                         s3_env: None, tmp_path: Path) -> None:
+    """Real pcaps (a tunnel and TCP DNS): one from the bucket, one sent from here, plus the
+    sample capture; each imported on a worker. Same findings, same messages."""
+    from tests.corpus import corpus
+
+    iodine, tcp = corpus("tunnels/iodine.pcap"), corpus("benign/dns_tcp.pcapng")
+    captures["fs"].put_file(str(iodine), "dnstrail/pcaps/iodine.pcap")
+    local = load([str(iodine), str(tcp), str(SAMPLE)], work_dir=tmp_path / "local")
+    fleet = load(["s3://dnstrail/pcaps/iodine.pcap", str(tcp), captures["s3"]],
+                 scheduler=scheduler, work_dir=tmp_path / "fleet")
+    assert _summary(fleet.findings()) == _summary(local.findings())
+    assert any(f.kind == "tunneling" for f in fleet.findings())
+    assert len(fleet.messages) == len(local.messages)
+    assert len(fleet.transactions) == len(local.transactions)
