@@ -77,7 +77,7 @@ def load(path_or_paths: str | Path | Iterable[str | Path], *,
          lookup_gap_s: float = DEFAULT_GAP_S, verify: bool = True,
          dns_ports: Sequence[int] = DNS_PORTS, work_dir: str | Path | None = None,
          on_damage: str = "raise", memory_limit: str | None = None,
-         threads: int | None = None) -> Capture:
+         threads: int | None = None, scheduler: str | None = None) -> Capture:
     """Check and ingest one or more captures (directories or pcap/pcapng files).
 
     ``timeout_s``: a query with no response within this is a ``timeout`` transaction.
@@ -89,12 +89,27 @@ def load(path_or_paths: str | Path | Iterable[str | Path], *,
     ``$XDG_CACHE_HOME/dnstrail``). ``on_damage``: ``"raise"`` (CaptureDamaged) or
     ``"skip"`` (a damaged file is named in ``warnings`` and ``skipped_files``, the rest is
     analyzed). ``memory_limit`` (e.g. ``"1GB"``) and ``threads``: the DuckDB engine's.
+    ``scheduler`` (``"tcp://HOST:PORT"``): ingest each capture on that Dask distributed
+    cluster (``analyze.fleet``). A path may be an ``s3://bucket/prefix`` URL (fsspec/s3fs).
     """
     from analyze.ingest import ingest
 
     if on_damage not in ("raise", "skip"):
         raise ValueError("on_damage: 'raise' or 'skip'")
-    paths = _as_paths(path_or_paths)
+    from analyze import fleet
+
+    given = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
+    if scheduler is not None or any(fleet.is_remote(p) for p in given):
+        work = WorkDir.at(work_dir)
+        pairs, fleet_notes = fleet.ingest_all(given, scheduler=scheduler, work=work,
+                                              verify=verify, dns_ports=dns_ports,
+                                              on_damage=on_damage)
+        kept, combined = _combine(pairs, work)
+        return Capture(_Context(work=work, ingested=kept, timeout_s=timeout_s, skew_s=skew_s,
+                                lookup_gap_s=lookup_gap_s, dns_ports=tuple(dns_ports),
+                                memory_limit=memory_limit, threads=threads,
+                                notes=fleet_notes + combined))
+    paths = _as_paths(given)
     if not paths:
         raise CaptureNotFound("no capture given")
     for p in paths:

@@ -41,15 +41,25 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _local_or_url(ctx: Any, param: Any, value: tuple[str, ...]) -> tuple[str, ...]:
+    """A capture path must exist, unless it is a URL (``s3://...``, read through fsspec)."""
+    from analyze.fleet import is_remote
+
+    for v in value:
+        if not is_remote(v) and not Path(v).exists():
+            raise click.BadParameter(f"Path {v!r} does not exist.", ctx=ctx, param=param)
+    return value
+
+
 @click.command("report")
-@click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("captures", nargs=-1, required=True, callback=_local_or_url)
 @filter_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
               help="Write the report here (format from the suffix .html/.md/.json). "
                    "Without it the report goes to stdout.")
 @click.option("--format", "fmt", type=click.Choice(["html", "md", "json"]),
               help="Report format (default: from -o's suffix, else md).")
-@click.option("--baseline", type=click.Path(exists=True), multiple=True,
+@click.option("--baseline", multiple=True, callback=_local_or_url,
               help="A capture of known-good behaviour: report domains a workload resolves "
                    "that the baseline never saw (new_domain). Repeatable.")
 @detection_options
@@ -65,11 +75,14 @@ class _Progress:
 @click.option("--skip-damaged", is_flag=True,
               help="Name damaged evidence files in the report and analyze the rest (default: "
                    "stop with an error).")
+@click.option("--scheduler", metavar="tcp://HOST:PORT",
+              help="Ingest each capture on this Dask distributed scheduler's workers (they "
+                   "need no shared filesystem); the findings are the same. docs/deploy.md.")
 def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
            baseline: tuple[str, ...], sets: tuple[str, ...], settings_file: str | None,
            allow: tuple[str, ...], fail_on: str | None, min_severity: str, no_plots: bool,
            work_dir: str | None, no_verify: bool, skip_damaged: bool,
-           **filters: Any) -> None:
+           scheduler: str | None, **filters: Any) -> None:
     """Find problems and threats in CAPTURE... (directories or pcaps) and report them.
 
     \b
@@ -77,6 +90,7 @@ def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
     dnstrail report cap/ --format json      versioned JSON on stdout
     dnstrail report cap/ --baseline last-week/ --fail-on high
     dnstrail report cap/ --set tunneling.min_answers=20 --allow sophosxl.net
+    dnstrail report s3://bucket/node-a s3://bucket/node-b --scheduler tcp://dask:8786
     Exit status: 0 done, 1 error, 3 a finding at or above --fail-on,
     4 incomplete evidence with --fail-on incomplete.
     """
@@ -88,7 +102,7 @@ def report(captures: tuple[str, ...], output: str | None, fmt: str | None,
     progress = _Progress()
     progress(f"loading {len(captures)} capture(s)")
     opts = {"work_dir": work_dir, "verify": not no_verify,
-            "on_damage": "skip" if skip_damaged else "raise"}
+            "on_damage": "skip" if skip_damaged else "raise", "scheduler": scheduler}
     capture = load(list(captures), **opts)  # type: ignore[arg-type]
     chosen = given_filters(filters)
     if chosen:  # the report says it is filtered (summary.filters, a banner)
