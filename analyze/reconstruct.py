@@ -449,8 +449,8 @@ def build_lookups(transactions: pd.DataFrame, *, gap_s: float = DEFAULT_GAP_S,
                   timeout_s: float = DEFAULT_TIMEOUT_S,
                   suffixes: set[str] | None = None) -> pd.DataFrame:
     """Group client-side (and wire) transactions into resolver calls; see the module doc.
-    ``suffixes``: the search suffixes to strip (``lookup_suffixes`` of the whole capture when
-    its processes are grouped in parts); by default inferred from ``transactions``.
+    ``suffixes``: the search suffixes to strip; by default inferred from ``transactions``.
+    (``analyze.lookups`` applies the same rules in the engine, for any size.)
     (The garbage collector is left alone: the library changes no process-wide state.)"""
     return _build_lookups(transactions, gap_s=gap_s, timeout_s=timeout_s, suffixes=suffixes)
 
@@ -468,18 +468,6 @@ def _lookup_rows(transactions: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, 
         tx["node"], np.where(wire, -1, _num(tx["tgid"])), np.where(wire, client_codes, -1),
     ])
     return tx, proc, _ns(tx["ts"])
-
-
-def lookup_suffixes(transactions: pd.DataFrame) -> set[str]:
-    """The search suffixes ``build_lookups`` infers from these transactions (the union over
-    parts that keep each process whole is the suffix set of the whole)."""
-    tx, proc, ts = _lookup_rows(transactions)
-    if tx.empty:
-        return set()
-    order0 = np.lexsort((tx["txn_id"].to_numpy(), ts, proc))
-    suffixes, _ = _infer_suffixes(tx["qname"].iloc[order0], proc[order0],
-                                  set(tx["namespace"].dropna().unique()))
-    return suffixes
 
 
 _LOOKUP_FIRST = ("ts", "node", "tgid", "comm", "process", "netns", "cgroup_id", "client_addr",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from analyze.reconstruct import (
 
 #: Eligible messages per matching partition (the pandas matcher holds one at a time).
 PART_ROWS = 600_000
-#: Client transactions per part of the lookups build (each part holds whole processes).
+#: Client transactions the lookups build holds in memory; more are grouped in the engine.
 LOOKUP_PART_ROWS = 250_000
 #: Transactions joined to their messages at a time (``_join_transactions``).
 TXN_JOIN_ROWS = 1_000_000
@@ -334,78 +333,34 @@ _LOOKUP_INPUT = ("ts", "node", "tgid", "comm", "process", "netns", "cgroup_id", 
                  "retransmissions", "side", "response_ts", "last_query_ts", "ancount", "tc")
 
 
-#: A lookup's process in build_lookups: the node and tgid, or the client address on the wire.
-_PROC_SQL = ("hash(node, CASE WHEN side = 'wire' THEN NULL ELSE tgid END, "
-             "CASE WHEN side = 'wire' THEN client_addr END)")
-
-
 def _lookups(con: Any, tmp: Path, *, gap_s: float, timeout_s: float) -> int:
-    """Build the lookups from the transactions file. Up to ``LOOKUP_PART_ROWS`` rows in one
-    go; more in parts of whole processes (a lookup is one process's), with the search
-    suffixes inferred from every part first, then renumbered in time order."""
+    """Build the lookups from the transactions file: up to ``LOOKUP_PART_ROWS`` client
+    transactions in memory (``reconstruct.build_lookups``), more in the engine
+    (``analyze.lookups``: the same rules as window queries, out of core, so one process as
+    large as the capture fits)."""
     from analyze._frames import DICTIONARY_COLUMNS, declared_types, stage_frame
-    from analyze.reconstruct import lookup_suffixes
+    from analyze.lookups import lookups_sql
 
-    src = f"read_parquet({quote(str(tmp / 'transactions.parquet'))})"
-    rows = f"SELECT * FROM {src} WHERE side <> 'server' AND status <> 'unsolicited'"
+    src = f"SELECT * FROM read_parquet({quote(str(tmp / 'transactions.parquet'))})"
+    rows = f"SELECT * FROM ({src}) WHERE side <> 'server' AND status <> 'unsolicited'"
     ((n,),) = run(con, f"SELECT count(*) FROM ({rows})")
-    parts = max(1, math.ceil(n / LOOKUP_PART_ROWS))
+    out = tmp / "lookups.parquet"
+    if n > LOOKUP_PART_ROWS:
+        lookups_sql(con, src, str(out), gap_s=gap_s, timeout_s=timeout_s)
+        ((total,),) = run(con, f"SELECT count(*) FROM read_parquet({quote(str(out))})")
+        return int(total)
     cols = ", ".join(f'"{c}"' for c in _LOOKUP_INPUT)
-    split = tmp / "_lookup_parts"
-    if parts > 1:
-        # one pass over the transactions: each part's rows in files of their own
-        run(con, f"COPY (SELECT {cols}, ({_PROC_SQL} % {parts})::INTEGER AS _p FROM ({rows})) "
-                 f"TO {quote(str(split))} (FORMAT parquet, PARTITION_BY (_p))")
-
-    def part(p: int, columns: str = cols) -> pd.DataFrame:
-        if parts == 1:
-            query = f"SELECT {columns} FROM ({rows}) ORDER BY txn_id"
-        else:
-            files = sorted((split / f"_p={p}").glob("*.parquet"))
-            if not files:
-                return stage_frame(stages.TRANSACTIONS.empty_table(), "transactions")
-            query = (f"SELECT {columns} FROM read_parquet({files_sql([str(f) for f in files])}) "
-                     "ORDER BY txn_id")
-        table = declared_types(arrow(con, query), stages.TRANSACTIONS)
-        table = pa.Table.from_arrays(
-            [c.dictionary_encode() if name in DICTIONARY_COLUMNS and
-             not pa.types.is_dictionary(c.type) else c
-             for name, c in zip(table.column_names, table.columns)],
-            names=table.column_names)
-        return stage_frame(table, "transactions")
-
-    if parts == 1:
-        lk = build_lookups(part(0), gap_s=gap_s, timeout_s=timeout_s)
-        out = lookups_arrow(lk)
-        pq.write_table(out, tmp / "lookups.parquet", row_group_size=131_072)
-        return out.num_rows
-    suffixes: set[str] = set()
-    for p in range(parts):
-        suffixes |= lookup_suffixes(part(p, "ts, node, tgid, client_addr, side, status, "
-                                            "txn_id, qname, namespace"))
-    files = []
-    for p in range(parts):
-        lk = build_lookups(part(p), gap_s=gap_s, timeout_s=timeout_s, suffixes=suffixes)
-        if lk.empty:
-            continue
-        path = tmp / f"lookups-{p:05d}.parquet"
-        pq.write_table(lookups_arrow(lk), path, row_group_size=131_072)
-        files.append(str(path))
-        del lk
-    if not files:
-        shutil.rmtree(split, ignore_errors=True)
-        pq.write_table(stages.LOOKUPS.empty_table(), tmp / "lookups.parquet")
-        return 0
-    names = ", ".join(f'"{c}"' for c in stages.LOOKUPS.names if c != "lookup_id")
-    run(con, f"COPY (SELECT (row_number() OVER (ORDER BY ts, txn_ids[1]) - 1)::BIGINT "
-             f"AS lookup_id, {names} FROM read_parquet({files_sql(files)}) "
-             "ORDER BY lookup_id) "
-             f"TO {quote(str(tmp / 'lookups.parquet'))} (FORMAT parquet, ROW_GROUP_SIZE 131072)")
-    for f in files:
-        os.unlink(f)
-    shutil.rmtree(split, ignore_errors=True)
-    ((total,),) = run(con, f"SELECT count(*) FROM read_parquet({quote(str(tmp / 'lookups.parquet'))})")
-    return int(total)
+    table = declared_types(arrow(con, f"SELECT {cols} FROM ({rows}) ORDER BY txn_id"),
+                           stages.TRANSACTIONS)
+    table = pa.Table.from_arrays(
+        [c.dictionary_encode() if name in DICTIONARY_COLUMNS and
+         not pa.types.is_dictionary(c.type) else c
+         for name, c in zip(table.column_names, table.columns)],
+        names=table.column_names)
+    lk = build_lookups(stage_frame(table, "transactions"), gap_s=gap_s, timeout_s=timeout_s)
+    table = lookups_arrow(lk)
+    pq.write_table(table, out, row_group_size=131_072)
+    return table.num_rows
 
 
 def lookups_arrow(lk: pd.DataFrame) -> pa.Table:

@@ -28,7 +28,7 @@ from capture import schema
 #: Bump when an ingest output changes: cached ingests of another version are rebuilt.
 INGEST_VERSION = 2
 #: Bump when a relate output changes.
-RELATE_VERSION = 5
+RELATE_VERSION = 6
 
 #: Message roles, the values of ``messages.role`` (docs/api.md).
 ROLES = ("client_query", "client_response", "server_query", "server_response", "query",
