@@ -323,3 +323,15 @@ def test_slow_exfiltration_of_a_kilobyte_an_hour(tmp_path: Path) -> None:
     f = hits[0]
     assert f.rank >= severity_rank("medium")
     assert f.metrics["span_s"] >= 3400 and f.metrics["name_bytes_per_min"] < 30
+
+
+def test_the_sample_tunnel_summary_counts_its_long_names() -> None:
+    """The summary gives the number of names with a long label (once printed as 'False')."""
+    from analyze import load
+
+    cap = load(Path(__file__).resolve().parents[1] / "samples" / "incident")
+    (tun,) = [f for f in cap.findings() if f.kind == "tunneling"]
+    n = tun.metrics["long_label_names"]
+    assert n >= 80
+    assert f"{n} of {tun.metrics['distinct_subdomains']} distinct names" in tun.explanation
+    assert "False" not in tun.explanation and "True" not in tun.explanation

@@ -551,8 +551,8 @@ def _assess_names(m: dict[str, Any], th: Thresholds) -> tuple[str | None, list[s
     reasons: list[str] = []
     if data_names:
         reasons.append(
-            f"{long_names} of {n_d} distinct names have a label of {th.long_label}+ characters "
-            f"(longest {m['max_label_length']}), the shape of encoded data"
+            f"{m['long_label_names']} of {n_d} distinct names have a label of "
+            f"{th.long_label}+ characters (longest {m['max_label_length']}), the shape of encoded data"
         )
     if bulk:
         types = ", ".join(f"{t} {c}" for t, c in m["record_types"].items())
