@@ -637,30 +637,56 @@ class Capture:
 
     def _lookups_file(self) -> Path:
         """The lookups rebuilt from this (filtered) Capture's transactions, as a Parquet
-        file in the work directory's spill area (removed with the Capture)."""
+        file in the work directory's spill area (removed with the Capture). More client
+        transactions than one in-memory build holds are grouped in the engine, as relate does
+        (``analyze.lookups``)."""
         if self._lookups_path is None:
+            import os
             import weakref
 
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pandas(self.lookups, preserve_index=False)
-            table = pa.Table.from_arrays(
-                [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c
-                 for c in table.columns], names=table.column_names)
+            from analyze.lookups import lookups_sql
+
             fd, name = tempfile.mkstemp(prefix="lookups-", suffix=".parquet",
                                         dir=self._ctx.work.temp())
-            with open(fd, "wb") as f:
-                pq.write_table(declared_types(table, stages.LOOKUPS), f)
-            self._lookups_path = Path(name)
+            os.close(fd)
             weakref.finalize(self, Path(name).unlink, missing_ok=True)
+            if "lookups" not in self._frames and self._large_lookups():
+                sql, params = self.table_sql("transactions")
+                cur = self._ctx.cursor()
+                try:
+                    cur.execute(f"CREATE TEMP TABLE _lk_tx AS {sql}", params).fetchall()
+                    lookups_sql(cur, "SELECT * FROM _lk_tx", name, gap_s=self.lookup_gap_s,
+                                timeout_s=self.timeout_s)
+                    cur.execute("DROP TABLE _lk_tx").fetchall()
+                finally:
+                    cur.close()
+            else:
+                table = pa.Table.from_pandas(self.lookups, preserve_index=False)
+                table = pa.Table.from_arrays(
+                    [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c
+                     for c in table.columns], names=table.column_names)
+                pq.write_table(declared_types(table, stages.LOOKUPS), name)
+            self._lookups_path = Path(name)
         return self._lookups_path
+
+    def _large_lookups(self) -> bool:
+        """More client transactions after the filters than one in-memory lookups build."""
+        from analyze import relate
+
+        sql, params = self.table_sql("transactions", with_txn=False)
+        ((n,),) = self._ctx.rows(
+            f"SELECT count(*) FROM ({sql}) WHERE side <> 'server' AND status <> 'unsolicited'",
+            params)
+        return int(n) > relate.LOOKUP_PART_ROWS
 
     def _cursor(self) -> Any:
         """A cursor with one temp view per table (this Capture's filtered rows)."""
         cur = self._ctx.cursor()
         for name in TABLES:
-            if name == "lookups" and self.filters:
-                cur.register("lookups", self.lookups)
+            if name == "lookups" and self.filters and "lookups" in self._frames:
+                cur.register("lookups", self._frames["lookups"])
                 continue
             sql, params = self.table_sql(name)
             if params:
@@ -708,6 +734,12 @@ class Capture:
                 df = _pandas(declared_types(
                     self._ctx.arrow(f"SELECT * FROM {self._tables[table]}{order}"),
                     stages.STAGES[table]), table)
+            elif table == "lookups" and self.filters and (
+                    self._lookups_path is not None or self._large_lookups()):
+                import pyarrow.parquet as pq
+
+                df = _pandas(declared_types(pq.read_table(self._lookups_file()),
+                                            stages.LOOKUPS), "lookups")
             elif table == "lookups" and self.filters:
                 df = build_lookups(self.transactions, gap_s=self.lookup_gap_s,
                                    timeout_s=self.timeout_s)
@@ -755,7 +787,7 @@ class Capture:
         """Rows of a table (after the filters) without materializing it."""
         if table in self._frames:
             return len(self._frames[table])
-        if table == "lookups" and self.filters:
+        if table == "lookups" and self.filters and self._lookups_path is None:
             return len(self.lookups)
         sql, params = self.table_sql(table, with_txn=False)
         ((n,),) = self._ctx.rows(f"SELECT count(*) FROM ({sql})", params)

@@ -82,3 +82,22 @@ def test_relate_groups_a_large_capture_in_the_engine(tmp_path: Path,
     for r in a:
         r["answer_ips"] = _dedup(r["answer_ips"])
     assert a == b
+
+
+def test_a_filtered_capture_groups_its_lookups_in_the_engine_when_large(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filter keeps more client transactions than one in-memory build: the filtered
+    lookups come from the engine and equal the in-memory ones, through every accessor."""
+    sample = REPO / "samples" / "incident"
+    small = load(sample, work_dir=tmp_path / "w").filter(namespace="shop")
+    expect = _rows(small.lookups)
+    n = small.count("lookups")
+    monkeypatch.setattr(relate, "LOOKUP_PART_ROWS", 5)
+    big = load(sample, work_dir=tmp_path / "w").filter(namespace="shop")
+    assert big.count("lookups") == n > 5
+    got = _rows(big.lookups)
+    for r in expect:
+        r["answer_ips"] = _dedup(r["answer_ips"])
+    assert got == expect
+    names = big.sql("SELECT count(*) AS n FROM lookups WHERE n_nxdomain > 0")["n"].iloc[0]
+    assert names == sum(1 for r in expect if r["n_nxdomain"] > 0)
