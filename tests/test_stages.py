@@ -359,17 +359,17 @@ def test_pod_filter_takes_a_name_namespace_slash_name_or_a_uid(tmp_path: Path) -
     assert len(cap.filter(pod=f"not-{row['namespace']}/{row['pod']}").transactions) == 0
 
 
-def test_lookups_built_in_parts_of_whole_processes_are_the_same(
+def test_lookups_built_in_the_engine_are_the_same(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A big capture's lookups are built a part of its processes at a time (the search
-    suffixes inferred from every part first): the same lookups as in one go."""
+    """A big capture's lookups are grouped in the engine (analyze.lookups, out of core):
+    the same lookups as the in-memory build."""
     from analyze import relate
 
     whole = load(SAMPLE, work_dir=tmp_path / "whole").lookups
     monkeypatch.setattr(relate, "LOOKUP_PART_ROWS", 40)
     cap = load(SAMPLE, work_dir=tmp_path / "parts")
     n = cap.count("transactions")
-    assert n > 4 * 40  # really several parts
+    assert n > 4 * 40  # really past the in-memory build
     split = cap.lookups
     assert len(split) == len(whole) > 20
     assert split["lookup_id"].tolist() == list(range(len(split)))
