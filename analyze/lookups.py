@@ -24,6 +24,8 @@ _NS = 1_000_000_000
 #: The process of a lookup: the node and tgid, or the client address on the wire.
 PROC_SQL = ("hash(node, CASE WHEN side = 'wire' THEN NULL ELSE tgid END, "
             "CASE WHEN side = 'wire' THEN client_addr END)")
+#: Transactions per batch of the per-lookup aggregates (lists per group do not spill).
+AGG_ROWS = 250_000
 #: Bounds of the suffix inference, as in ``reconstruct._infer_suffixes``.
 _MAX_SVC = 100_000
 _MAX_SUFFIXES = 256
@@ -103,7 +105,11 @@ def _distinct(name: str) -> str:
 
 def lookups_sql(con: Any, rows: str, out: str, *, gap_s: float, timeout_s: float) -> None:
     """COPY the lookups of the client and wire transactions of ``rows`` (a SELECT over
-    transactions) to the Parquet file ``out``, in the order and schema of the stage table."""
+    transactions) to the Parquet file ``out``, in the order and schema of the stage table.
+
+    Each step is a narrow temp table (the engine spills them), so the windows carry a few
+    numbers per transaction, not its strings and lists; the attributes and the answers of a
+    lookup are joined back by transaction id at the end."""
     from analyze import stages
 
     src = f"SELECT * FROM ({rows}) WHERE side <> 'server' AND status <> 'unsolicited'"
@@ -114,102 +120,140 @@ def lookups_sql(con: Any, rows: str, out: str, *, gap_s: float, timeout_s: float
     key = "PARTITION BY proc, base"
     order = "ORDER BY t_ns, txn_id"
     big = 2**63 - 1
-    first = ("node", "tgid", "comm", "process", "netns", "cgroup_id", "client_addr",
+    first = ("ts", "node", "tgid", "comm", "process", "netns", "cgroup_id", "client_addr",
              "pod_uid", "namespace", "pod", "container", "container_id", "qos", "server_addr")
-    firsts = ",\n".join(f'first("{c}") FILTER (WHERE r = 1) AS "{c}"' for c in first)
     special = {
-        "base_name": "CASE WHEN len(names) > 1 THEN first_base ELSE first_name END",
-        "answer_ips": f"coalesce({_distinct('ips_all')}, []::VARCHAR[])",
+        "end_ts": "make_timestamp_ns(a.end_ns)::TIMESTAMPTZ_NS",
+        "base_name": (f"CASE WHEN len({_distinct('a.qn_all')}) > 1 THEN a.first_base "
+                      "ELSE a.first_name END"),
+        "names": _distinct("a.qn_all"),
+        "qtypes": _distinct("a.qt_all"),
+        "answer_ips": "coalesce(i.answer_ips, []::VARCHAR[])",
+        "txn_ids": "a.txn_ids",
     }
-    cols = ", ".join(f'{special.get(c, chr(34) + c + chr(34))} AS "{c}"'
+    cols = ", ".join(special.get(c, f'{"f" if c in first else "a"}."{c}"') + f' AS "{c}"'
                      for c in stages.LOOKUPS.names if c != "lookup_id")
-    query = f"""
-    WITH r0 AS (
-        SELECT t.*, {PROC_SQL} AS proc, b.base AS base,
-               epoch_ns(t.ts) AS t_ns,
-               epoch_ns(t.response_ts) AS resp_ns,
+    steps = [
+        # the transactions, narrow: names as they are, times as numbers
+        f"""CREATE TEMP TABLE _lk0 AS
+        SELECT t.txn_id, {PROC_SQL} AS proc, b.base AS base, t.qname, t.qtype,
+               epoch_ns(t.ts) AS t_ns, epoch_ns(t.response_ts) AS resp_ns,
                t.status = 'answered' AS answered,
                CASE WHEN t.status = 'answered' THEN epoch_ns(t.response_ts)
                     ELSE epoch_ns(t.last_query_ts) + {tmo} END AS end_ns,
                coalesce(t.ancount, 0) > 0 AND t.status = 'answered' AS data,
                t.status = 'answered' AND t.rcode_name IN ('NOERROR', 'NXDOMAIN')
-                   AND NOT coalesce(t.tc, false) AS final
-        FROM ({src}) t LEFT JOIN _lk_base b ON t.qname = b.qname),
-    r1 AS (
-        SELECT *, coalesce(lag(CASE WHEN final THEN resp_ns END)
+                   AND NOT coalesce(t.tc, false) AS final,
+               t.retransmissions, t.rcode_name, t.status
+        FROM ({src}) t LEFT JOIN _lk_base b ON t.qname = b.qname""",
+        # re-asked: the same name and type was finally answered before this query was sent
+        f"""CREATE TEMP TABLE _lk1 AS
+        SELECT txn_id, coalesce(lag(CASE WHEN final THEN resp_ns END)
                     OVER (PARTITION BY proc, qname, qtype {order}) < t_ns, false) AS reask
-        FROM r0),
-    r2 AS (
-        SELECT *, row_number() OVER ({key} {order}) AS rk,
-               lag(reask) OVER ({key} {order}) AS p_ra,
-               lag(qname) OVER ({key} {order}) AS p_nm,
-               lag(qtype) OVER ({key} {order}) AS p_qt,
-               coalesce(lag(CASE WHEN answered THEN resp_ns END) OVER ({key} {order}),
-                        {big}) AS p_open
-        FROM r1),
-    r3 AS (
-        SELECT *,
+        FROM _lk0""",
+        f"""CREATE TEMP TABLE _lk2 AS
+        WITH w AS (
+            SELECT txn_id, proc, base, t_ns, end_ns, data, resp_ns, qname, reask,
+                   row_number() OVER ({key} {order}) AS rk,
+                   lag(reask) OVER ({key} {order}) AS p_ra,
+                   lag(qname) OVER ({key} {order}) AS p_nm,
+                   lag(qtype) OVER ({key} {order}) AS p_qt,
+                   coalesce(lag(CASE WHEN answered THEN resp_ns END) OVER ({key} {order}),
+                            {big}) AS p_open, qtype
+            FROM _lk0 JOIN _lk1 USING (txn_id))
+        SELECT txn_id, proc, base, t_ns, end_ns, data, resp_ns, rk,
                rk = 1 OR (reask AND NOT (coalesce(p_ra, false)
                    AND qname IS NOT DISTINCT FROM p_nm AND qtype IS DISTINCT FROM p_qt
                    AND p_open > t_ns)) AS new1,
                rk > 1 AND qname IS DISTINCT FROM p_nm AS name_change
-        FROM r2),
-    r4 AS (
-        SELECT *,
-               sum(new1::INTEGER) OVER ({key} {order} ROWS UNBOUNDED PRECEDING) AS seg1,
-               sum((rk = 1 OR name_change)::INTEGER)
-                   OVER ({key} {order} ROWS UNBOUNDED PRECEDING) AS name_run
-        FROM r3),
-    r5 AS (
-        SELECT *,
-               max(end_ns) OVER ({key}, seg1 {order} ROWS UNBOUNDED PRECEDING) AS run_end,
-               min(CASE WHEN data THEN resp_ns END)
-                   OVER ({key}, name_run {order} ROWS UNBOUNDED PRECEDING) AS run_data
-        FROM r4),
-    r6 AS (
-        SELECT *,
+        FROM w""",
+        f"""CREATE TEMP TABLE _lk3 AS
+        WITH w AS (
+            SELECT *,
+                   sum(new1::INTEGER) OVER ({key} {order} ROWS UNBOUNDED PRECEDING) AS seg1,
+                   sum((rk = 1 OR name_change)::INTEGER)
+                       OVER ({key} {order} ROWS UNBOUNDED PRECEDING) AS name_run
+            FROM _lk2),
+        v AS (
+            SELECT *,
+                   max(end_ns) OVER ({key}, seg1 {order} ROWS UNBOUNDED PRECEDING) AS run_end,
+                   min(CASE WHEN data THEN resp_ns END)
+                       OVER ({key}, name_run {order} ROWS UNBOUNDED PRECEDING) AS run_data
+            FROM w)
+        SELECT txn_id, proc, base, t_ns, rk,
                new1 OR coalesce(t_ns - lag(run_end) OVER ({key} {order}) > {gap}, false)
                     OR (name_change AND coalesce(lag(run_data) OVER ({key} {order}) < t_ns,
                                                  false)) AS new
-        FROM r5),
-    r7 AS (
-        SELECT *, sum(new::INTEGER) OVER ({key} {order} ROWS UNBOUNDED PRECEDING) AS lk,
-               rk + 1 - max(CASE WHEN new THEN rk END)
-                   OVER ({key} {order} ROWS UNBOUNDED PRECEDING) AS r
-        FROM r6),
-    agg AS (
-        SELECT first(ts) FILTER (WHERE r = 1) AS ts,
-               make_timestamp_ns(max(end_ns))::TIMESTAMPTZ_NS AS end_ts,
-               {firsts},
-               first(qname) FILTER (WHERE r = 1) AS first_name,
-               first(qname ORDER BY r) FILTER (WHERE data) AS final_name,
-               first(base) FILTER (WHERE r = 1) AS first_base,
-               list(qname ORDER BY r) AS qn_all,
-               list(qtype ORDER BY r) AS qt_all,
-               sum(retransmissions + 1)::BIGINT AS n_queries,
-               count(*) FILTER (WHERE rcode_name = 'NXDOMAIN')::BIGINT AS n_nxdomain,
-               count(*) FILTER (WHERE status = 'timeout')::BIGINT AS n_timeouts,
-               sum(retransmissions)::BIGINT AS n_retransmissions,
-               CASE WHEN bool_or(data) THEN first(rcode_name ORDER BY r) FILTER (WHERE data)
-                    WHEN first(status ORDER BY r DESC) = 'timeout' THEN 'TIMEOUT'
-                    ELSE first(rcode_name ORDER BY r DESC) END AS rcode_name,
-               list({{'n': qname, 'ips': answer_ips}} ORDER BY r)
-                   FILTER (WHERE data AND answer_ips IS NOT NULL) AS data_ips,
-               list(txn_id ORDER BY r) AS txn_ids
-        FROM r7 GROUP BY proc, base, lk),
-    fin AS (
-        SELECT *, {_distinct('qn_all')} AS names, {_distinct('qt_all')} AS qtypes,
-               flatten(list_transform(list_filter(coalesce(data_ips, []),
-                   lambda s: s.n IS NOT DISTINCT FROM final_name), lambda s: s.ips)) AS ips_all
-        FROM agg)
-    SELECT (row_number() OVER (ORDER BY ts, txn_ids[1]) - 1)::BIGINT AS lookup_id,
-           {cols}
-    FROM fin ORDER BY lookup_id"""
-    try:
-        from analyze.relate import quote
+        FROM v""",
+        # the lookup of each transaction: (its first transaction, the position in it)
+        f"""CREATE TEMP TABLE _lk4 AS
+        WITH w AS (
+            SELECT txn_id, proc, base, t_ns, rk, new,
+                   max(CASE WHEN new THEN rk END)
+                       OVER ({key} {order} ROWS UNBOUNDED PRECEDING) AS start_rk
+            FROM _lk3)
+        SELECT txn_id, first_value(txn_id) OVER (PARTITION BY proc, base, start_rk {order})
+                   AS lookup, rk + 1 - start_rk AS r
+        FROM w""",
+        """INSERT INTO _lk5
+        SELECT s.lookup,
+               max(t.end_ns) AS end_ns,
+               first(t.qname) FILTER (WHERE s.r = 1) AS first_name,
+               first(t.base) FILTER (WHERE s.r = 1) AS first_base,
+               first(t.qname ORDER BY s.r) FILTER (WHERE t.data) AS final_name,
+               list(t.qname ORDER BY s.r) AS qn_all,
+               list(t.qtype ORDER BY s.r) AS qt_all,
+               sum(t.retransmissions + 1)::BIGINT AS n_queries,
+               count(*) FILTER (WHERE t.rcode_name = 'NXDOMAIN')::BIGINT AS n_nxdomain,
+               count(*) FILTER (WHERE t.status = 'timeout')::BIGINT AS n_timeouts,
+               sum(t.retransmissions)::BIGINT AS n_retransmissions,
+               CASE WHEN bool_or(t.data)
+                        THEN first(t.rcode_name ORDER BY s.r) FILTER (WHERE t.data)
+                    WHEN first(t.status ORDER BY s.r DESC) = 'timeout' THEN 'TIMEOUT'
+                    ELSE first(t.rcode_name ORDER BY s.r DESC) END AS rcode_name,
+               list(t.txn_id ORDER BY s.r) AS txn_ids
+        FROM _lk4 s JOIN _lk0 t USING (txn_id) WHERE {batch} GROUP BY s.lookup""",
+        # the addresses of the final name (its data answers), in order, without repeats
+        f"""INSERT INTO _lk6
+        WITH d AS (
+            SELECT s.lookup, s.r, x.answer_ips
+            FROM _lk4 s JOIN _lk0 t USING (txn_id) JOIN _lk5 a USING (lookup)
+            JOIN (SELECT txn_id, answer_ips FROM ({src})) x USING (txn_id)
+            WHERE {{batch}} AND t.data AND t.qname IS NOT DISTINCT FROM a.final_name
+              AND x.answer_ips IS NOT NULL AND len(x.answer_ips) > 0),
+        l AS (SELECT lookup, flatten(list(answer_ips ORDER BY r)) AS ips FROM d GROUP BY lookup)
+        SELECT lookup, {_distinct('ips')} AS answer_ips FROM l""",
+    ]
+    number = f"""CREATE TEMP TABLE _lk7 AS
+    SELECT a.lookup, (row_number() OVER (ORDER BY f.ts, a.lookup) - 1)::BIGINT AS lookup_id
+    FROM (SELECT lookup FROM _lk5) a JOIN (SELECT txn_id, ts FROM ({src})) f
+        ON f.txn_id = a.lookup"""
+    query = f"""
+    SELECT n.lookup_id, {cols}
+    FROM _lk5 a JOIN _lk7 n USING (lookup) JOIN ({src}) f ON f.txn_id = a.lookup
+    LEFT JOIN _lk6 i USING (lookup)
+    ORDER BY n.lookup_id"""
+    from analyze.relate import quote
 
+    try:
+        for step in steps[:5]:
+            con.execute(step).fetchall()
+        # the aggregates hold lists per lookup (they do not spill): in batches of lookups
+        ((n,),) = con.execute("SELECT count(*) FROM _lk4").fetchall()
+        batches = max(1, -(-int(n) // AGG_ROWS))
+        con.execute("CREATE TEMP TABLE _lk5 AS " + steps[5].replace(
+            "INSERT INTO _lk5", "").replace("{batch}", "false")).fetchall()
+        con.execute("CREATE TEMP TABLE _lk6 AS " + steps[6].replace(
+            "INSERT INTO _lk6", "").replace("{batch}", "false")).fetchall()
+        for b in range(batches):
+            batch = f"hash(s.lookup) % {batches} = {b}"
+            for step in steps[5:]:
+                con.execute(step.replace("{batch}", batch)).fetchall()
+        con.execute(number).fetchall()
         con.execute(f"COPY ({query}) TO {quote(out)} (FORMAT parquet, ROW_GROUP_SIZE 131072)")
     finally:
+        for t in ("_lk0", "_lk1", "_lk2", "_lk3", "_lk4", "_lk5", "_lk6", "_lk7"):
+            con.execute(f"DROP TABLE IF EXISTS {t}").fetchall()
         con.unregister("_lk_base")
 
 
