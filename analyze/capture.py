@@ -92,32 +92,34 @@ def load(path_or_paths: str | Path | Iterable[str | Path], *,
     ``scheduler`` (``"tcp://HOST:PORT"``): ingest each capture on that Dask distributed
     cluster (``analyze.fleet``). A path may be an ``s3://bucket/prefix`` URL (fsspec/s3fs).
     """
-    from analyze.ingest import ingest
+    from analyze import fleet
 
     if on_damage not in ("raise", "skip"):
         raise ValueError("on_damage: 'raise' or 'skip'")
-    from analyze import fleet
-
     given = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
     if scheduler is not None or any(fleet.is_remote(p) for p in given):
         work = WorkDir.at(work_dir)
-        pairs, fleet_notes = fleet.ingest_all(given, scheduler=scheduler, work=work,
-                                              verify=verify, dns_ports=dns_ports,
-                                              on_damage=on_damage)
-        kept, combined = _combine(pairs, work)
-        return Capture(_Context(work=work, ingested=kept, timeout_s=timeout_s, skew_s=skew_s,
-                                lookup_gap_s=lookup_gap_s, dns_ports=tuple(dns_ports),
-                                memory_limit=memory_limit, threads=threads,
-                                notes=fleet_notes + combined))
-    paths = _as_paths(given)
-    if not paths:
-        raise CaptureNotFound("no capture given")
-    for p in paths:
-        if not p.exists():
-            raise CaptureNotFound(f"{p}: no such capture directory or pcap file")
-        if not p.is_dir() and not (p.suffix.lower() in PCAP_SUFFIXES or _looks_like_pcap(p)):
-            raise NotACapture(f"{p}: not a dnstrail capture directory nor a pcap file")
-    work = WorkDir.at(work_dir)
+        ingested, notes = fleet.ingest_all(given, scheduler=scheduler, work=work,
+                                           verify=verify, dns_ports=dns_ports,
+                                           on_damage=on_damage)
+    else:
+        paths = _as_paths(given)
+        check_local(paths)
+        work = WorkDir.at(work_dir)
+        ingested, notes = _ingest_local(paths, work=work, verify=verify,
+                                        dns_ports=dns_ports, on_damage=on_damage)
+    kept, combined = _combine(ingested, work)
+    ctx = _Context(work=work, ingested=kept, timeout_s=timeout_s, skew_s=skew_s,
+                   lookup_gap_s=lookup_gap_s, dns_ports=tuple(dns_ports),
+                   memory_limit=memory_limit, threads=threads, notes=notes + combined)
+    return Capture(ctx)
+
+
+def _ingest_local(paths: list[Path], *, work: WorkDir, verify: bool, dns_ports: Sequence[int],
+                  on_damage: str) -> tuple[list[tuple[Path, Any]], list[str]]:
+    """Ingest local capture directories and pcaps (one pcap given twice is read once)."""
+    from analyze.ingest import ingest, sha256_file
+
     ingested: list[tuple[Path, Any]] = []
     notes: list[str] = []
     pcaps: dict[str, Path] = {}
@@ -126,20 +128,30 @@ def load(path_or_paths: str | Path | Iterable[str | Path], *,
             ingested.append((p, ingest(p, work=work, verify=verify, dns_ports=dns_ports,
                                        on_damage=on_damage)))
             continue
-        from analyze.ingest import sha256_file
-
         sha = sha256_file(p)
         if sha in pcaps:
-            notes.append(f"{p}: the same pcap as {pcaps[sha]} (identical SHA-256): read once, "
-                         "not counted twice")
+            notes.append(same_pcap_note(str(p), str(pcaps[sha])))
             continue
         pcaps[sha] = p
         ingested.append((p, _ingest_pcap(p, work=work, dns_ports=dns_ports)))
-    kept, combined = _combine(ingested, work)
-    ctx = _Context(work=work, ingested=kept, timeout_s=timeout_s, skew_s=skew_s,
-                   lookup_gap_s=lookup_gap_s, dns_ports=tuple(dns_ports),
-                   memory_limit=memory_limit, threads=threads, notes=notes + combined)
-    return Capture(ctx)
+    return ingested, notes
+
+
+def same_pcap_note(label: str, first: str) -> str:
+    """The note on a pcap given again (read once)."""
+    return (f"{label}: the same pcap as {first} (identical SHA-256): read once, "
+            "not counted twice")
+
+
+def check_local(paths: list[Path]) -> None:
+    """Every local path is a capture directory or a pcap (before anything is written)."""
+    if not paths:
+        raise CaptureNotFound("no capture given")
+    for p in paths:
+        if not p.exists():
+            raise CaptureNotFound(f"{p}: no such capture directory or pcap file")
+        if not p.is_dir() and not (p.suffix.lower() in PCAP_SUFFIXES or _looks_like_pcap(p)):
+            raise NotACapture(f"{p}: not a dnstrail capture directory nor a pcap file")
 
 
 class OverlappingCaptures(AnalyzeError):
@@ -674,11 +686,10 @@ class Capture:
     def _large_lookups(self) -> bool:
         """More client transactions after the filters than one in-memory lookups build."""
         from analyze import relate
+        from analyze.lookups import CLIENT_ROWS
 
         sql, params = self.table_sql("transactions", with_txn=False)
-        ((n,),) = self._ctx.rows(
-            f"SELECT count(*) FROM ({sql}) WHERE side <> 'server' AND status <> 'unsolicited'",
-            params)
+        ((n,),) = self._ctx.rows(f"SELECT count(*) FROM ({sql}) WHERE {CLIENT_ROWS}", params)
         return int(n) > relate.LOOKUP_PART_ROWS
 
     def _cursor(self) -> Any:

@@ -96,18 +96,15 @@ def _sources(paths: Sequence[str | Path], *, ship: bool) -> list[Source]:
             out.append(Source(label=url, url=url,
                               is_pcap=url.lower().endswith(PCAP_SUFFIXES)))
             continue
+        from analyze.capture import check_local
+
         p = Path(raw)
-        if not p.exists():
-            raise CaptureNotFound(f"{p}: no such capture directory or pcap file")
+        check_local([p])
         if p.is_dir():
             files = ({f.name: f.read_bytes() for f in sorted(p.iterdir()) if f.is_file()}
                      if ship else {})
             out.append(Source(label=str(p), files=files, url=None if ship else str(p)))
         else:
-            from analyze.capture import _looks_like_pcap
-
-            if not (p.suffix.lower() in PCAP_SUFFIXES or _looks_like_pcap(p)):
-                raise NotACapture(f"{p}: not a dnstrail capture directory nor a pcap file")
             out.append(Source(label=str(p), files={p.name: p.read_bytes()} if ship else {},
                               url=None if ship else str(p), is_pcap=True))
     return out
@@ -276,6 +273,8 @@ def ingest_all(paths: Iterable[str | Path], *, scheduler: str | None, work: Work
     given = list(paths)
     if not given:
         raise CaptureNotFound("no capture given")
+    from analyze.capture import same_pcap_note
+
     sources = _sources(given, ship=scheduler is not None)
     kw = {"verify": verify, "dns_ports": tuple(int(p) for p in dns_ports),
           "on_damage": on_damage}
@@ -289,8 +288,7 @@ def ingest_all(paths: Iterable[str | Path], *, scheduler: str | None, work: Work
     for raw, result in zip(given, results, strict=True):
         if result.pcap_sha256 is not None:
             if result.pcap_sha256 in pcaps:
-                notes.append(f"{result.label}: the same pcap as {pcaps[result.pcap_sha256]} "
-                             "(identical SHA-256): read once, not counted twice")
+                notes.append(same_pcap_note(result.label, pcaps[result.pcap_sha256]))
                 continue
             pcaps[result.pcap_sha256] = result.label
         pairs.append((Path(raw), _store(result, work)))

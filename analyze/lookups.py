@@ -18,12 +18,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from analyze.reconstruct import _infer_suffixes, base_names
+from analyze.reconstruct import base_names, kubernetes_suffixes
 
 _NS = 1_000_000_000
 #: The process of a lookup: the node and tgid, or the client address on the wire.
 PROC_SQL = ("hash(node, CASE WHEN side = 'wire' THEN NULL ELSE tgid END, "
             "CASE WHEN side = 'wire' THEN client_addr END)")
+#: The transactions lookups are made of: a client's (or seen on the wire), with a query.
+CLIENT_ROWS = "side <> 'server' AND status <> 'unsolicited'"
 #: Transactions per batch of the per-lookup aggregates (lists per group do not spill).
 AGG_ROWS = 250_000
 #: Bounds of the suffix inference, as in ``reconstruct._infer_suffixes``.
@@ -56,10 +58,7 @@ def _suffixes(con: Any, rows: str) -> set[str]:
                 "ON t.qname = w.qname").fetchall()}
         finally:
             con.unregister("_lk_wanted")
-    import pandas as pd
-
-    names = pd.Series(sorted(present), dtype=object)
-    found, _ = _infer_suffixes(names, _no_pairs(len(names)), namespaces)
+    found, _ = kubernetes_suffixes(svc, present, namespaces)
     pairs = con.execute(f"""
         WITH t AS (
             SELECT qname, lag(qname) OVER (PARTITION BY {PROC_SQL} ORDER BY ts, txn_id) AS prev
@@ -75,14 +74,6 @@ def _suffixes(con: Any, rows: str) -> set[str]:
         LIMIT {_MAX_SUFFIXES}""").fetchall()
     found |= {r[0] for r in pairs if r[0]}
     return found
-
-
-def _no_pairs(n: int) -> Any:
-    """A process code per name that makes no two neighbours one process (the pairs are
-    found in the engine)."""
-    import numpy as np
-
-    return np.arange(n, dtype=np.int64)
 
 
 def _base_table(con: Any, rows: str, suffixes: set[str]) -> pa.Table:
@@ -103,16 +94,17 @@ def _distinct(name: str) -> str:
     return f"list_filter({name}, lambda x, i: list_position({name}, x) = i)"
 
 
-def lookups_sql(con: Any, rows: str, out: str, *, gap_s: float, timeout_s: float) -> None:
+def lookups_sql(con: Any, rows: str, out: str, *, gap_s: float, timeout_s: float) -> int:
     """COPY the lookups of the client and wire transactions of ``rows`` (a SELECT over
-    transactions) to the Parquet file ``out``, in the order and schema of the stage table.
+    transactions) to the Parquet file ``out``, in the order and schema of the stage table;
+    returns how many.
 
     Each step is a narrow temp table (the engine spills them), so the windows carry a few
     numbers per transaction, not its strings and lists; the attributes and the answers of a
     lookup are joined back by transaction id at the end."""
     from analyze import stages
 
-    src = f"SELECT * FROM ({rows}) WHERE side <> 'server' AND status <> 'unsolicited'"
+    src = f"SELECT * FROM ({rows}) WHERE {CLIENT_ROWS}"
     suffixes = _suffixes(con, src)
     con.register("_lk_base", _base_table(con, src, suffixes))
     gap = int(gap_s * _NS)
@@ -144,7 +136,9 @@ def lookups_sql(con: Any, rows: str, out: str, *, gap_s: float, timeout_s: float
                coalesce(t.ancount, 0) > 0 AND t.status = 'answered' AS data,
                t.status = 'answered' AND t.rcode_name IN ('NOERROR', 'NXDOMAIN')
                    AND NOT coalesce(t.tc, false) AS final,
-               t.retransmissions, t.rcode_name, t.status
+               t.retransmissions, t.rcode_name, t.status,
+               CASE WHEN coalesce(t.ancount, 0) > 0 AND t.status = 'answered'
+                    AND len(t.answer_ips) > 0 THEN t.answer_ips END AS answer_ips
         FROM ({src}) t LEFT JOIN _lk_base b ON t.qname = b.qname""",
         # re-asked: the same name and type was finally answered before this query was sent
         f"""CREATE TEMP TABLE _lk1 AS
@@ -195,8 +189,7 @@ def lookups_sql(con: Any, rows: str, out: str, *, gap_s: float, timeout_s: float
         SELECT txn_id, first_value(txn_id) OVER (PARTITION BY proc, base, start_rk {order})
                    AS lookup, rk + 1 - start_rk AS r
         FROM w""",
-        """INSERT INTO _lk5
-        SELECT s.lookup,
+        """SELECT s.lookup,
                max(t.end_ns) AS end_ns,
                first(t.qname) FILTER (WHERE s.r = 1) AS first_name,
                first(t.base) FILTER (WHERE s.r = 1) AS first_base,
@@ -214,20 +207,17 @@ def lookups_sql(con: Any, rows: str, out: str, *, gap_s: float, timeout_s: float
                list(t.txn_id ORDER BY s.r) AS txn_ids
         FROM _lk4 s JOIN _lk0 t USING (txn_id) WHERE {batch} GROUP BY s.lookup""",
         # the addresses of the final name (its data answers), in order, without repeats
-        f"""INSERT INTO _lk6
-        WITH d AS (
-            SELECT s.lookup, s.r, x.answer_ips
+        f"""WITH d AS (
+            SELECT s.lookup, s.r, t.answer_ips
             FROM _lk4 s JOIN _lk0 t USING (txn_id) JOIN _lk5 a USING (lookup)
-            JOIN (SELECT txn_id, answer_ips FROM ({src})) x USING (txn_id)
-            WHERE {{batch}} AND t.data AND t.qname IS NOT DISTINCT FROM a.final_name
-              AND x.answer_ips IS NOT NULL AND len(x.answer_ips) > 0),
+            WHERE {{batch}} AND t.answer_ips IS NOT NULL
+              AND t.qname IS NOT DISTINCT FROM a.final_name),
         l AS (SELECT lookup, flatten(list(answer_ips ORDER BY r)) AS ips FROM d GROUP BY lookup)
         SELECT lookup, {_distinct('ips')} AS answer_ips FROM l""",
     ]
-    number = f"""CREATE TEMP TABLE _lk7 AS
-    SELECT a.lookup, (row_number() OVER (ORDER BY f.ts, a.lookup) - 1)::BIGINT AS lookup_id
-    FROM (SELECT lookup FROM _lk5) a JOIN (SELECT txn_id, ts FROM ({src})) f
-        ON f.txn_id = a.lookup"""
+    number = """CREATE TEMP TABLE _lk7 AS
+    SELECT a.lookup, (row_number() OVER (ORDER BY f.t_ns, a.lookup) - 1)::BIGINT AS lookup_id
+    FROM (SELECT lookup FROM _lk5) a JOIN _lk0 f ON f.txn_id = a.lookup"""
     query = f"""
     SELECT n.lookup_id, {cols}
     FROM _lk5 a JOIN _lk7 n USING (lookup) JOIN ({src}) f ON f.txn_id = a.lookup
@@ -241,16 +231,15 @@ def lookups_sql(con: Any, rows: str, out: str, *, gap_s: float, timeout_s: float
         # the aggregates hold lists per lookup (they do not spill): in batches of lookups
         ((n,),) = con.execute("SELECT count(*) FROM _lk4").fetchall()
         batches = max(1, -(-int(n) // AGG_ROWS))
-        con.execute("CREATE TEMP TABLE _lk5 AS " + steps[5].replace(
-            "INSERT INTO _lk5", "").replace("{batch}", "false")).fetchall()
-        con.execute("CREATE TEMP TABLE _lk6 AS " + steps[6].replace(
-            "INSERT INTO _lk6", "").replace("{batch}", "false")).fetchall()
         for b in range(batches):
             batch = f"hash(s.lookup) % {batches} = {b}"
-            for step in steps[5:]:
-                con.execute(step.replace("{batch}", batch)).fetchall()
+            for table, step in (("_lk5", steps[5]), ("_lk6", steps[6])):
+                verb = f"CREATE TEMP TABLE {table} AS" if b == 0 else f"INSERT INTO {table}"
+                con.execute(f"{verb} {step.replace('{batch}', batch)}").fetchall()
         con.execute(number).fetchall()
-        con.execute(f"COPY ({query}) TO {quote(out)} (FORMAT parquet, ROW_GROUP_SIZE 131072)")
+        ((written,),) = con.execute(
+            f"COPY ({query}) TO {quote(out)} (FORMAT parquet, ROW_GROUP_SIZE 131072)").fetchall()
+        return int(written)
     finally:
         for t in ("_lk0", "_lk1", "_lk2", "_lk3", "_lk4", "_lk5", "_lk6", "_lk7"):
             con.execute(f"DROP TABLE IF EXISTS {t}").fetchall()

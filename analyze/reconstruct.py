@@ -37,7 +37,7 @@ that already had a final answer are asked again (the application asked again).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -363,24 +363,8 @@ def _infer_suffixes(names: pd.Series, proc: np.ndarray, namespaces: set[str]
     ``namespaces`` (in: the pods' namespaces) grows with every label ``L`` for which a
     process asked ``x.L.svc.<domain>`` and also ``x.svc.<domain>``, ``x.<domain>`` or ``x``.
     """
-    suffixes: set[str] = set()
-    domains: set[str] = {"cluster.local"}
     uniq = pd.unique(names.dropna().to_numpy(dtype=object)).tolist()
-    present = set(uniq)
-    svc = [u for u in uniq if ".svc." in u]
-    for name in svc[:100_000]:
-        head, dom = name.rsplit(".svc.", 1)
-        if dom and len(domains) < 16:
-            domains.add(dom)
-        if "." in head and dom:
-            x, label = head.rsplit(".", 1)
-            if (f"{x}.svc.{dom}" in present or f"{x}.{dom}" in present or x in present):
-                namespaces.add(label)
-    for dom in domains:
-        for ns in namespaces:
-            suffixes.add(f"{ns}.svc.{dom}")
-        suffixes.add(f"svc.{dom}")
-        suffixes.add(dom)
+    suffixes, domains = kubernetes_suffixes(uniq, set(uniq), namespaces)
     arr = names.to_numpy(dtype=object, na_value=None)
     if len(arr) > 1:
         a, b = arr[1:], arr[:-1]
@@ -396,6 +380,30 @@ def _infer_suffixes(names: pd.Series, proc: np.ndarray, namespaces: set[str]
                 suffixes.add(y[len(x) + 1:])
             if len(suffixes) >= 256:
                 break
+    return suffixes, domains
+
+
+def kubernetes_suffixes(names: Iterable[str], present: Container[str], namespaces: set[str]
+                        ) -> tuple[set[str], set[str]]:
+    """The Kubernetes search suffixes and cluster domains of ``_infer_suffixes`` from the
+    distinct ``names`` (in first-seen order; only ``.svc.`` ones matter), ``present``
+    answering whether a name was asked at all; ``namespaces`` grows as there."""
+    suffixes: set[str] = set()
+    domains: set[str] = {"cluster.local"}
+    svc = [u for u in names if ".svc." in u]
+    for name in svc[:100_000]:
+        head, dom = name.rsplit(".svc.", 1)
+        if dom and len(domains) < 16:
+            domains.add(dom)
+        if "." in head and dom:
+            x, label = head.rsplit(".", 1)
+            if (f"{x}.svc.{dom}" in present or f"{x}.{dom}" in present or x in present):
+                namespaces.add(label)
+    for dom in domains:
+        for ns in namespaces:
+            suffixes.add(f"{ns}.svc.{dom}")
+        suffixes.add(f"svc.{dom}")
+        suffixes.add(dom)
     return suffixes, domains
 
 

@@ -339,16 +339,14 @@ def _lookups(con: Any, tmp: Path, *, gap_s: float, timeout_s: float) -> int:
     (``analyze.lookups``: the same rules as window queries, out of core, so one process as
     large as the capture fits)."""
     from analyze._frames import DICTIONARY_COLUMNS, declared_types, stage_frame
-    from analyze.lookups import lookups_sql
+    from analyze.lookups import CLIENT_ROWS, lookups_sql
 
     src = f"SELECT * FROM read_parquet({quote(str(tmp / 'transactions.parquet'))})"
-    rows = f"SELECT * FROM ({src}) WHERE side <> 'server' AND status <> 'unsolicited'"
+    rows = f"SELECT * FROM ({src}) WHERE {CLIENT_ROWS}"
     ((n,),) = run(con, f"SELECT count(*) FROM ({rows})")
     out = tmp / "lookups.parquet"
     if n > LOOKUP_PART_ROWS:
-        lookups_sql(con, src, str(out), gap_s=gap_s, timeout_s=timeout_s)
-        ((total,),) = run(con, f"SELECT count(*) FROM read_parquet({quote(str(out))})")
-        return int(total)
+        return lookups_sql(con, src, str(out), gap_s=gap_s, timeout_s=timeout_s)
     cols = ", ".join(f'"{c}"' for c in _LOOKUP_INPUT)
     table = declared_types(arrow(con, f"SELECT {cols} FROM ({rows}) ORDER BY txn_id"),
                            stages.TRANSACTIONS)
