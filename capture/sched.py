@@ -78,12 +78,13 @@ def apply_priority(level: str) -> None:
         raise CaptureError(f"cannot set priority {level}: {exc.strerror}") from None
 
 
-def _set_all(level: str) -> None:
-    """Every thread of this process to ``level`` (low, idle, or normal = nice 0)."""
+def _set_all(level: str, pid: int | None = None) -> None:
+    """Every thread of this process (or of ``pid``) to ``level`` (low, idle, or normal =
+    nice 0). Threads started later inherit the level of the thread that starts them."""
     try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
+        tids = [int(t) for t in os.listdir(f"/proc/{pid or 'self'}/task")]
     except OSError:
-        tids = [0]
+        tids = [pid or 0]
     for tid in tids:
         try:
             if level == "low":

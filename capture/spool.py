@@ -455,6 +455,16 @@ class _Converter:
             [sys.executable, "-m", "capture.spool", "--converter", policy],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
             cwd=str(Path(__file__).resolve().parents[1]))
+        if policy in ("low", "idle"):
+            # from here, at once: the child lowers itself only after its imports, and a
+            # saturated node (or the gate, which may stop it first) can hold those up for
+            # seconds, at nice 0 and with the threads numpy and Arrow start at nice 0 too
+            from capture.sched import _set_all
+
+            try:
+                _set_all(policy, self.proc.pid)
+            except OSError:
+                pass  # the child does it itself as well
         self.busy: tuple[Path, Path, str, int] | None = None  # segment, tmp, name, messages
 
     def submit(self, segment: Path, tmp: Path, name: str, messages: int) -> None:
