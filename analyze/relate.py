@@ -179,7 +179,11 @@ def _build(tmp: Path, ingested: Sequence[Ingested], labels: Sequence[str], *, wo
         txn_files, map_files = [], []
         next_id = 0
         for p in range(parts):
-            where = eligible if parts == 1 else f"{eligible} AND hash(qname) % {parts} = {p}"
+            # name and id are both in the conversation key, so a query and its answer fall
+            # in one partition; with the id in the hash a name as busy as the node (the
+            # node's hottest service) is spread over every partition instead of filling one
+            where = (eligible if parts == 1
+                     else f"{eligible} AND hash(qname, dns_id) % {parts} = {p}")
             table = arrow(con, f"SELECT {cols} FROM messages WHERE {where} ORDER BY msg_id")
             if table.num_rows == 0:
                 continue

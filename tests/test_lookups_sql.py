@@ -101,3 +101,30 @@ def test_a_filtered_capture_groups_its_lookups_in_the_engine_when_large(
     assert got == expect
     names = big.sql("SELECT count(*) AS n FROM lookups WHERE n_nxdomain > 0")["n"].iloc[0]
     assert names == sum(1 for r in expect if r["n_nxdomain"] > 0)
+
+
+def _txn_rows(cap: Any) -> list[dict[str, Any]]:
+    tx = cap.transactions
+    return [{k: _plain(v) for k, v in r.items()} for r in tx.to_dict("records")]
+
+
+@pytest.mark.parametrize("capture", [
+    "samples/incident", "tunnels/iodine.pcap", "benign/dns_tcp.pcapng",
+    "benign/dns_lab.pcapng", "benign/http_espn.pcapng",
+])
+def test_matching_in_partitions_gives_the_same_transactions(
+        capture: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """relate matches one partition of (name, id) at a time once a capture is large: the
+    transactions, their numbering and every message's transaction are those of one pass."""
+    path = REPO / capture if capture.startswith("samples") else corpus(capture)
+    whole = load(path, work_dir=tmp_path / "whole")
+    n = whole.count("messages")
+    a = _txn_rows(whole)  # relate runs here, before the patch
+    assert n >= 4
+    monkeypatch.setattr(relate, "PART_ROWS", max(1, n // 6))  # several partitions
+    split = load(path, work_dir=tmp_path / "split")
+    b = _txn_rows(split)
+    assert len(a) == len(b) >= 2
+    assert a == b
+    mt = [pq.read_table(c._ctx.related.file("message_txn")).to_pylist() for c in (whole, split)]
+    assert mt[0] == mt[1] and len(mt[0]) >= 4
