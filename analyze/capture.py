@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -376,12 +376,16 @@ class _Context:
         finally:
             cur.close()
 
-    def arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        """A query's result as Arrow, on a cursor of its own."""
+    def arrow(self, sql: str, params: Sequence[Any] | None = None,
+              tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
+        """A query's result as Arrow, on a cursor of its own (with ``tables`` registered
+        on it by name)."""
         from analyze.relate import arrow
 
         cur = self.cursor()
         try:
+            for name, table in (tables or {}).items():
+                cur.register(name, table)
             return arrow(cur, sql, params)
         finally:
             cur.close()
@@ -572,10 +576,12 @@ class Capture:
                 f"{self.count('transactions')} transactions, lost={sum(self.lost.values())}"
                 + (f", filtered by {', '.join(self.filters)}" if self.filters else "") + ">")
 
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+    def query(self, sql: str, params: Sequence[Any] | None = None, *,
+              tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
         """Run one engine query (built from ``table_sql``) and return its result as Arrow:
-        no views are made, so nothing is materialized but the result."""
-        return self._ctx.arrow(sql, params)
+        no views are made, so nothing is materialized but the result. ``tables``: Arrow
+        tables the query reads by name (registered for this query only)."""
+        return self._ctx.arrow(sql, params, tables)
 
     def query_rows(self, sql: str,
                    params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:

@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=float, default=5.0, help="seconds between samples")
     ap.add_argument("--rotate", default="60s", help="dnstrail record --rotate")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the capture and the report's work directory (printed)")
     args = ap.parse_args(argv)
     if not 0.05 <= args.minutes <= 240 or not 1 <= args.rate <= 1_000_000:
         ap.error("--minutes 0.05..240, --rate 1..1000000")
@@ -157,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = soak(args.minutes, args.rate, args.sample, args.rotate, work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     brief = {k: v for k, v in result.items() if k != "samples"}
     print(json.dumps(brief, indent=1))
     if args.json:

@@ -4,6 +4,7 @@ the engine for a capture larger than one in-memory build."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _plain(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and v != v) or v is pd.NaT:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
         return None
     if hasattr(v, "__len__") and not isinstance(v, str):
         return [_plain(x) for x in v]

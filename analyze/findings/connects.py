@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from analyze.attribute import ATTR_COLUMNS
 from analyze.findings._common import (
@@ -151,23 +152,46 @@ def _connects(capture: Any) -> pd.DataFrame:
     return stage_frame(table, "connects")
 
 
-def _answer_rows(capture: Any, ips: set[str]) -> pd.DataFrame:
-    """The client answers, one row per transaction (in order), whose addresses include one
-    of ``ips`` (compared normalized, as ``_norm`` does)."""
+def _answer_rows(capture: Any, cn: pd.DataFrame, max_age_s: float) -> pd.DataFrame:
+    """The client answers, one row per transaction (in order), that ``_join`` can pick for
+    one of the connects ``cn`` (``_owner``, ``_ip``, ``ts``): for each connect, those of
+    the latest earlier answer time of its owner (any owner's, for ``ANY_OWNER``) holding its
+    address, within ``max_age_s``, ties included. Found in the engine (an ASOF join over
+    the answers unnested), so that a busy client's answers are never all in memory; the
+    join itself then runs on these few in pandas and gives what it gives on all of them:
+    any later earlier answer would have been found instead."""
     from analyze._frames import stage_frame
 
     rows = client_rows(capture).where("len(answer_ips) > 0")
     raw = [str(r[0]) for r in capture.query_rows(
         f"SELECT DISTINCT unnest(answer_ips) FROM ({rows.sql})", rows.params)]
+    ips = set(cn["_ip"])
     wanted = [a for a in raw if _norm(a) in ips]
     if not wanted:
         return pd.DataFrame()
+    conn = pa.table({
+        "owner": pa.array(cn["_owner"].astype(str).tolist(), pa.string()),
+        "ip": pa.array(cn["_ip"].astype(str).tolist(), pa.string()),
+        "t": pa.array(pd.DatetimeIndex(cn["ts"]).asi8, pa.int64())})
+    answers = (
+        f"SELECT txn_id, {_OWNER_SQL} AS owner, m.ip, "
+        "epoch_ns(coalesce(response_ts, ts)) AS t FROM (SELECT txn_id, node, tgid, "
+        f"client_addr, response_ts, ts, unnest(answer_ips) AS raw FROM ({rows.sql})) "
+        "JOIN (SELECT unnest(?::VARCHAR[]) AS raw, unnest(?::VARCHAR[]) AS ip) m USING (raw)")
+    tol = round(max_age_s * 1e9) + 1000  # looser than the join's: it decides
     table = capture.query(
+        f"WITH a AS MATERIALIZED ({answers}), "
+        "k AS (SELECT DISTINCT c.owner, c.ip, a.t FROM _cn c ASOF JOIN a ON "
+        f"c.owner = a.owner AND c.ip = a.ip AND c.t >= a.t WHERE c.owner <> '{ANY_OWNER}' "
+        f"AND c.t - a.t <= {tol}), "
+        "k2 AS (SELECT DISTINCT c.ip, a.t FROM _cn c ASOF JOIN a ON c.ip = a.ip AND "
+        f"c.t >= a.t WHERE c.owner = '{ANY_OWNER}' AND c.t - a.t <= {tol}), "
+        "picked AS (SELECT a.txn_id FROM a JOIN k USING (owner, ip, t) UNION "
+        "SELECT a.txn_id FROM a JOIN k2 USING (ip, t)) "
         "SELECT txn_id, node, tgid, client_addr, answer_ips, response_ts, ts, qname, qtype "
-        f"FROM ({rows.sql}) WHERE txn_id IN (SELECT txn_id FROM (SELECT txn_id, "
-        f"unnest(answer_ips) AS ip FROM ({rows.sql})) WHERE ip IN "
-        "(SELECT unnest(?::VARCHAR[]))) ORDER BY txn_id",
-        [*rows.params, *rows.params, wanted])
+        f"FROM ({rows.sql}) WHERE txn_id IN (SELECT txn_id FROM picked) ORDER BY txn_id",
+        [*rows.params, wanted, [_norm(a) for a in wanted], *rows.params],
+        tables={"_cn": conn})
     return stage_frame(table, "transactions")
 
 
@@ -196,7 +220,7 @@ def joined_connects(capture: Any, scope: Any | None = None,
         return None
     cn["_owner"] = _owners(cn, ("src_addr",))
     # only the answers holding an address something connected to can explain a connect
-    answers = _answers(_answer_rows(capture, set(cn["_ip"])))
+    answers = _answers(_answer_rows(capture, cn, max_age_s))
     if answers.empty:
         return cn.assign(answer_ts=pd.NaT, qname=None, qtype=None, ip=None, txn_id=None)
     return _join(cn, answers, max_age_s)
