@@ -142,12 +142,20 @@ def lost(lost: Mapping[str, Any]) -> str:
 _IDS = frozenset({"pid", "tgid", "tid", "uid", "netns", "port", "fd", "msg_index", "ppid"})
 
 
+#: Keys whose text values are times (ISO, as the findings store them).
+_TIMES = frozenset({"ts", "first_asked", "first_seen", "last_seen"})
+
+
+def _is_time(key: str) -> bool:
+    return key in _TIMES or key.endswith("_ts")
+
+
 def value(v: Any, *, key: str = "", day: str | None = None) -> str:
     """A metric or evidence value as text: times of day, durations by their key's unit
     (``_s``, ``_ms``), counts with separators, lists and flat dicts inline."""
     if v is None:
         return ""
-    if isinstance(v, (datetime, pd.Timestamp)) or (key == "ts" and isinstance(v, str)):
+    if isinstance(v, (datetime, pd.Timestamp)) or (_is_time(key) and isinstance(v, str)):
         return when(v, day=day, digits=6)
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -162,7 +170,7 @@ def value(v: Any, *, key: str = "", day: str | None = None) -> str:
     if isinstance(v, Mapping):
         if not v:
             return "none"
-        return ", ".join(f"{k}: {value(x)}" for k, x in v.items())
+        return ", ".join(f"{k}: {value(x, key=str(k))}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
         return ", ".join(value(x) for x in v) if v else "none"
     return str(v)
