@@ -15,7 +15,14 @@ the node:
 - default/debug-shell: connects to a hard-coded IP without any DNS lookup;
 - batch/report-gen: a tunnel-like client exfiltrating a CSV as base32 labels in TXT queries
   under ``t.cdn-telemetry-sync.net``;
-- monitoring/prometheus (dig): SRV lookups.
+- monitoring/prometheus (dig): SRV lookups;
+- marketing/wordpress: a real iodine DNS tunnel (``Lab.iodine_tunnel``: iodined in the lab's
+  server namespace, the iodine client in this pod) carrying 4 KB under
+  ``t.wp-cache-relay.org``;
+- payments/cart, second container ``datadog-agent`` (a sidecar a Helm change injected, the
+  story of issue 16): more than 30 s into the capture (after the analyzer's warm-up) it
+  resolves ``intake.metrics-collector.example``, a domain nothing asked before, and connects
+  to the answer at once.
 
 Nothing leaves the lab: the namespaces have no route out and dnsmasq has no upstream.
 
@@ -47,6 +54,14 @@ from tests.lab import Lab
 
 TUNNEL_DOMAIN = "t.cdn-telemetry-sync.net"
 TUNNEL_COUNT = 90
+IODINE_DOMAIN = "t.wp-cache-relay.org"
+IODINE_BYTES = 4096
+INTAKE_DOMAIN = "intake.metrics-collector.example"
+INTAKE_ADDR = "10.213.0.90"  # a lab service address (tests/lab/lab.py SERVICE_ADDRS)
+SIDECAR = "datadog-agent"
+#: new_domain_connect ignores names first asked within its warm-up (30 s) of the capture's
+#: first query; the sidecar asks this long after the first query of the story.
+SIDECAR_AT_S = 36.0
 DNSTRAIL = REPO / ".venv" / "bin" / "dnstrail"
 SEARCH = ("{ns}.svc.cluster.local", "svc.cluster.local", "cluster.local")
 
@@ -62,6 +77,7 @@ def story_zone() -> dict[str, list[tuple[str, str]]]:
         "cart.payments.svc.cluster.local": [("A", "10.213.0.81")],
         "api.stripe.com": [("A", "10.213.0.80")],
         "catalog.shop.svc.cluster.local": [("A", "10.213.0.80")],
+        INTAKE_DOMAIN: [("A", INTAKE_ADDR)],
     }
     for name, reply in tunnel_names(TUNNEL_DOMAIN, TUNNEL_COUNT):
         zone[name] = [("TXT", reply)]
@@ -123,6 +139,8 @@ def play(lab: Lab, out: Path) -> set[int]:
         "report": lab.client_ns(search=_search("batch"), ndots=5, timeout=1, attempts=2),
         "prometheus": lab.client_ns(search=_search("monitoring"), ndots=5, timeout=1,
                                     attempts=2),
+        "wordpress": lab.client_ns(search=_search("marketing"), ndots=5, timeout=1,
+                                   attempts=2),
     }
     pods = {
         "frontend": lab.fake_pod("shop", "frontend-6d8f7c9b5-x2kqp", container="web",
@@ -139,14 +157,23 @@ def play(lab: Lab, out: Path) -> set[int]:
                                style="systemd", qos="besteffort"),
         "prometheus": lab.fake_pod("monitoring", "prometheus-k8s-0", container="prometheus",
                                    style="systemd", qos="burstable"),
+        "wordpress": lab.fake_pod("marketing", "wordpress-5f7d8c9b6-kx7pz",
+                                  container="wordpress", style="cgroupfs", qos="burstable"),
     }
+    # the sidecar: a second container (its own cgroup) of the cart pod, same network namespace
+    pods["sidecar"] = lab.fake_container(pods["cart"], SIDECAR)
     musl, go = str(lab.musl_client), str(lab.go_client)
-    rec = Recorder(out, ["--duration", "60s", "--pods-root", str(lab.pods_root),
+    # the agent's binary: the lab's Go client under the sidecar's name (its comm)
+    agent = lab.tmp / SIDECAR
+    shutil.copy2(go, agent)
+    uids = list(dict.fromkeys(p.uid for p in pods.values()))
+    rec = Recorder(out, ["--duration", "120s", "--pods-root", str(lab.pods_root),
                          "--pods-json", str(lab.pods_json),
-                         *[a for p in pods.values() for a in ("--pod", p.uid)]])
+                         *[a for u in uids for a in ("--pod", u)]])
     rec.wait_started()
     try:
         time.sleep(0.5)
+        t0 = time.monotonic()
         step("cart (Go, no cache) starts hammering redis every 100 ms")
         hammer = lab.spawn(ns["cart"], [go, "-n", "120", "-interval", "100ms",
                                         "redis.payments.svc.cluster.local."], pod=pods["cart"])
@@ -179,12 +206,29 @@ def play(lab: Lab, out: Path) -> set[int]:
                                   ("import socket; socket.create_connection(('10.213.0.81', "
                                    "8080), timeout=2).close()")], pod=pods["debug"])
             time.sleep(2.0)
+        step(f"wordpress: a real iodine tunnel under {IODINE_DOMAIN} ({IODINE_BYTES} bytes)")
+        io = lab.iodine_tunnel(IODINE_DOMAIN, ns=ns["wordpress"], pod=pods["wordpress"],
+                               size=IODINE_BYTES, timeout=40)
+        step(f"  iodine: {io.bytes_received}/{io.bytes_sent} bytes in {io.seconds:.1f} s")
+        if io.bytes_received != io.bytes_sent:
+            raise SystemExit(f"the iodine tunnel carried {io.bytes_received} of "
+                             f"{io.bytes_sent} bytes:\n{io.client_output}")
         for proc, what in ((hammer, "cart"), (tunnel, "tunnel"), (dead, "ledger")):
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 step(f"{what} still running: killed")
                 proc.kill()
+        wait = SIDECAR_AT_S - (time.monotonic() - t0)
+        if wait > 0:
+            step(f"quiet for {wait:.0f} s (past the new-domain warm-up)")
+            time.sleep(wait)
+        step(f"cart's {SIDECAR} sidecar resolves {INTAKE_DOMAIN} and connects at once")
+        r = lab.run(ns["cart"], [str(agent), "-n", "1", "-connect", "8080",
+                                 INTAKE_DOMAIN + "."], pod=pods["sidecar"])
+        step(f"  {SIDECAR}: {r.stdout.strip()!r} (exit {r.returncode})")
+        if f"CONNECT {INTAKE_ADDR} 8080 ok" not in r.stdout:
+            raise SystemExit(f"the sidecar did not connect: {r.stdout} {r.stderr}")
         time.sleep(1.0)
     finally:
         code = rec.stop()
@@ -245,7 +289,8 @@ def summarize(out: Path) -> None:
     m = cap.messages
     print(m.groupby(["namespace", "pod"], dropna=False).size().to_string())
     for f in cap.findings():
-        print(f"  {f.severity:6} {f.kind:22} {f.namespace}/{f.pod} {f.domain or ''}")
+        print(f"  {f.severity:6} {f.kind:22} {f.namespace}/{f.pod} [{f.container} {f.comm}]"
+              f" {f.domain or ''}")
 
 
 def main(argv: list[str] | None = None) -> int:
