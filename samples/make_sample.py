@@ -62,6 +62,18 @@ SIDECAR = "datadog-agent"
 #: new_domain_connect ignores names first asked within its warm-up (30 s) of the capture's
 #: first query; the sidecar asks this long after the first query of the story.
 SIDECAR_AT_S = 36.0
+#: Fixed pod uids, so that a re-recorded sample names its pods as before (tests/test_pod_selector.py
+#: and `--pod UID` examples use them); every other id (cgroup, container, pid) is new each time.
+UIDS = {
+    "frontend": "7e83d6f0-73b2-4da3-bf41-ccc04304b094",
+    "checkout": "bb0077d5-9761-4a8b-86e7-0727dcdbe6bb",
+    "cart": "a53dc830-8927-4093-8222-52d84a644aa2",
+    "ledger": "7a8546a9-5d13-4963-9daa-9a1568bd2d3b",
+    "debug": "f74bdda7-a489-4046-82cb-43e63b324871",
+    "report": "cc84d5b9-511d-466e-a18b-380b2d2668ee",
+    "prometheus": "439c29bf-1995-4c12-a319-793056d89f89",
+    "wordpress": "5d0c8e2a-6b1f-4c3e-9a7d-2f4e81b3c6a9",
+}
 DNSTRAIL = REPO / ".venv" / "bin" / "dnstrail"
 SEARCH = ("{ns}.svc.cluster.local", "svc.cluster.local", "cluster.local")
 
@@ -144,21 +156,22 @@ def play(lab: Lab, out: Path) -> set[int]:
     }
     pods = {
         "frontend": lab.fake_pod("shop", "frontend-6d8f7c9b5-x2kqp", container="web",
-                                 style="systemd", qos="burstable"),
+                                 style="systemd", qos="burstable", uid=UIDS["frontend"]),
         "checkout": lab.fake_pod("shop", "checkout-5b7d9f6c4-m8wzr", container="checkout",
-                                 style="cgroupfs", qos="burstable"),
+                                 style="cgroupfs", qos="burstable", uid=UIDS["checkout"]),
         "cart": lab.fake_pod("payments", "cart-7c6b8d5f9-q4vnt", container="cart",
-                             style="systemd", qos="guaranteed"),
+                             style="systemd", qos="guaranteed", uid=UIDS["cart"]),
         "ledger": lab.fake_pod("payments", "ledger-0", container="ledger",
-                               style="cgroupfs", qos="burstable"),
+                               style="cgroupfs", qos="burstable", uid=UIDS["ledger"]),
         "debug": lab.fake_pod("default", "debug-shell", container="shell",
-                              style="cgroupfs", qos="besteffort"),
+                              style="cgroupfs", qos="besteffort", uid=UIDS["debug"]),
         "report": lab.fake_pod("batch", "report-gen-28412-7hx2d", container="worker",
-                               style="systemd", qos="besteffort"),
+                               style="systemd", qos="besteffort", uid=UIDS["report"]),
         "prometheus": lab.fake_pod("monitoring", "prometheus-k8s-0", container="prometheus",
-                                   style="systemd", qos="burstable"),
+                                   style="systemd", qos="burstable", uid=UIDS["prometheus"]),
         "wordpress": lab.fake_pod("marketing", "wordpress-5f7d8c9b6-kx7pz",
-                                  container="wordpress", style="cgroupfs", qos="burstable"),
+                                  container="wordpress", style="cgroupfs", qos="burstable",
+                                  uid=UIDS["wordpress"]),
     }
     # the sidecar: a second container (its own cgroup) of the cart pod, same network namespace
     pods["sidecar"] = lab.fake_container(pods["cart"], SIDECAR)
