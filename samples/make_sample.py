@@ -1,6 +1,6 @@
 """Record the bundled sample capture ``samples/incident`` in the lab (run as root).
 
-The story (about 20 s, see samples/README.md): a few fake pods, under both kubelet cgroup
+The story (about 40 s, see samples/README.md): a few fake pods, under both kubelet cgroup
 layouts, run real resolvers (glibc ``getent``, a static musl binary, a pure-Go binary, dig)
 in their own network namespaces against the lab's dnsmasq while ``dnstrail record`` traces
 the node:
