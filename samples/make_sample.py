@@ -62,8 +62,8 @@ SIDECAR = "datadog-agent"
 #: new_domain_connect ignores names first asked within its warm-up (30 s) of the capture's
 #: first query; the sidecar asks this long after the first query of the story.
 SIDECAR_AT_S = 36.0
-#: Fixed pod uids, so that a re-recorded sample names its pods as before (tests/test_pod_selector.py
-#: and `--pod UID` examples use them); every other id (cgroup, container, pid) is new each time.
+#: Fixed pod uids, so that a re-recorded sample names its pods as before
+#: (tests/test_pod_selector.py uses them); cgroup and container ids and pids are new each time.
 UIDS = {
     "frontend": "7e83d6f0-73b2-4da3-bf41-ccc04304b094",
     "checkout": "bb0077d5-9761-4a8b-86e7-0727dcdbe6bb",
