@@ -1,6 +1,6 @@
 """Record the bundled sample capture ``samples/incident`` in the lab (run as root).
 
-The story (about 20 s, see samples/README.md): a few fake pods, under both kubelet cgroup
+The story (about 40 s, see samples/README.md): a few fake pods, under both kubelet cgroup
 layouts, run real resolvers (glibc ``getent``, a static musl binary, a pure-Go binary, dig)
 in their own network namespaces against the lab's dnsmasq while ``dnstrail record`` traces
 the node:
@@ -15,7 +15,14 @@ the node:
 - default/debug-shell: connects to a hard-coded IP without any DNS lookup;
 - batch/report-gen: a tunnel-like client exfiltrating a CSV as base32 labels in TXT queries
   under ``t.cdn-telemetry-sync.net``;
-- monitoring/prometheus (dig): SRV lookups.
+- monitoring/prometheus (dig): SRV lookups;
+- marketing/wordpress: a real iodine DNS tunnel (``Lab.iodine_tunnel``: iodined in the lab's
+  server namespace, the iodine client in this pod) carrying 4 KB under
+  ``t.wp-cache-relay.org``;
+- payments/cart, second container ``datadog-agent`` (a sidecar a Helm change injected, the
+  story of issue 16): more than 30 s into the capture (after the analyzer's warm-up) it
+  resolves ``intake.metrics-collector.example``, a domain nothing asked before, and connects
+  to the answer at once.
 
 Nothing leaves the lab: the namespaces have no route out and dnsmasq has no upstream.
 
@@ -47,6 +54,26 @@ from tests.lab import Lab
 
 TUNNEL_DOMAIN = "t.cdn-telemetry-sync.net"
 TUNNEL_COUNT = 90
+IODINE_DOMAIN = "t.wp-cache-relay.org"
+IODINE_BYTES = 4096
+INTAKE_DOMAIN = "intake.metrics-collector.example"
+INTAKE_ADDR = "10.213.0.90"  # a lab service address (tests/lab/lab.py SERVICE_ADDRS)
+SIDECAR = "datadog-agent"
+#: new_domain_connect ignores names first asked within its warm-up (30 s) of the capture's
+#: first query; the sidecar asks this long after the first query of the story.
+SIDECAR_AT_S = 36.0
+#: Fixed pod uids, so that a re-recorded sample names its pods as before
+#: (tests/test_pod_selector.py uses them); cgroup and container ids and pids are new each time.
+UIDS = {
+    "frontend": "7e83d6f0-73b2-4da3-bf41-ccc04304b094",
+    "checkout": "bb0077d5-9761-4a8b-86e7-0727dcdbe6bb",
+    "cart": "a53dc830-8927-4093-8222-52d84a644aa2",
+    "ledger": "7a8546a9-5d13-4963-9daa-9a1568bd2d3b",
+    "debug": "f74bdda7-a489-4046-82cb-43e63b324871",
+    "report": "cc84d5b9-511d-466e-a18b-380b2d2668ee",
+    "prometheus": "439c29bf-1995-4c12-a319-793056d89f89",
+    "wordpress": "5d0c8e2a-6b1f-4c3e-9a7d-2f4e81b3c6a9",
+}
 DNSTRAIL = REPO / ".venv" / "bin" / "dnstrail"
 SEARCH = ("{ns}.svc.cluster.local", "svc.cluster.local", "cluster.local")
 
@@ -62,6 +89,7 @@ def story_zone() -> dict[str, list[tuple[str, str]]]:
         "cart.payments.svc.cluster.local": [("A", "10.213.0.81")],
         "api.stripe.com": [("A", "10.213.0.80")],
         "catalog.shop.svc.cluster.local": [("A", "10.213.0.80")],
+        INTAKE_DOMAIN: [("A", INTAKE_ADDR)],
     }
     for name, reply in tunnel_names(TUNNEL_DOMAIN, TUNNEL_COUNT):
         zone[name] = [("TXT", reply)]
@@ -123,30 +151,42 @@ def play(lab: Lab, out: Path) -> set[int]:
         "report": lab.client_ns(search=_search("batch"), ndots=5, timeout=1, attempts=2),
         "prometheus": lab.client_ns(search=_search("monitoring"), ndots=5, timeout=1,
                                     attempts=2),
+        "wordpress": lab.client_ns(search=_search("marketing"), ndots=5, timeout=1,
+                                   attempts=2),
     }
     pods = {
         "frontend": lab.fake_pod("shop", "frontend-6d8f7c9b5-x2kqp", container="web",
-                                 style="systemd", qos="burstable"),
+                                 style="systemd", qos="burstable", uid=UIDS["frontend"]),
         "checkout": lab.fake_pod("shop", "checkout-5b7d9f6c4-m8wzr", container="checkout",
-                                 style="cgroupfs", qos="burstable"),
+                                 style="cgroupfs", qos="burstable", uid=UIDS["checkout"]),
         "cart": lab.fake_pod("payments", "cart-7c6b8d5f9-q4vnt", container="cart",
-                             style="systemd", qos="guaranteed"),
+                             style="systemd", qos="guaranteed", uid=UIDS["cart"]),
         "ledger": lab.fake_pod("payments", "ledger-0", container="ledger",
-                               style="cgroupfs", qos="burstable"),
+                               style="cgroupfs", qos="burstable", uid=UIDS["ledger"]),
         "debug": lab.fake_pod("default", "debug-shell", container="shell",
-                              style="cgroupfs", qos="besteffort"),
+                              style="cgroupfs", qos="besteffort", uid=UIDS["debug"]),
         "report": lab.fake_pod("batch", "report-gen-28412-7hx2d", container="worker",
-                               style="systemd", qos="besteffort"),
+                               style="systemd", qos="besteffort", uid=UIDS["report"]),
         "prometheus": lab.fake_pod("monitoring", "prometheus-k8s-0", container="prometheus",
-                                   style="systemd", qos="burstable"),
+                                   style="systemd", qos="burstable", uid=UIDS["prometheus"]),
+        "wordpress": lab.fake_pod("marketing", "wordpress-5f7d8c9b6-kx7pz",
+                                  container="wordpress", style="cgroupfs", qos="burstable",
+                                  uid=UIDS["wordpress"]),
     }
+    # the sidecar: a second container (its own cgroup) of the cart pod, same network namespace
+    pods["sidecar"] = lab.fake_container(pods["cart"], SIDECAR)
     musl, go = str(lab.musl_client), str(lab.go_client)
-    rec = Recorder(out, ["--duration", "60s", "--pods-root", str(lab.pods_root),
+    # the agent's binary: the lab's Go client under the sidecar's name (its comm)
+    agent = lab.tmp / SIDECAR
+    shutil.copy2(go, agent)
+    uids = list(dict.fromkeys(p.uid for p in pods.values()))
+    rec = Recorder(out, ["--duration", "120s", "--pods-root", str(lab.pods_root),
                          "--pods-json", str(lab.pods_json),
-                         *[a for p in pods.values() for a in ("--pod", p.uid)]])
+                         *[a for u in uids for a in ("--pod", u)]])
     rec.wait_started()
     try:
         time.sleep(0.5)
+        t0 = time.monotonic()
         step("cart (Go, no cache) starts hammering redis every 100 ms")
         hammer = lab.spawn(ns["cart"], [go, "-n", "120", "-interval", "100ms",
                                         "redis.payments.svc.cluster.local."], pod=pods["cart"])
@@ -179,12 +219,29 @@ def play(lab: Lab, out: Path) -> set[int]:
                                   ("import socket; socket.create_connection(('10.213.0.81', "
                                    "8080), timeout=2).close()")], pod=pods["debug"])
             time.sleep(2.0)
+        step(f"wordpress: a real iodine tunnel under {IODINE_DOMAIN} ({IODINE_BYTES} bytes)")
+        io = lab.iodine_tunnel(IODINE_DOMAIN, ns=ns["wordpress"], pod=pods["wordpress"],
+                               size=IODINE_BYTES, timeout=40)
+        step(f"  iodine: {io.bytes_received}/{io.bytes_sent} bytes in {io.seconds:.1f} s")
+        if io.bytes_received != io.bytes_sent:
+            raise SystemExit(f"the iodine tunnel carried {io.bytes_received} of "
+                             f"{io.bytes_sent} bytes:\n{io.client_output}")
         for proc, what in ((hammer, "cart"), (tunnel, "tunnel"), (dead, "ledger")):
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 step(f"{what} still running: killed")
                 proc.kill()
+        wait = SIDECAR_AT_S - (time.monotonic() - t0)
+        if wait > 0:
+            step(f"quiet for {wait:.0f} s (past the new-domain warm-up)")
+            time.sleep(wait)
+        step(f"cart's {SIDECAR} sidecar resolves {INTAKE_DOMAIN} and connects at once")
+        r = lab.run(ns["cart"], [str(agent), "-n", "1", "-connect", "8080",
+                                 INTAKE_DOMAIN + "."], pod=pods["sidecar"])
+        step(f"  {SIDECAR}: {r.stdout.strip()!r} (exit {r.returncode})")
+        if f"CONNECT {INTAKE_ADDR} 8080 ok" not in r.stdout:
+            raise SystemExit(f"the sidecar did not connect: {r.stdout} {r.stderr}")
         time.sleep(1.0)
     finally:
         code = rec.stop()
@@ -245,7 +302,8 @@ def summarize(out: Path) -> None:
     m = cap.messages
     print(m.groupby(["namespace", "pod"], dropna=False).size().to_string())
     for f in cap.findings():
-        print(f"  {f.severity:6} {f.kind:22} {f.namespace}/{f.pod} {f.domain or ''}")
+        print(f"  {f.severity:6} {f.kind:22} {f.namespace}/{f.pod} [{f.container} {f.comm}]"
+              f" {f.domain or ''}")
 
 
 def main(argv: list[str] | None = None) -> int:

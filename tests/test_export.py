@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -156,12 +157,22 @@ def test_pcapng_read_back_by_tshark_matches_the_messages(tmp_path: Path, work: P
     assert out.records == len(msgs) > 0
     got = _tshark(out.path, "frame.comment", "dns.qry.name", "dns.id", "ip.src", "ip.dst",
                   "udp.srcport", "udp.dstport", "frame.time_epoch", "frame.interface_name",
-                  "dns.flags.response")
+                  "dns.flags.response", "dns.qry.name.len", "udp.payload")
     assert len(got) == len(msgs)
     pods_seen = set()
-    for (comment, qname, dns_id, src, dst, sport, dport, epoch, iface, resp), (_, m) in zip(
-            got, msgs.iterrows(), strict=True):
-        assert qname == m.qname
+    binary_names = 0
+    for (comment, qname, dns_id, src, dst, sport, dport, epoch, iface, resp, qlen,
+         payload), (_, m) in zip(got, msgs.iterrows(), strict=True):
+        # the very bytes that were captured, and the name in them
+        assert payload == bytes(m.payload).hex()
+        wire_name = re.sub(rb"\\(\d{3})", lambda d: bytes([int(d.group(1))]), m.qname.encode())
+        assert int(qlen) == len(wire_name)
+        if wire_name.isascii():
+            # the capture's qname is lower case; tshark shows the case sent (iodine's
+            # case check mixes it)
+            assert qname.lower() == m.qname
+        else:
+            binary_names += 1  # iodine's raw labels: tshark renders such bytes lossily
         assert int(dns_id, 16) == m.dns_id
         # an address the probe did not learn is 0.0.0.0 on the wire and said so in the comment
         want_src = m.src_addr if isinstance(m.src_addr, str) else "0.0.0.0"
@@ -182,6 +193,7 @@ def test_pcapng_read_back_by_tshark_matches_the_messages(tmp_path: Path, work: P
         assert f"container={m.container}" in comment.split()
         pods_seen.add(m.pod)
     assert len(pods_seen) >= 5  # the sample's pods, each on its own interface
+    assert binary_names < len(msgs) / 10  # the tunnel's raw labels, not the ordinary names
     ifaces = {row[8] for row in got}
     assert len(ifaces) == msgs.netns.nunique()
 

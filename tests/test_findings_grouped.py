@@ -92,7 +92,7 @@ def test_similar_services_that_resolved_are_named(tmp_path: Path) -> None:
 
 def test_connect_results_are_named(tmp_path: Path) -> None:
     cap = load(SAMPLE, work_dir=tmp_path / "work")
-    (f,) = [f for f in find(cap, kinds=["unresolved_connect"])]
+    (f,) = [f for f in find(cap, kinds=["unresolved_connect"]) if f.pod == "debug-shell"]
     assert {e["result"] for e in f.evidence} == {"EINPROGRESS"}
     md = render(cap, [f], "md")
     assert "EINPROGRESS" in md and "-115" not in md

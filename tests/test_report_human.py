@@ -50,11 +50,11 @@ def test_units() -> None:
 def test_summary_in_human_units_in_markdown_and_html(sample: dict[str, str]) -> None:
     md = sample["md"]
     summary = md[md.index("## Summary"):md.index("## Findings")]
-    assert "| capture span | 2026-11-26 16:00:25.191 to 16:00:37.258 UTC (12.1 s) |" in summary
-    assert "| transactions | 480: 476 answered, 4 timed out, 0 answers without a query |" \
+    assert "| capture span | 2026-12-08 00:09:35.482 to 00:10:11.483 UTC (36.0 s) |" in summary
+    assert "| transactions | 507: 501 answered, 6 timed out, 0 answers without a query |" \
         in summary
-    assert "| lost events | 3 events lost: 3 untracked\\_socket\\_io. |" in summary
-    assert "| findings | 7 findings: 2 high, 3 medium and 2 info. |" in summary
+    assert "| lost events | No events lost. |" in summary
+    assert "| findings | 12 findings: 3 high, 3 medium, 2 low and 4 info. |" in summary
     assert "{" not in summary and "disk\\_full" not in summary      # no dict of zeros
     assert not re.search(r"\d{2}:\d{2}:\d{2}\.\d{7,}", md)           # no nanosecond stamps
     assert not re.search(r"\+00:00", md.split("_dnstrail")[0])       # no ISO stamps
@@ -69,18 +69,18 @@ def test_summary_in_human_units_in_markdown_and_html(sample: dict[str, str]) -> 
             assert rows.pop(key) == value.replace("\\", ""), key
     assert rows == {}
     title = doc.find("head/title")
-    assert title is not None and title.text == "dnstrail report 2026-11-26 16:00:25.191 UTC"
+    assert title is not None and title.text == "dnstrail report 2026-12-08 00:09:35.482 UTC"
 
 
 def test_top_tables(sample: dict[str, str]) -> None:
     md = sample["md"]
     assert "### Top talkers" in md and "### Top names" in md
-    assert "| payments/cart-7c6b8d5f9-q4vnt | 239 | 0 | 0 | 1 | 187 µs |" in md
-    assert "| redis.payments.svc.cluster.local | A, AAAA | 239 | 1 | 0 | 0 |" in md
+    assert "| payments/cart-7c6b8d5f9-q4vnt | 242 | 0 | 0 | 2 | 204 µs |" in md
+    assert "| redis.payments.svc.cluster.local | A, AAAA | 240 | 1 | 0 | 0 |" in md
     summary = json.loads(sample["json"])["summary"]
     assert summary["top_clients"][0]["client"] == "payments/cart-7c6b8d5f9-q4vnt"
     assert summary["top_names"][0] == {"name": "redis.payments.svc.cluster.local",
-                                       "queries": 239, "clients": 1, "nxdomain": 0,
+                                       "queries": 240, "clients": 1, "nxdomain": 0,
                                        "timeouts": 0, "qtypes": ["A", "AAAA"]}
 
 

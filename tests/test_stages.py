@@ -285,7 +285,9 @@ def test_incomplete_evidence_is_said_first_in_every_output(sample: Path, tmp_pat
 
     from dnstrail.cli import main
 
-    _edit_manifest(sample, status="running")           # the recorder died
+    lost = json.loads((sample / "manifest.json").read_text())["lost"]
+    _edit_manifest(sample, status="running",           # the recorder died
+                   lost=dict(lost, untracked_socket_io=3))  # and had lost events
     (next(sample.glob("connects-*.parquet"))).unlink()  # a file is gone
     base = ["--work-dir", str(tmp_path / "w")]
     r = CliRunner().invoke(main, ["report", str(sample), "--format", "json", *base])

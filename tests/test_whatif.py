@@ -112,19 +112,19 @@ def test_the_report_says_what_if(tmp_path: Path) -> None:
                                   work])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["whatif"]["node_cache"]["saved"] == 128
+    assert doc["whatif"]["node_cache"]["saved"] == 129
     assert doc["whatif"]["ndots"][1]["net_saved"] == 18
     md = CliRunner().invoke(main, ["report", str(SAMPLE), "--format", "md", "--work-dir",
                                    work]).stdout
     assert "## What if" in md
-    assert "128 of 480 client queries (26.7 %)" in md
+    assert "129 of 507 client queries (25.4 %)" in md
     assert "| 2 | 18 | 0 | 18 |" in md
-    assert "With ndots:2 the clients would have sent 18 fewer queries of 480" in md
+    assert "With ndots:2 the clients would have sent 18 fewer queries of 507" in md
     out = tmp_path / "r.html"
     r = CliRunner().invoke(main, ["report", str(SAMPLE), "-o", str(out), "--no-plots",
                                   "--work-dir", work])
     assert r.exit_code == 0, r.output
     html = out.read_text()
     assert '<h2 id="whatif">What if</h2>' in html
-    assert "128 of 480 client queries (26.7 %)" in html
+    assert "129 of 507 client queries (25.4 %)" in html
     assert "redis.payments.svc.cluster.local" in html
