@@ -9,7 +9,8 @@ attribution knows it, else the process, else the client address.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -45,6 +46,10 @@ def positions(count: int, limit: int = MAX_EVIDENCE) -> list[int]:
     return sorted({round(i * step) for i in range(limit)})
 
 
+#: The column that names one row of a stage table.
+_ID = {"transactions": "txn_id", "lookups": "lookup_id"}
+
+
 class Rows:
     """A query over a capture's stage table (with its parameters)."""
 
@@ -58,6 +63,20 @@ class Rows:
     def where(self, condition: str, *params: Any) -> Rows:
         return Rows(self.capture, f"SELECT * FROM ({self.sql}) WHERE {condition}",
                     [*self.params, *params], self.table)
+
+    @contextmanager
+    def materialized(self) -> Iterator[Rows]:
+        """These rows computed once into an engine table (dropped on leaving the block), for
+        a detector that reads them many times: a window over the whole part (a row
+        position) is then not recomputed by every query of every group."""
+        import uuid
+
+        name = f"_rows_{uuid.uuid4().hex[:12]}"
+        self.capture.query_rows(f"CREATE TABLE {name} AS {self.sql}", self.params)
+        try:
+            yield Rows(self.capture, f"SELECT * FROM {name}", [], self.table)
+        finally:
+            self.capture.query_rows(f"DROP TABLE IF EXISTS {name}")
 
     def arrow(self, select: str, tail: str = "") -> Any:
         """``SELECT {select} FROM (rows) {tail}`` (tail: GROUP BY, ORDER BY ...)."""
@@ -107,9 +126,19 @@ class Rows:
         if n <= 0:
             return pd.DataFrame()
         keep = ", ".join(str(p) for p in positions(n, limit))
-        table = self.capture.query(
-            f"SELECT * FROM ({rows.sql}) QUALIFY row_number() OVER (ORDER BY {order}) - 1 "
-            f"IN ({keep}) ORDER BY {order}", rows.params)
+        ident = _ID.get(self.table)
+        if ident is None:
+            table = self.capture.query(
+                f"SELECT * FROM ({rows.sql}) QUALIFY row_number() OVER (ORDER BY {order}) - 1 "
+                f"IN ({keep}) ORDER BY {order}", rows.params)
+        else:
+            # the positions from the order's columns and the row's id only; then the few
+            # whole rows (sorting every whole row of a busy client took seconds)
+            table = self.capture.query(
+                f"SELECT * FROM ({rows.sql}) WHERE {ident} IN (SELECT {ident} FROM ("
+                f"SELECT {ident}, row_number() OVER (ORDER BY {order}) - 1 AS _rn FROM "
+                f"({rows.sql})) WHERE _rn IN ({keep})) ORDER BY {order}",
+                [*rows.params, *rows.params])
         return stage_frame(table, self.table)
 
     def grouped(self, key: str, keys: Sequence[Any], groups: Sequence[int],

@@ -54,6 +54,15 @@ def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cl
     group = _GROUP
     lk = Rows(capture, f"SELECT *, {group} AS _group, row_number() OVER "
               f"(ORDER BY ts, lookup_id) AS _pos FROM ({lk.sql})", lk.params, "lookups")
+    with lk.materialized() as rows:
+        out = _amplification(rows, th)
+    whole = scope.capture if scope is not None else capture
+    out.extend(_unknown_services(capture, th, cluster_domain, whole))
+    return out
+
+
+def _amplification(lk: Rows, th: Thresholds) -> list[Finding]:
+    """The ndots findings of the expanded lookups ``lk`` (with ``_group`` and ``_pos``)."""
     groups = lk.arrow(
         "_group, count(*) AS n, sum(n_queries) AS queries, sum(n_nxdomain) AS nx, "
         "sum(len(names)) AS names, "
@@ -119,8 +128,6 @@ def detect(capture: Any, th: Thresholds | None = None, cluster_domain: str = "cl
             evidence=evidence,
             **ident,
         ))
-    whole = scope.capture if scope is not None else capture
-    out.extend(_unknown_services(capture, th, cluster_domain, whole))
     return out
 
 
@@ -139,9 +146,16 @@ def _unknown_services(capture: Any, th: Thresholds, cluster_domain: str,
                       whole: Any) -> list[Finding]:
     """Per workload and single-label name: lookups of it that all failed (the similar
     services that resolved are looked up in the ``whole`` capture, not only this part)."""
-    lk = lookup_rows(capture)
+    # only single-label names are judged here (positions keep their order among them)
+    lk = lookup_rows(capture).where("base_name IS NOT NULL AND NOT contains(base_name, '.')")
     lk = Rows(capture, f"SELECT *, {_GROUP} AS _group, row_number() OVER "
               f"(ORDER BY ts, lookup_id) AS _pos FROM ({lk.sql})", lk.params, "lookups")
+    with lk.materialized() as rows:
+        return _unknown_services_of(rows, th, cluster_domain, whole)
+
+
+def _unknown_services_of(lk: Rows, th: Thresholds, cluster_domain: str,
+                         whole: Any) -> list[Finding]:
     groups = lk.arrow(
         "_group, CAST(base_name AS VARCHAR) AS name, count(*) AS n, "
         f"count(*) FILTER (WHERE {_SINGLE_FAILED}) AS failed, sum(n_queries) AS queries, "
