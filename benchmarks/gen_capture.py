@@ -39,6 +39,7 @@ import struct
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,27 @@ class Rows:
     def __len__(self) -> int:
         return len(self.c["ts"])
 
+    def split(self, before: int) -> dict[str, list[Any]]:
+        """Take out the rows with ``ts < before`` (in the order added); keep the others."""
+        return _split(self.c, before)
+
+
+def _split(c: dict[str, list[Any]], before: int) -> dict[str, list[Any]]:
+    """The rows of column lists ``c`` with ``ts < before``, removed from ``c`` (both parts
+    keep the order rows were added in)."""
+    ts = np.asarray(c["ts"], dtype=np.int64)
+    early = ts < before
+    if early.all():
+        out = {k: v for k, v in c.items()}
+        for k in c:
+            c[k] = []
+        return out
+    take, keep = np.flatnonzero(early), np.flatnonzero(~early)
+    out = {k: [v[i] for i in take] for k, v in c.items()}
+    for k, v in c.items():
+        c[k] = [v[i] for i in keep]
+    return out
+
 
 @dataclass
 class Expected:
@@ -366,11 +388,20 @@ def _latency_ns(rng: np.random.Generator, category: str, rcode: str) -> int:
     return int(rng.lognormal(np.log(18e6), 0.8))
 
 
-def generate(n_messages: int, seed: int, all_unique: bool, start_ns: int) -> tuple[
-        Universe, Rows, dict[str, list[Any]], Expected]:
-    rng = np.random.default_rng(seed)
-    uni = Universe(rng, start_ns)
+#: Messages generated before the earlier ones are handed on (``generate``'s ``emit``).
+CHUNK = 1_000_000
+
+Emit = Callable[[dict[str, list[Any]], dict[str, list[Any]]], None]
+
+
+def generate(n_messages: int, rng: np.random.Generator, uni: Universe, all_unique: bool,
+             emit: Emit, hold: int = CHUNK) -> Expected:
+    """Generate ``n_messages``; ``emit(messages, connects)`` receives them as column lists,
+    in slices of about ``hold`` messages: every row earlier than the lookup being made (no
+    later lookup adds an earlier one), so the slices, each sorted by time, follow each other
+    in time and hold the rows in the order one sort of them all would give."""
     rows = Rows()
+    emitted = 0
     conn: dict[str, list[Any]] = {k: [] for k in ("ts", "tgid", "tid", "uid", "comm",
                                                    "cgroup_id", "netns", "fd", "dst_addr",
                                                    "dst_port", "result", "latency_ns")}
@@ -385,7 +416,7 @@ def generate(n_messages: int, seed: int, all_unique: bool, start_ns: int) -> tup
     qnames: set[str] = set()
     # Lookups arrive as a Poisson process, ~2500 messages/s on the node.
     rate_ns = 1e9 / 2500 * 2.2
-    t = start_ns
+    t = uni.start_ns
     batch = 4096
     lookup_no = 0
     b32 = base64.b32encode
@@ -444,15 +475,19 @@ def generate(n_messages: int, seed: int, all_unique: bool, start_ns: int) -> tup
             end = max(end, tr)
         return end, addrs
 
-    while len(rows) < n_messages:
+    while emitted + len(rows) < n_messages:
         procs_idx = rng.choice(len(pod_procs), size=batch, p=weights)
         name_idx = rng.choice(nnames, size=batch, p=zipf_w)
         kinds = rng.random(batch)
         gaps = rng.exponential(rate_ns, size=batch)
         for k in range(batch):
-            if len(rows) >= n_messages:
+            if emitted + len(rows) >= n_messages:
                 break
             t += int(gaps[k])
+            if len(rows) >= hold:
+                part = rows.split(t)
+                emitted += len(part["ts"])
+                emit(part, _split(conn, t))
             p = pod_procs[procs_idx[k]]
             lookup_no += 1
             exp.lookups += 1
@@ -502,11 +537,12 @@ def generate(n_messages: int, seed: int, all_unique: bool, start_ns: int) -> tup
                                  ("latency_ns", int(rng.integers(8000, 60000)))):
                     conn[key].append(val)
                 exp.connects += 1
-    exp.messages = len(rows)
+    emitted += len(rows)
+    emit(rows.split(2**63 - 1), _split(conn, 2**63 - 1))
+    exp.messages = emitted
     exp.distinct_qnames = len(qnames)
     exp.processes = len(uni.procs)
-    # Messages cut at n_messages may have lost their response: recount from the rows.
-    return uni, rows, conn, exp
+    return exp
 
 
 def _dict_array(values: list[str]) -> pa.Array:
@@ -514,8 +550,7 @@ def _dict_array(values: list[str]) -> pa.Array:
         pa.dictionary(pa.int8(), pa.string()))
 
 
-def messages_table(rows: Rows, boot_time_ns: int) -> pa.Table:
-    c = rows.c
+def messages_table(c: dict[str, list[Any]], boot_time_ns: int) -> pa.Table:
     ts = np.asarray(c["ts"], dtype=np.int64)
     order = np.argsort(ts, kind="stable")
 
@@ -606,8 +641,9 @@ def snapshot_tables(uni: Universe) -> dict[str, pa.Table]:
     return {"processes": processes, "cgroups": cgroups, "pods": pods}
 
 
-def write_capture(out: Path, uni: Universe, messages: pa.Table, connects: pa.Table,
-                  boot_time_ns: int, argv: list[str]) -> None:
+def open_capture(out: Path, uni: Universe, boot_time_ns: int,
+                 argv: list[str]) -> CaptureWriter:
+    """The capture's writer, started (``write`` the messages and connects, then ``close``)."""
     from capture.writer import utc_iso
 
     info = {
@@ -623,17 +659,30 @@ def write_capture(out: Path, uni: Universe, messages: pa.Table, connects: pa.Tab
     w = CaptureWriter(out, info=info, snapshot_provider=lambda: snaps)
     w.start()
     w.set_lost({"ringbuf_full": 0, "payload_unreadable": 0})
-    w.write("messages", messages)
-    w.write("connects", connects)
-    w.close("complete")
+    return w
 
 
 def _ip_bytes(addr: str) -> bytes:
     return bytes(int(x) for x in addr.split("."))
 
 
-def write_pcap(path: Path, messages: pa.Table) -> int:
-    """The messages as a classic nanosecond pcap: Ethernet/IPv4/UDP, one packet each."""
+class Pcap:
+    """The messages as a classic nanosecond pcap: Ethernet/IPv4/UDP, one packet each
+    (``write`` each slice in turn)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = open(path, "wb", buffering=1 << 20)  # noqa: SIM115  (closed by close)
+        self.fh.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1))
+        self.packets = 0
+
+    def write(self, messages: pa.Table) -> None:
+        self.packets += _write_packets(self.fh, messages, self.packets)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _write_packets(fh: Any, messages: pa.Table, first: int) -> int:
     ts = messages.column("ts").cast(pa.int64()).to_numpy()
     src = messages.column("src_addr").to_pylist()
     dst = messages.column("dst_addr").to_pylist()
@@ -645,22 +694,21 @@ def write_pcap(path: Path, messages: pa.Table) -> int:
     rec_hdr = struct.Struct("<IIII")
     ip_hdr = struct.Struct("!BBHHHBBH4s4s")
     udp_hdr = struct.Struct("!HHHH")
-    with open(path, "wb", buffering=1 << 20) as fh:
-        fh.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1))
-        for i in range(len(payload)):
-            pl = payload[i]
-            s = ipcache.get(src[i])
-            if s is None:
-                s = ipcache.setdefault(src[i], _ip_bytes(src[i]))
-            d = ipcache.get(dst[i])
-            if d is None:
-                d = ipcache.setdefault(dst[i], _ip_bytes(dst[i]))
-            udp_len = 8 + len(pl)
-            ip = ip_hdr.pack(0x45, 0, 20 + udp_len, i & 0xFFFF, 0x4000, 64, 17, 0, s, d)
-            frame = eth + ip + udp_hdr.pack(sport[i], dport[i], udp_len, 0) + pl
-            t = int(ts[i])
-            fh.write(rec_hdr.pack(t // 10**9, t % 10**9, len(frame), len(frame)))
-            fh.write(frame)
+    for i in range(len(payload)):
+        pl = payload[i]
+        s = ipcache.get(src[i])
+        if s is None:
+            s = ipcache.setdefault(src[i], _ip_bytes(src[i]))
+        d = ipcache.get(dst[i])
+        if d is None:
+            d = ipcache.setdefault(dst[i], _ip_bytes(dst[i]))
+        udp_len = 8 + len(pl)
+        ip = ip_hdr.pack(0x45, 0, 20 + udp_len, (first + i) & 0xFFFF, 0x4000, 64, 17, 0,
+                         s, d)
+        frame = eth + ip + udp_hdr.pack(sport[i], dport[i], udp_len, 0) + pl
+        t = int(ts[i])
+        fh.write(rec_hdr.pack(t // 10**9, t % 10**9, len(frame), len(frame)))
+        fh.write(frame)
     return len(payload)
 
 
@@ -672,19 +720,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-unique", action="store_true", help="every transaction a new name")
     ap.add_argument("--pcap", type=Path, help="also write the messages as this pcap")
     ap.add_argument("--expected", type=Path, help="write the expected counts (JSON) here")
+    ap.add_argument("--chunk", type=int, default=CHUNK,
+                    help="messages held in memory before the earlier ones are written")
     args = ap.parse_args(argv)
     if args.messages <= 0 or args.messages > 50_000_000:
         ap.error("--messages must be between 1 and 50,000,000")
     t0 = time.monotonic()
     start_ns = (time.time_ns() // 10**9 - 3600) * 10**9
     boot_time_ns = start_ns - BOOT_UPTIME_NS
-    uni, rows, conn, exp = generate(args.messages, args.seed, args.all_unique, start_ns)
-    msgs = messages_table(rows, boot_time_ns)
-    del rows
-    write_capture(args.output, uni, msgs, connects_table(conn, boot_time_ns), boot_time_ns,
-                  ["gen_capture.py", *(argv if argv is not None else sys.argv[1:])])
-    if args.pcap:
-        write_pcap(args.pcap, msgs)
+    # the universe (pods, processes) is drawn first from the seed, then the traffic
+    rng = np.random.default_rng(args.seed)
+    uni = Universe(rng, start_ns)
+    w = open_capture(args.output, uni, boot_time_ns,
+                     ["gen_capture.py", *(argv if argv is not None else sys.argv[1:])])
+    pcap = Pcap(args.pcap) if args.pcap else None
+
+    def emit(messages: dict[str, list[Any]], connects: dict[str, list[Any]]) -> None:
+        msgs = messages_table(messages, boot_time_ns)
+        w.write("messages", msgs)
+        w.write("connects", connects_table(connects, boot_time_ns))
+        if pcap is not None:
+            pcap.write(msgs)
+
+    try:
+        exp = generate(args.messages, rng, uni, args.all_unique, emit, max(1, args.chunk))
+        w.close("complete")
+    finally:
+        if pcap is not None:
+            pcap.close()
     result: dict[str, Any] = dict(exp.__dict__)
     result["all_unique"] = args.all_unique
     result["seed"] = args.seed
