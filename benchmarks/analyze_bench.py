@@ -58,9 +58,14 @@ def report_argv(cap: Path, work_dir: Path) -> list[str]:
             "--work-dir", str(work_dir)]
 
 
+#: A run longer than this is killed (and reported with its exit -9): ``--timeout``.
+TIMEOUT_S = 3600.0
+
+
 def measure(argv: list[str], stdout: Any = subprocess.DEVNULL,
-            timeout: float = 900) -> dict[str, Any]:
+            timeout: float | None = None) -> dict[str, Any]:
     """Run argv; wall seconds, user+sys CPU and peak RSS of the finished child."""
+    timeout = TIMEOUT_S if timeout is None else timeout
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE)
     deadline = t0 + timeout
@@ -240,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse generated inputs if present")
     ap.add_argument("--lookups", action="store_true", help="also build cap.lookups")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--timeout", type=float, default=3600.0,
+                    help="seconds before a run is killed (default 3600; 50M cold needs more "
+                         "than 900)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    globals()["TIMEOUT_S"] = args.timeout
     if args.child:
         return child(args.child, args.lookups)
     if not 1 <= args.reps <= 10 or not 1 <= args.messages <= 100_000_000:
