@@ -85,6 +85,21 @@ def test_relate_groups_a_large_capture_in_the_engine(tmp_path: Path,
     assert a == b
 
 
+def test_the_engine_aggregates_lookups_in_batches_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-lookup aggregates run in batches of AGG_ROWS transactions (list states do not
+    spill): many batches give the lookups one batch gives."""
+    from analyze import lookups
+
+    path = REPO / "samples" / "incident"
+    mem, one = _both(path, tmp_path / "one")
+    monkeypatch.setattr(lookups, "AGG_ROWS", 7)
+    _, many = _both(path, tmp_path / "many")
+    assert len(mem) > 4 * 7  # really many batches
+    assert _rows(many) == _rows(one)
+    assert many["lookup_id"].tolist() == list(range(len(many)))
+
+
 def test_a_filtered_capture_groups_its_lookups_in_the_engine_when_large(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A filter keeps more client transactions than one in-memory build: the filtered
