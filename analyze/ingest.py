@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -458,64 +458,59 @@ def _positions(path: str | None) -> np.ndarray:
 def _work(task: _Task) -> int:
     """Worker entry point: ingest one chunk, write its derived file, return its row count."""
     snaps = _snapshots(task.snapshots)
-    if task.kind != "messages":
-        return _work_events(task, snaps)
+    parts = (_message_parts(task, snaps) if task.kind == "messages"
+             else _event_parts(task, snaps))
+    return _write_parts(parts, Path(task.out), task.kind)
+
+
+def _write_parts(parts: Iterator[pa.Table], out: Path, kind: str) -> int:
+    """Stream ``parts`` into one derived file (the stage's empty table when there are none);
+    the rows written."""
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for part in parts:
+            if writer is None:
+                writer = pq.ParquetWriter(out, part.schema, compression="zstd",
+                                          compression_level=1)
+            writer.write_table(part, row_group_size=ROW_GROUP)
+            rows += part.num_rows
+            del part
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no rows at all
+        _write(stages.STAGES[kind].empty_table(), out)
+    return rows
+
+
+def _message_parts(task: _Task, snaps: dict[str, pd.DataFrame]) -> Iterator[pa.Table]:
+    """A messages chunk decoded and attributed in batches of at most CHUNK_ROWS, however big
+    the source's row groups are."""
     f = pq.ParquetFile(task.source)
     tcp_pos, emit_pos = _positions(task.tcp_pos), _positions(task.emit_pos)
     first = task.first_row
-    rows = 0
-    writer: pq.ParquetWriter | None = None
-    try:
-        # in batches of at most CHUNK_ROWS, however big the source's row groups are
-        for batch in f.iter_batches(batch_size=CHUNK_ROWS, row_groups=list(task.row_groups)):
-            table = schema.conform(pa.Table.from_batches([batch]), "messages")
-            pos = first + np.arange(table.num_rows, dtype=np.int64)
-            first += table.num_rows
-            if len(tcp_pos):
-                udp = ~np.isin(pos, tcp_pos)
-                table = table.filter(pa.array(udp))
-                pos = pos[udp]
-            msg_id = (pos - np.searchsorted(tcp_pos, pos, "left")
-                      + np.searchsorted(emit_pos, pos, "left"))
-            table = table.append_column("stream_error", pa.nulls(table.num_rows, pa.string()))
-            part = _messages_part(table, msg_id, snaps, task.node, task.dns_ports)
-            if writer is None:
-                writer = pq.ParquetWriter(task.out, part.schema, compression="zstd",
-                                          compression_level=1)
-            writer.write_table(part, row_group_size=ROW_GROUP)
-            rows += part.num_rows
-            del table, part
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:  # no rows at all
-        _write(stages.MESSAGES.empty_table(), Path(task.out))
-    return rows
+    for batch in f.iter_batches(batch_size=CHUNK_ROWS, row_groups=list(task.row_groups)):
+        table = schema.conform(pa.Table.from_batches([batch]), "messages")
+        pos = first + np.arange(table.num_rows, dtype=np.int64)
+        first += table.num_rows
+        if len(tcp_pos):
+            udp = ~np.isin(pos, tcp_pos)
+            table = table.filter(pa.array(udp))
+            pos = pos[udp]
+        msg_id = (pos - np.searchsorted(tcp_pos, pos, "left")
+                  + np.searchsorted(emit_pos, pos, "left"))
+        table = table.append_column("stream_error", pa.nulls(table.num_rows, pa.string()))
+        yield _messages_part(table, msg_id, snaps, task.node, task.dns_ports)
 
 
-def _work_events(task: _Task, snaps: dict[str, pd.DataFrame]) -> int:
-    """A connects or execs file, attributed in batches of at most CHUNK_ROWS (a 50M-message
+def _event_parts(task: _Task, snaps: dict[str, pd.DataFrame]) -> Iterator[pa.Table]:
+    """A connects or execs file attributed in batches of at most CHUNK_ROWS (a 50M-message
     node's 4.5M connects in one file took 3 GB at once)."""
     f = pq.ParquetFile(task.source)
-    rows = 0
-    writer: pq.ParquetWriter | None = None
-    try:
-        for batch in f.iter_batches(batch_size=CHUNK_ROWS):
-            table = schema.conform(pa.Table.from_batches([batch]), task.kind)
-            part = stages.check(_attribute(table, snaps, task.node), task.kind)
-            if writer is None:
-                writer = pq.ParquetWriter(task.out, part.schema, compression="zstd",
-                                          compression_level=1)
-            writer.write_table(part, row_group_size=ROW_GROUP)
-            rows += part.num_rows
-            del table, part
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:  # no rows at all
-        _write(stages.check(_attribute(schema.SCHEMAS[task.kind].empty_table(), snaps,
-                                       task.node), task.kind), Path(task.out))
-    return rows
+    for batch in f.iter_batches(batch_size=CHUNK_ROWS):
+        table = schema.conform(pa.Table.from_batches([batch]), task.kind)
+        yield stages.check(_attribute(table, snaps, task.node), task.kind)
 
 
 def _messages_part(table: pa.Table, msg_id: np.ndarray, snaps: dict[str, pd.DataFrame],
